@@ -1,0 +1,295 @@
+//! GraphQL surface of accounts: thin resolvers over `service`.
+use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
+use entity::{account, membership, user};
+use uuid::Uuid;
+
+use super::service;
+use crate::{
+    auth::viewer,
+    error::ApiError,
+    ids::{parse_id, to_id},
+    state::state,
+};
+
+/// A member's role in an account.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "Role", remote = "entity::Role")]
+pub enum RoleGql {
+    Owner,
+    Admin,
+    Member,
+}
+
+/// A person who logs in, as seen by `viewer`.
+pub struct User {
+    pub model: user::Model,
+    pub viewer: Uuid,
+}
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        to_id(self.model.id)
+    }
+    async fn email(&self) -> &str {
+        &self.model.email
+    }
+    async fn name(&self) -> &str {
+        &self.model.name
+    }
+    /// The user's memberships; of a teammate, only those of accounts shared with the viewer.
+    async fn memberships(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Membership>> {
+        let st = state(ctx)?;
+        let list = service::visible_memberships(&st.db, self.viewer, self.model.id).await?;
+        Ok(list
+            .into_iter()
+            .map(|m| Membership {
+                model: m,
+                viewer: self.viewer,
+            })
+            .collect())
+    }
+}
+
+/// A user's place in an account, as seen by `viewer`.
+pub struct Membership {
+    pub model: membership::Model,
+    pub viewer: Uuid,
+}
+
+#[Object]
+impl Membership {
+    async fn role(&self) -> RoleGql {
+        self.model.role.into()
+    }
+    async fn account(&self, ctx: &Context<'_>) -> async_graphql::Result<Account> {
+        let st = state(ctx)?;
+        let account = service::account_for(&st.db, self.viewer, self.model.account_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("account"))?;
+        Ok(Account(account))
+    }
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+        let st = state(ctx)?;
+        let model = service::user_by_id(&st.db, self.model.user_id).await?;
+        Ok(User {
+            model,
+            viewer: self.viewer,
+        })
+    }
+    /// When the user joined the account.
+    async fn joined_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.model.created_at
+    }
+}
+
+/// A team: owns bots, webhooks and conversations.
+pub struct Account(pub account::Model);
+
+#[Object]
+impl Account {
+    async fn id(&self) -> ID {
+        to_id(self.0.id)
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.created_at
+    }
+    async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Membership>> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        let list = service::members(&st.db, self.0.id).await?;
+        Ok(list
+            .into_iter()
+            .map(|m| Membership {
+                model: m,
+                viewer: me,
+            })
+            .collect())
+    }
+}
+
+/// An invitation; `token` is shown only in the answer to `inviteMember`.
+#[derive(SimpleObject)]
+pub struct Invitation {
+    id: ID,
+    email: String,
+    role: RoleGql,
+    token: String,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A login token and its user.
+pub struct AuthPayload {
+    token: String,
+    user: user::Model,
+}
+
+#[Object]
+impl AuthPayload {
+    /// Send it as `Authorization: Bearer <token>`.
+    async fn token(&self) -> &str {
+        &self.token
+    }
+    async fn user(&self) -> User {
+        User {
+            model: self.user.clone(),
+            viewer: self.user.id,
+        }
+    }
+}
+
+/// Sign-up details.
+#[derive(InputObject)]
+pub struct SignUpInput {
+    email: String,
+    password: String,
+    name: String,
+    account_name: String,
+}
+
+/// Queries of accounts.
+#[derive(Default)]
+pub struct AccountsQuery;
+
+#[Object]
+impl AccountsQuery {
+    /// The logged-in user.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        Ok(User {
+            model: service::user_by_id(&st.db, me).await?,
+            viewer: me,
+        })
+    }
+
+    /// An account the viewer belongs to; null for any other id.
+    async fn account(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Account>> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        let Ok(id) = parse_id(&id, "account") else {
+            return Ok(None);
+        };
+        Ok(service::account_for(&st.db, me, id).await?.map(Account))
+    }
+}
+
+/// Mutations of accounts.
+#[derive(Default)]
+pub struct AccountsMutation;
+
+#[Object]
+impl AccountsMutation {
+    /// A new user with a new account, the user its OWNER.
+    async fn sign_up(
+        &self,
+        ctx: &Context<'_>,
+        input: SignUpInput,
+    ) -> async_graphql::Result<AuthPayload> {
+        let st = state(ctx)?;
+        let user = service::sign_up(
+            &st.db,
+            &input.email,
+            &input.password,
+            &input.name,
+            &input.account_name,
+        )
+        .await?;
+        let token = st.keys.issue(user.id).map_err(ApiError::Internal)?;
+        Ok(AuthPayload { token, user })
+    }
+
+    /// A token for a user's email and password.
+    async fn log_in(
+        &self,
+        ctx: &Context<'_>,
+        email: String,
+        password: String,
+    ) -> async_graphql::Result<AuthPayload> {
+        let st = state(ctx)?;
+        let user = service::log_in(&st.db, &email, &password).await?;
+        let token = st.keys.issue(user.id).map_err(ApiError::Internal)?;
+        Ok(AuthPayload { token, user })
+    }
+
+    /// A new account; the viewer becomes its OWNER.
+    async fn create_account(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> async_graphql::Result<Account> {
+        let st = state(ctx)?;
+        Ok(Account(
+            service::create_account(&st.db, viewer(ctx)?, &name).await?,
+        ))
+    }
+
+    /// Invites someone by email (OWNER, ADMIN; only an OWNER invites an OWNER).
+    async fn invite_member(
+        &self,
+        ctx: &Context<'_>,
+        account_id: ID,
+        email: String,
+        role: RoleGql,
+    ) -> async_graphql::Result<Invitation> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        let account_id = parse_id(&account_id, "account")?;
+        let new = service::invite_member(&st.db, me, account_id, &email, role.into()).await?;
+        Ok(Invitation {
+            id: to_id(new.invitation.id),
+            email: new.invitation.email,
+            role: new.invitation.role.into(),
+            token: new.token,
+            expires_at: new.invitation.expires_at,
+        })
+    }
+
+    /// Joins the account of an invitation addressed to the viewer's email.
+    async fn accept_invitation(
+        &self,
+        ctx: &Context<'_>,
+        token: String,
+    ) -> async_graphql::Result<Membership> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        Ok(Membership {
+            model: service::accept_invitation(&st.db, me, &token).await?,
+            viewer: me,
+        })
+    }
+
+    /// Removes a member (OWNER); an account always keeps one OWNER.
+    async fn remove_member(
+        &self,
+        ctx: &Context<'_>,
+        account_id: ID,
+        user_id: ID,
+    ) -> async_graphql::Result<bool> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        let account_id = parse_id(&account_id, "account")?;
+        let user_id = parse_id(&user_id, "member")?;
+        Ok(service::remove_member(&st.db, me, account_id, user_id).await?)
+    }
+
+    /// Changes a member's role (OWNER); an account always keeps one OWNER.
+    async fn change_member_role(
+        &self,
+        ctx: &Context<'_>,
+        account_id: ID,
+        user_id: ID,
+        role: RoleGql,
+    ) -> async_graphql::Result<Membership> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        let account_id = parse_id(&account_id, "account")?;
+        let user_id = parse_id(&user_id, "member")?;
+        let model =
+            service::change_member_role(&st.db, me, account_id, user_id, role.into()).await?;
+        Ok(Membership { model, viewer: me })
+    }
+}

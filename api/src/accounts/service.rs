@@ -1,0 +1,461 @@
+//! The accounts service: sign-up, log-in, teams and their members. Every read of an account
+//! goes through a membership, so a stranger's ids answer NOT_FOUND.
+use chrono::Utc;
+use entity::{Role, account, invitation, membership, user};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, SqlErr,
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    auth::password::{self, Password},
+    db::Db,
+    error::{ApiError, ApiResult},
+};
+
+/// An email address, trimmed and lower-cased: the form that is stored and compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// A pragmatic check: one `@`, a local part, a dotted domain, no spaces.
+    pub fn parse(raw: &str) -> ApiResult<Self> {
+        let email = raw.trim().to_lowercase();
+        let invalid = || ApiError::bad_input(format!("{raw:?} is not a valid email address"));
+        if email.len() > 254 || email.chars().any(char::is_whitespace) {
+            return Err(invalid());
+        }
+        let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
+        let labels_ok = domain.split('.').all(|l| !l.is_empty());
+        if local.is_empty() || domain.contains('@') || !domain.contains('.') || !labels_ok {
+            return Err(invalid());
+        }
+        Ok(Self(email))
+    }
+
+    /// The normalised address.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A display name: trimmed, 1 to 200 characters.
+pub fn parse_name(what: &str, raw: &str) -> ApiResult<String> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(ApiError::bad_input(format!("{what} must not be blank")));
+    }
+    if name.chars().count() > 200 {
+        return Err(ApiError::bad_input(format!(
+            "{what} must be at most 200 characters"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// SHA-256 hex of a secret token, the form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random URL-safe token of 256 bits.
+pub fn random_token() -> String {
+    use base64::Engine as _;
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Role checks on an account, the gate of every tenant-owned operation.
+pub struct AccountAccess;
+
+impl AccountAccess {
+    /// The viewer's role in `account_id`: NOT_FOUND when not a member, FORBIDDEN when the role
+    /// is below `at_least`.
+    pub async fn require(
+        db: &impl ConnectionTrait,
+        user_id: Uuid,
+        account_id: Uuid,
+        at_least: Role,
+    ) -> ApiResult<Role> {
+        let role = membership::Entity::find_by_id((account_id, user_id))
+            .one(db)
+            .await?
+            .map(|m| m.role)
+            .ok_or_else(|| ApiError::not_found("account"))?;
+        if role < at_least {
+            return Err(ApiError::Forbidden(format!(
+                "this needs the {} role or higher in the account",
+                role_name(at_least)
+            )));
+        }
+        Ok(role)
+    }
+}
+
+/// The contract's name of a role.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Owner => "OWNER",
+        Role::Admin => "ADMIN",
+        Role::Member => "MEMBER",
+    }
+}
+
+fn conflict_on_unique(e: sea_orm::DbErr, message: &str) -> ApiError {
+    match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => ApiError::Conflict(message.to_owned()),
+        _ => e.into(),
+    }
+}
+
+/// A new user and their first account, the user its OWNER.
+pub async fn sign_up(
+    db: &Db,
+    email: &str,
+    password: &str,
+    name: &str,
+    account_name: &str,
+) -> ApiResult<user::Model> {
+    let email = Email::parse(email)?;
+    let password = Password::parse(password)?;
+    let name = parse_name("name", name)?;
+    let account_name = parse_name("accountName", account_name)?;
+    let taken = || ApiError::Conflict("an account with this email already exists".into());
+    if user::Entity::find()
+        .filter(user::Column::Email.eq(email.as_str()))
+        .count(db.conn())
+        .await?
+        > 0
+    {
+        return Err(taken());
+    }
+    let password_hash = password::hash(password).await?;
+    let now = Utc::now();
+    let user = user::Model {
+        id: Uuid::now_v7(),
+        email: email.as_str().to_owned(),
+        name,
+        password_hash,
+        created_at: now,
+    };
+    let tx = db.write().await?;
+    user::Entity::insert(user::ActiveModel::from(user.clone()))
+        .exec_without_returning(&tx.tx)
+        .await
+        .map_err(|e| conflict_on_unique(e, "an account with this email already exists"))?;
+    insert_account(&tx.tx, user.id, account_name).await?;
+    tx.commit().await?;
+    Ok(user)
+}
+
+async fn insert_account(
+    tx: &impl ConnectionTrait,
+    owner: Uuid,
+    name: String,
+) -> ApiResult<account::Model> {
+    let now = Utc::now();
+    let account = account::Model {
+        id: Uuid::now_v7(),
+        name,
+        created_at: now,
+    };
+    account::Entity::insert(account::ActiveModel::from(account.clone()))
+        .exec_without_returning(tx)
+        .await?;
+    membership::Entity::insert(membership::ActiveModel {
+        account_id: Set(account.id),
+        user_id: Set(owner),
+        role: Set(Role::Owner),
+        created_at: Set(now),
+    })
+    .exec_without_returning(tx)
+    .await?;
+    Ok(account)
+}
+
+/// The user whose email and password match; the same error, after similar work, for an
+/// unknown email and a wrong password.
+pub async fn log_in(db: &Db, email: &str, password: &str) -> ApiResult<user::Model> {
+    let user = match Email::parse(email) {
+        Ok(email) => {
+            user::Entity::find()
+                .filter(user::Column::Email.eq(email.as_str()))
+                .one(db.conn())
+                .await?
+        }
+        Err(_) => None,
+    };
+    let ok = password::verify(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
+    match user {
+        Some(user) if ok => Ok(user),
+        _ => Err(ApiError::Unauthenticated("wrong email or password".into())),
+    }
+}
+
+/// A user by id (the viewer, or someone met through a shared account).
+pub async fn user_by_id(db: &Db, id: Uuid) -> ApiResult<user::Model> {
+    user::Entity::find_by_id(id)
+        .one(db.conn())
+        .await?
+        .ok_or_else(|| ApiError::Unauthenticated("the user of this token no longer exists".into()))
+}
+
+/// A new account owned by the viewer.
+pub async fn create_account(db: &Db, viewer: Uuid, name: &str) -> ApiResult<account::Model> {
+    let name = parse_name("name", name)?;
+    let tx = db.write().await?;
+    let account = insert_account(&tx.tx, viewer, name).await?;
+    tx.commit().await?;
+    Ok(account)
+}
+
+/// An account the viewer belongs to; `None` for any other id.
+pub async fn account_for(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<Option<account::Model>> {
+    Ok(account::Entity::find_for_member(id, viewer)
+        .one(db.conn())
+        .await?)
+}
+
+/// The members of an account the viewer belongs to.
+pub async fn members(db: &Db, account_id: Uuid) -> ApiResult<Vec<membership::Model>> {
+    Ok(membership::Entity::find_in_account(account_id)
+        .order_by_asc(membership::Column::CreatedAt)
+        .all(db.conn())
+        .await?)
+}
+
+/// The memberships of `user_id` that `viewer` may see: all of them for oneself, the shared
+/// accounts' for a teammate.
+pub async fn visible_memberships(
+    db: &Db,
+    viewer: Uuid,
+    user_id: Uuid,
+) -> ApiResult<Vec<membership::Model>> {
+    let all = membership::Entity::find()
+        .filter(membership::Column::UserId.eq(user_id))
+        .order_by_asc(membership::Column::CreatedAt)
+        .all(db.conn())
+        .await?;
+    if viewer == user_id {
+        return Ok(all);
+    }
+    let mine: Vec<Uuid> = membership::Entity::find()
+        .filter(membership::Column::UserId.eq(viewer))
+        .all(db.conn())
+        .await?
+        .into_iter()
+        .map(|m| m.account_id)
+        .collect();
+    Ok(all
+        .into_iter()
+        .filter(|m| mine.contains(&m.account_id))
+        .collect())
+}
+
+/// An invitation and the token to redeem it, which is shown only now.
+pub struct NewInvitation {
+    pub invitation: invitation::Model,
+    pub token: String,
+}
+
+/// How long an invitation can be redeemed.
+const INVITATION_TTL_DAYS: i64 = 7;
+
+/// Invites `email` with `role`: OWNER and ADMIN may invite, and only an OWNER may invite
+/// another OWNER.
+pub async fn invite_member(
+    db: &Db,
+    viewer: Uuid,
+    account_id: Uuid,
+    email: &str,
+    role: Role,
+) -> ApiResult<NewInvitation> {
+    let my_role = AccountAccess::require(db.conn(), viewer, account_id, Role::Admin).await?;
+    if role > my_role {
+        return Err(ApiError::Forbidden(
+            "only an OWNER can invite an OWNER".into(),
+        ));
+    }
+    let email = Email::parse(email)?;
+    let already = membership::Entity::find_in_account(account_id)
+        .inner_join(user::Entity)
+        .filter(user::Column::Email.eq(email.as_str()))
+        .count(db.conn())
+        .await?;
+    if already > 0 {
+        return Err(ApiError::Conflict(format!(
+            "{} is already a member",
+            email.as_str()
+        )));
+    }
+    let token = random_token();
+    let now = Utc::now();
+    let invitation = invitation::Model {
+        id: Uuid::now_v7(),
+        account_id,
+        email: email.as_str().to_owned(),
+        role,
+        token_hash: token_hash(&token),
+        invited_by: viewer,
+        expires_at: now + chrono::Duration::days(INVITATION_TTL_DAYS),
+        accepted_at: None,
+        created_at: now,
+    };
+    invitation::Entity::insert(invitation::ActiveModel::from(invitation.clone()))
+        .exec_without_returning(db.conn())
+        .await?;
+    Ok(NewInvitation { invitation, token })
+}
+
+/// Redeems an invitation for the viewer, whose email must be the invited one.
+pub async fn accept_invitation(db: &Db, viewer: Uuid, token: &str) -> ApiResult<membership::Model> {
+    let me = user_by_id(db, viewer).await?;
+    let tx = db.write().await?;
+    let inv = invitation::Entity::find()
+        .filter(invitation::Column::TokenHash.eq(token_hash(token.trim())))
+        .one(&tx.tx)
+        .await?
+        // A token for someone else reads like an unknown one: it reveals nothing.
+        .filter(|inv| inv.email == me.email)
+        .ok_or_else(|| ApiError::not_found("invitation"))?;
+    if inv.accepted_at.is_some() {
+        return Err(ApiError::Conflict(
+            "this invitation has already been accepted".into(),
+        ));
+    }
+    if inv.expires_at < Utc::now() {
+        return Err(ApiError::bad_input(
+            "this invitation has expired; ask for a new one",
+        ));
+    }
+    if membership::Entity::find_by_id((inv.account_id, viewer))
+        .one(&tx.tx)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(
+            "you are already a member of this account".into(),
+        ));
+    }
+    let now = Utc::now();
+    let membership = membership::Model {
+        account_id: inv.account_id,
+        user_id: viewer,
+        role: inv.role,
+        created_at: now,
+    };
+    membership::Entity::insert(membership::ActiveModel::from(membership.clone()))
+        .exec_without_returning(&tx.tx)
+        .await?;
+    invitation::Entity::update(invitation::ActiveModel {
+        id: Set(inv.id),
+        accepted_at: Set(Some(now)),
+        ..Default::default()
+    })
+    .exec(&tx.tx)
+    .await?;
+    tx.commit().await?;
+    Ok(membership)
+}
+
+/// Removes a member (OWNER only). The last OWNER cannot be removed.
+pub async fn remove_member(
+    db: &Db,
+    viewer: Uuid,
+    account_id: Uuid,
+    user_id: Uuid,
+) -> ApiResult<bool> {
+    AccountAccess::require(db.conn(), viewer, account_id, Role::Owner).await?;
+    let tx = db.write().await?;
+    let target = membership::Entity::find_by_id((account_id, user_id))
+        .one(&tx.tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    if target.role == Role::Owner {
+        let owners = membership::Entity::find_in_account(account_id)
+            .filter(membership::Column::Role.eq(Role::Owner))
+            .count(&tx.tx)
+            .await?;
+        if owners <= 1 {
+            return Err(ApiError::Conflict(
+                "an account must keep at least one OWNER".into(),
+            ));
+        }
+    }
+    membership::Entity::delete_by_id((account_id, user_id))
+        .exec(&tx.tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Changes a member's role (OWNER only), keeping at least one OWNER.
+pub async fn change_member_role(
+    db: &Db,
+    viewer: Uuid,
+    account_id: Uuid,
+    user_id: Uuid,
+    role: Role,
+) -> ApiResult<membership::Model> {
+    AccountAccess::require(db.conn(), viewer, account_id, Role::Owner).await?;
+    let tx = db.write().await?;
+    let target = membership::Entity::find_by_id((account_id, user_id))
+        .one(&tx.tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    if target.role == Role::Owner && role != Role::Owner {
+        let owners = membership::Entity::find_in_account(account_id)
+            .filter(membership::Column::Role.eq(Role::Owner))
+            .count(&tx.tx)
+            .await?;
+        if owners <= 1 {
+            return Err(ApiError::Conflict(
+                "an account must keep at least one OWNER".into(),
+            ));
+        }
+    }
+    membership::Entity::update(membership::ActiveModel {
+        account_id: Set(account_id),
+        user_id: Set(user_id),
+        role: Set(role),
+        ..Default::default()
+    })
+    .exec(&tx.tx)
+    .await?;
+    tx.commit().await?;
+    Ok(membership::Model { role, ..target })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_trimmed_and_lower_cased() {
+        assert_eq!(
+            Email::parse("  Jo@Example.COM ").map(|e| e.0).ok(),
+            Some("jo@example.com".into())
+        );
+    }
+
+    #[test]
+    fn malformed_emails_are_refused() {
+        for bad in [
+            "",
+            "jo",
+            "jo@",
+            "@example.com",
+            "jo@example",
+            "jo @example.com",
+            "a@b@c.d",
+            "jo@example..com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

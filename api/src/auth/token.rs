@@ -1,0 +1,98 @@
+//! Login tokens: HS256 JWTs with an expiry. Only HS256 is accepted, so `alg: none` and
+//! algorithm-confusion tokens are refused.
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore as _;
+use sea_orm::{ActiveValue::Set, EntityTrait, sea_query::OnConflict};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::db::Db;
+
+const ISSUER: &str = "parley";
+const SECRET_KEY: &str = "jwt_secret";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: Uuid,
+    iat: i64,
+    exp: i64,
+    iss: String,
+}
+
+/// Signs and checks login tokens.
+#[derive(Clone)]
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    ttl: Duration,
+}
+
+impl TokenKeys {
+    /// Keys from a secret.
+    pub fn new(secret: &[u8], ttl: Duration) -> Self {
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            ttl,
+        }
+    }
+
+    /// Keys from `configured`, else from the key kept in the database, generating and storing
+    /// one on first start. Concurrent first starts agree: the first insert wins, all read it.
+    pub async fn load(db: &Db, configured: Option<&str>, ttl: Duration) -> anyhow::Result<Self> {
+        if let Some(secret) = configured {
+            return Ok(Self::new(secret.as_bytes(), ttl));
+        }
+        let mut bytes = [0u8; 64];
+        rand::rng().fill_bytes(&mut bytes);
+        let fresh = base64::engine::general_purpose::STANDARD.encode(bytes);
+        entity::server_setting::Entity::insert(entity::server_setting::ActiveModel {
+            key: Set(SECRET_KEY.to_owned()),
+            value: Set(fresh),
+        })
+        .on_conflict(
+            OnConflict::column(entity::server_setting::Column::Key)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db.conn())
+        .await
+        .context("cannot store the generated JWT key")?;
+        let stored = entity::server_setting::Entity::find_by_id(SECRET_KEY.to_owned())
+            .one(db.conn())
+            .await?
+            .context("the generated JWT key is missing")?;
+        Ok(Self::new(stored.value.as_bytes(), ttl))
+    }
+
+    /// A token for `user_id`, valid for the configured lifetime.
+    pub fn issue(&self, user_id: Uuid) -> anyhow::Result<String> {
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user_id,
+            iat: now,
+            exp: now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            iss: ISSUER.to_owned(),
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
+    }
+
+    /// The user a token was issued to, if it is genuine and not expired.
+    pub fn verify(&self, token: &str) -> Option<Uuid> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .ok()
+            .map(|d| d.claims.sub)
+    }
+}

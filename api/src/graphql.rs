@@ -1,0 +1,109 @@
+//! The schema: one query, mutation and subscription struct per domain, merged; plus the
+//! limits and the extension that gives every error a contract code.
+use std::sync::Arc;
+
+use async_graphql::{
+    MergedObject, Response, Schema, ServerError, ServerResult, ValidationResult, Variables,
+    extensions::{
+        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe,
+        NextValidation,
+    },
+    futures_util::stream::BoxStream,
+    parser::types::ExecutableDocument,
+};
+use futures_util::StreamExt as _;
+
+use crate::{
+    accounts::graphql::{AccountsMutation, AccountsQuery},
+    error::ensure_code,
+    state::AppState,
+};
+
+/// Every query of every domain.
+#[derive(MergedObject, Default)]
+pub struct Query(AccountsQuery);
+
+/// Every mutation of every domain.
+#[derive(MergedObject, Default)]
+pub struct Mutation(AccountsMutation);
+
+/// Every subscription of every domain.
+pub type Subscription = async_graphql::EmptySubscription;
+
+/// The executable schema.
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
+
+/// Builds the schema; `state` is `None` only to print the SDL.
+pub fn build_schema(state: Option<AppState>) -> AppSchema {
+    let mut builder = Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .limit_depth(16)
+    .limit_complexity(5_000)
+    .limit_recursive_depth(64)
+    .limit_directives(16)
+    .extension(ErrorCodes);
+    if let Some(state) = state {
+        builder = builder.data(state);
+    }
+    builder.finish()
+}
+
+/// The SDL that `schema.graphql` must equal.
+pub fn sdl() -> String {
+    build_schema(None).sdl()
+}
+
+/// Puts `extensions.code` on errors raised by async-graphql itself.
+struct ErrorCodes;
+
+impl ExtensionFactory for ErrorCodes {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(ErrorCodes)
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for ErrorCodes {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        let mut response = next.run(ctx).await;
+        response.errors = response.errors.into_iter().map(ensure_code).collect();
+        response
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        next.run(ctx, stream)
+            .map(|mut response| {
+                response.errors = response.errors.into_iter().map(ensure_code).collect();
+                response
+            })
+            .boxed()
+    }
+
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        next.run(ctx, query, variables).await.map_err(ensure_code)
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        next.run(ctx)
+            .await
+            .map_err(|errors| errors.into_iter().map(ensure_code).collect())
+    }
+}

@@ -1,0 +1,53 @@
+//! The `parley` binary: `serve` (the default), `migrate`, `print-schema`.
+use clap::{Parser, Subcommand};
+use parley::{app::Application, db::Db, settings::Settings, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "parley",
+    version,
+    about = "Parley: a multi-tenant chatbot builder backend"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Migrate the database and serve (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the GraphQL schema (SDL) and exit.
+    PrintSchema,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::PrintSchema) = cli.command {
+        #[expect(
+            clippy::print_stdout,
+            reason = "printing the schema is this command's output"
+        )]
+        {
+            print!("{}", parley::graphql::sdl());
+        }
+        return Ok(());
+    }
+    telemetry::init();
+    let settings = Settings::from_env()?;
+    match cli.command {
+        Some(Command::Migrate) => {
+            Db::connect(&settings.database_url).await?.migrate().await?;
+            tracing::info!("migrations applied");
+        }
+        _ => {
+            let app = Application::build(settings).await?;
+            tracing::info!(port = app.port(), "parley listening; GraphiQL at /graphiql");
+            app.run_until_stopped().await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! What every request handler shares.
+use std::sync::Arc;
+
+use async_graphql::Context;
+
+use crate::{auth::token::TokenKeys, db::Db, error::ApiResult, settings::Settings};
+
+/// Shared state, put into the GraphQL schema's data once at start-up.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub keys: TokenKeys,
+    pub settings: Arc<Settings>,
+}
+
+/// The shared state of a GraphQL request.
+pub fn state<'a>(ctx: &Context<'a>) -> ApiResult<&'a AppState> {
+    ctx.data::<AppState>().map_err(|e| {
+        crate::error::ApiError::Internal(anyhow::anyhow!("app state missing: {}", e.message))
+    })
+}
