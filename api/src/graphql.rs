@@ -15,17 +15,19 @@ use futures_util::StreamExt as _;
 
 use crate::{
     accounts::graphql::{AccountsMutation, AccountsQuery},
+    bots::graphql::{BotsMutation, BotsQuery},
     error::ensure_code,
     state::AppState,
+    webhooks::graphql::{WebhooksMutation, WebhooksQuery},
 };
 
 /// Every query of every domain.
 #[derive(MergedObject, Default)]
-pub struct Query(AccountsQuery);
+pub struct Query(AccountsQuery, BotsQuery, WebhooksQuery);
 
 /// Every mutation of every domain.
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation);
+pub struct Mutation(AccountsMutation, BotsMutation, WebhooksMutation);
 
 /// Every subscription of every domain.
 pub type Subscription = async_graphql::EmptySubscription;

@@ -3,6 +3,9 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261126_010000_create_accounts;
+mod m20261126_020000_create_bots_and_webhooks;
+mod m20261126_030000_create_deliveries;
+mod m20261126_040000_create_conversations;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -10,6 +13,11 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261126_010000_create_accounts::Migration)]
+        vec![
+            Box::new(m20261126_010000_create_accounts::Migration),
+            Box::new(m20261126_020000_create_bots_and_webhooks::Migration),
+            Box::new(m20261126_030000_create_deliveries::Migration),
+            Box::new(m20261126_040000_create_conversations::Migration),
+        ]
     }
 }

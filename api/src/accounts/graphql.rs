@@ -109,6 +109,20 @@ impl Account {
             })
             .collect())
     }
+    /// The account's bots, oldest first.
+    async fn bots(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::bots::graphql::Bot>> {
+        crate::bots::graphql::account_bots(ctx, self.0.id).await
+    }
+    /// The account's webhooks page, oldest first.
+    async fn webhooks(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::webhooks::graphql::Webhook>> {
+        crate::webhooks::graphql::account_webhooks(ctx, self.0.id).await
+    }
 }
 
 /// An invitation; `token` is shown only in the answer to `inviteMember`.

@@ -1,6 +1,8 @@
 //! Black-box tests: each spawns the real server on port 0 with a fresh database (SQLite by
 //! default, PostgreSQL when `PARLEY_TEST_DATABASE_URL` is set) and talks to it like a client.
 mod accounts;
+mod bots;
 mod helpers;
 mod schema;
 mod transport;
+mod webhooks;

@@ -1,0 +1,4 @@
+//! Bots, their draft flows (validated on save), and published versions.
+pub mod graphql;
+pub mod service;
+pub mod validate;

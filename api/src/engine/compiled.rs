@@ -1,0 +1,72 @@
+//! A flow indexed for running.
+
+use std::collections::HashMap;
+
+use super::model::{Block, Flow};
+
+/// A flow prepared once per published version: an index from block id to
+/// block.
+#[derive(Debug, Clone)]
+pub struct CompiledFlow {
+    flow: Flow,
+    index: HashMap<String, usize>,
+}
+
+impl CompiledFlow {
+    /// Indexes `flow`. Never fails: dangling ids are handled at run time and
+    /// for a duplicated id the first block wins, as validation rejects both.
+    pub fn new(flow: Flow) -> Self {
+        let mut index = HashMap::with_capacity(flow.blocks.len());
+        for (position, block) in flow.blocks.iter().enumerate() {
+            index.entry(block.id.clone()).or_insert(position);
+        }
+        Self { flow, index }
+    }
+
+    /// The flow as it was given.
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    /// The block with this id, if there is one.
+    pub fn block(&self, id: &str) -> Option<&Block> {
+        self.index
+            .get(id)
+            .and_then(|&position| self.flow.blocks.get(position))
+    }
+}
+
+impl From<Flow> for CompiledFlow {
+    fn from(flow: Flow) -> Self {
+        Self::new(flow)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::BlockKind;
+
+    #[test]
+    fn blocks_are_found_by_id_and_the_first_duplicate_wins() {
+        let flow = Flow {
+            start_block_id: Some("a".into()),
+            blocks: vec![
+                Block::new("a", BlockKind::Message),
+                Block::new("b", BlockKind::End),
+                Block::new("a", BlockKind::End),
+            ],
+        };
+        let compiled = CompiledFlow::new(flow.clone());
+        assert_eq!(compiled.flow(), &flow);
+        assert_eq!(
+            compiled.block("a").map(|block| block.kind),
+            Some(BlockKind::Message)
+        );
+        assert_eq!(
+            compiled.block("b").map(|block| block.kind),
+            Some(BlockKind::End)
+        );
+        assert!(compiled.block("c").is_none());
+    }
+}

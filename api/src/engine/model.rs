@@ -1,0 +1,275 @@
+//! The flow model as it is stored (as JSON) for each published flow version.
+
+use serde::{Deserialize, Serialize};
+
+/// A whole conversation flow: a set of blocks and the block to start from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Flow {
+    /// The block a conversation starts at; absent in an empty draft.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_block_id: Option<String>,
+    /// The blocks, in the order the editor keeps them.
+    #[serde(default)]
+    pub blocks: Vec<Block>,
+}
+
+/// One step of a flow. Which fields matter depends on `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Block {
+    /// Unique id within the flow.
+    pub id: String,
+    /// What the block does.
+    pub kind: BlockKind,
+    /// What the bot says (MESSAGE, QUESTION); a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// How a QUESTION's answer is checked; absent means TEXT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_type: Option<QuestionType>,
+    /// Name under which a QUESTION's answer is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub save_answer_to: Option<String>,
+    /// The options of a CHOICE question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<Choice>>,
+    /// The account webhook a WEBHOOK block calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<String>,
+    /// Whether a WEBHOOK block is fire-and-forget; absent means `true`.
+    #[serde(rename = "async", default, skip_serializing_if = "Option::is_none")]
+    pub is_async: Option<bool>,
+    /// The tests of a CONDITION block, tried in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+    /// The block that follows; absent ends the conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+impl Block {
+    /// A block of the given kind with every optional field absent.
+    pub fn new(id: impl Into<String>, kind: BlockKind) -> Self {
+        Self {
+            id: id.into(),
+            kind,
+            text: None,
+            question_type: None,
+            save_answer_to: None,
+            choices: None,
+            webhook_id: None,
+            is_async: None,
+            conditions: None,
+            next: None,
+        }
+    }
+
+    /// Every block id the engine can move to from this block, whether or
+    /// not it exists: choice nexts (CHOICE questions), condition nexts
+    /// (CONDITION blocks), then `next` (any kind but END). Fields the kind
+    /// does not use are left out because the engine never follows them; a
+    /// webhook reply's goto cannot be known here.
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        let is_choice_question =
+            self.kind == BlockKind::Question && self.question_type == Some(QuestionType::Choice);
+        let choice_targets = self
+            .choices
+            .iter()
+            .flatten()
+            .filter(move |_| is_choice_question)
+            .filter_map(|choice| choice.next.as_deref());
+        let condition_targets = self
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|_| self.kind == BlockKind::Condition)
+            .map(|condition| condition.next.as_str());
+        let next = self.next.as_deref().filter(|_| self.kind != BlockKind::End);
+        choice_targets.chain(condition_targets).chain(next)
+    }
+}
+
+/// One option of a CHOICE question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Choice {
+    /// What the visitor sees (and may type).
+    pub label: String,
+    /// What is stored when picked; absent means the label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Where the flow goes when picked; absent means the block's `next`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// One test of a CONDITION block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// The context variable tested; dotted paths read into objects.
+    pub variable: String,
+    /// How the variable is compared.
+    pub operator: ConditionOperator,
+    /// What the variable is compared with (unused by IS_SET / IS_NOT_SET).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Where the flow goes when this condition holds.
+    pub next: String,
+}
+
+/// What a block does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BlockKind {
+    /// The bot says something and goes on.
+    Message,
+    /// The bot asks something and waits for the answer.
+    Question,
+    /// The bot calls an account webhook.
+    Webhook,
+    /// The flow branches on context variables.
+    Condition,
+    /// The conversation ends.
+    End,
+}
+
+/// How a question's answer is checked and stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum QuestionType {
+    /// Any non-blank text.
+    Text,
+    /// An email address.
+    Email,
+    /// A phone number.
+    Phone,
+    /// A number, stored as a JSON number.
+    Number,
+    /// One of the block's choices.
+    Choice,
+}
+
+/// How a condition compares its variable with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConditionOperator {
+    /// Numerically equal, else equal as trimmed case-insensitive text.
+    Equals,
+    /// The negation of `Equals` (true for a missing variable).
+    NotEquals,
+    /// Case-insensitive substring; for an array, any element equals.
+    Contains,
+    /// Numerically greater; false unless both sides are numbers.
+    GreaterThan,
+    /// Numerically less; false unless both sides are numbers.
+    LessThan,
+    /// Present, not null and not the empty string.
+    IsSet,
+    /// The negation of `IsSet`.
+    IsNotSet,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_reads_from_camel_case_json_with_missing_options() {
+        let json = r#"{"id":"w","kind":"WEBHOOK","webhookId":"h1","async":false,"next":"e"}"#;
+        let block: Block = serde_json::from_str(json).expect("the JSON above is a valid block");
+        assert_eq!(block.kind, BlockKind::Webhook);
+        assert_eq!(block.webhook_id.as_deref(), Some("h1"));
+        assert_eq!(block.is_async, Some(false));
+        assert_eq!(block.text, None);
+        assert_eq!(block.next.as_deref(), Some("e"));
+    }
+
+    #[test]
+    fn a_flow_round_trips_through_json_without_null_fields() {
+        let flow = Flow {
+            start_block_id: Some("q".into()),
+            blocks: vec![Block {
+                question_type: Some(QuestionType::Choice),
+                save_answer_to: Some("plan".into()),
+                choices: Some(vec![Choice {
+                    label: "Pro".into(),
+                    value: Some("pro".into()),
+                    next: None,
+                }]),
+                ..Block::new("q", BlockKind::Question)
+            }],
+        };
+        let json = serde_json::to_string(&flow).expect("a flow always serializes");
+        assert!(json.contains(r#""startBlockId":"q""#));
+        assert!(json.contains(r#""questionType":"CHOICE""#));
+        assert!(json.contains(r#""saveAnswerTo":"plan""#));
+        assert!(!json.contains("null"));
+        let back: Flow = serde_json::from_str(&json).expect("what was written reads back");
+        assert_eq!(back, flow);
+    }
+
+    #[test]
+    fn an_empty_object_is_an_empty_flow() {
+        let flow: Flow = serde_json::from_str("{}").expect("every field of a flow has a default");
+        assert_eq!(flow, Flow::default());
+    }
+
+    #[test]
+    fn operators_use_screaming_snake_case() {
+        let op: ConditionOperator =
+            serde_json::from_str(r#""IS_NOT_SET""#).expect("IS_NOT_SET is an operator");
+        assert_eq!(op, ConditionOperator::IsNotSet);
+        let json = serde_json::to_string(&ConditionOperator::GreaterThan)
+            .expect("an operator always serializes");
+        assert_eq!(json, r#""GREATER_THAN""#);
+    }
+
+    fn block_with_every_target(kind: BlockKind, question_type: Option<QuestionType>) -> Block {
+        Block {
+            question_type,
+            choices: Some(vec![
+                Choice {
+                    label: "a".into(),
+                    value: None,
+                    next: Some("x".into()),
+                },
+                Choice {
+                    label: "b".into(),
+                    value: None,
+                    next: None,
+                },
+            ]),
+            conditions: Some(vec![Condition {
+                variable: "v".into(),
+                operator: ConditionOperator::IsSet,
+                value: None,
+                next: "y".into(),
+            }]),
+            next: Some("z".into()),
+            ..Block::new("b", kind)
+        }
+    }
+
+    #[test]
+    fn targets_are_the_ids_the_engine_can_follow_for_the_kind() {
+        let cases = [
+            (
+                BlockKind::Question,
+                Some(QuestionType::Choice),
+                vec!["x", "z"],
+            ),
+            (BlockKind::Question, Some(QuestionType::Text), vec!["z"]),
+            (BlockKind::Question, None, vec!["z"]),
+            (BlockKind::Condition, None, vec!["y", "z"]),
+            (BlockKind::Message, Some(QuestionType::Choice), vec!["z"]),
+            (BlockKind::Webhook, None, vec!["z"]),
+            (BlockKind::End, None, vec![]),
+        ];
+        for (kind, question_type, expected) in cases {
+            let block = block_with_every_target(kind, question_type);
+            assert_eq!(block.targets().collect::<Vec<_>>(), expected, "{kind:?}");
+        }
+    }
+}

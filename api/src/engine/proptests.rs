@@ -1,0 +1,403 @@
+//! Property tests: random flows and random inputs never panic and always
+//! leave the conversation in a state that matches the step's last output.
+//! The generators are shared with the validation tests.
+
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+use proptest::sample::select;
+use serde_json::{Map, Value, json};
+
+use super::*;
+
+const BLOCK_IDS: &[&str] = &["a", "b", "c", "d", "e", ""];
+const TARGETS: &[&str] = &["a", "b", "c", "d", "e", "ghost", "", "b0", "b1"];
+const TEXTS: &[&str] = &[
+    "Hi {{v}}",
+    "",
+    "  ",
+    "Question?",
+    "{{order.status}}",
+    "{{ unclosed",
+];
+const NAMES: &[&str] = &[
+    "v",
+    "age",
+    "answer",
+    "email",
+    "",
+    "conversation",
+    "1bad",
+    "order",
+];
+const VARIABLES: &[&str] = &["v", "age", "answer", "order.status", "", "tags"];
+const VALUES: &[&str] = &["1", "10", "x", "", "pro", "3.5"];
+const LABELS: &[&str] = &["Pro", "Free", "pro", "", "Team"];
+const ANSWERS: &[&str] = &[
+    "",
+    "  ",
+    "ada@example.com",
+    "bad@",
+    "+1 555 123 4567",
+    "12",
+    "42",
+    "3.5",
+    "yes",
+    "Pro",
+    "free",
+    "team",
+    "{{v}}",
+];
+
+fn arb_kind() -> impl Strategy<Value = BlockKind> {
+    select(vec![
+        BlockKind::Message,
+        BlockKind::Question,
+        BlockKind::Webhook,
+        BlockKind::Condition,
+        BlockKind::End,
+    ])
+}
+
+fn arb_question_type() -> impl Strategy<Value = QuestionType> {
+    select(vec![
+        QuestionType::Text,
+        QuestionType::Email,
+        QuestionType::Phone,
+        QuestionType::Number,
+        QuestionType::Choice,
+    ])
+}
+
+fn arb_operator() -> impl Strategy<Value = ConditionOperator> {
+    select(vec![
+        ConditionOperator::Equals,
+        ConditionOperator::NotEquals,
+        ConditionOperator::Contains,
+        ConditionOperator::GreaterThan,
+        ConditionOperator::LessThan,
+        ConditionOperator::IsSet,
+        ConditionOperator::IsNotSet,
+    ])
+}
+
+fn arb_string(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
+    select(pool).prop_map(str::to_owned)
+}
+
+fn arb_choice() -> impl Strategy<Value = Choice> {
+    (
+        arb_string(LABELS),
+        option::of(arb_string(VALUES)),
+        option::of(arb_string(TARGETS)),
+    )
+        .prop_map(|(label, value, next)| Choice { label, value, next })
+}
+
+fn arb_condition() -> impl Strategy<Value = Condition> {
+    (
+        arb_string(VARIABLES),
+        arb_operator(),
+        option::of(arb_string(VALUES)),
+        arb_string(TARGETS),
+    )
+        .prop_map(|(variable, operator, value, next)| Condition {
+            variable,
+            operator,
+            value,
+            next,
+        })
+}
+
+/// Any block at all, most of them broken in some way.
+fn arb_block() -> impl Strategy<Value = Block> {
+    (
+        (
+            arb_string(BLOCK_IDS),
+            arb_kind(),
+            option::of(arb_string(TEXTS)),
+        ),
+        (
+            option::of(arb_question_type()),
+            option::of(arb_string(NAMES)),
+            option::of(vec(arb_choice(), 0..4)),
+        ),
+        (
+            option::of(arb_string(&["wh_1", "wh_2", ""])),
+            option::of(any::<bool>()),
+            option::of(vec(arb_condition(), 0..3)),
+            option::of(arb_string(TARGETS)),
+        ),
+    )
+        .prop_map(
+            |(
+                (id, kind, text),
+                (question_type, save_answer_to, choices),
+                (webhook_id, is_async, conditions, next),
+            )| Block {
+                id,
+                kind,
+                text,
+                question_type,
+                save_answer_to,
+                choices,
+                webhook_id,
+                is_async,
+                conditions,
+                next,
+            },
+        )
+}
+
+/// A random flow, valid or (usually) not.
+pub(crate) fn arb_flow() -> impl Strategy<Value = Flow> {
+    (option::of(arb_string(TARGETS)), vec(arb_block(), 0..7)).prop_map(
+        |(start_block_id, blocks)| Flow {
+            start_block_id,
+            blocks,
+        },
+    )
+}
+
+/// A flow whose blocks `b0..` only use the fields their kind needs, with
+/// targets anywhere in the flow: often valid, sometimes looping.
+pub(crate) fn arb_shaped_flow() -> impl Strategy<Value = Flow> {
+    (1usize..8)
+        .prop_flat_map(|count| vec(arb_shaped_block(count), count))
+        .prop_map(|blocks| Flow {
+            start_block_id: Some("b0".to_owned()),
+            blocks: blocks
+                .into_iter()
+                .enumerate()
+                .map(|(i, block)| Block {
+                    id: format!("b{i}"),
+                    ..block
+                })
+                .collect(),
+        })
+}
+
+fn arb_shaped_block(count: usize) -> impl Strategy<Value = Block> {
+    let target = move || option::of((0..count).prop_map(|i| format!("b{i}")));
+    let choices = vec(target(), 1..4).prop_map(|nexts| {
+        nexts
+            .into_iter()
+            .zip(["Pro", "Free", "Team"])
+            .map(|(next, label)| Choice {
+                label: label.to_owned(),
+                value: (label != "Free").then(|| label.to_lowercase()),
+                next,
+            })
+            .collect::<Vec<_>>()
+    });
+    let conditions = vec(
+        (
+            select(vec!["v", "age", "answer"]),
+            arb_operator(),
+            (0..count).prop_map(|i| format!("b{i}")),
+        ),
+        1..3,
+    )
+    .prop_map(|items| {
+        items
+            .into_iter()
+            .map(|(variable, operator, next)| Condition {
+                variable: variable.to_owned(),
+                operator,
+                value: Some("1".to_owned()),
+                next,
+            })
+            .collect::<Vec<_>>()
+    });
+    (
+        arb_kind(),
+        arb_question_type(),
+        option::of(select(vec!["v", "age", "answer"])),
+        choices,
+        option::of(any::<bool>()),
+        conditions,
+        target(),
+    )
+        .prop_map(
+            |(kind, question_type, save, choices, is_async, conditions, next)| {
+                let mut block = Block::new("", kind);
+                match kind {
+                    BlockKind::Message => block.text = Some("Hi {{v}}".to_owned()),
+                    BlockKind::Question => {
+                        block.text = Some("Q {{answer}}?".to_owned());
+                        block.question_type = Some(question_type);
+                        block.save_answer_to = save.map(str::to_owned);
+                        if question_type == QuestionType::Choice {
+                            block.choices = Some(choices);
+                        }
+                    }
+                    BlockKind::Webhook => {
+                        block.webhook_id = Some("wh_1".to_owned());
+                        block.is_async = is_async;
+                    }
+                    BlockKind::Condition => block.conditions = Some(conditions),
+                    BlockKind::End => {}
+                }
+                if kind != BlockKind::End {
+                    block.next = next;
+                }
+                block
+            },
+        )
+}
+
+fn arb_instruction() -> impl Strategy<Value = Instruction> {
+    prop_oneof![
+        select(vec!["hi {{v}}", "{{order.status}}", ""]).prop_map(|t| Instruction::Text(t.into())),
+        select(vec![
+            json!({"v": 1}),
+            json!({"order": {"status": "paid"}}),
+            json!({})
+        ])
+        .prop_map(|v| Instruction::Set(object(v))),
+        arb_string(TARGETS).prop_map(Instruction::Goto),
+        Just(Instruction::End),
+        Just(Instruction::Unknown("unknown type \"x\"".into())),
+    ]
+}
+
+fn arb_input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        1 => Just(Input::Start),
+        6 => arb_string(ANSWERS).prop_map(Input::Answer),
+        1 => vec(arb_instruction(), 0..4)
+            .prop_map(|items| Input::WebhookResult(WebhookOutcome::Responses(items))),
+        1 => select(vec![json!({"v": "x"}), json!({"age": 20, "tags": ["a"]}), json!({})])
+            .prop_map(|v| Input::WebhookResult(WebhookOutcome::Variables(object(v)))),
+        1 => Just(Input::WebhookResult(WebhookOutcome::Failed("timeout".into()))),
+    ]
+}
+
+/// Inputs that usually begin with `Start`, so most runs get somewhere.
+pub(crate) fn arb_inputs() -> impl Strategy<Value = Vec<Input>> {
+    (prop::bool::weighted(0.9), vec(arb_input(), 0..12)).prop_map(|(start, rest)| {
+        let first = start.then_some(Input::Start);
+        first.into_iter().chain(rest).collect()
+    })
+}
+
+pub(crate) fn arb_prefilled() -> impl Strategy<Value = Map<String, Value>> {
+    select(vec![
+        json!({}),
+        json!({"v": 1, "age": "30"}),
+        json!({"order": {"status": "new"}}),
+    ])
+    .prop_map(object)
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Feeds `inputs` one by one, checking after each step that a refusal left
+/// the state alone and that an accepted step left a state matching its last
+/// output. Returns the accepted steps' results.
+pub(crate) fn drive(
+    flow: &CompiledFlow,
+    prefilled: Map<String, Value>,
+    inputs: Vec<Input>,
+) -> Result<Vec<StepResult>, TestCaseError> {
+    let mut state = State::new(prefilled);
+    let mut results = Vec::new();
+    for input in inputs {
+        let before = state.clone();
+        let Ok(result) = step(flow, &mut state, input) else {
+            prop_assert_eq!(&state, &before);
+            continue;
+        };
+        let last = result.outputs.last();
+        match &state.position {
+            Position::NotStarted => prop_assert!(false, "a step left the state not started"),
+            Position::AwaitingAnswer { block_id } => {
+                prop_assert!(
+                    matches!(last, Some(Output::Say(ChatMessage::Question { .. }))),
+                    "awaiting an answer after {:?}",
+                    last
+                );
+                prop_assert!(flow.block(block_id).is_some());
+            }
+            Position::AwaitingWebhook { block_id } => {
+                prop_assert!(
+                    matches!(last, Some(Output::CallWebhook { block_id: id, .. }) if id == block_id),
+                    "awaiting a webhook after {:?}",
+                    last
+                );
+            }
+            Position::Ended => prop_assert!(
+                matches!(last, Some(Output::Say(ChatMessage::Ended { .. }))),
+                "ended after {:?}",
+                last
+            ),
+        }
+        let earlier = result.outputs.len().saturating_sub(1);
+        for output in result.outputs.iter().take(earlier) {
+            prop_assert!(
+                !matches!(
+                    output,
+                    Output::CallWebhook { .. } | Output::Say(ChatMessage::Ended { .. })
+                ),
+                "{:?} is not last",
+                output
+            );
+        }
+        prop_assert!(result.outputs.len() <= 2 * MAX_BLOCKS_PER_STEP + 20);
+        let stored =
+            serde_json::to_string(&state).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let restored: State =
+            serde_json::from_str(&stored).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&restored, &state);
+        results.push(result);
+    }
+    Ok(results)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_flows_and_inputs_keep_the_state_consistent(
+        flow in arb_flow(),
+        prefilled in arb_prefilled(),
+        inputs in arb_inputs(),
+    ) {
+        drive(&CompiledFlow::new(flow), prefilled, inputs)?;
+    }
+
+    #[test]
+    fn shaped_flows_and_inputs_keep_the_state_consistent(
+        flow in arb_shaped_flow(),
+        prefilled in arb_prefilled(),
+        inputs in arb_inputs(),
+    ) {
+        drive(&CompiledFlow::new(flow), prefilled, inputs)?;
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_outputs(
+        flow in arb_shaped_flow(),
+        prefilled in arb_prefilled(),
+        inputs in arb_inputs(),
+    ) {
+        let flow = CompiledFlow::new(flow);
+        let first = drive(&flow, prefilled.clone(), inputs.clone())?;
+        let second = drive(&flow, prefilled, inputs)?;
+        prop_assert_eq!(first, second);
+    }
+
+    #[test]
+    fn templates_never_panic_and_keep_text_without_braces(text in ".{0,40}") {
+        let variables = object(json!({"v": "x", "o": {"k": [1, 2]}}));
+        let rendered = template::render(&text, &variables);
+        if !text.contains("{{") {
+            prop_assert_eq!(rendered, text);
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The persisted state of one conversation.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Where a conversation is and what it has collected; stored as JSON
+/// between steps.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    /// What the conversation waits for.
+    pub position: Position,
+    /// Validated answers, by `saveAnswerTo` name.
+    #[serde(default)]
+    pub answers: Map<String, Value>,
+    /// The context for templates and conditions: prefilled values, answers
+    /// and whatever webhooks set.
+    #[serde(default)]
+    pub variables: Map<String, Value>,
+}
+
+/// What a conversation waits for. Serialized as
+/// `{"type": "awaitingAnswer", "blockId": ".."}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Position {
+    /// Waiting for `Input::Start`.
+    NotStarted,
+    /// Waiting for the visitor's answer to this QUESTION block.
+    AwaitingAnswer {
+        /// The question asked.
+        block_id: String,
+    },
+    /// Waiting for the result of this sync WEBHOOK block's call.
+    AwaitingWebhook {
+        /// The webhook block being run.
+        block_id: String,
+    },
+    /// Finished; every further input is refused.
+    Ended,
+}
+
+impl State {
+    /// A conversation that has not started, with `prefilled` as its first
+    /// context variables.
+    pub fn new(prefilled: Map<String, Value>) -> Self {
+        Self {
+            position: Position::NotStarted,
+            answers: Map::new(),
+            variables: prefilled,
+        }
+    }
+
+    /// Whether the conversation is over.
+    pub fn is_ended(&self) -> bool {
+        self.position == Position::Ended
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new(Map::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_new_state_has_not_started_and_keeps_the_prefilled_variables() {
+        let mut prefilled = Map::new();
+        prefilled.insert("name".into(), json!("Ada"));
+        let state = State::new(prefilled.clone());
+        assert_eq!(state.position, Position::NotStarted);
+        assert_eq!(state.variables, prefilled);
+        assert!(state.answers.is_empty());
+        assert!(!state.is_ended());
+    }
+
+    #[test]
+    fn the_state_serializes_with_a_tagged_camel_case_position() {
+        let state = State {
+            position: Position::AwaitingAnswer {
+                block_id: "q1".into(),
+            },
+            ..State::default()
+        };
+        let json = serde_json::to_value(&state).expect("a state always serializes");
+        assert_eq!(
+            json,
+            json!({
+                "position": {"type": "awaitingAnswer", "blockId": "q1"},
+                "answers": {},
+                "variables": {}
+            })
+        );
+        let back: State = serde_json::from_value(json).expect("what was written reads back");
+        assert_eq!(back, state);
+        let ended: Position =
+            serde_json::from_value(json!({"type": "ended"})).expect("ended is a position");
+        assert_eq!(ended, Position::Ended);
+    }
+}

@@ -1,0 +1,387 @@
+//! Advancing a conversation by one input.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::answer::check_answer;
+use super::compiled::CompiledFlow;
+use super::condition::holds;
+use super::model::{Block, BlockKind, Choice, QuestionType};
+use super::state::{Position, State};
+use super::template::render;
+use super::webhook::{Instruction, WebhookOutcome};
+
+/// How many blocks one step may run without waiting before the bot is
+/// stopped, so a question-less loop cannot spin forever.
+pub const MAX_BLOCKS_PER_STEP: usize = 100;
+
+/// What advances a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Begin at the flow's start block.
+    Start,
+    /// The visitor's reply to the pending question, as typed.
+    Answer(String),
+    /// The result of the sync webhook call the conversation waits for.
+    WebhookResult(WebhookOutcome),
+}
+
+/// One thing a step produced, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// An event to append to the transcript.
+    Say(ChatMessage),
+    /// An async webhook call to queue (the runtime writes an outbox row).
+    ///
+    /// The payload should use the state at this point. Answers and
+    /// variables only change before the first block of a step runs, so the
+    /// `answers` and `variables` of the state after the step are exactly
+    /// those at this point; only the position may differ.
+    QueueWebhook {
+        /// The account webhook to call.
+        webhook_id: String,
+        /// The WEBHOOK block that asked for the call.
+        block_id: String,
+    },
+    /// A sync webhook call for the runtime to make now, then step again with
+    /// `Input::WebhookResult`. Always the last output of its step.
+    CallWebhook {
+        /// The account webhook to call.
+        webhook_id: String,
+        /// The WEBHOOK block that asked for the call.
+        block_id: String,
+    },
+}
+
+/// A transcript event. Serialized as `{"type": "BOT_MESSAGE", "text": ..}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    rename_all_fields = "camelCase"
+)]
+pub enum ChatMessage {
+    /// The bot says something (a rendered MESSAGE or webhook text).
+    BotMessage {
+        /// The rendered text.
+        text: String,
+    },
+    /// The bot asks something and waits for the answer.
+    Question {
+        /// The rendered question.
+        text: String,
+        /// How the answer will be checked.
+        question_type: QuestionType,
+        /// The options, for a CHOICE question only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        choices: Option<Vec<Choice>>,
+    },
+    /// What the visitor typed, verbatim.
+    VisitorMessage {
+        /// The raw text.
+        text: String,
+    },
+    /// Why the visitor's answer was refused.
+    InvalidAnswer {
+        /// A message for the visitor.
+        text: String,
+    },
+    /// The conversation is over; `error` says why if it did not end
+    /// normally.
+    Ended {
+        /// Why the bot stopped, if it was not an END block or a null `next`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// Everything one step produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StepResult {
+    /// What happened, in order.
+    pub outputs: Vec<Output>,
+    /// Things worth logging that the visitor does not see (skipped
+    /// instructions, a goto to a missing block, a failed webhook call).
+    pub notes: Vec<String>,
+}
+
+/// Why an input was refused; the state is then unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepError {
+    /// Any input after the conversation ended.
+    AlreadyEnded,
+    /// A webhook result before the conversation started.
+    NotStarted,
+    /// An answer while no question is pending (not started, or awaiting a
+    /// webhook).
+    NoPendingQuestion,
+    /// A webhook result while no sync webhook call is pending.
+    NotAwaitingWebhook,
+    /// `Start` on a conversation that already started.
+    AlreadyStarted,
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StepError::AlreadyEnded => "the conversation has already ended",
+            StepError::NotStarted => "the conversation has not started yet",
+            StepError::NoPendingQuestion => "there is no question waiting for an answer",
+            StepError::NotAwaitingWebhook => "the conversation is not waiting for a webhook result",
+            StepError::AlreadyStarted => "the conversation has already started",
+        })
+    }
+}
+
+impl std::error::Error for StepError {}
+
+/// Advances the conversation by one input. Mutates `state` only on `Ok`.
+///
+/// On `Ok`, the state is `AwaitingAnswer` (and the last output is a
+/// `Question`), `AwaitingWebhook` (last output `CallWebhook`) or `Ended`
+/// (last output `Ended`).
+///
+/// # Errors
+///
+/// A [`StepError`] when the input does not fit the conversation's position
+/// (see its variants); the state is then left as it was.
+pub fn step(flow: &CompiledFlow, state: &mut State, input: Input) -> Result<StepResult, StepError> {
+    // Every refusal is decided here, before anything is touched, which is
+    // what keeps the state unchanged on `Err`.
+    let resume = match (&state.position, input) {
+        (Position::Ended, _) => return Err(StepError::AlreadyEnded),
+        (Position::NotStarted, Input::Start) => Resume::Start,
+        (_, Input::Start) => return Err(StepError::AlreadyStarted),
+        (Position::AwaitingAnswer { block_id }, Input::Answer(text)) => {
+            Resume::Answer(block_id.clone(), text)
+        }
+        (_, Input::Answer(_)) => return Err(StepError::NoPendingQuestion),
+        (Position::AwaitingWebhook { block_id }, Input::WebhookResult(outcome)) => {
+            Resume::Webhook(block_id.clone(), outcome)
+        }
+        (Position::NotStarted, Input::WebhookResult(_)) => return Err(StepError::NotStarted),
+        (_, Input::WebhookResult(_)) => return Err(StepError::NotAwaitingWebhook),
+    };
+    let mut run = Run {
+        flow,
+        state,
+        result: StepResult::default(),
+    };
+    match resume {
+        Resume::Start => run.start(),
+        Resume::Answer(block_id, text) => run.answer(&block_id, text),
+        Resume::Webhook(block_id, outcome) => run.webhook_result(&block_id, outcome),
+    }
+    Ok(run.result)
+}
+
+enum Resume {
+    Start,
+    Answer(String, String),
+    Webhook(String, WebhookOutcome),
+}
+
+struct Run<'a> {
+    flow: &'a CompiledFlow,
+    state: &'a mut State,
+    result: StepResult,
+}
+
+impl Run<'_> {
+    fn start(&mut self) {
+        let flow = self.flow.flow();
+        let start = flow
+            .start_block_id
+            .as_deref()
+            .filter(|id| !id.trim().is_empty());
+        match start {
+            Some(id) if !flow.blocks.is_empty() => self.run_from(Some(id)),
+            // An empty draft has nothing to say: it is over, not broken.
+            _ => self.end(None),
+        }
+    }
+
+    fn answer(&mut self, block_id: &str, text: String) {
+        let flow = self.flow;
+        let Some(block) = flow.block(block_id) else {
+            self.say(ChatMessage::VisitorMessage { text });
+            return self.end(Some(missing_block(block_id)));
+        };
+        let checked = check_answer(block, &text);
+        self.say(ChatMessage::VisitorMessage { text });
+        match checked {
+            Err(message) => {
+                self.say(ChatMessage::InvalidAnswer { text: message });
+                self.ask(block);
+            }
+            Ok((value, choice_next)) => {
+                let name = block
+                    .save_answer_to
+                    .as_deref()
+                    .filter(|name| !name.trim().is_empty());
+                if let Some(name) = name {
+                    self.state.answers.insert(name.to_owned(), value.clone());
+                    self.state.variables.insert(name.to_owned(), value);
+                }
+                self.run_from(choice_next.as_deref().or(block.next.as_deref()));
+            }
+        }
+    }
+
+    fn webhook_result(&mut self, block_id: &str, outcome: WebhookOutcome) {
+        let flow = self.flow;
+        let Some(block) = flow.block(block_id) else {
+            return self.end(Some(missing_block(block_id)));
+        };
+        let mut target = block.next.as_deref();
+        match outcome {
+            WebhookOutcome::Responses(instructions) => {
+                let count = instructions.len();
+                for (done, instruction) in instructions.into_iter().enumerate() {
+                    match instruction {
+                        Instruction::Text(text) => {
+                            let text = render(&text, &self.state.variables);
+                            self.say(ChatMessage::BotMessage { text });
+                        }
+                        Instruction::Set(variables) => self.state.variables.extend(variables),
+                        // Later instructions still run, so a reply may say
+                        // or set things after its goto; the last goto wins.
+                        Instruction::Goto(id) => match flow.block(&id) {
+                            Some(found) => target = Some(found.id.as_str()),
+                            None => self.note(format!(
+                                "The webhook reply asked to go to block \"{id}\", which does not \
+                                 exist; the flow continues at the block's next."
+                            )),
+                        },
+                        Instruction::End => {
+                            let ignored = count - done - 1;
+                            if ignored > 0 {
+                                self.note(format!(
+                                    "Ignored {ignored} webhook instruction(s) after \"end\"."
+                                ));
+                            }
+                            return self.end(None);
+                        }
+                        Instruction::Unknown(description) => {
+                            self.note(format!("Skipped a webhook instruction: {description}."));
+                        }
+                    }
+                }
+            }
+            WebhookOutcome::Variables(variables) => self.state.variables.extend(variables),
+            WebhookOutcome::Failed(reason) => {
+                self.note(format!("The webhook call failed: {reason}"));
+            }
+        }
+        self.run_from(target);
+    }
+
+    /// Runs blocks from `first` until one waits or the conversation ends.
+    fn run_from(&mut self, first: Option<&str>) {
+        let flow = self.flow;
+        let mut target = first;
+        let mut ran = 0;
+        loop {
+            let Some(id) = target else {
+                return self.end(None);
+            };
+            let Some(block) = flow.block(id) else {
+                return self.end(Some(missing_block(id)));
+            };
+            ran += 1;
+            if ran > MAX_BLOCKS_PER_STEP {
+                return self.end(Some(
+                    "The bot stopped: too many steps without a question.".to_owned(),
+                ));
+            }
+            target = match block.kind {
+                BlockKind::Message => {
+                    if let Some(text) = &block.text {
+                        let text = render(text, &self.state.variables);
+                        self.say(ChatMessage::BotMessage { text });
+                    }
+                    block.next.as_deref()
+                }
+                BlockKind::Question => {
+                    self.ask(block);
+                    self.state.position = Position::AwaitingAnswer {
+                        block_id: block.id.clone(),
+                    };
+                    return;
+                }
+                BlockKind::Webhook => {
+                    let webhook_id = block
+                        .webhook_id
+                        .as_deref()
+                        .filter(|id| !id.trim().is_empty());
+                    match webhook_id {
+                        None => {
+                            self.note(format!(
+                                "Webhook block \"{}\" has no webhook; it was skipped.",
+                                block.id
+                            ));
+                        }
+                        Some(webhook_id) if block.is_async.unwrap_or(true) => {
+                            self.result.outputs.push(Output::QueueWebhook {
+                                webhook_id: webhook_id.to_owned(),
+                                block_id: block.id.clone(),
+                            });
+                        }
+                        Some(webhook_id) => {
+                            self.result.outputs.push(Output::CallWebhook {
+                                webhook_id: webhook_id.to_owned(),
+                                block_id: block.id.clone(),
+                            });
+                            self.state.position = Position::AwaitingWebhook {
+                                block_id: block.id.clone(),
+                            };
+                            return;
+                        }
+                    }
+                    block.next.as_deref()
+                }
+                BlockKind::Condition => block
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .find(|condition| holds(condition, &self.state.variables))
+                    .map(|condition| condition.next.as_str())
+                    .or(block.next.as_deref()),
+                BlockKind::End => return self.end(None),
+            };
+        }
+    }
+
+    fn ask(&mut self, block: &Block) {
+        let question_type = block.question_type.unwrap_or(QuestionType::Text);
+        let choices = (question_type == QuestionType::Choice)
+            .then(|| block.choices.clone().unwrap_or_default());
+        let text = render(
+            block.text.as_deref().unwrap_or_default(),
+            &self.state.variables,
+        );
+        self.say(ChatMessage::Question {
+            text,
+            question_type,
+            choices,
+        });
+    }
+
+    fn end(&mut self, error: Option<String>) {
+        self.say(ChatMessage::Ended { error });
+        self.state.position = Position::Ended;
+    }
+
+    fn say(&mut self, message: ChatMessage) {
+        self.result.outputs.push(Output::Say(message));
+    }
+
+    fn note(&mut self, note: String) {
+        self.result.notes.push(note);
+    }
+}
+
+fn missing_block(id: &str) -> String {
+    format!("The bot stopped: block \"{id}\" does not exist.")
+}

@@ -1,0 +1,921 @@
+//! Whole-step scenarios: each block kind, each input, the step bound.
+
+use serde_json::{Map, Value, json};
+
+use super::*;
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+fn compile(start: &str, blocks: Vec<Block>) -> CompiledFlow {
+    CompiledFlow::new(Flow {
+        start_block_id: Some(start.to_owned()),
+        blocks,
+    })
+}
+
+fn message(id: &str, text: &str, next: Option<&str>) -> Block {
+    Block {
+        text: Some(text.to_owned()),
+        next: next.map(str::to_owned),
+        ..Block::new(id, BlockKind::Message)
+    }
+}
+
+fn question(id: &str, question_type: QuestionType, save: &str, next: Option<&str>) -> Block {
+    Block {
+        text: Some(format!("Your {save}?")),
+        question_type: Some(question_type),
+        save_answer_to: Some(save.to_owned()),
+        next: next.map(str::to_owned),
+        ..Block::new(id, BlockKind::Question)
+    }
+}
+
+fn webhook(id: &str, webhook_id: &str, is_async: Option<bool>, next: Option<&str>) -> Block {
+    Block {
+        webhook_id: Some(webhook_id.to_owned()),
+        is_async,
+        next: next.map(str::to_owned),
+        ..Block::new(id, BlockKind::Webhook)
+    }
+}
+
+fn end(id: &str) -> Block {
+    Block::new(id, BlockKind::End)
+}
+
+fn run(flow: &CompiledFlow, state: &mut State, input: Input) -> StepResult {
+    match step(flow, state, input) {
+        Ok(result) => result,
+        Err(error) => panic!("the step was refused: {error}"),
+    }
+}
+
+fn start(flow: &CompiledFlow) -> (State, StepResult) {
+    let mut state = State::default();
+    let result = run(flow, &mut state, Input::Start);
+    (state, result)
+}
+
+fn bot(text: &str) -> Output {
+    Output::Say(ChatMessage::BotMessage { text: text.into() })
+}
+
+fn visitor(text: &str) -> Output {
+    Output::Say(ChatMessage::VisitorMessage { text: text.into() })
+}
+
+fn asks(text: &str, question_type: QuestionType) -> Output {
+    Output::Say(ChatMessage::Question {
+        text: text.into(),
+        question_type,
+        choices: None,
+    })
+}
+
+fn ended() -> Output {
+    Output::Say(ChatMessage::Ended { error: None })
+}
+
+fn ended_with(error: &str) -> Output {
+    Output::Say(ChatMessage::Ended {
+        error: Some(error.into()),
+    })
+}
+
+fn awaiting_answer(id: &str) -> Position {
+    Position::AwaitingAnswer {
+        block_id: id.into(),
+    }
+}
+
+fn awaiting_webhook(id: &str) -> Position {
+    Position::AwaitingWebhook {
+        block_id: id.into(),
+    }
+}
+
+/// The seed flow every new bot gets.
+fn seed_flow() -> CompiledFlow {
+    compile(
+        "hello",
+        vec![
+            message("hello", "Hi!", Some("email")),
+            question("email", QuestionType::Email, "email", Some("phone")),
+            question("phone", QuestionType::Phone, "phone_number", Some("notify")),
+            webhook("notify", "wh_1", Some(true), Some("bye")),
+            end("bye"),
+        ],
+    )
+}
+
+/// A sync webhook block `w` going on to a question `after`, plus a spare
+/// question `other` for gotos.
+fn sync_webhook_flow() -> (CompiledFlow, State) {
+    let flow = compile(
+        "w",
+        vec![
+            webhook("w", "wh_sync", Some(false), Some("after")),
+            question("after", QuestionType::Text, "after", None),
+            question("other", QuestionType::Text, "other", None),
+        ],
+    );
+    let (state, result) = start(&flow);
+    assert_eq!(
+        result.outputs,
+        [Output::CallWebhook {
+            webhook_id: "wh_sync".into(),
+            block_id: "w".into()
+        }]
+    );
+    assert_eq!(state.position, awaiting_webhook("w"));
+    (flow, state)
+}
+
+fn chain_of_messages(count: usize, last_next: &str) -> Vec<Block> {
+    (0..count)
+        .map(|i| {
+            let next = if i + 1 == count {
+                last_next.to_owned()
+            } else {
+                format!("m{}", i + 1)
+            };
+            message(&format!("m{i}"), "tick", Some(&next))
+        })
+        .collect()
+}
+
+#[test]
+fn the_seed_flow_runs_from_greeting_to_end() {
+    let flow = seed_flow();
+    let (mut state, result) = start(&flow);
+    assert_eq!(
+        result.outputs,
+        [bot("Hi!"), asks("Your email?", QuestionType::Email)]
+    );
+    assert_eq!(state.position, awaiting_answer("email"));
+
+    let result = run(&flow, &mut state, Input::Answer(" ada@example.com ".into()));
+    assert_eq!(
+        result.outputs,
+        [
+            visitor(" ada@example.com "),
+            asks("Your phone_number?", QuestionType::Phone)
+        ]
+    );
+
+    let result = run(&flow, &mut state, Input::Answer("+44 20 7946 0958".into()));
+    assert_eq!(
+        result.outputs,
+        [
+            visitor("+44 20 7946 0958"),
+            Output::QueueWebhook {
+                webhook_id: "wh_1".into(),
+                block_id: "notify".into()
+            },
+            ended(),
+        ]
+    );
+    assert!(result.notes.is_empty());
+    assert!(state.is_ended());
+    let expected = object(json!({"email": "ada@example.com", "phone_number": "+44 20 7946 0958"}));
+    assert_eq!(state.answers, expected);
+    assert_eq!(state.variables, expected);
+}
+
+#[test]
+fn an_invalid_email_is_asked_again() {
+    let flow = seed_flow();
+    let (mut state, _) = start(&flow);
+    let result = run(&flow, &mut state, Input::Answer("not-an-email".into()));
+    assert_eq!(
+        result.outputs,
+        [
+            visitor("not-an-email"),
+            Output::Say(ChatMessage::InvalidAnswer {
+                text: "Please enter a valid email address.".into()
+            }),
+            asks("Your email?", QuestionType::Email),
+        ]
+    );
+    assert_eq!(state.position, awaiting_answer("email"));
+    assert!(state.answers.is_empty());
+}
+
+#[test]
+fn an_invalid_phone_number_is_asked_again() {
+    let flow = seed_flow();
+    let (mut state, _) = start(&flow);
+    run(&flow, &mut state, Input::Answer("ada@example.com".into()));
+    let result = run(&flow, &mut state, Input::Answer("12".into()));
+    assert_eq!(
+        result.outputs,
+        [
+            visitor("12"),
+            Output::Say(ChatMessage::InvalidAnswer {
+                text: "Please enter a valid phone number.".into()
+            }),
+            asks("Your phone_number?", QuestionType::Phone),
+        ]
+    );
+    assert_eq!(state.position, awaiting_answer("phone"));
+}
+
+#[test]
+fn a_message_is_said_and_the_flow_goes_on_at_once() {
+    let flow = compile(
+        "a",
+        vec![
+            message("a", "One", Some("b")),
+            message("b", "Two", Some("c")),
+            end("c"),
+        ],
+    );
+    let (state, result) = start(&flow);
+    assert_eq!(result.outputs, [bot("One"), bot("Two"), ended()]);
+    assert_eq!(state.position, Position::Ended);
+}
+
+#[test]
+fn a_message_without_text_says_nothing() {
+    let flow = compile("a", vec![Block::new("a", BlockKind::Message)]);
+    let (_, result) = start(&flow);
+    assert_eq!(result.outputs, [ended()]);
+}
+
+#[test]
+fn a_null_next_ends_the_conversation() {
+    let flow = compile("a", vec![message("a", "Bye", None)]);
+    let (state, result) = start(&flow);
+    assert_eq!(result.outputs, [bot("Bye"), ended()]);
+    assert!(state.is_ended());
+}
+
+#[test]
+fn an_end_block_ends_the_conversation() {
+    let flow = compile("e", vec![end("e")]);
+    let (state, result) = start(&flow);
+    assert_eq!(result.outputs, [ended()]);
+    assert!(state.is_ended());
+}
+
+#[test]
+fn a_next_to_a_missing_block_ends_with_an_error() {
+    let flow = compile("a", vec![message("a", "Hi", Some("ghost"))]);
+    let (state, result) = start(&flow);
+    assert_eq!(
+        result.outputs,
+        [
+            bot("Hi"),
+            ended_with("The bot stopped: block \"ghost\" does not exist.")
+        ]
+    );
+    assert!(state.is_ended());
+}
+
+#[test]
+fn a_missing_start_block_ends_with_an_error() {
+    let flow = compile("ghost", vec![end("e")]);
+    let (state, result) = start(&flow);
+    assert_eq!(
+        result.outputs,
+        [ended_with(
+            "The bot stopped: block \"ghost\" does not exist."
+        )]
+    );
+    assert!(state.is_ended());
+}
+
+#[test]
+fn a_flow_without_start_block_or_blocks_ends_at_once() {
+    let flows = [
+        CompiledFlow::new(Flow::default()),
+        CompiledFlow::new(Flow {
+            start_block_id: None,
+            blocks: vec![end("e")],
+        }),
+        compile(" ", vec![end("e")]),
+        compile("e", vec![]),
+    ];
+    for flow in &flows {
+        let (state, result) = start(flow);
+        assert_eq!(result.outputs, [ended()]);
+        assert!(state.is_ended());
+    }
+}
+
+#[test]
+fn a_question_waits_for_the_answer() {
+    let flow = compile(
+        "q",
+        vec![
+            question("q", QuestionType::Text, "name", Some("e")),
+            end("e"),
+        ],
+    );
+    let (state, result) = start(&flow);
+    assert_eq!(result.outputs, [asks("Your name?", QuestionType::Text)]);
+    assert_eq!(state.position, awaiting_answer("q"));
+}
+
+#[test]
+fn a_valid_answer_is_stored_as_answer_and_variable_and_used_by_later_templates() {
+    let flow = compile(
+        "q",
+        vec![
+            question("q", QuestionType::Text, "name", Some("m")),
+            message("m", "Nice to meet you, {{ name }}.", None),
+        ],
+    );
+    let (mut state, _) = start(&flow);
+    let result = run(&flow, &mut state, Input::Answer("  Ada ".into()));
+    assert_eq!(
+        result.outputs,
+        [visitor("  Ada "), bot("Nice to meet you, Ada."), ended()]
+    );
+    assert_eq!(state.answers, object(json!({"name": "Ada"})));
+    assert_eq!(state.variables, object(json!({"name": "Ada"})));
+}
+
+#[test]
+fn a_number_answer_is_stored_as_a_json_number() {
+    let flow = compile("q", vec![question("q", QuestionType::Number, "age", None)]);
+    let (mut state, _) = start(&flow);
+    run(&flow, &mut state, Input::Answer("36".into()));
+    assert_eq!(state.answers.get("age"), Some(&json!(36)));
+    assert_eq!(state.variables.get("age"), Some(&json!(36)));
+}
+
+#[test]
+fn an_answer_without_save_answer_to_is_not_stored_but_the_flow_goes_on() {
+    let mut q = question("q", QuestionType::Text, "x", Some("m"));
+    q.save_answer_to = None;
+    let flow = compile("q", vec![q, message("m", "ok", None)]);
+    let (mut state, _) = start(&flow);
+    let result = run(&flow, &mut state, Input::Answer("hello".into()));
+    assert_eq!(result.outputs, [visitor("hello"), bot("ok"), ended()]);
+    assert!(state.answers.is_empty());
+    assert!(state.variables.is_empty());
+}
+
+fn plan_question() -> Block {
+    Block {
+        text: Some("Which plan?".into()),
+        question_type: Some(QuestionType::Choice),
+        save_answer_to: Some("plan".into()),
+        choices: Some(vec![
+            Choice {
+                label: "Pro".into(),
+                value: Some("pro_monthly".into()),
+                next: Some("pro".into()),
+            },
+            Choice {
+                label: "Free".into(),
+                value: None,
+                next: None,
+            },
+        ]),
+        next: Some("free".into()),
+        ..Block::new("q", BlockKind::Question)
+    }
+}
+
+fn plan_flow() -> CompiledFlow {
+    compile(
+        "q",
+        vec![
+            plan_question(),
+            message("pro", "Pro it is", None),
+            message("free", "Free it is", None),
+        ],
+    )
+}
+
+#[test]
+fn a_choice_question_shows_its_choices() {
+    let flow = plan_flow();
+    let (_, result) = start(&flow);
+    assert_eq!(
+        result.outputs,
+        [Output::Say(ChatMessage::Question {
+            text: "Which plan?".into(),
+            question_type: QuestionType::Choice,
+            choices: plan_question().choices,
+        })]
+    );
+}
+
+#[test]
+fn a_picked_choice_with_next_goes_there_and_stores_its_value() {
+    let flow = plan_flow();
+    let (mut state, _) = start(&flow);
+    let result = run(&flow, &mut state, Input::Answer("pro".into()));
+    assert_eq!(result.outputs, [visitor("pro"), bot("Pro it is"), ended()]);
+    assert_eq!(state.answers, object(json!({"plan": "pro_monthly"})));
+}
+
+#[test]
+fn a_picked_choice_without_next_goes_to_the_blocks_next_and_stores_its_label() {
+    let flow = plan_flow();
+    let (mut state, _) = start(&flow);
+    let result = run(&flow, &mut state, Input::Answer("FREE".into()));
+    assert_eq!(
+        result.outputs,
+        [visitor("FREE"), bot("Free it is"), ended()]
+    );
+    assert_eq!(state.answers, object(json!({"plan": "Free"})));
+}
+
+#[test]
+fn an_answer_that_is_no_choice_is_asked_again() {
+    let flow = plan_flow();
+    let (mut state, _) = start(&flow);
+    let result = run(&flow, &mut state, Input::Answer("Gold".into()));
+    assert_eq!(result.outputs.len(), 3);
+    assert_eq!(
+        result.outputs.get(1),
+        Some(&Output::Say(ChatMessage::InvalidAnswer {
+            text: "Please choose one of: Pro, Free.".into()
+        }))
+    );
+    assert!(matches!(
+        result.outputs.last(),
+        Some(Output::Say(ChatMessage::Question { .. }))
+    ));
+    assert_eq!(state.position, awaiting_answer("q"));
+}
+
+#[test]
+fn a_question_without_type_is_a_text_question_without_choices() {
+    let mut q = plan_question();
+    q.question_type = None;
+    let flow = compile("q", vec![q]);
+    let (_, result) = start(&flow);
+    assert_eq!(result.outputs, [asks("Which plan?", QuestionType::Text)]);
+}
+
+#[test]
+fn an_async_webhook_is_queued_and_the_flow_goes_on() {
+    let flow = compile(
+        "w",
+        vec![
+            webhook("w", "wh_1", Some(true), Some("m")),
+            message("m", "Sent", None),
+        ],
+    );
+    let (state, result) = start(&flow);
+    assert_eq!(
+        result.outputs,
+        [
+            Output::QueueWebhook {
+                webhook_id: "wh_1".into(),
+                block_id: "w".into()
+            },
+            bot("Sent"),
+            ended()
+        ]
+    );
+    assert!(state.is_ended());
+}
+
+#[test]
+fn a_webhook_without_async_is_treated_as_async() {
+    let flow = compile("w", vec![webhook("w", "wh_1", None, None)]);
+    let (_, result) = start(&flow);
+    assert_eq!(
+        result.outputs,
+        [
+            Output::QueueWebhook {
+                webhook_id: "wh_1".into(),
+                block_id: "w".into()
+            },
+            ended()
+        ]
+    );
+}
+
+#[test]
+fn a_webhook_block_without_webhook_is_skipped_with_a_note() {
+    let flow = compile(
+        "w",
+        vec![
+            Block {
+                next: Some("m".into()),
+                ..Block::new("w", BlockKind::Webhook)
+            },
+            message("m", "on", None),
+        ],
+    );
+    let (_, result) = start(&flow);
+    assert_eq!(result.outputs, [bot("on"), ended()]);
+    assert_eq!(result.notes.len(), 1);
+}
+
+#[test]
+fn a_sync_webhook_waits_for_its_result() {
+    let (_flow, state) = sync_webhook_flow();
+    assert_eq!(state.position, awaiting_webhook("w"));
+}
+
+#[test]
+fn a_text_instruction_is_said_as_a_template() {
+    let (flow, mut state) = sync_webhook_flow();
+    state.variables.insert("name".into(), json!("Ada"));
+    let outcome = WebhookOutcome::Responses(vec![Instruction::Text("Hello {{name}}".into())]);
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(
+        result.outputs,
+        [bot("Hello Ada"), asks("Your after?", QuestionType::Text)]
+    );
+    assert_eq!(state.position, awaiting_answer("after"));
+}
+
+#[test]
+fn a_set_instruction_merges_variables_before_later_texts() {
+    let (flow, mut state) = sync_webhook_flow();
+    state.variables.insert("keep".into(), json!(1));
+    state.variables.insert("status".into(), json!("old"));
+    let outcome = WebhookOutcome::Responses(vec![
+        Instruction::Set(object(json!({"status": "paid", "order": {"id": 7}}))),
+        Instruction::Text("{{status}} #{{order.id}}".into()),
+    ]);
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(result.outputs.first(), Some(&bot("paid #7")));
+    assert_eq!(
+        state.variables,
+        object(json!({"keep": 1, "status": "paid", "order": {"id": 7}}))
+    );
+    assert!(state.answers.is_empty());
+}
+
+#[test]
+fn a_goto_instruction_continues_at_that_block() {
+    let (flow, mut state) = sync_webhook_flow();
+    let outcome = WebhookOutcome::Responses(vec![
+        Instruction::Goto("other".into()),
+        Instruction::Text("still said".into()),
+    ]);
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(
+        result.outputs,
+        [bot("still said"), asks("Your other?", QuestionType::Text)]
+    );
+    assert_eq!(state.position, awaiting_answer("other"));
+    assert!(result.notes.is_empty());
+}
+
+#[test]
+fn a_goto_to_a_missing_block_is_noted_and_the_flow_continues_at_next() {
+    let (flow, mut state) = sync_webhook_flow();
+    let outcome = WebhookOutcome::Responses(vec![Instruction::Goto("ghost".into())]);
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(result.outputs, [asks("Your after?", QuestionType::Text)]);
+    assert_eq!(state.position, awaiting_answer("after"));
+    assert_eq!(result.notes.len(), 1);
+    assert!(result.notes.iter().all(|note| note.contains("ghost")));
+}
+
+#[test]
+fn an_end_instruction_ends_the_conversation_and_ignores_the_rest() {
+    let (flow, mut state) = sync_webhook_flow();
+    let outcome = WebhookOutcome::Responses(vec![
+        Instruction::Text("Bye".into()),
+        Instruction::End,
+        Instruction::Text("never said".into()),
+    ]);
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(result.outputs, [bot("Bye"), ended()]);
+    assert!(state.is_ended());
+    assert_eq!(result.notes.len(), 1);
+}
+
+#[test]
+fn an_unknown_instruction_is_skipped_with_a_note() {
+    let (flow, mut state) = sync_webhook_flow();
+    let outcome = WebhookOutcome::Responses(vec![
+        Instruction::Unknown("unknown type \"carousel\"".into()),
+        Instruction::Text("after".into()),
+    ]);
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(
+        result.outputs,
+        [bot("after"), asks("Your after?", QuestionType::Text)]
+    );
+    assert_eq!(
+        result.notes,
+        ["Skipped a webhook instruction: unknown type \"carousel\"."]
+    );
+}
+
+#[test]
+fn empty_responses_continue_at_next() {
+    let (flow, mut state) = sync_webhook_flow();
+    let result = run(
+        &flow,
+        &mut state,
+        Input::WebhookResult(WebhookOutcome::Responses(vec![])),
+    );
+    assert_eq!(result.outputs, [asks("Your after?", QuestionType::Text)]);
+}
+
+#[test]
+fn a_variables_outcome_sets_every_key_and_continues_at_next() {
+    let (flow, mut state) = sync_webhook_flow();
+    state.variables.insert("a".into(), json!("old"));
+    let outcome = WebhookOutcome::Variables(object(json!({"a": "new", "b": [1, 2]})));
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(result.outputs, [asks("Your after?", QuestionType::Text)]);
+    assert_eq!(state.variables, object(json!({"a": "new", "b": [1, 2]})));
+}
+
+#[test]
+fn a_failed_outcome_changes_nothing_and_continues_at_next() {
+    let (flow, mut state) = sync_webhook_flow();
+    state.variables.insert("a".into(), json!(1));
+    let before = state.variables.clone();
+    let outcome = WebhookOutcome::Failed("timeout".into());
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(result.outputs, [asks("Your after?", QuestionType::Text)]);
+    assert_eq!(state.variables, before);
+    assert_eq!(result.notes, ["The webhook call failed: timeout"]);
+}
+
+#[test]
+fn a_condition_block_takes_the_first_condition_that_holds() {
+    let branch = Block {
+        conditions: Some(vec![
+            Condition {
+                variable: "age".into(),
+                operator: ConditionOperator::LessThan,
+                value: Some("18".into()),
+                next: "young".into(),
+            },
+            Condition {
+                variable: "age".into(),
+                operator: ConditionOperator::GreaterThan,
+                value: Some("10".into()),
+                next: "adult".into(),
+            },
+            Condition {
+                variable: "age".into(),
+                operator: ConditionOperator::IsSet,
+                value: None,
+                next: "young".into(),
+            },
+        ]),
+        next: Some("unknown".into()),
+        ..Block::new("c", BlockKind::Condition)
+    };
+    let flow = compile(
+        "c",
+        vec![
+            branch,
+            message("young", "young", None),
+            message("adult", "adult", None),
+            message("unknown", "unknown", None),
+        ],
+    );
+    let cases = [
+        (json!({"age": 12}), "young"),
+        (json!({"age": "40"}), "adult"),
+        (json!({"age": "n/a"}), "young"),
+        (json!({}), "unknown"),
+    ];
+    for (variables, said) in cases {
+        let mut state = State::new(object(variables));
+        let result = run(&flow, &mut state, Input::Start);
+        assert_eq!(result.outputs, [bot(said), ended()], "{said}");
+    }
+}
+
+#[test]
+fn a_condition_block_without_a_holding_condition_or_next_ends() {
+    let flow = compile("c", vec![Block::new("c", BlockKind::Condition)]);
+    let (state, result) = start(&flow);
+    assert_eq!(result.outputs, [ended()]);
+    assert!(state.is_ended());
+}
+
+#[test]
+fn prefilled_variables_are_used_by_templates_and_conditions() {
+    let flow = compile(
+        "c",
+        vec![
+            Block {
+                conditions: Some(vec![Condition {
+                    variable: "customer.tier".into(),
+                    operator: ConditionOperator::Equals,
+                    value: Some("GOLD".into()),
+                    next: "gold".into(),
+                }]),
+                ..Block::new("c", BlockKind::Condition)
+            },
+            message("gold", "Welcome back, {{customer.name}}!", None),
+        ],
+    );
+    let prefilled = object(json!({"customer": {"name": "Ada", "tier": "gold"}}));
+    let mut state = State::new(prefilled.clone());
+    let result = run(&flow, &mut state, Input::Start);
+    assert_eq!(result.outputs, [bot("Welcome back, Ada!"), ended()]);
+    assert_eq!(state.variables, prefilled);
+    assert!(state.answers.is_empty());
+}
+
+#[test]
+fn one_hundred_blocks_without_a_question_are_allowed() {
+    let mut blocks = chain_of_messages(99, "q");
+    blocks.push(question("q", QuestionType::Text, "x", None));
+    let flow = compile("m0", blocks);
+    let (state, result) = start(&flow);
+    assert_eq!(result.outputs.len(), 100);
+    assert_eq!(state.position, awaiting_answer("q"));
+}
+
+#[test]
+fn more_than_one_hundred_blocks_without_a_question_stop_the_bot() {
+    let mut blocks = chain_of_messages(100, "q");
+    blocks.push(question("q", QuestionType::Text, "x", None));
+    let flow = compile("m0", blocks);
+    let (state, result) = start(&flow);
+    assert_eq!(result.outputs.len(), 101);
+    assert_eq!(
+        result.outputs.last(),
+        Some(&ended_with(
+            "The bot stopped: too many steps without a question."
+        ))
+    );
+    assert!(state.is_ended());
+}
+
+#[test]
+fn a_loop_without_a_question_is_stopped_instead_of_spinning() {
+    let flow = compile(
+        "a",
+        vec![message("a", "a", Some("b")), message("b", "b", Some("a"))],
+    );
+    let (state, result) = start(&flow);
+    assert_eq!(result.outputs.len(), MAX_BLOCKS_PER_STEP + 1);
+    assert!(state.is_ended());
+}
+
+#[test]
+fn the_block_bound_is_counted_per_step() {
+    let mut blocks = chain_of_messages(99, "q");
+    blocks.push(Block {
+        next: Some("m0".into()),
+        ..question("q", QuestionType::Text, "x", None)
+    });
+    let flow = compile("m0", blocks);
+    let (mut state, _) = start(&flow);
+    let result = run(&flow, &mut state, Input::Answer("go".into()));
+    assert_eq!(result.outputs.len(), 101);
+    assert_eq!(state.position, awaiting_answer("q"));
+}
+
+#[test]
+fn step_errors_leave_the_state_unchanged() {
+    let flow = seed_flow();
+    let not_started = State::new(object(json!({"x": 1})));
+    let awaiting_answer_state = start(&flow).0;
+    let (_, awaiting_webhook_state) = sync_webhook_flow();
+    let ended_state = State {
+        position: Position::Ended,
+        ..State::default()
+    };
+    let result = || Input::WebhookResult(WebhookOutcome::Failed("x".into()));
+    let cases = [
+        (
+            &not_started,
+            Input::Answer("hi".into()),
+            StepError::NoPendingQuestion,
+        ),
+        (&not_started, result(), StepError::NotStarted),
+        (
+            &awaiting_answer_state,
+            Input::Start,
+            StepError::AlreadyStarted,
+        ),
+        (
+            &awaiting_answer_state,
+            result(),
+            StepError::NotAwaitingWebhook,
+        ),
+        (
+            &awaiting_webhook_state,
+            Input::Start,
+            StepError::AlreadyStarted,
+        ),
+        (
+            &awaiting_webhook_state,
+            Input::Answer("hi".into()),
+            StepError::NoPendingQuestion,
+        ),
+        (&ended_state, Input::Start, StepError::AlreadyEnded),
+        (
+            &ended_state,
+            Input::Answer("hi".into()),
+            StepError::AlreadyEnded,
+        ),
+        (&ended_state, result(), StepError::AlreadyEnded),
+    ];
+    for (state, input, expected) in cases {
+        let mut copy = state.clone();
+        assert_eq!(
+            step(&flow, &mut copy, input.clone()),
+            Err(expected),
+            "{input:?}"
+        );
+        assert_eq!(&copy, state);
+    }
+}
+
+#[test]
+fn step_errors_have_clear_messages() {
+    assert_eq!(
+        StepError::AlreadyEnded.to_string(),
+        "the conversation has already ended"
+    );
+    assert_eq!(
+        StepError::NoPendingQuestion.to_string(),
+        "there is no question waiting for an answer"
+    );
+    let error: Box<dyn std::error::Error> = Box::new(StepError::NotAwaitingWebhook);
+    assert!(error.to_string().contains("webhook"));
+}
+
+#[test]
+fn an_answer_for_a_block_that_no_longer_exists_ends_with_an_error() {
+    let flow = seed_flow();
+    let mut state = State {
+        position: awaiting_answer("gone"),
+        ..State::default()
+    };
+    let result = run(&flow, &mut state, Input::Answer("hi".into()));
+    assert_eq!(
+        result.outputs,
+        [
+            visitor("hi"),
+            ended_with("The bot stopped: block \"gone\" does not exist.")
+        ]
+    );
+    assert!(state.is_ended());
+}
+
+#[test]
+fn a_webhook_result_for_a_block_that_no_longer_exists_ends_with_an_error() {
+    let flow = seed_flow();
+    let mut state = State {
+        position: awaiting_webhook("gone"),
+        ..State::default()
+    };
+    let outcome = WebhookOutcome::Variables(object(json!({"a": 1})));
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(
+        result.outputs,
+        [ended_with(
+            "The bot stopped: block \"gone\" does not exist."
+        )]
+    );
+    assert!(state.variables.is_empty());
+}
+
+#[test]
+fn chat_messages_serialize_as_tagged_events() {
+    let question = ChatMessage::Question {
+        text: "Email?".into(),
+        question_type: QuestionType::Email,
+        choices: None,
+    };
+    assert_eq!(
+        serde_json::to_value(&question).ok(),
+        Some(json!({"type": "QUESTION", "text": "Email?", "questionType": "EMAIL"}))
+    );
+    assert_eq!(
+        serde_json::to_value(ChatMessage::InvalidAnswer { text: "no".into() }).ok(),
+        Some(json!({"type": "INVALID_ANSWER", "text": "no"}))
+    );
+    assert_eq!(
+        serde_json::to_value(ChatMessage::Ended { error: None }).ok(),
+        Some(json!({"type": "ENDED"}))
+    );
+}
+
+#[test]
+fn webhook_bodies_drive_the_flow_end_to_end() {
+    let (flow, mut state) = sync_webhook_flow();
+    let body = br#"{"responses":[{"type":"set","variables":{"n":2}},{"type":"text","text":"n={{n}}"},{"type":"goto","blockId":"other"}]}"#;
+    let result = run(
+        &flow,
+        &mut state,
+        Input::WebhookResult(WebhookOutcome::from_body(body)),
+    );
+    assert_eq!(
+        result.outputs,
+        [bot("n=2"), asks("Your other?", QuestionType::Text)]
+    );
+}

@@ -1,0 +1,336 @@
+//! The webhooks page service: configuration, validation and signing secrets.
+use chrono::{Duration, Utc};
+use entity::{Role, webhook, webhook_secret};
+use reqwest::header::{HeaderName, HeaderValue};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{signing::SigningSecret, ssrf};
+use crate::{
+    accounts::{AccountAccess, service::parse_name},
+    bots::service::bots_using_webhook,
+    db::Db,
+    error::{ApiError, ApiResult, Problem},
+};
+
+/// How long a rotated-out secret still signs deliveries, so receivers can switch over.
+pub const ROTATION_OVERLAP_HOURS: i64 = 24;
+/// Most headers on one webhook.
+const MAX_HEADERS: usize = 30;
+/// Longest header value.
+const MAX_HEADER_VALUE: usize = 4096;
+
+/// A header sent with every call of a webhook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderEntry {
+    pub name: String,
+    pub value: String,
+}
+
+/// What the webhooks page saves.
+#[derive(Clone, Debug)]
+pub struct WebhookSpec {
+    pub name: String,
+    pub url: String,
+    pub headers: Vec<HeaderEntry>,
+}
+
+/// A webhook with the viewer's role (which decides what is masked).
+#[derive(Clone, Debug)]
+pub struct WebhookView {
+    pub webhook: webhook::Model,
+    pub role: Role,
+}
+
+impl WebhookView {
+    /// The configured headers.
+    pub fn headers(&self) -> Vec<HeaderEntry> {
+        parse_headers(&self.webhook.headers)
+    }
+}
+
+/// Stored headers back as entries; the column is always written by `validate`.
+pub fn parse_headers(json: &serde_json::Value) -> Vec<HeaderEntry> {
+    serde_json::from_value(json.clone()).unwrap_or_default()
+}
+
+/// Headers that the delivery sets itself, or that belong to the connection, not the message.
+fn reserved_header(name: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "content-type",
+        "content-length",
+        "host",
+        "user-agent",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "expect",
+        "proxy-connection",
+    ];
+    RESERVED.contains(&name) || name.starts_with("webhook-")
+}
+
+/// Checks name, URL (including the SSRF guard) and headers; every problem at once.
+async fn validate(
+    spec: &WebhookSpec,
+    allow_private: bool,
+) -> ApiResult<(String, String, Vec<HeaderEntry>)> {
+    let mut problems = Vec::new();
+    let problem = |field: String, message: String| Problem {
+        block_id: None,
+        field,
+        message,
+    };
+    let name = match parse_name("name", &spec.name) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            problems.push(problem("name".into(), e.message().to_owned()));
+            None
+        }
+    };
+    let url = match ssrf::parse_webhook_url(&spec.url) {
+        Ok(url) => match ssrf::check_url(&url, allow_private).await {
+            Ok(()) => Some(url.to_string()),
+            Err(e) => {
+                problems.push(problem("url".into(), e.to_string()));
+                None
+            }
+        },
+        Err(e) => {
+            problems.push(problem("url".into(), e.to_string()));
+            None
+        }
+    };
+    if spec.headers.len() > MAX_HEADERS {
+        problems.push(problem(
+            "headers".into(),
+            format!("at most {MAX_HEADERS} headers"),
+        ));
+    }
+    let mut headers = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, h) in spec.headers.iter().enumerate() {
+        let name = h.name.trim();
+        let lower = name.to_ascii_lowercase();
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(problem(
+                format!("headers[{i}].name"),
+                format!("{name:?} is not a valid HTTP header name"),
+            ));
+        } else if reserved_header(&lower) {
+            problems.push(problem(
+                format!("headers[{i}].name"),
+                format!("{name} is set by Parley on every call and cannot be configured"),
+            ));
+        } else if !seen.insert(lower) {
+            problems.push(problem(
+                format!("headers[{i}].name"),
+                format!("{name} is given twice"),
+            ));
+        }
+        if h.value.len() > MAX_HEADER_VALUE {
+            problems.push(problem(
+                format!("headers[{i}].value"),
+                format!("at most {MAX_HEADER_VALUE} bytes"),
+            ));
+        } else if HeaderValue::from_str(&h.value).is_err() {
+            problems.push(problem(
+                format!("headers[{i}].value"),
+                "is not a valid HTTP header value (visible ASCII, no line breaks)".into(),
+            ));
+        }
+        headers.push(HeaderEntry {
+            name: name.to_owned(),
+            value: h.value.clone(),
+        });
+    }
+    match (name, url) {
+        (Some(name), Some(url)) if problems.is_empty() => Ok((name, url, headers)),
+        _ => {
+            let message = problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(ApiError::BadUserInput { message, problems })
+        }
+    }
+}
+
+/// A webhook the viewer may see with at least `at_least`, or NOT_FOUND.
+pub async fn find_webhook(
+    db: &impl ConnectionTrait,
+    viewer: Uuid,
+    id: Uuid,
+    at_least: Role,
+) -> ApiResult<WebhookView> {
+    let webhook = webhook::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    let role = match AccountAccess::require(db, viewer, webhook.account_id, at_least).await {
+        Err(ApiError::NotFound(_)) => return Err(ApiError::not_found("webhook")),
+        other => other?,
+    };
+    Ok(WebhookView { webhook, role })
+}
+
+/// The webhooks of an account, oldest first.
+pub async fn list_webhooks(db: &Db, account_id: Uuid) -> ApiResult<Vec<webhook::Model>> {
+    Ok(webhook::Entity::find_in_account(account_id)
+        .order_by_asc(webhook::Column::CreatedAt)
+        .all(db.conn())
+        .await?)
+}
+
+/// A new webhook with a fresh signing secret (ADMIN).
+pub async fn create_webhook(
+    db: &Db,
+    allow_private: bool,
+    viewer: Uuid,
+    account_id: Uuid,
+    spec: WebhookSpec,
+) -> ApiResult<WebhookView> {
+    let role = AccountAccess::require(db.conn(), viewer, account_id, Role::Admin).await?;
+    let (name, url, headers) = validate(&spec, allow_private).await?;
+    let now = Utc::now();
+    let webhook = webhook::Model {
+        id: Uuid::now_v7(),
+        account_id,
+        name,
+        url,
+        headers: serde_json::to_value(headers).map_err(anyhow::Error::from)?,
+        created_at: now,
+        updated_at: now,
+    };
+    let tx = db.write().await?;
+    webhook::Entity::insert(webhook::ActiveModel::from(webhook.clone()))
+        .exec_without_returning(&tx.tx)
+        .await?;
+    insert_secret(&tx.tx, webhook.id).await?;
+    tx.commit().await?;
+    Ok(WebhookView { webhook, role })
+}
+
+async fn insert_secret(tx: &impl ConnectionTrait, webhook_id: Uuid) -> ApiResult<()> {
+    webhook_secret::Entity::insert(webhook_secret::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        webhook_id: Set(webhook_id),
+        secret: Set(SigningSecret::generate().as_str().to_owned()),
+        created_at: Set(Utc::now()),
+        expires_at: Set(None),
+    })
+    .exec_without_returning(tx)
+    .await?;
+    Ok(())
+}
+
+/// Replaces a webhook's name, URL and headers (ADMIN).
+pub async fn update_webhook(
+    db: &Db,
+    allow_private: bool,
+    viewer: Uuid,
+    id: Uuid,
+    spec: WebhookSpec,
+) -> ApiResult<WebhookView> {
+    let view = find_webhook(db.conn(), viewer, id, Role::Admin).await?;
+    let (name, url, headers) = validate(&spec, allow_private).await?;
+    let headers = serde_json::to_value(headers).map_err(anyhow::Error::from)?;
+    let now = Utc::now();
+    webhook::Entity::update(webhook::ActiveModel {
+        id: Set(id),
+        name: Set(name.clone()),
+        url: Set(url.clone()),
+        headers: Set(headers.clone()),
+        updated_at: Set(now),
+        ..Default::default()
+    })
+    .exec(db.conn())
+    .await?;
+    let webhook = webhook::Model {
+        name,
+        url,
+        headers,
+        updated_at: now,
+        ..view.webhook
+    };
+    Ok(WebhookView {
+        webhook,
+        role: view.role,
+    })
+}
+
+/// Deletes a webhook (ADMIN); CONFLICT, naming the bots, while any flow uses it.
+pub async fn delete_webhook(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<bool> {
+    let view = find_webhook(db.conn(), viewer, id, Role::Admin).await?;
+    let tx = db.write().await?;
+    let users = bots_using_webhook(&tx.tx, view.webhook.account_id, id).await?;
+    if !users.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "the webhook is used by the flow of {}: remove its webhook blocks first",
+            users
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    webhook::Entity::delete_by_id(id).exec(&tx.tx).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A new current secret; the previous ones keep signing for 24 hours (ADMIN).
+pub async fn rotate_secret(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<WebhookView> {
+    let view = find_webhook(db.conn(), viewer, id, Role::Admin).await?;
+    let tx = db.write().await?;
+    webhook_secret::Entity::update_many()
+        .col_expr(
+            webhook_secret::Column::ExpiresAt,
+            (Utc::now() + Duration::hours(ROTATION_OVERLAP_HOURS)).into(),
+        )
+        .filter(webhook_secret::Column::WebhookId.eq(id))
+        .filter(webhook_secret::Column::ExpiresAt.is_null())
+        .exec(&tx.tx)
+        .await?;
+    insert_secret(&tx.tx, id).await?;
+    tx.commit().await?;
+    Ok(view)
+}
+
+/// The secrets that sign a call now: the current one first, then unexpired previous ones.
+pub async fn active_secrets(
+    db: &impl ConnectionTrait,
+    webhook_id: Uuid,
+) -> ApiResult<Vec<SigningSecret>> {
+    let now = Utc::now();
+    let rows = webhook_secret::Entity::find()
+        .filter(webhook_secret::Column::WebhookId.eq(webhook_id))
+        .filter(
+            Condition::any()
+                .add(webhook_secret::Column::ExpiresAt.is_null())
+                .add(webhook_secret::Column::ExpiresAt.gt(now)),
+        )
+        .order_by_desc(webhook_secret::Column::CreatedAt)
+        .all(db)
+        .await?;
+    let mut secrets: Vec<(bool, SigningSecret)> = rows
+        .into_iter()
+        .map(|r| {
+            SigningSecret::parse(&r.secret)
+                .map(|s| (r.expires_at.is_none(), s))
+                .map_err(|e| {
+                    ApiError::Internal(anyhow::anyhow!("stored signing secret is invalid: {e}"))
+                })
+        })
+        .collect::<ApiResult<_>>()?;
+    // Current first: a receiver that knows only the newest secret finds its signature first.
+    secrets.sort_by_key(|(current, _)| !*current);
+    Ok(secrets.into_iter().map(|(_, s)| s).collect())
+}

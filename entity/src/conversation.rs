@@ -1,0 +1,50 @@
+//! A visitor's conversation with a published bot version. Tenant-owned.
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Where a conversation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(12))")]
+pub enum ConversationStatus {
+    #[sea_orm(string_value = "ACTIVE")]
+    Active,
+    #[sea_orm(string_value = "COMPLETED")]
+    Completed,
+    #[sea_orm(string_value = "ABANDONED")]
+    Abandoned,
+}
+
+/// A row of `conversations`.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "conversations")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub bot_id: Uuid,
+    /// The bot version it runs on, for its whole life.
+    pub version: i32,
+    pub status: ConversationStatus,
+    /// The engine's state (position, answers, variables).
+    pub state: Json,
+    /// The `seq` of the newest event.
+    pub last_seq: i32,
+    /// SHA-256 of the visitor token.
+    pub visitor_token_hash: String,
+    pub started_at: DateTimeUtc,
+    pub ended_at: Option<DateTimeUtc>,
+    /// Last activity.
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+impl Entity {
+    /// Conversations of one account.
+    pub fn find_in_account(account_id: Uuid) -> Select<Entity> {
+        Entity::find().filter(Column::AccountId.eq(account_id))
+    }
+}

@@ -1,0 +1,29 @@
+//! An endpoint of the account's webhooks page. Tenant-owned.
+use sea_orm::entity::prelude::*;
+
+/// A row of `webhooks`.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "webhooks")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub name: String,
+    pub url: String,
+    /// `[{"name": …, "value": …}]`, sent with every call.
+    pub headers: Json,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+impl Entity {
+    /// Webhooks of one account: the only way to read webhooks.
+    pub fn find_in_account(account_id: Uuid) -> Select<Entity> {
+        Entity::find().filter(Column::AccountId.eq(account_id))
+    }
+}
