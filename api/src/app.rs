@@ -13,10 +13,13 @@ use tracing_actix_web::TracingLogger;
 
 use crate::{
     auth::{Auth, token::TokenKeys},
+    conversations::runtime::Runtime,
     db::Db,
+    events::{EventBus, LocalBus},
     graphql::{AppSchema, build_schema},
     settings::Settings,
     state::AppState,
+    webhooks::delivery::Deliveries,
 };
 
 /// A built, listening server, not yet running.
@@ -36,10 +39,19 @@ impl Application {
         let listener = TcpListener::bind(settings.addr)
             .with_context(|| format!("cannot listen on PARLEY_ADDR={}", settings.addr))?;
         let port = listener.local_addr()?.port();
+        let deliveries = Deliveries::new(
+            db.clone(),
+            settings.delivery.clone(),
+            settings.allow_private_webhooks,
+        )?;
+        let bus: Arc<dyn EventBus> = Arc::new(LocalBus::default());
+        let runtime = Runtime::new(db.clone(), deliveries.clone(), bus, &settings);
         let state = AppState {
             db,
             keys,
             settings: Arc::new(settings),
+            deliveries,
+            runtime,
         };
         let schema = build_schema(Some(state.clone()));
         let server = serve(listener, schema, state.clone())?;
@@ -60,9 +72,30 @@ impl Application {
         &self.state
     }
 
-    /// Serves until the server is stopped (SIGTERM or ctrl-c stop it gracefully).
+    /// A handle that stops the server.
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves, and runs the background workers, until the server is stopped (SIGTERM or
+    /// ctrl-c stop it gracefully). Dropping this future stops the workers too.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let workers = [
+            AbortOnDrop(tokio::spawn(self.state.deliveries.clone().run_worker())),
+            AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_sweeper())),
+        ];
+        let result = self.server.await;
+        drop(workers);
+        result
+    }
+}
+
+/// Aborts a background task when dropped, so that a dropped app leaves nothing running.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use async_graphql::{
-    MergedObject, Response, Schema, ServerError, ServerResult, ValidationResult, Variables,
+    MergedObject, MergedSubscription, Response, Schema, ServerError, ServerResult,
+    ValidationResult, Variables,
     extensions::{
         Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe,
         NextValidation,
@@ -16,21 +17,36 @@ use futures_util::StreamExt as _;
 use crate::{
     accounts::graphql::{AccountsMutation, AccountsQuery},
     bots::graphql::{BotsMutation, BotsQuery},
+    conversations::graphql::{
+        ConversationsMutation, ConversationsQuery, ConversationsSubscription,
+    },
     error::ensure_code,
     state::AppState,
-    webhooks::graphql::{WebhooksMutation, WebhooksQuery},
+    webhooks::graphql::{DeliveriesQuery, WebhooksMutation, WebhooksQuery},
 };
 
 /// Every query of every domain.
 #[derive(MergedObject, Default)]
-pub struct Query(AccountsQuery, BotsQuery, WebhooksQuery);
+pub struct Query(
+    AccountsQuery,
+    BotsQuery,
+    WebhooksQuery,
+    DeliveriesQuery,
+    ConversationsQuery,
+);
 
 /// Every mutation of every domain.
 #[derive(MergedObject, Default)]
-pub struct Mutation(AccountsMutation, BotsMutation, WebhooksMutation);
+pub struct Mutation(
+    AccountsMutation,
+    BotsMutation,
+    WebhooksMutation,
+    ConversationsMutation,
+);
 
 /// Every subscription of every domain.
-pub type Subscription = async_graphql::EmptySubscription;
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(ConversationsSubscription);
 
 /// The executable schema.
 pub type AppSchema = Schema<Query, Mutation, Subscription>;

@@ -3,7 +3,10 @@ use std::sync::Arc;
 
 use async_graphql::Context;
 
-use crate::{auth::token::TokenKeys, db::Db, error::ApiResult, settings::Settings};
+use crate::{
+    auth::token::TokenKeys, conversations::runtime::Runtime, db::Db, error::ApiResult,
+    settings::Settings, webhooks::delivery::Deliveries,
+};
 
 /// Shared state, put into the GraphQL schema's data once at start-up.
 #[derive(Clone)]
@@ -11,6 +14,8 @@ pub struct AppState {
     pub db: Db,
     pub keys: TokenKeys,
     pub settings: Arc<Settings>,
+    pub deliveries: Arc<Deliveries>,
+    pub runtime: Arc<Runtime>,
 }
 
 /// The shared state of a GraphQL request.

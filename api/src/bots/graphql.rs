@@ -293,6 +293,19 @@ impl Bot {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.bot.created_at
     }
+    /// The bot's conversations, newest first.
+    async fn conversations(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<crate::conversations::graphql::ConversationStatusGql>,
+    ) -> async_graphql::Result<
+        async_graphql::connection::Connection<String, crate::conversations::graphql::Conversation>,
+    > {
+        crate::conversations::graphql::bot_conversations(ctx, self.0.bot.id, first, after, status)
+            .await
+    }
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.bot.updated_at
     }

@@ -1,10 +1,16 @@
 //! GraphQL surface of the webhooks page: thin resolvers over `service`.
-use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use async_graphql::{
+    Context, Enum, ID, InputObject, Object, SimpleObject,
+    connection::{Connection, Edge},
+};
 use chrono::{DateTime, Utc};
 use entity::Role;
 use uuid::Uuid;
 
-use super::service::{self, HeaderEntry, WebhookSpec, WebhookView};
+use super::{
+    delivery::{self, DeliveryView},
+    service::{self, HeaderEntry, WebhookSpec, WebhookView},
+};
 use crate::{
     accounts::AccountAccess,
     auth::viewer,
@@ -109,6 +115,37 @@ impl Webhook {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.webhook.updated_at
     }
+    /// The delivery log, newest first.
+    async fn deliveries(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<DeliveryStatusGql>,
+    ) -> async_graphql::Result<Connection<String, Delivery>> {
+        let st = state(ctx)?;
+        let first = page_size(first)?;
+        let after = parse_cursor(after.as_deref())?;
+        let (rows, more) = delivery::list_deliveries(
+            &st.db,
+            self.0.webhook.id,
+            first,
+            after,
+            status.map(Into::into),
+        )
+        .await?;
+        let mut page = Connection::new(after.is_some(), more);
+        page.edges.extend(rows.into_iter().map(|d| {
+            Edge::new(
+                d.id.to_string(),
+                Delivery(DeliveryView {
+                    delivery: d,
+                    role: self.0.role,
+                }),
+            )
+        }));
+        Ok(page)
+    }
 }
 
 /// The webhooks of an account for `Account.webhooks`.
@@ -140,6 +177,27 @@ impl WebhooksQuery {
         };
         match service::find_webhook(st.db.conn(), me, id, Role::Member).await {
             Ok(view) => Ok(Some(Webhook(view))),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Queries of the delivery log.
+#[derive(Default)]
+pub struct DeliveriesQuery;
+
+#[Object]
+impl DeliveriesQuery {
+    /// A delivery of a webhook of an account the viewer belongs to; null for any other id.
+    async fn delivery(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Delivery>> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        let Ok(id) = parse_id(&id, "delivery") else {
+            return Ok(None);
+        };
+        match delivery::find_delivery(&st.db, me, id, Role::Member).await {
+            Ok(view) => Ok(Some(Delivery(view))),
             Err(ApiError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -189,6 +247,32 @@ impl WebhooksMutation {
         Ok(service::delete_webhook(&st.db, viewer(ctx)?, id).await?)
     }
 
+    /// Sends a sample payload now and returns the recorded delivery (ADMIN).
+    async fn test_webhook(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Delivery> {
+        let st = state(ctx)?;
+        let id = parse_id(&id, "webhook")?;
+        let d = st.deliveries.test_webhook(viewer(ctx)?, id).await?;
+        Ok(Delivery(DeliveryView {
+            delivery: d,
+            role: Role::Admin,
+        }))
+    }
+
+    /// Sends a delivery again now, as a new attempt (ADMIN).
+    async fn redeliver(
+        &self,
+        ctx: &Context<'_>,
+        delivery_id: ID,
+    ) -> async_graphql::Result<Delivery> {
+        let st = state(ctx)?;
+        let id = parse_id(&delivery_id, "delivery")?;
+        let d = st.deliveries.redeliver(viewer(ctx)?, id).await?;
+        Ok(Delivery(DeliveryView {
+            delivery: d,
+            role: Role::Admin,
+        }))
+    }
+
     /// A new signing secret; the previous one keeps signing for 24 hours (ADMIN).
     async fn rotate_webhook_secret(
         &self,
@@ -201,4 +285,124 @@ impl WebhooksMutation {
             service::rotate_secret(&st.db, viewer(ctx)?, id).await?,
         ))
     }
+}
+
+/// How a webhook call was made.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "DeliveryMode", remote = "entity::delivery::DeliveryMode")]
+pub enum DeliveryModeGql {
+    Async,
+    Sync,
+    Test,
+}
+
+/// Where a delivery stands.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(name = "DeliveryStatus", remote = "entity::delivery::DeliveryStatus")]
+pub enum DeliveryStatusGql {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+/// One HTTP attempt of a delivery.
+#[derive(SimpleObject)]
+pub struct DeliveryAttempt {
+    at: DateTime<Utc>,
+    response_status: Option<i32>,
+    duration_ms: i32,
+    error: Option<String>,
+    /// The start of the response body (64 KiB at most).
+    response_body: Option<String>,
+    /// Attempt number, 1 for the first.
+    n: i32,
+    /// What the reply held that was skipped, such as unknown instructions.
+    notes: Option<String>,
+}
+
+/// A webhook call: its payload, its state and every attempt.
+pub struct Delivery(pub DeliveryView);
+
+#[Object]
+impl Delivery {
+    async fn id(&self) -> ID {
+        to_id(self.0.delivery.id)
+    }
+    async fn webhook(&self, ctx: &Context<'_>) -> async_graphql::Result<Webhook> {
+        let st = state(ctx)?;
+        let view = service::find_webhook(
+            st.db.conn(),
+            viewer(ctx)?,
+            self.0.delivery.webhook_id,
+            Role::Member,
+        )
+        .await?;
+        Ok(Webhook(view))
+    }
+    async fn mode(&self) -> DeliveryModeGql {
+        self.0.delivery.mode.into()
+    }
+    async fn status(&self) -> DeliveryStatusGql {
+        self.0.delivery.status.into()
+    }
+    async fn conversation_id(&self) -> Option<ID> {
+        self.0.delivery.conversation_id.map(to_id)
+    }
+    /// The JSON body sent on every attempt.
+    async fn payload(&self) -> async_graphql::Json<serde_json::Value> {
+        async_graphql::Json(self.0.delivery.payload.clone())
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.delivery.created_at
+    }
+    /// When a pending delivery is tried next.
+    async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        self.0.delivery.next_attempt_at
+    }
+    async fn attempt_count(&self) -> i32 {
+        self.0.delivery.attempt_count
+    }
+    /// The `webhook-id` header of every attempt.
+    async fn message_id(&self) -> String {
+        delivery::message_id(self.0.delivery.id)
+    }
+    async fn attempts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DeliveryAttempt>> {
+        let st = state(ctx)?;
+        Ok(delivery::attempts(&st.db, self.0.delivery.id)
+            .await?
+            .into_iter()
+            .map(|a| DeliveryAttempt {
+                at: a.at,
+                response_status: a.response_status,
+                duration_ms: a.duration_ms,
+                error: a.error,
+                response_body: a.response_body,
+                n: a.n,
+                notes: a.notes,
+            })
+            .collect())
+    }
+}
+
+/// Most items on one page.
+pub const MAX_PAGE: i32 = 100;
+
+/// `first` within 1..=MAX_PAGE (20 when absent).
+pub fn page_size(first: Option<i32>) -> Result<u64, ApiError> {
+    match first.unwrap_or(20) {
+        n if (1..=MAX_PAGE).contains(&n) => Ok(n as u64),
+        n => Err(ApiError::bad_input(format!(
+            "first must be between 1 and {MAX_PAGE}, not {n}"
+        ))),
+    }
+}
+
+/// A cursor (an id) from a page's `endCursor`.
+pub fn parse_cursor(after: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    after
+        .map(|c| {
+            Uuid::parse_str(c)
+                .map_err(|_| ApiError::bad_input(format!("{c:?} is not a cursor from this list")))
+        })
+        .transpose()
 }

@@ -118,6 +118,9 @@ pub fn test_settings(db: &TestDb) -> Settings {
         Duration::from_millis(200),
     ];
     s.delivery.poll_interval = Duration::from_millis(50);
+    s.delivery.lease = Duration::from_secs(1);
+    s.delivery.async_timeout = Duration::from_secs(2);
+    s.delivery.sync_timeout = Duration::from_secs(2);
     s
 }
 
@@ -128,6 +131,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub settings: Settings,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    handle: actix_web::dev::ServerHandle,
     pub db: TestDb,
 }
 
@@ -150,6 +154,7 @@ pub async fn start_on(db: TestDb, settings: Settings) -> TestApp {
         .await
         .expect("app builds");
     let port = app.port();
+    let handle = app.server_handle();
     let server = tokio::spawn(app.run_until_stopped());
     TestApp {
         addr: format!("http://127.0.0.1:{port}"),
@@ -157,6 +162,7 @@ pub async fn start_on(db: TestDb, settings: Settings) -> TestApp {
         client: reqwest::Client::new(),
         settings,
         server: Some(server),
+        handle,
         db,
     }
 }
@@ -174,8 +180,11 @@ impl TestApp {
     /// Stops the server abruptly (like a crash) and hands back its database.
     pub fn crash(mut self) -> TestDb {
         if let Some(server) = self.server.take() {
+            // Dropping the app's future stops its workers mid-flight, like a crash.
             server.abort();
         }
+        let handle = self.handle.clone();
+        tokio::spawn(async move { handle.stop(false).await });
         let TestApp { db, .. } = self;
         db
     }
@@ -545,4 +554,261 @@ pub fn problems(body: &Value) -> Vec<(Option<String>, String)> {
             )
         })
         .collect()
+}
+
+/// A GraphQL subscription over a real `graphql-transport-ws` WebSocket.
+pub struct Sub {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Sub {
+    /// The next `next`/`error`/`complete` message, or `None` after 5 s of silence.
+    pub async fn message(&mut self) -> Option<Value> {
+        use futures_util::StreamExt as _;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            match msg {
+                Message::Text(text) => {
+                    let v: Value = serde_json::from_str(&text).ok()?;
+                    match v["type"].as_str() {
+                        Some("ping") | Some("pong") | Some("ka") => continue,
+                        _ => return Some(v),
+                    }
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// The data of the next event, failing on an error or silence.
+    pub async fn event(&mut self, field: &str) -> Value {
+        let msg = self
+            .message()
+            .await
+            .unwrap_or_else(|| panic!("no {field} event within 5 s"));
+        assert_eq!(msg["type"], "next", "unexpected message: {msg}");
+        assert!(msg["payload"].get("errors").is_none(), "error event: {msg}");
+        msg["payload"]["data"][field].clone()
+    }
+
+    /// `n` events of `conversationEvents`.
+    pub async fn events(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.event("conversationEvents").await);
+        }
+        out
+    }
+
+    /// Asserts that nothing arrives for a short while.
+    pub async fn assert_quiet(&mut self) {
+        use futures_util::StreamExt as _;
+        let got = tokio::time::timeout(Duration::from_millis(300), self.ws.next()).await;
+        assert!(got.is_err(), "unexpected message: {got:?}");
+    }
+
+    /// The `extensions.code` of the error the subscription ended with.
+    pub async fn error_code(&mut self) -> String {
+        let msg = self.message().await.expect("an error message");
+        let errors = if msg["type"] == "error" {
+            msg["payload"].clone()
+        } else {
+            msg["payload"]["errors"].clone()
+        };
+        errors[0]["extensions"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no code in {msg}"))
+            .to_owned()
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+impl TestApp {
+    /// Opens a subscription, authenticated as `token` if given.
+    pub async fn subscribe(&self, token: Option<&str>, query: &str, variables: Value) -> Sub {
+        use futures_util::SinkExt as _;
+        use tokio_tungstenite::tungstenite::{
+            Message, client::IntoClientRequest as _, http::HeaderValue,
+        };
+        let mut req = format!("ws://127.0.0.1:{}/graphql", self.port)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("websocket connects");
+        let mut sub = Sub { ws };
+        let payload = match token {
+            Some(t) => json!({ "Authorization": format!("Bearer {t}") }),
+            None => json!({}),
+        };
+        sub.ws
+            .send(Message::text(
+                json!({ "type": "connection_init", "payload": payload }).to_string(),
+            ))
+            .await
+            .expect("init");
+        let ack = sub.message().await.expect("ack");
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        sub.ws
+            .send(Message::text(json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } }).to_string()))
+            .await
+            .expect("subscribe");
+        sub
+    }
+
+    /// `conversationEvents` as a visitor (with its token) or a member (with `member_token`).
+    pub async fn watch(
+        &self,
+        conversation_id: &str,
+        visitor_token: Option<&str>,
+        member_token: Option<&str>,
+        after_seq: i64,
+    ) -> Sub {
+        self.subscribe(
+            member_token,
+            "subscription($c: ID!, $t: String, $a: Int) { conversationEvents(conversationId: $c, visitorToken: $t, afterSeq: $a) { seq conversationId kind text input { type choices { label value } } at } }",
+            json!({ "c": conversation_id, "t": visitor_token, "a": after_seq }),
+        )
+        .await
+    }
+
+    pub async fn start_conversation(&self, bot_id: &str, variables: Value) -> Value {
+        self.gql_anon(
+            "mutation($b: ID!, $v: JSON) { startConversation(botId: $b, variables: $v) { conversationId visitorToken } }",
+            json!({ "b": bot_id, "v": variables }),
+        )
+        .await
+    }
+
+    /// Starts a conversation and returns (id, visitor token).
+    pub async fn new_conversation(&self, bot_id: &str) -> (String, String) {
+        let body = self.start_conversation(bot_id, Value::Null).await;
+        let s = &body["data"]["startConversation"];
+        assert!(s.is_object(), "startConversation failed: {body}");
+        (
+            s["conversationId"].as_str().expect("id").to_owned(),
+            s["visitorToken"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    pub async fn send_answer(
+        &self,
+        conversation_id: &str,
+        visitor_token: &str,
+        text: &str,
+    ) -> Value {
+        self.gql_anon(
+            "mutation($c: ID!, $t: String!, $x: String!) { sendAnswer(conversationId: $c, visitorToken: $t, text: $x) { seq kind text } }",
+            json!({ "c": conversation_id, "t": visitor_token, "x": text }),
+        )
+        .await
+    }
+
+    pub async fn conversation(
+        &self,
+        token: Option<&str>,
+        id: &str,
+        visitor_token: Option<&str>,
+    ) -> Value {
+        self.gql_with(
+            token,
+            "query($id: ID!, $t: String) { conversation(id: $id, visitorToken: $t) { id version status startedAt endedAt answers variables bot { id } events { seq kind text } } }",
+            json!({ "id": id, "t": visitor_token }),
+        )
+        .await
+    }
+
+    /// The deliveries of a webhook, newest first.
+    pub async fn deliveries(&self, token: &str, webhook_id: &str) -> Vec<Value> {
+        let body = self
+            .gql(
+                token,
+                "query($id: ID!) { webhook(id: $id) { deliveries(first: 100) { edges { node { id mode status conversationId payload nextAttemptAt attemptCount messageId attempts { n at responseStatus durationMs error responseBody notes } } } } } }",
+                json!({ "id": webhook_id }),
+            )
+            .await;
+        body["data"]["webhook"]["deliveries"]["edges"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no deliveries in {body}"))
+            .iter()
+            .map(|e| e["node"].clone())
+            .collect()
+    }
+
+    /// Waits until `check` holds for the webhook's deliveries (up to 15 s).
+    pub async fn wait_deliveries(
+        &self,
+        token: &str,
+        webhook_id: &str,
+        check: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let list = self.deliveries(token, webhook_id).await;
+            if check(&list) {
+                return list;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "deliveries never reached the expected state: {list:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The webhook's current signing secret.
+    pub async fn signing_secret(&self, token: &str, webhook_id: &str) -> String {
+        self.webhook(token, webhook_id).await["data"]["webhook"]["signingSecret"]
+            .as_str()
+            .expect("secret")
+            .to_owned()
+    }
+}
+
+/// The kinds of a list of events.
+pub fn kinds(events: &[Value]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// Verifies a received webhook request with an independent HMAC, and returns how many
+/// signatures in its `webhook-signature` header match `secret`.
+pub fn matching_signatures(req: &wiremock::Request, secret: &str) -> usize {
+    use base64::Engine as _;
+    use hmac::{KeyInit as _, Mac as _};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let key = b64
+        .decode(secret.trim_start_matches("whsec_"))
+        .expect("secret is base64");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("key");
+    mac.update(format!("{}.{}.", header("webhook-id"), header("webhook-timestamp")).as_bytes());
+    mac.update(&req.body);
+    let expected = format!("v1,{}", b64.encode(mac.finalize().into_bytes()));
+    header("webhook-signature")
+        .split(' ')
+        .filter(|s| *s == expected)
+        .count()
 }

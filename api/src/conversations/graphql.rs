@@ -1,0 +1,397 @@
+//! GraphQL surface of conversations: visitors start and answer, team members read and watch.
+use async_graphql::{
+    Context, Enum, ID, Json, Object, SimpleObject, Subscription,
+    connection::{Connection, Edge},
+    futures_util::Stream,
+};
+use chrono::{DateTime, Utc};
+use entity::{
+    Role,
+    conversation::{self, ConversationStatus},
+};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::{
+    accounts::AccountAccess,
+    auth::{Auth, viewer},
+    bots::{
+        graphql::{Bot, ChoiceOut, QuestionTypeGql},
+        service as bots,
+    },
+    engine::model::QuestionType,
+    error::{ApiError, ApiResult},
+    events::SharedEvent,
+    ids::{parse_id, to_id},
+    state::{AppState, state},
+    webhooks::graphql::{page_size, parse_cursor},
+};
+
+/// What happened in a conversation.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ChatEventKind {
+    BotMessage,
+    Question,
+    VisitorMessage,
+    InvalidAnswer,
+    Ended,
+}
+
+/// Where a conversation stands.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+#[graphql(
+    name = "ConversationStatus",
+    remote = "entity::conversation::ConversationStatus"
+)]
+pub enum ConversationStatusGql {
+    Active,
+    Completed,
+    Abandoned,
+}
+
+/// What a QUESTION expects.
+#[derive(SimpleObject)]
+pub struct QuestionInput {
+    #[graphql(name = "type")]
+    kind: QuestionTypeGql,
+    choices: Option<Vec<ChoiceOut>>,
+}
+
+/// One event of a conversation, numbered by `seq` without gaps.
+pub struct ChatEvent(pub SharedEvent);
+
+#[Object]
+impl ChatEvent {
+    async fn seq(&self) -> i32 {
+        self.0.seq
+    }
+    async fn conversation_id(&self) -> ID {
+        to_id(self.0.conversation_id)
+    }
+    async fn at(&self) -> DateTime<Utc> {
+        self.0.at
+    }
+    async fn kind(&self) -> ChatEventKind {
+        match self.0.kind.as_str() {
+            "BOT_MESSAGE" => ChatEventKind::BotMessage,
+            "QUESTION" => ChatEventKind::Question,
+            "VISITOR_MESSAGE" => ChatEventKind::VisitorMessage,
+            "INVALID_ANSWER" => ChatEventKind::InvalidAnswer,
+            _ => ChatEventKind::Ended,
+        }
+    }
+    async fn text(&self) -> Option<&str> {
+        self.0.text.as_deref()
+    }
+    /// For a QUESTION: the expected answer.
+    async fn input(&self) -> Option<QuestionInput> {
+        let input = self.0.input.as_ref()?;
+        let kind: QuestionType = serde_json::from_value(input.get("type")?.clone()).ok()?;
+        let choices = input.get("choices").and_then(|c| c.as_array()).map(|list| {
+            list.iter()
+                .map(|c| ChoiceOut {
+                    label: c
+                        .get("label")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    value: c.get("value").and_then(|v| v.as_str()).map(str::to_owned),
+                    next: None,
+                })
+                .collect()
+        });
+        Some(QuestionInput {
+            kind: kind.into(),
+            choices,
+        })
+    }
+}
+
+/// A conversation, as its team (or its visitor) sees it.
+pub struct Conversation(pub conversation::Model);
+
+#[Object]
+impl Conversation {
+    async fn id(&self) -> ID {
+        to_id(self.0.id)
+    }
+    async fn bot(&self, ctx: &Context<'_>) -> async_graphql::Result<Bot> {
+        let st = state(ctx)?;
+        let view = bots::find_bot(st.db.conn(), viewer(ctx)?, self.0.bot_id, Role::Member).await?;
+        Ok(Bot(view))
+    }
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+    async fn status(&self) -> ConversationStatusGql {
+        self.0.status.into()
+    }
+    async fn started_at(&self) -> DateTime<Utc> {
+        self.0.started_at
+    }
+    async fn ended_at(&self) -> Option<DateTime<Utc>> {
+        self.0.ended_at
+    }
+    /// Last activity.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    /// The answers collected, by `saveAnswerTo` name.
+    async fn answers(&self) -> Json<serde_json::Value> {
+        Json(
+            self.0
+                .state
+                .get("answers")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
+        )
+    }
+    /// The context variables (answers, prefilled values, webhook replies).
+    async fn variables(&self) -> Json<serde_json::Value> {
+        Json(
+            self.0
+                .state
+                .get("variables")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
+        )
+    }
+    /// The transcript.
+    async fn events(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ChatEvent>> {
+        let st = state(ctx)?;
+        let events = st.runtime.events_after(self.0.id, 0).await?;
+        Ok(events
+            .into_iter()
+            .map(|e| ChatEvent(SharedEvent::new(e)))
+            .collect())
+    }
+}
+
+/// `Bot.conversations`: newest first.
+pub async fn bot_conversations(
+    ctx: &Context<'_>,
+    bot_id: Uuid,
+    first: Option<i32>,
+    after: Option<String>,
+    status: Option<ConversationStatusGql>,
+) -> async_graphql::Result<Connection<String, Conversation>> {
+    let st = state(ctx)?;
+    let first = page_size(first)?;
+    let after = parse_cursor(after.as_deref())?;
+    let mut q = conversation::Entity::find()
+        .filter(conversation::Column::BotId.eq(bot_id))
+        .order_by_desc(conversation::Column::Id);
+    if let Some(after) = after {
+        q = q.filter(conversation::Column::Id.lt(after));
+    }
+    if let Some(status) = status {
+        q = q.filter(conversation::Column::Status.eq(ConversationStatus::from(status)));
+    }
+    let mut rows = q
+        .limit(first + 1)
+        .all(st.db.conn())
+        .await
+        .map_err(ApiError::from)?;
+    let more = rows.len() as u64 > first;
+    rows.truncate(first as usize);
+    let mut page = Connection::new(after.is_some(), more);
+    page.edges.extend(
+        rows.into_iter()
+            .map(|c| Edge::new(c.id.to_string(), Conversation(c))),
+    );
+    Ok(page)
+}
+
+/// A visitor's handle on a new conversation.
+#[derive(SimpleObject)]
+pub struct VisitorSession {
+    conversation_id: ID,
+    /// Secret: sent with every answer and subscription of the visitor.
+    visitor_token: String,
+}
+
+/// The conversation if the caller is its visitor (by token) or a member of its account.
+async fn authorize(
+    st: &AppState,
+    auth: &Auth,
+    id: Uuid,
+    visitor_token: Option<&str>,
+) -> ApiResult<conversation::Model> {
+    if let Some(token) = visitor_token {
+        return st.runtime.find_for_visitor(id, token).await;
+    }
+    let not_found = || ApiError::NotFound("conversation not found".into());
+    let user = match auth {
+        Auth::User(user) => *user,
+        Auth::Anonymous => {
+            return Err(ApiError::Unauthenticated(
+                "send a visitorToken, or log in as a member of the bot's team".into(),
+            ));
+        }
+        Auth::Invalid(why) => return Err(ApiError::Unauthenticated((*why).to_owned())),
+    };
+    let conv = conversation::Entity::find_by_id(id)
+        .one(st.db.conn())
+        .await?
+        .ok_or_else(not_found)?;
+    match AccountAccess::require(st.db.conn(), user, conv.account_id, Role::Member).await {
+        Ok(_) => Ok(conv),
+        Err(ApiError::NotFound(_)) => Err(not_found()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Queries of conversations.
+#[derive(Default)]
+pub struct ConversationsQuery;
+
+#[Object]
+impl ConversationsQuery {
+    /// A conversation of the viewer's team, or the visitor's own with `visitorToken`.
+    async fn conversation(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        visitor_token: Option<String>,
+    ) -> async_graphql::Result<Option<Conversation>> {
+        let st = state(ctx)?;
+        let auth = ctx.data_opt::<Auth>().cloned().unwrap_or(Auth::Anonymous);
+        let Ok(id) = parse_id(&id, "conversation") else {
+            return Ok(None);
+        };
+        match authorize(st, &auth, id, visitor_token.as_deref()).await {
+            Ok(conv) => Ok(Some(Conversation(conv))),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Mutations of conversations (no login: visitors).
+#[derive(Default)]
+pub struct ConversationsMutation;
+
+#[Object]
+impl ConversationsMutation {
+    /// Starts a conversation on the bot's latest published version; its first events are
+    /// stored and replayed to the first subscription.
+    async fn start_conversation(
+        &self,
+        ctx: &Context<'_>,
+        bot_id: ID,
+        variables: Option<Json<serde_json::Value>>,
+    ) -> async_graphql::Result<VisitorSession> {
+        let st = state(ctx)?;
+        let bot_id = parse_id(&bot_id, "bot")?;
+        let session = st.runtime.start(bot_id, variables.map(|v| v.0)).await?;
+        Ok(VisitorSession {
+            conversation_id: to_id(session.conversation_id),
+            visitor_token: session.visitor_token,
+        })
+    }
+
+    /// The visitor's answer to the pending question; returns the visitor's message as stored.
+    async fn send_answer(
+        &self,
+        ctx: &Context<'_>,
+        conversation_id: ID,
+        visitor_token: String,
+        text: String,
+    ) -> async_graphql::Result<ChatEvent> {
+        let st = state(ctx)?;
+        let id = parse_id(&conversation_id, "conversation")?;
+        Ok(ChatEvent(
+            st.runtime.answer(id, &visitor_token, &text).await?,
+        ))
+    }
+}
+
+/// Live events.
+#[derive(Default)]
+pub struct ConversationsSubscription;
+
+#[Subscription]
+impl ConversationsSubscription {
+    /// Every stored event after `afterSeq`, then new ones as they happen: no gap, no repeat.
+    async fn conversation_events(
+        &self,
+        ctx: &Context<'_>,
+        conversation_id: ID,
+        visitor_token: Option<String>,
+        #[graphql(default = 0)] after_seq: i32,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ChatEvent>> + use<>> {
+        let st = state(ctx)?.clone();
+        let auth = ctx.data_opt::<Auth>().cloned().unwrap_or(Auth::Anonymous);
+        let id = parse_id(&conversation_id, "conversation")?;
+        authorize(&st, &auth, id, visitor_token.as_deref()).await?;
+        // Subscribe before reading the stored events: whatever is committed in between shows
+        // up in both, and `seq` drops the repeat.
+        let mut live = st.runtime.bus().subscribe_conversation(id);
+        let runtime = st.runtime.clone();
+        Ok(async_stream::stream! {
+            let mut last = after_seq.max(0);
+            match runtime.events_after(id, last).await {
+                Ok(stored) => for e in stored {
+                    last = e.seq;
+                    yield Ok(ChatEvent(SharedEvent::new(e)));
+                },
+                Err(e) => { yield Err(e.into()); return; }
+            }
+            loop {
+                let event = match live.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => {
+                        // Too slow for the channel: catch up from the database.
+                        match runtime.events_after(id, last).await {
+                            Ok(stored) => for e in stored {
+                                last = e.seq;
+                                yield Ok(ChatEvent(SharedEvent::new(e)));
+                            },
+                            Err(e) => { yield Err(e.into()); return; }
+                        }
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if event.seq <= last {
+                    continue;
+                }
+                if event.seq > last + 1 {
+                    match runtime.events_between(id, last, event.seq).await {
+                        Ok(missing) => for e in missing {
+                            yield Ok(ChatEvent(SharedEvent::new(e)));
+                        },
+                        Err(e) => { yield Err(e.into()); return; }
+                    }
+                }
+                last = event.seq;
+                yield Ok(ChatEvent(event));
+            }
+        })
+    }
+
+    /// Every new event of the account's bots (team members).
+    async fn account_events(
+        &self,
+        ctx: &Context<'_>,
+        account_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = ChatEvent> + use<>> {
+        let st = state(ctx)?.clone();
+        let user = viewer(ctx)?;
+        let account_id = parse_id(&account_id, "account")?;
+        AccountAccess::require(st.db.conn(), user, account_id, Role::Member).await?;
+        let mut live = st.runtime.bus().subscribe_account(account_id);
+        Ok(async_stream::stream! {
+            loop {
+                match live.recv().await {
+                    Ok(event) => yield ChatEvent(event),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(account.id = %account_id, skipped = n, "account subscriber lagged");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
+    }
+}

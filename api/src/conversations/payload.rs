@@ -1,0 +1,57 @@
+//! The webhook body, exactly as the contract shows it: each answer at the top level, and a
+//! `conversation` object with ids, times, answers, variables and the transcript.
+use chrono::SecondsFormat;
+use entity::{conversation, conversation_event};
+use serde_json::{Map, Value, json};
+
+use crate::engine::State;
+
+/// Event kinds, as stored and as sent.
+pub mod kind {
+    pub const BOT_MESSAGE: &str = "BOT_MESSAGE";
+    pub const QUESTION: &str = "QUESTION";
+    pub const VISITOR_MESSAGE: &str = "VISITOR_MESSAGE";
+    pub const INVALID_ANSWER: &str = "INVALID_ANSWER";
+    pub const ENDED: &str = "ENDED";
+}
+
+/// The body of a webhook call made at this point of the conversation.
+pub fn build(
+    conv: &conversation::Model,
+    bot_name: &str,
+    state: &State,
+    transcript: &[conversation_event::Model],
+) -> Value {
+    let messages: Vec<Value> = transcript
+        .iter()
+        .filter_map(|e| {
+            let from = match e.kind.as_str() {
+                kind::VISITOR_MESSAGE => "visitor",
+                kind::ENDED => return None,
+                _ => "bot",
+            };
+            Some(json!({
+                "seq": e.seq,
+                "from": from,
+                "text": e.text.clone().unwrap_or_default(),
+                "at": e.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            }))
+        })
+        .collect();
+    let mut body: Map<String, Value> = state.answers.clone();
+    body.insert(
+        "conversation".into(),
+        json!({
+            "id": conv.id.to_string(),
+            "bot_id": conv.bot_id.to_string(),
+            "bot_name": bot_name,
+            "account_id": conv.account_id.to_string(),
+            "version": conv.version,
+            "started_at": conv.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            "answers": Value::Object(state.answers.clone()),
+            "variables": Value::Object(state.variables.clone()),
+            "messages": messages,
+        }),
+    );
+    Value::Object(body)
+}

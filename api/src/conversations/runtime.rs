@@ -1,0 +1,549 @@
+//! The conversation runtime: each visitor turn is one transaction that locks the
+//! conversation, runs the engine on the cached flow of its version, appends the events with
+//! the next `seq`s, stores the state and writes async deliveries to the outbox. Sync webhooks
+//! are called between two transactions, never inside one.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use entity::{
+    bot, bot_version,
+    conversation::{self, ConversationStatus},
+    conversation_event,
+    delivery::{self, DeliveryMode, DeliveryStatus},
+};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
+};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::payload::{self, kind};
+use crate::{
+    accounts::service::{random_token, token_hash},
+    db::Db,
+    engine::{self, ChatMessage, CompiledFlow, Input, Output, State, StepError, WebhookOutcome},
+    error::{ApiError, ApiResult},
+    events::{EventBus, SharedEvent},
+    settings::{DatabaseKind, Settings},
+    webhooks::delivery::{self as deliveries, Deliveries},
+};
+
+/// Longest visitor answer.
+pub const MAX_ANSWER_CHARS: usize = 4000;
+/// Largest prefilled `variables` object, serialised.
+const MAX_PREFILLED_BYTES: usize = 16 * 1024;
+/// Sync webhook calls one visitor turn may make; past this, further calls count as failed.
+const MAX_SYNC_CALLS_PER_TURN: usize = 10;
+/// Published flows kept parsed in memory.
+const FLOW_CACHE_SIZE: usize = 4096;
+
+/// Parsed flows of published versions. Versions never change, so entries never go stale.
+#[derive(Default)]
+struct FlowCache(std::sync::Mutex<HashMap<(Uuid, i32), Arc<CompiledFlow>>>);
+
+impl FlowCache {
+    async fn get(
+        &self,
+        db: &impl ConnectionTrait,
+        bot_id: Uuid,
+        version: i32,
+    ) -> ApiResult<Arc<CompiledFlow>> {
+        if let Some(flow) = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(bot_id, version))
+        {
+            return Ok(flow.clone());
+        }
+        let row = bot_version::Entity::find_by_id((bot_id, version))
+            .one(db)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("bot {bot_id} has no version {version}"))
+            })?;
+        let flow = crate::bots::service::parse_stored_flow(&row.flow)?;
+        let compiled = Arc::new(CompiledFlow::new(flow));
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= FLOW_CACHE_SIZE {
+            map.clear();
+        }
+        map.insert((bot_id, version), compiled.clone());
+        Ok(compiled)
+    }
+}
+
+/// A sync webhook call the engine asked for, to make after the commit.
+struct SyncCall {
+    webhook_id: String,
+    block_id: String,
+    account_id: Uuid,
+    payload: Value,
+}
+
+/// Drives conversations.
+pub struct Runtime {
+    db: Db,
+    deliveries: Arc<Deliveries>,
+    bus: Arc<dyn EventBus>,
+    flows: FlowCache,
+    abandon_after: Duration,
+    sync_timeout: Duration,
+}
+
+/// A new conversation's id and the visitor's secret token.
+pub struct VisitorSession {
+    pub conversation_id: Uuid,
+    pub visitor_token: String,
+}
+
+fn step_error(e: StepError) -> ApiError {
+    match e {
+        StepError::AlreadyEnded => ApiError::Conflict("the conversation has ended".into()),
+        StepError::NoPendingQuestion => ApiError::Conflict(
+            "no question is waiting for an answer: the bot is still working on its reply".into(),
+        ),
+        other => ApiError::Conflict(other.to_string()),
+    }
+}
+
+/// The event row of a message the engine said.
+fn event_row(
+    conv: &conversation::Model,
+    seq: i32,
+    msg: ChatMessage,
+    at: chrono::DateTime<Utc>,
+) -> conversation_event::Model {
+    let (kind, text, input) = match msg {
+        ChatMessage::BotMessage { text } => (kind::BOT_MESSAGE, Some(text), None),
+        ChatMessage::Question {
+            text,
+            question_type,
+            choices,
+        } => {
+            // Choices without their `next`: visitors see labels and values, not the flow.
+            let choices = choices.map(|cs| {
+                cs.into_iter()
+                    .map(|c| json!({ "label": c.label, "value": c.value }))
+                    .collect::<Vec<_>>()
+            });
+            let input = json!({ "type": question_type, "choices": choices });
+            (kind::QUESTION, Some(text), Some(input))
+        }
+        ChatMessage::VisitorMessage { text } => (kind::VISITOR_MESSAGE, Some(text), None),
+        ChatMessage::InvalidAnswer { text } => (kind::INVALID_ANSWER, Some(text), None),
+        ChatMessage::Ended { error } => (kind::ENDED, error, None),
+    };
+    conversation_event::Model {
+        conversation_id: conv.id,
+        seq,
+        account_id: conv.account_id,
+        kind: kind.to_owned(),
+        text,
+        input,
+        at,
+    }
+}
+
+impl Runtime {
+    /// The runtime over the shared database, delivery module and event bus.
+    pub fn new(
+        db: Db,
+        deliveries: Arc<Deliveries>,
+        bus: Arc<dyn EventBus>,
+        settings: &Settings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            db,
+            deliveries,
+            bus,
+            flows: FlowCache::default(),
+            abandon_after: settings.abandon_after,
+            sync_timeout: settings.delivery.sync_timeout,
+        })
+    }
+
+    /// The event bus, for subscriptions.
+    pub fn bus(&self) -> &Arc<dyn EventBus> {
+        &self.bus
+    }
+
+    /// Starts a conversation on the bot's latest published version and runs it up to its
+    /// first question (or its end).
+    pub async fn start(&self, bot_id: Uuid, variables: Option<Value>) -> ApiResult<VisitorSession> {
+        let prefilled = match variables {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map,
+            Some(_) => return Err(ApiError::bad_input("variables must be a JSON object")),
+        };
+        if serde_json::to_vec(&prefilled).map_or(0, |v| v.len()) > MAX_PREFILLED_BYTES {
+            return Err(ApiError::bad_input(format!(
+                "variables must be at most {MAX_PREFILLED_BYTES} bytes of JSON"
+            )));
+        }
+        if prefilled.contains_key("conversation") {
+            return Err(ApiError::bad_input(
+                "\"conversation\" is reserved and cannot be a variable",
+            ));
+        }
+        let bot = bot::Entity::find_by_id(bot_id)
+            .one(self.db.conn())
+            .await?
+            .ok_or_else(|| ApiError::not_found("bot"))?;
+        let version = bot.published_version.ok_or_else(|| {
+            ApiError::bad_input(
+                "this bot is not published yet: publish it before starting conversations",
+            )
+        })?;
+        let token = random_token();
+        let now = Utc::now();
+        let conv = conversation::Model {
+            id: Uuid::now_v7(),
+            account_id: bot.account_id,
+            bot_id,
+            version,
+            status: ConversationStatus::Active,
+            state: serde_json::to_value(State::new(prefilled)).map_err(anyhow::Error::from)?,
+            last_seq: 0,
+            visitor_token_hash: token_hash(&token),
+            started_at: now,
+            ended_at: None,
+            updated_at: now,
+        };
+        conversation::Entity::insert(conversation::ActiveModel::from(conv.clone()))
+            .exec_without_returning(self.db.conn())
+            .await?;
+        self.drive(conv.id, Input::Start).await?;
+        Ok(VisitorSession {
+            conversation_id: conv.id,
+            visitor_token: token,
+        })
+    }
+
+    /// A conversation, if `visitor_token` is its token.
+    pub async fn find_for_visitor(
+        &self,
+        conversation_id: Uuid,
+        visitor_token: &str,
+    ) -> ApiResult<conversation::Model> {
+        let not_found = || {
+            ApiError::NotFound(
+                "conversation not found, or the visitor token does not match it".into(),
+            )
+        };
+        let conv = conversation::Entity::find_by_id(conversation_id)
+            .one(self.db.conn())
+            .await?
+            .ok_or_else(not_found)?;
+        if conv.visitor_token_hash != token_hash(visitor_token.trim()) {
+            return Err(not_found());
+        }
+        Ok(conv)
+    }
+
+    /// Takes a visitor's answer; returns the visitor's message as recorded.
+    pub async fn answer(
+        &self,
+        conversation_id: Uuid,
+        visitor_token: &str,
+        text: &str,
+    ) -> ApiResult<SharedEvent> {
+        if text.chars().count() > MAX_ANSWER_CHARS {
+            return Err(ApiError::bad_input(format!(
+                "an answer must be at most {MAX_ANSWER_CHARS} characters"
+            )));
+        }
+        self.find_for_visitor(conversation_id, visitor_token)
+            .await?;
+        let events = self
+            .drive(conversation_id, Input::Answer(text.to_owned()))
+            .await?;
+        events
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("an answer produced no event")))
+    }
+
+    /// Runs one input, then any sync webhook calls it leads to; returns every event emitted.
+    async fn drive(&self, conversation_id: Uuid, input: Input) -> ApiResult<Vec<SharedEvent>> {
+        let (mut events, mut call) = self.advance(conversation_id, input).await?;
+        let mut calls = 0;
+        while let Some(sync) = call.take() {
+            calls += 1;
+            let outcome = if calls > MAX_SYNC_CALLS_PER_TURN {
+                WebhookOutcome::Failed("too many webhook calls in one turn".into())
+            } else {
+                self.call(conversation_id, sync).await
+            };
+            let (more, next) = self
+                .advance(conversation_id, Input::WebhookResult(outcome))
+                .await?;
+            events.extend(more);
+            call = next;
+        }
+        Ok(events)
+    }
+
+    async fn call(&self, conversation_id: Uuid, sync: SyncCall) -> WebhookOutcome {
+        let Ok(webhook_id) = Uuid::parse_str(&sync.webhook_id) else {
+            return WebhookOutcome::Failed(format!("{:?} is not a webhook id", sync.webhook_id));
+        };
+        match self
+            .deliveries
+            .call_sync(
+                sync.account_id,
+                webhook_id,
+                Some(conversation_id),
+                Some(sync.block_id),
+                sync.payload,
+            )
+            .await
+        {
+            Ok(result) => result.outcome,
+            Err(e) => {
+                let reason = e.message().to_owned();
+                if let ApiError::Internal(cause) = &e {
+                    tracing::error!(conversation.id = %conversation_id, error.cause = ?cause, "sync webhook call failed");
+                }
+                WebhookOutcome::Failed(reason)
+            }
+        }
+    }
+
+    /// One engine step in one transaction.
+    async fn advance(
+        &self,
+        conversation_id: Uuid,
+        input: Input,
+    ) -> ApiResult<(Vec<SharedEvent>, Option<SyncCall>)> {
+        let tx = self.db.write().await?;
+        let mut query = conversation::Entity::find_by_id(conversation_id);
+        if self.db.kind() == DatabaseKind::Postgres {
+            // Serialises turns of one conversation across instances; SQLite's single writer
+            // already does.
+            query = query.lock_exclusive();
+        }
+        let conv = query
+            .one(&tx.tx)
+            .await?
+            .ok_or_else(|| ApiError::not_found("conversation"))?;
+        let flow = self.flows.get(&tx.tx, conv.bot_id, conv.version).await?;
+        let mut state: State = serde_json::from_value(conv.state.clone())
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored state does not parse: {e}")))?;
+        let result = engine::step(&flow, &mut state, input).map_err(step_error)?;
+        for note in &result.notes {
+            tracing::info!(conversation.id = %conv.id, note, "engine note");
+        }
+
+        let now = Utc::now();
+        let mut seq = conv.last_seq;
+        let mut new_events = Vec::new();
+        let mut transcript: Option<Vec<conversation_event::Model>> = None;
+        let mut bot_name: Option<String> = None;
+        let mut queued = false;
+        let mut sync = None;
+        for output in result.outputs {
+            let (webhook_id, block_id, is_sync) = match output {
+                Output::Say(msg) => {
+                    seq += 1;
+                    new_events.push(event_row(&conv, seq, msg, now));
+                    continue;
+                }
+                Output::QueueWebhook {
+                    webhook_id,
+                    block_id,
+                } => (webhook_id, block_id, false),
+                Output::CallWebhook {
+                    webhook_id,
+                    block_id,
+                } => (webhook_id, block_id, true),
+            };
+            if transcript.is_none() {
+                transcript = Some(
+                    conversation_event::Entity::find()
+                        .filter(conversation_event::Column::ConversationId.eq(conv.id))
+                        .order_by_asc(conversation_event::Column::Seq)
+                        .all(&tx.tx)
+                        .await?,
+                );
+            }
+            if bot_name.is_none() {
+                bot_name = bot::Entity::find_by_id(conv.bot_id)
+                    .one(&tx.tx)
+                    .await?
+                    .map(|b| b.name);
+            }
+            let mut messages = transcript.clone().unwrap_or_default();
+            messages.extend(new_events.iter().cloned());
+            let body = payload::build(
+                &conv,
+                bot_name.as_deref().unwrap_or_default(),
+                &state,
+                &messages,
+            );
+            if is_sync {
+                sync = Some(SyncCall {
+                    webhook_id,
+                    block_id,
+                    account_id: conv.account_id,
+                    payload: body,
+                });
+            } else {
+                match Uuid::parse_str(&webhook_id) {
+                    Ok(id) => {
+                        deliveries::enqueue(
+                            &tx.tx,
+                            conv.account_id,
+                            id,
+                            Some(conv.id),
+                            Some(block_id),
+                            body,
+                        )
+                        .await?;
+                        queued = true;
+                    }
+                    Err(_) => {
+                        tracing::warn!(conversation.id = %conv.id, webhook_id, "webhook block with an invalid id skipped")
+                    }
+                }
+            }
+        }
+
+        let ended = state.is_ended();
+        conversation::Entity::update(conversation::ActiveModel {
+            id: Set(conv.id),
+            state: Set(serde_json::to_value(&state).map_err(anyhow::Error::from)?),
+            last_seq: Set(seq),
+            status: Set(if ended {
+                ConversationStatus::Completed
+            } else {
+                ConversationStatus::Active
+            }),
+            ended_at: Set(if ended {
+                Some(conv.ended_at.unwrap_or(now))
+            } else {
+                None
+            }),
+            updated_at: Set(now),
+            ..Default::default()
+        })
+        .exec(&tx.tx)
+        .await?;
+        if !new_events.is_empty() {
+            conversation_event::Entity::insert_many(
+                new_events
+                    .iter()
+                    .cloned()
+                    .map(conversation_event::ActiveModel::from),
+            )
+            .exec_without_returning(&tx.tx)
+            .await?;
+        }
+        tx.commit().await?;
+
+        let shared: Vec<SharedEvent> = new_events.into_iter().map(Arc::new).collect();
+        self.bus.publish(&shared);
+        if queued {
+            self.deliveries.wake();
+        }
+        Ok((shared, sync))
+    }
+
+    /// Marks idle conversations abandoned, and resumes those whose sync call was cut off by a
+    /// crash (the call is treated as failed: the conversation goes on to the next block).
+    pub async fn sweep(&self) -> ApiResult<()> {
+        let now = Utc::now();
+        let idle = now - chrono::Duration::from_std(self.abandon_after).unwrap_or_default();
+        conversation::Entity::update_many()
+            .col_expr(
+                conversation::Column::Status,
+                Expr::value(ConversationStatus::Abandoned),
+            )
+            .filter(conversation::Column::Status.eq(ConversationStatus::Active))
+            .filter(conversation::Column::UpdatedAt.lt(idle))
+            .exec(self.db.conn())
+            .await?;
+
+        let stale = now
+            - chrono::Duration::from_std(self.sync_timeout + Duration::from_secs(30))
+                .unwrap_or_default();
+        delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::Status,
+                Expr::value(DeliveryStatus::Failed),
+            )
+            .filter(delivery::Column::Mode.eq(DeliveryMode::Sync))
+            .filter(delivery::Column::Status.eq(DeliveryStatus::Pending))
+            .filter(delivery::Column::CreatedAt.lt(stale))
+            .exec(self.db.conn())
+            .await?;
+        let awaiting = match self.db.kind() {
+            DatabaseKind::Postgres => {
+                Expr::cust("state -> 'position' ->> 'type' = 'awaitingWebhook'")
+            }
+            DatabaseKind::Sqlite => {
+                Expr::cust("json_extract(state, '$.position.type') = 'awaitingWebhook'")
+            }
+        };
+        let stuck: Vec<Uuid> = conversation::Entity::find()
+            .filter(conversation::Column::Status.eq(ConversationStatus::Active))
+            .filter(conversation::Column::UpdatedAt.lt(stale))
+            .filter(awaiting)
+            .select_only()
+            .column(conversation::Column::Id)
+            .limit(100)
+            .into_tuple()
+            .all(self.db.conn())
+            .await?;
+        for id in stuck {
+            let outcome = WebhookOutcome::Failed("the call was interrupted by a restart".into());
+            if let Err(e) = self.drive(id, Input::WebhookResult(outcome)).await {
+                tracing::warn!(conversation.id = %id, error = e.message(), "cannot resume a conversation");
+            }
+        }
+        Ok(())
+    }
+
+    /// Sweeps now and then, until dropped.
+    pub async fn run_sweeper(self: Arc<Self>) {
+        let every =
+            (self.abandon_after / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        loop {
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = e.message(), "conversation sweep failed");
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// The stored events of a conversation after `after_seq`, in order.
+    pub async fn events_after(
+        &self,
+        conversation_id: Uuid,
+        after_seq: i32,
+    ) -> ApiResult<Vec<conversation_event::Model>> {
+        Ok(conversation_event::Entity::find()
+            .filter(conversation_event::Column::ConversationId.eq(conversation_id))
+            .filter(conversation_event::Column::Seq.gt(after_seq))
+            .order_by_asc(conversation_event::Column::Seq)
+            .all(self.db.conn())
+            .await?)
+    }
+
+    /// The stored events with `from < seq < to`.
+    pub async fn events_between(
+        &self,
+        conversation_id: Uuid,
+        from: i32,
+        to: i32,
+    ) -> ApiResult<Vec<conversation_event::Model>> {
+        Ok(conversation_event::Entity::find()
+            .filter(conversation_event::Column::ConversationId.eq(conversation_id))
+            .filter(conversation_event::Column::Seq.gt(from))
+            .filter(conversation_event::Column::Seq.lt(to))
+            .order_by_asc(conversation_event::Column::Seq)
+            .all(self.db.conn())
+            .await?)
+    }
+}
