@@ -292,7 +292,13 @@ impl Deliveries {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let lease = now + chrono::Duration::from_std(self.settings.lease).unwrap_or_default();
+        // A lease shorter than an attempt would hand a delivery still in flight to another
+        // worker: it always outlasts the attempt's deadline.
+        let lease = self
+            .settings
+            .lease
+            .max(self.settings.async_timeout + Duration::from_secs(1));
+        let lease = now + chrono::Duration::from_std(lease).unwrap_or_default();
         let tx = self.db.write().await?;
         // Re-checking `due` in the UPDATE makes the claim atomic: of two workers that selected
         // the same ids, only the first to update gets each row back.

@@ -3,6 +3,7 @@
 mod accounts;
 mod bots;
 mod conversations;
+mod deliveries;
 mod helpers;
 mod schema;
 mod transport;
