@@ -15,8 +15,9 @@ use crate::{
     auth::{Auth, token::TokenKeys},
     conversations::runtime::Runtime,
     db::Db,
-    events::{EventBus, LocalBus},
+    events::{EventBus, LocalBus, PgBus},
     graphql::{AppSchema, build_schema},
+    settings::DatabaseKind,
     settings::Settings,
     state::AppState,
     webhooks::delivery::Deliveries,
@@ -27,6 +28,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: AppState,
+    listener: Option<Arc<PgBus>>,
 }
 
 impl Application {
@@ -44,7 +46,14 @@ impl Application {
             settings.delivery.clone(),
             settings.allow_private_webhooks,
         )?;
-        let bus: Arc<dyn EventBus> = Arc::new(LocalBus::default());
+        // One instance on SQLite; on PostgreSQL, instances share events through NOTIFY.
+        let (bus, events_listener): (Arc<dyn EventBus>, Option<Arc<PgBus>>) = match db.kind() {
+            DatabaseKind::Sqlite => (Arc::new(LocalBus::default()), None),
+            DatabaseKind::Postgres => {
+                let bus = PgBus::new(db.clone());
+                (bus.clone(), Some(bus))
+            }
+        };
         let runtime = Runtime::new(db.clone(), deliveries.clone(), bus, &settings);
         let state = AppState {
             db,
@@ -59,6 +68,7 @@ impl Application {
             port,
             server,
             state,
+            listener: events_listener,
         })
     }
 
@@ -80,10 +90,14 @@ impl Application {
     /// Serves, and runs the background workers, until the server is stopped (SIGTERM or
     /// ctrl-c stop it gracefully). Dropping this future stops the workers too.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let workers = [
+        let mut workers = vec![
             AbortOnDrop(tokio::spawn(self.state.deliveries.clone().run_worker())),
             AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_sweeper())),
         ];
+        if let Some(bus) = self.listener {
+            let url = self.state.settings.database_url.as_str().to_owned();
+            workers.push(AbortOnDrop(tokio::spawn(bus.run_listener(url))));
+        }
         let result = self.server.await;
         drop(workers);
         result

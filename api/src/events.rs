@@ -1,72 +1,261 @@
-//! Live fan-out of conversation events to subscribers. The in-process implementation serves
-//! one instance; a PostgreSQL LISTEN/NOTIFY implementation can sit behind the same trait.
-use std::{collections::HashMap, sync::Arc};
+//! Live fan-out of conversation events to subscribers. `LocalBus` serves one instance;
+//! `PgBus` adds PostgreSQL LISTEN/NOTIFY so that several instances on one database see each
+//! other's events. Notices carry ids and `seq`s only; a subscriber that sees a gap, or is told
+//! to resync, reads what it missed from the database.
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use async_graphql::async_trait::async_trait;
 use entity::conversation_event;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Statement,
+    sqlx::postgres::PgListener,
+};
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use uuid::Uuid;
+
+use crate::db::Db;
 
 /// An event as stored, shared between subscribers.
 pub type SharedEvent = Arc<conversation_event::Model>;
 
-/// How many events a slow subscriber may lag before it must re-read from the database.
+/// What a subscriber receives.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    /// A new event.
+    Event(SharedEvent),
+    /// Events may have been missed (a listener reconnected): re-read from the database.
+    Resync,
+}
+
+/// How many notices a slow subscriber may lag before it must re-read from the database.
 const CHANNEL_CAPACITY: usize = 256;
+/// The PostgreSQL channel that instances notify each other on.
+const PG_CHANNEL: &str = "parley_events";
 
 /// Publishes committed events and hands out live subscriptions.
+#[async_trait]
 pub trait EventBus: Send + Sync {
     /// Announces events that were just committed, in `seq` order.
-    fn publish(&self, events: &[SharedEvent]);
-    /// New events of one conversation from now on.
-    fn subscribe_conversation(&self, conversation_id: Uuid) -> broadcast::Receiver<SharedEvent>;
-    /// New events of every conversation of an account from now on.
-    fn subscribe_account(&self, account_id: Uuid) -> broadcast::Receiver<SharedEvent>;
+    async fn publish(&self, events: &[SharedEvent]);
+    /// Notices of one conversation from now on.
+    fn subscribe_conversation(&self, conversation_id: Uuid) -> broadcast::Receiver<Notice>;
+    /// Notices of every conversation of an account from now on.
+    fn subscribe_account(&self, account_id: Uuid) -> broadcast::Receiver<Notice>;
 }
+
+type Channels = std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Notice>>>;
 
 /// Channels keyed by conversation and by account, created on first subscription and dropped
-/// when their last subscriber leaves, so idle keys cost nothing.
+/// once nobody listens, so idle keys cost nothing.
 #[derive(Default)]
 pub struct LocalBus {
-    conversations: std::sync::Mutex<HashMap<Uuid, broadcast::Sender<SharedEvent>>>,
-    accounts: std::sync::Mutex<HashMap<Uuid, broadcast::Sender<SharedEvent>>>,
+    conversations: Channels,
+    accounts: Channels,
 }
 
-fn subscribe(
-    map: &std::sync::Mutex<HashMap<Uuid, broadcast::Sender<SharedEvent>>>,
-    key: Uuid,
-) -> broadcast::Receiver<SharedEvent> {
+fn subscribe(map: &Channels, key: Uuid) -> broadcast::Receiver<Notice> {
     let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
     map.entry(key)
         .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
         .subscribe()
 }
 
-fn send(
-    map: &std::sync::Mutex<HashMap<Uuid, broadcast::Sender<SharedEvent>>>,
-    key: Uuid,
-    event: &SharedEvent,
-) {
+fn send(map: &Channels, key: Uuid, notice: Notice) {
     let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
     // A failed send means nobody listens any more.
     if let Some(tx) = map.get(&key)
-        && tx.send(event.clone()).is_err()
+        && tx.send(notice).is_err()
     {
         map.remove(&key);
     }
 }
 
-impl EventBus for LocalBus {
-    fn publish(&self, events: &[SharedEvent]) {
+fn listened(map: &Channels, key: Uuid) -> bool {
+    map.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .is_some_and(|tx| tx.receiver_count() > 0)
+}
+
+impl LocalBus {
+    /// Hands events to this instance's subscribers.
+    pub fn dispatch(&self, events: &[SharedEvent]) {
         for event in events {
-            send(&self.conversations, event.conversation_id, event);
-            send(&self.accounts, event.account_id, event);
+            send(
+                &self.conversations,
+                event.conversation_id,
+                Notice::Event(event.clone()),
+            );
+            send(
+                &self.accounts,
+                event.account_id,
+                Notice::Event(event.clone()),
+            );
         }
     }
 
-    fn subscribe_conversation(&self, conversation_id: Uuid) -> broadcast::Receiver<SharedEvent> {
+    /// Tells every subscriber to re-read what it may have missed.
+    pub fn resync_all(&self) {
+        for map in [&self.conversations, &self.accounts] {
+            let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, tx| tx.send(Notice::Resync).is_ok());
+        }
+    }
+
+    /// Whether anyone here listens to this conversation or account.
+    pub fn is_listened(&self, conversation_id: Uuid, account_id: Uuid) -> bool {
+        listened(&self.conversations, conversation_id) || listened(&self.accounts, account_id)
+    }
+}
+
+#[async_trait]
+impl EventBus for LocalBus {
+    async fn publish(&self, events: &[SharedEvent]) {
+        self.dispatch(events);
+    }
+
+    fn subscribe_conversation(&self, conversation_id: Uuid) -> broadcast::Receiver<Notice> {
         subscribe(&self.conversations, conversation_id)
     }
 
-    fn subscribe_account(&self, account_id: Uuid) -> broadcast::Receiver<SharedEvent> {
+    fn subscribe_account(&self, account_id: Uuid) -> broadcast::Receiver<Notice> {
         subscribe(&self.accounts, account_id)
+    }
+}
+
+/// The NOTIFY payload: which events of which conversation, and who sent it.
+#[derive(Serialize, Deserialize)]
+struct Announcement {
+    /// Conversation.
+    c: Uuid,
+    /// Account.
+    a: Uuid,
+    /// First and last `seq`.
+    f: i32,
+    t: i32,
+    /// The announcing instance, which has already served its own subscribers.
+    i: Uuid,
+}
+
+/// LISTEN/NOTIFY across instances sharing one PostgreSQL database.
+pub struct PgBus {
+    local: LocalBus,
+    db: Db,
+    instance: Uuid,
+}
+
+impl PgBus {
+    /// The bus; call [`PgBus::run_listener`] to receive other instances' events.
+    pub fn new(db: Db) -> Arc<Self> {
+        Arc::new(Self {
+            local: LocalBus::default(),
+            db,
+            instance: Uuid::new_v4(),
+        })
+    }
+
+    /// Listens for other instances' announcements until dropped, reconnecting after a lost
+    /// connection and then telling subscribers to back-fill from the database.
+    pub async fn run_listener(self: Arc<Self>, url: String) {
+        let mut first = true;
+        loop {
+            match PgListener::connect(&url).await {
+                Ok(mut listener) => {
+                    if let Err(e) = listener.listen(PG_CHANNEL).await {
+                        tracing::warn!(error = %e, "LISTEN failed; retrying");
+                    } else {
+                        if !first {
+                            // Whatever was announced while disconnected is lost: re-read it.
+                            self.local.resync_all();
+                        }
+                        first = false;
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(n)) => self.receive(n.payload()).await,
+                                Ok(None) => {
+                                    // The connection dropped. Reconnect here rather than let
+                                    // sqlx do it, so that subscribers resync only once LISTEN
+                                    // is back and nothing can fall between the two.
+                                    tracing::warn!(
+                                        "event listener lost its connection; reconnecting"
+                                    );
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "event listener failed; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot connect the event listener; retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn receive(&self, payload: &str) {
+        let Ok(a) = serde_json::from_str::<Announcement>(payload) else {
+            tracing::warn!(payload, "unreadable event announcement");
+            return;
+        };
+        if a.i == self.instance || !self.local.is_listened(a.c, a.a) {
+            return;
+        }
+        let events = conversation_event::Entity::find()
+            .filter(conversation_event::Column::ConversationId.eq(a.c))
+            .filter(conversation_event::Column::Seq.between(a.f, a.t))
+            .order_by_asc(conversation_event::Column::Seq)
+            .all(self.db.conn())
+            .await;
+        match events {
+            Ok(events) => {
+                let shared: Vec<SharedEvent> = events.into_iter().map(Arc::new).collect();
+                self.local.dispatch(&shared);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read announced events; resyncing");
+                self.local.resync_all();
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for PgBus {
+    async fn publish(&self, events: &[SharedEvent]) {
+        self.local.dispatch(events);
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let announcement = Announcement {
+            c: first.conversation_id,
+            a: first.account_id,
+            f: first.seq,
+            t: last.seq,
+            i: self.instance,
+        };
+        let Ok(payload) = serde_json::to_string(&announcement) else {
+            return;
+        };
+        let statement = Statement::from_sql_and_values(
+            self.db.conn().get_database_backend(),
+            "SELECT pg_notify($1, $2)",
+            [PG_CHANNEL.into(), payload.into()],
+        );
+        if let Err(e) = self.db.conn().execute_raw(statement).await {
+            // Other instances' subscribers fill the gap at their next event or resync.
+            tracing::warn!(error = %e, conversation.id = %first.conversation_id, "NOTIFY failed");
+        }
+    }
+
+    fn subscribe_conversation(&self, conversation_id: Uuid) -> broadcast::Receiver<Notice> {
+        self.local.subscribe_conversation(conversation_id)
+    }
+
+    fn subscribe_account(&self, account_id: Uuid) -> broadcast::Receiver<Notice> {
+        self.local.subscribe_account(account_id)
     }
 }

@@ -22,7 +22,7 @@ use crate::{
     },
     engine::model::QuestionType,
     error::{ApiError, ApiResult},
-    events::SharedEvent,
+    events::{Notice, SharedEvent},
     ids::{parse_id, to_id},
     state::{AppState, state},
     webhooks::graphql::{page_size, parse_cursor},
@@ -340,9 +340,9 @@ impl ConversationsSubscription {
             }
             loop {
                 let event = match live.recv().await {
-                    Ok(event) => event,
-                    Err(RecvError::Lagged(_)) => {
-                        // Too slow for the channel: catch up from the database.
+                    Ok(Notice::Event(event)) => event,
+                    Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
+                        // Notices were missed: catch up from the database.
                         match runtime.events_after(id, last).await {
                             Ok(stored) => for e in stored {
                                 last = e.seq;
@@ -385,7 +385,10 @@ impl ConversationsSubscription {
         Ok(async_stream::stream! {
             loop {
                 match live.recv().await {
-                    Ok(event) => yield ChatEvent(event),
+                    Ok(Notice::Event(event)) => yield ChatEvent(event),
+                    Ok(Notice::Resync) => {
+                        tracing::warn!(account.id = %account_id, "account subscriber may have missed events while a listener reconnected");
+                    }
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(account.id = %account_id, skipped = n, "account subscriber lagged");
                     }

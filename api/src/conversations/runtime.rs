@@ -443,7 +443,7 @@ impl Runtime {
         tx.commit().await?;
 
         let shared: Vec<SharedEvent> = new_events.into_iter().map(Arc::new).collect();
-        self.bus.publish(&shared);
+        self.bus.publish(&shared).await;
         if queued {
             self.deliveries.wake();
         }

@@ -22,6 +22,11 @@ pub enum TestDb {
         name: String,
         url: String,
     },
+    /// Another instance's view of a database owned by someone else: dropping it removes nothing.
+    Shared {
+        url: String,
+        postgres: bool,
+    },
 }
 
 impl TestDb {
@@ -61,12 +66,17 @@ impl TestDb {
 
     pub fn url(&self) -> &str {
         match self {
-            TestDb::Sqlite { url, .. } | TestDb::Postgres { url, .. } => url,
+            TestDb::Sqlite { url, .. }
+            | TestDb::Postgres { url, .. }
+            | TestDb::Shared { url, .. } => url,
         }
     }
 
     pub fn is_postgres(&self) -> bool {
-        matches!(self, TestDb::Postgres { .. })
+        matches!(
+            self,
+            TestDb::Postgres { .. } | TestDb::Shared { postgres: true, .. }
+        )
     }
 }
 
@@ -76,6 +86,7 @@ impl Drop for TestDb {
             TestDb::Sqlite { dir, .. } => {
                 let _ = std::fs::remove_dir_all(dir);
             }
+            TestDb::Shared { .. } => {}
             TestDb::Postgres {
                 admin_url, name, ..
             } => {
@@ -177,6 +188,15 @@ pub struct TestUser {
 }
 
 impl TestApp {
+    /// A second instance of the app on the same database (as behind a load balancer).
+    pub async fn second_instance(&self) -> TestApp {
+        let db = TestDb::Shared {
+            url: self.db.url().to_owned(),
+            postgres: self.db.is_postgres(),
+        };
+        start_on(db, self.settings.clone()).await
+    }
+
     /// Stops the server abruptly (like a crash) and hands back its database.
     pub fn crash(mut self) -> TestDb {
         if let Some(server) = self.server.take() {

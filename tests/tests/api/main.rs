@@ -5,6 +5,7 @@ mod bots;
 mod conversations;
 mod deliveries;
 mod helpers;
+mod scaleout;
 mod schema;
 mod transport;
 mod webhooks;
