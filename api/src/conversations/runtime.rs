@@ -465,9 +465,9 @@ impl Runtime {
             .exec(self.db.conn())
             .await?;
 
-        let stale = now
-            - chrono::Duration::from_std(self.sync_timeout + Duration::from_secs(30))
-                .unwrap_or_default();
+        // Well past any live call's deadline: only calls cut off by a crash are this old.
+        let grace = self.sync_timeout + self.sync_timeout.max(Duration::from_secs(1));
+        let stale = now - chrono::Duration::from_std(grace).unwrap_or_default();
         delivery::Entity::update_many()
             .col_expr(
                 delivery::Column::Status,
@@ -507,8 +507,9 @@ impl Runtime {
 
     /// Sweeps now and then, until dropped.
     pub async fn run_sweeper(self: Arc<Self>) {
-        let every =
-            (self.abandon_after / 4).clamp(Duration::from_millis(200), Duration::from_secs(30));
+        let every = (self.abandon_after / 4)
+            .min(self.sync_timeout)
+            .clamp(Duration::from_millis(200), Duration::from_secs(30));
         loop {
             if let Err(e) = self.sweep().await {
                 tracing::warn!(error = e.message(), "conversation sweep failed");

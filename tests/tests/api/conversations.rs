@@ -578,3 +578,52 @@ async fn idle_conversations_are_marked_abandoned_and_keep_their_answers() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_crash_during_a_sync_call_leaves_the_conversation_resumable() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({ "x": 1 }))
+                .set_delay(std::time::Duration::from_secs(30)),
+        )
+        .mount(&hook)
+        .await;
+    let webhook = app
+        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .await;
+    let bot = published(&app, &owner, sync_flow(&webhook, json!([ { "id": "after", "kind": "QUESTION", "text": "Still there?", "saveAnswerTo": "still" } ]))).await;
+    let (conv, token) = app.new_conversation(&bot).await;
+    let addr = app.addr.clone();
+    let (c2, t2) = (conv.clone(), token.clone());
+    // The answer's request hangs in the sync call; the server dies under it.
+    let pending = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{addr}/graphql"))
+            .json(&json!({ "query": "mutation($c: ID!, $t: String!) { sendAnswer(conversationId: $c, visitorToken: $t, text: \"A-1\") { seq } }", "variables": { "c": c2, "t": t2 } }))
+            .send()
+            .await
+    });
+    received(&hook, 1).await;
+    let settings = app.settings.clone();
+    let db = app.crash();
+    pending.abort();
+    let app = start_on(db, settings).await;
+
+    // Meanwhile the visitor is told the bot is busy, not that the conversation is broken.
+    assert_error(&app.send_answer(&conv, &token, "hello?").await, "CONFLICT");
+    // Recovery treats the cut-off call as failed and the flow goes on to its next block.
+    let mut sub = app.watch(&conv, Some(&token), None, 2).await;
+    let next = sub.event("conversationEvents").await;
+    assert_eq!(
+        (next["kind"].clone(), next["text"].clone()),
+        (json!("QUESTION"), json!("Still there?"))
+    );
+    assert_ok(&app.send_answer(&conv, &token, "yes").await);
+    let list = app.deliveries(&owner.token, &webhook).await;
+    assert_eq!(list[0]["mode"], "SYNC");
+    assert_eq!(list[0]["status"], "FAILED");
+}
