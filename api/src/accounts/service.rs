@@ -4,7 +4,7 @@ use chrono::Utc;
 use entity::{Role, account, invitation, membership, user};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, SqlErr,
+    QueryOrder, QuerySelect, SqlErr,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -363,6 +363,35 @@ pub async fn accept_invitation(db: &Db, viewer: Uuid, token: &str) -> ApiResult<
     Ok(membership)
 }
 
+/// The membership of `user_id` in `account_id`, within `tx`. When `demoting` (it stops being an
+/// OWNER), refuses if it is the account's last OWNER; on PostgreSQL the OWNER rows stay locked
+/// until `tx` ends, so two owners removing each other cannot both succeed.
+async fn member_for_change(
+    db: &Db,
+    tx: &impl ConnectionTrait,
+    account_id: Uuid,
+    user_id: Uuid,
+    demoting: bool,
+) -> ApiResult<membership::Model> {
+    let target = membership::Entity::find_by_id((account_id, user_id))
+        .one(tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found("member"))?;
+    if target.role == Role::Owner && demoting {
+        let mut owners = membership::Entity::find_in_account(account_id)
+            .filter(membership::Column::Role.eq(Role::Owner));
+        if db.kind() == crate::settings::DatabaseKind::Postgres {
+            owners = owners.lock_exclusive();
+        }
+        if owners.all(tx).await?.len() <= 1 {
+            return Err(ApiError::Conflict(
+                "an account must keep at least one OWNER".into(),
+            ));
+        }
+    }
+    Ok(target)
+}
+
 /// Removes a member (OWNER only). The last OWNER cannot be removed.
 pub async fn remove_member(
     db: &Db,
@@ -372,21 +401,7 @@ pub async fn remove_member(
 ) -> ApiResult<bool> {
     AccountAccess::require(db.conn(), viewer, account_id, Role::Owner).await?;
     let tx = db.write().await?;
-    let target = membership::Entity::find_by_id((account_id, user_id))
-        .one(&tx.tx)
-        .await?
-        .ok_or_else(|| ApiError::not_found("member"))?;
-    if target.role == Role::Owner {
-        let owners = membership::Entity::find_in_account(account_id)
-            .filter(membership::Column::Role.eq(Role::Owner))
-            .count(&tx.tx)
-            .await?;
-        if owners <= 1 {
-            return Err(ApiError::Conflict(
-                "an account must keep at least one OWNER".into(),
-            ));
-        }
-    }
+    member_for_change(db, &tx.tx, account_id, user_id, true).await?;
     membership::Entity::delete_by_id((account_id, user_id))
         .exec(&tx.tx)
         .await?;
@@ -404,21 +419,7 @@ pub async fn change_member_role(
 ) -> ApiResult<membership::Model> {
     AccountAccess::require(db.conn(), viewer, account_id, Role::Owner).await?;
     let tx = db.write().await?;
-    let target = membership::Entity::find_by_id((account_id, user_id))
-        .one(&tx.tx)
-        .await?
-        .ok_or_else(|| ApiError::not_found("member"))?;
-    if target.role == Role::Owner && role != Role::Owner {
-        let owners = membership::Entity::find_in_account(account_id)
-            .filter(membership::Column::Role.eq(Role::Owner))
-            .count(&tx.tx)
-            .await?;
-        if owners <= 1 {
-            return Err(ApiError::Conflict(
-                "an account must keep at least one OWNER".into(),
-            ));
-        }
-    }
+    let target = member_for_change(db, &tx.tx, account_id, user_id, role != Role::Owner).await?;
     membership::Entity::update(membership::ActiveModel {
         account_id: Set(account_id),
         user_id: Set(user_id),

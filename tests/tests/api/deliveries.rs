@@ -8,19 +8,6 @@ use wiremock::{
 
 use crate::helpers::*;
 
-/// A published bot that queues one async delivery to `url` per conversation.
-async fn async_bot(app: &TestApp, owner: &TestUser, url: &str) -> (String, String) {
-    let webhook = app.new_webhook(owner, url).await;
-    let bot = app.new_bot(owner).await;
-    let flow = json!({ "startBlockId": "hi", "blocks": [
-        { "id": "hi", "kind": "MESSAGE", "text": "Hi!", "next": "hook" },
-        { "id": "hook", "kind": "WEBHOOK", "webhookId": webhook, "async": true, "next": "end" },
-        { "id": "end", "kind": "END" } ] });
-    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
-    assert_ok(&app.publish_bot(&owner.token, &bot).await);
-    (bot, webhook)
-}
-
 /// Mounts `first` for the first `n` requests to /hook, then `then`.
 async fn sequence(server: &MockServer, first: ResponseTemplate, n: u64, then: ResponseTemplate) {
     Mock::given(method("POST"))

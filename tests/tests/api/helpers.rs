@@ -832,3 +832,16 @@ pub fn matching_signatures(req: &wiremock::Request, secret: &str) -> usize {
         .filter(|s| *s == expected)
         .count()
 }
+
+/// A published bot that queues one async delivery to `url` per conversation.
+pub async fn async_bot(app: &TestApp, owner: &TestUser, url: &str) -> (String, String) {
+    let webhook = app.new_webhook(owner, url).await;
+    let bot = app.new_bot(owner).await;
+    let flow = json!({ "startBlockId": "hi", "blocks": [
+        { "id": "hi", "kind": "MESSAGE", "text": "Hi!", "next": "hook" },
+        { "id": "hook", "kind": "WEBHOOK", "webhookId": webhook, "async": true, "next": "end" },
+        { "id": "end", "kind": "END" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    (bot, webhook)
+}

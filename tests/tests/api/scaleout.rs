@@ -118,17 +118,6 @@ async fn answers_to_one_conversation_through_two_instances_never_fork_it() {
     );
 }
 
-async fn async_bot(app: &TestApp, owner: &TestUser, url: &str) -> (String, String) {
-    let webhook = app.new_webhook(owner, url).await;
-    let bot = app.new_bot(owner).await;
-    let flow = json!({ "startBlockId": "hook", "blocks": [
-        { "id": "hook", "kind": "WEBHOOK", "webhookId": webhook, "async": true, "next": "end" },
-        { "id": "end", "kind": "END" } ] });
-    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
-    assert_ok(&app.publish_bot(&owner.token, &bot).await);
-    (bot, webhook)
-}
-
 /// How many times each conversation's delivery was received.
 async fn receipts(hook: &MockServer) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
