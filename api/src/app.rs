@@ -61,6 +61,7 @@ impl Application {
             settings: Arc::new(settings),
             deliveries,
             runtime,
+            login_throttle: Arc::default(),
         };
         let schema = build_schema(Some(state.clone()));
         let server = serve(listener, schema, state.clone())?;

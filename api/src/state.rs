@@ -4,8 +4,8 @@ use std::sync::Arc;
 use async_graphql::Context;
 
 use crate::{
-    auth::token::TokenKeys, conversations::runtime::Runtime, db::Db, error::ApiResult,
-    settings::Settings, webhooks::delivery::Deliveries,
+    accounts::service::LoginThrottle, auth::token::TokenKeys, conversations::runtime::Runtime,
+    db::Db, error::ApiResult, settings::Settings, webhooks::delivery::Deliveries,
 };
 
 /// Shared state, put into the GraphQL schema's data once at start-up.
@@ -16,6 +16,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub deliveries: Arc<Deliveries>,
     pub runtime: Arc<Runtime>,
+    pub login_throttle: Arc<LoginThrottle>,
 }
 
 /// The shared state of a GraphQL request.

@@ -224,6 +224,7 @@ impl AccountsMutation {
         password: String,
     ) -> async_graphql::Result<AuthPayload> {
         let st = state(ctx)?;
+        st.login_throttle.check(&email)?;
         let user = service::log_in(&st.db, &email, &password).await?;
         let token = st.keys.issue(user.id).map_err(ApiError::Internal)?;
         Ok(AuthPayload { token, user })

@@ -178,6 +178,37 @@ async fn insert_account(
     Ok(account)
 }
 
+/// Log-in attempts allowed per email and minute (on each instance): enough for a person,
+/// far too few to guess a password.
+const LOGINS_PER_MINUTE: u32 = 10;
+
+/// Slows password guessing: a budget of log-in attempts per email address.
+pub struct LoginThrottle(governor::DefaultKeyedRateLimiter<String>);
+
+impl Default for LoginThrottle {
+    fn default() -> Self {
+        let quota = governor::Quota::per_minute(
+            std::num::NonZeroU32::new(LOGINS_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN),
+        );
+        Self(governor::RateLimiter::keyed(quota))
+    }
+}
+
+impl LoginThrottle {
+    /// Spends one attempt for `email`, or RATE_LIMITED when none is left.
+    pub fn check(&self, email: &str) -> ApiResult<()> {
+        if self.0.len() > 100_000 {
+            self.0.retain_recent();
+        }
+        let key = email.trim().to_lowercase();
+        self.0.check_key(&key).map_err(|_| {
+            ApiError::RateLimited(
+                "too many log-in attempts for this email; wait a minute and try again".into(),
+            )
+        })
+    }
+}
+
 /// The user whose email and password match; the same error, after similar work, for an
 /// unknown email and a wrong password.
 pub async fn log_in(db: &Db, email: &str, password: &str) -> ApiResult<user::Model> {

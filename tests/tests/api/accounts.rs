@@ -385,3 +385,27 @@ async fn a_stranger_sees_nothing_of_another_account() {
         .expect("id");
     assert!(!text.contains(hidden), "a foreign account leaked: {text}");
 }
+
+#[tokio::test]
+async fn repeated_log_in_attempts_for_one_email_are_rate_limited() {
+    let app = spawn_app().await;
+    app.sign_up("jo@example.com").await;
+    let mut codes = Vec::new();
+    for _ in 0..12 {
+        let body = app.log_in("jo@example.com", "guess-guess").await;
+        codes.push(error_code(&body).to_owned());
+    }
+    assert_eq!(
+        codes.iter().filter(|c| *c == "UNAUTHENTICATED").count(),
+        10,
+        "{codes:?}"
+    );
+    assert_eq!(codes.last().map(String::as_str), Some("RATE_LIMITED"));
+    // Even the right password waits; other emails are unaffected.
+    assert_error(
+        &app.log_in("JO@example.com", "correct horse battery").await,
+        "RATE_LIMITED",
+    );
+    app.sign_up("al@example.com").await;
+    assert_ok(&app.log_in("al@example.com", "correct horse battery").await);
+}
