@@ -98,6 +98,11 @@ pub struct VisitorSession {
     pub visitor_token: String,
 }
 
+/// The one answer for a missing conversation and a wrong visitor token: it reveals nothing.
+fn visitor_not_found() -> ApiError {
+    ApiError::NotFound("conversation not found, or the visitor token does not match it".into())
+}
+
 fn step_error(e: StepError) -> ApiError {
     match e {
         StepError::AlreadyEnded => ApiError::Conflict("the conversation has ended".into()),
@@ -214,7 +219,7 @@ impl Runtime {
         conversation::Entity::insert(conversation::ActiveModel::from(conv.clone()))
             .exec_without_returning(self.db.conn())
             .await?;
-        self.drive(conv.id, Input::Start).await?;
+        self.drive(conv.id, Input::Start, None).await?;
         Ok(VisitorSession {
             conversation_id: conv.id,
             visitor_token: token,
@@ -227,17 +232,12 @@ impl Runtime {
         conversation_id: Uuid,
         visitor_token: &str,
     ) -> ApiResult<conversation::Model> {
-        let not_found = || {
-            ApiError::NotFound(
-                "conversation not found, or the visitor token does not match it".into(),
-            )
-        };
         let conv = conversation::Entity::find_by_id(conversation_id)
             .one(self.db.conn())
             .await?
-            .ok_or_else(not_found)?;
+            .ok_or_else(visitor_not_found)?;
         if conv.visitor_token_hash != token_hash(visitor_token.trim()) {
-            return Err(not_found());
+            return Err(visitor_not_found());
         }
         Ok(conv)
     }
@@ -254,10 +254,13 @@ impl Runtime {
                 "an answer must be at most {MAX_ANSWER_CHARS} characters"
             )));
         }
-        self.find_for_visitor(conversation_id, visitor_token)
-            .await?;
+        let visitor = token_hash(visitor_token.trim());
         let events = self
-            .drive(conversation_id, Input::Answer(text.to_owned()))
+            .drive(
+                conversation_id,
+                Input::Answer(text.to_owned()),
+                Some(&visitor),
+            )
             .await?;
         events
             .into_iter()
@@ -266,8 +269,14 @@ impl Runtime {
     }
 
     /// Runs one input, then any sync webhook calls it leads to; returns every event emitted.
-    async fn drive(&self, conversation_id: Uuid, input: Input) -> ApiResult<Vec<SharedEvent>> {
-        let (mut events, mut call) = self.advance(conversation_id, input).await?;
+    /// With `visitor` (a token hash), the first step refuses a conversation it does not open.
+    async fn drive(
+        &self,
+        conversation_id: Uuid,
+        input: Input,
+        visitor: Option<&str>,
+    ) -> ApiResult<Vec<SharedEvent>> {
+        let (mut events, mut call) = self.advance(conversation_id, input, visitor).await?;
         let mut calls = 0;
         while let Some(sync) = call.take() {
             calls += 1;
@@ -277,7 +286,7 @@ impl Runtime {
                 self.call(conversation_id, sync).await
             };
             let (more, next) = self
-                .advance(conversation_id, Input::WebhookResult(outcome))
+                .advance(conversation_id, Input::WebhookResult(outcome), None)
                 .await?;
             events.extend(more);
             call = next;
@@ -311,11 +320,13 @@ impl Runtime {
         }
     }
 
-    /// One engine step in one transaction.
+    /// One engine step in one transaction; the visitor's token (hash) is checked in it too,
+    /// which saves a turn its own read.
     async fn advance(
         &self,
         conversation_id: Uuid,
         input: Input,
+        visitor: Option<&str>,
     ) -> ApiResult<(Vec<SharedEvent>, Option<SyncCall>)> {
         let tx = self.db.write().await?;
         let mut query = conversation::Entity::find_by_id(conversation_id);
@@ -324,10 +335,10 @@ impl Runtime {
             // already does.
             query = query.lock_exclusive();
         }
-        let conv = query
-            .one(&tx.tx)
-            .await?
-            .ok_or_else(|| ApiError::not_found("conversation"))?;
+        let conv = query.one(&tx.tx).await?.ok_or_else(visitor_not_found)?;
+        if visitor.is_some_and(|hash| hash != conv.visitor_token_hash) {
+            return Err(visitor_not_found());
+        }
         let flow = self.flows.get(&tx.tx, conv.bot_id, conv.version).await?;
         let mut state: State = serde_json::from_value(conv.state.clone())
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored state does not parse: {e}")))?;
@@ -498,7 +509,7 @@ impl Runtime {
             .await?;
         for id in stuck {
             let outcome = WebhookOutcome::Failed("the call was interrupted by a restart".into());
-            if let Err(e) = self.drive(id, Input::WebhookResult(outcome)).await {
+            if let Err(e) = self.drive(id, Input::WebhookResult(outcome), None).await {
                 tracing::warn!(conversation.id = %id, error = e.message(), "cannot resume a conversation");
             }
         }
