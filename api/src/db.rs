@@ -1,6 +1,6 @@
 //! The database handle: connection pool, migrations, and write transactions that SQLite's
 //! single writer can take without "database is locked".
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use migration::MigratorTrait as _;
@@ -8,25 +8,26 @@ use sea_orm::{
     ConnectOptions, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
-use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::settings::{DatabaseKind, DatabaseUrl};
 
-/// A connection pool plus what is needed to write safely on either engine.
+/// Connection pools for reading and for writing.
+///
+/// SQLite has one writer per file, and a transaction that reads and then writes fails at once
+/// (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not cover) when another connection
+/// committed in between. So on SQLite every write goes through a pool of exactly one
+/// connection, where writes queue instead of failing; reads use the other pool and run
+/// concurrently (WAL). On PostgreSQL both are the same pool.
 #[derive(Clone)]
 pub struct Db {
     conn: DatabaseConnection,
+    writer: DatabaseConnection,
     kind: DatabaseKind,
-    /// SQLite has one writer per file. A deferred transaction that reads, then writes, fails at
-    /// once with SQLITE_BUSY when another writer got in between (the busy timeout does not
-    /// apply to that upgrade), so on SQLite write transactions queue here first.
-    write_lock: Option<Arc<Mutex<()>>>,
 }
 
-/// A write transaction; on SQLite it also holds the process's write lock until dropped.
+/// A write transaction.
 pub struct WriteTx {
     pub tx: DatabaseTransaction,
-    _guard: Option<OwnedMutexGuard<()>>,
 }
 
 impl std::ops::Deref for WriteTx {
@@ -37,7 +38,7 @@ impl std::ops::Deref for WriteTx {
 }
 
 impl WriteTx {
-    /// Commits, then releases the write lock.
+    /// Commits.
     pub async fn commit(self) -> Result<(), DbErr> {
         self.tx.commit().await
     }
@@ -46,13 +47,29 @@ impl WriteTx {
 impl Db {
     /// Connects and tunes each connection for the engine.
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
+        let conn = Self::pool(url, 8).await?;
+        let writer = match url.kind() {
+            DatabaseKind::Sqlite => Self::pool(url, 1).await?,
+            DatabaseKind::Postgres => conn.clone(),
+        };
+        Ok(Self {
+            conn,
+            writer,
+            kind: url.kind(),
+        })
+    }
+
+    async fn pool(
+        url: &DatabaseUrl,
+        sqlite_connections: u32,
+    ) -> anyhow::Result<DatabaseConnection> {
         let mut opts = ConnectOptions::new(url.as_str());
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(30));
         match url.kind() {
             DatabaseKind::Sqlite => {
-                opts.max_connections(8)
+                opts.max_connections(sqlite_connections)
                     .min_connections(1)
                     .map_sqlx_sqlite_opts(|o| {
                         o.journal_mode(SqliteJournalMode::Wal)
@@ -66,29 +83,29 @@ impl Db {
                 opts.max_connections(32).min_connections(1);
             }
         }
-        let conn = sea_orm::Database::connect(opts).await.with_context(|| {
+        sea_orm::Database::connect(opts).await.with_context(|| {
             format!(
                 "cannot connect to the database (DATABASE_URL={})",
                 redact(url.as_str())
             )
-        })?;
-        Ok(Self {
-            conn,
-            kind: url.kind(),
-            write_lock: (url.kind() == DatabaseKind::Sqlite).then(|| Arc::new(Mutex::new(()))),
         })
     }
 
     /// Applies pending migrations; safe to run at every start and from several instances.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        migration::Migrator::up(&self.conn, None)
+        migration::Migrator::up(&self.writer, None)
             .await
             .context("database migration failed")
     }
 
-    /// The pool, for reads and single-statement writes.
+    /// The pool for reads.
     pub fn conn(&self) -> &DatabaseConnection {
         &self.conn
+    }
+
+    /// The pool for single-statement writes outside a transaction.
+    pub fn writer(&self) -> &DatabaseConnection {
+        &self.writer
     }
 
     /// The engine behind the pool.
@@ -98,12 +115,9 @@ impl Db {
 
     /// Begins a transaction that will write.
     pub async fn write(&self) -> Result<WriteTx, DbErr> {
-        let guard = match &self.write_lock {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
-        };
-        let tx = self.conn.begin().await?;
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx {
+            tx: self.writer.begin().await?,
+        })
     }
 
     /// Whether the database answers.

@@ -338,7 +338,7 @@ pub async fn invite_member(
         created_at: now,
     };
     invitation::Entity::insert(invitation::ActiveModel::from(invitation.clone()))
-        .exec_without_returning(db.conn())
+        .exec_without_returning(db.writer())
         .await?;
     Ok(NewInvitation { invitation, token })
 }

@@ -59,7 +59,7 @@ impl TokenKeys {
                 .do_nothing()
                 .to_owned(),
         )
-        .exec_without_returning(db.conn())
+        .exec_without_returning(db.writer())
         .await
         .context("cannot store the generated JWT key")?;
         let stored = entity::server_setting::Entity::find_by_id(SECRET_KEY.to_owned())

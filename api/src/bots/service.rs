@@ -75,7 +75,7 @@ pub async fn create_bot(db: &Db, viewer: Uuid, account_id: Uuid, name: &str) -> 
         updated_at: now,
     };
     bot::Entity::insert(bot::ActiveModel::from(bot.clone()))
-        .exec_without_returning(db.conn())
+        .exec_without_returning(db.writer())
         .await?;
     Ok(BotView { bot, role })
 }
@@ -91,7 +91,7 @@ pub async fn rename_bot(db: &Db, viewer: Uuid, bot_id: Uuid, name: &str) -> ApiR
         updated_at: Set(now),
         ..Default::default()
     })
-    .exec(db.conn())
+    .exec(db.writer())
     .await?;
     view.bot.name = name;
     view.bot.updated_at = now;
@@ -101,7 +101,7 @@ pub async fn rename_bot(db: &Db, viewer: Uuid, bot_id: Uuid, name: &str) -> ApiR
 /// Deletes a bot with its versions and conversations (ADMIN).
 pub async fn delete_bot(db: &Db, viewer: Uuid, bot_id: Uuid) -> ApiResult<bool> {
     find_bot(db.conn(), viewer, bot_id, Role::Admin).await?;
-    bot::Entity::delete_by_id(bot_id).exec(db.conn()).await?;
+    bot::Entity::delete_by_id(bot_id).exec(db.writer()).await?;
     Ok(true)
 }
 
@@ -172,7 +172,7 @@ pub async fn save_flow(
         .col_expr(bot::Column::UpdatedAt, now.into())
         .filter(bot::Column::Id.eq(bot_id))
         .filter(bot::Column::Revision.eq(base))
-        .exec(db.conn())
+        .exec(db.writer())
         .await?;
     if result.rows_affected == 0 {
         let current = find_bot(db.conn(), viewer, bot_id, Role::Member).await?;

@@ -217,7 +217,7 @@ impl Runtime {
             updated_at: now,
         };
         conversation::Entity::insert(conversation::ActiveModel::from(conv.clone()))
-            .exec_without_returning(self.db.conn())
+            .exec_without_returning(self.db.writer())
             .await?;
         self.drive(conv.id, Input::Start, None).await?;
         Ok(VisitorSession {
@@ -473,7 +473,7 @@ impl Runtime {
             )
             .filter(conversation::Column::Status.eq(ConversationStatus::Active))
             .filter(conversation::Column::UpdatedAt.lt(idle))
-            .exec(self.db.conn())
+            .exec(self.db.writer())
             .await?;
 
         // Well past any live call's deadline: only calls cut off by a crash are this old.
@@ -487,7 +487,7 @@ impl Runtime {
             .filter(delivery::Column::Mode.eq(DeliveryMode::Sync))
             .filter(delivery::Column::Status.eq(DeliveryStatus::Pending))
             .filter(delivery::Column::CreatedAt.lt(stale))
-            .exec(self.db.conn())
+            .exec(self.db.writer())
             .await?;
         let awaiting = match self.db.kind() {
             DatabaseKind::Postgres => {

@@ -319,7 +319,7 @@ impl Deliveries {
                 Option::<chrono::DateTime<Utc>>::None.into(),
             )
             .filter(delivery::Column::Id.eq(id))
-            .exec(self.db.conn())
+            .exec(self.db.writer())
             .await;
         if let Err(e) = result {
             tracing::warn!(delivery.id = %id, error.cause = ?e, "cannot release a claim; it will lapse");
@@ -398,7 +398,7 @@ impl Deliveries {
         let result = delivery::Entity::delete_many()
             .filter(delivery::Column::CreatedAt.lt(cutoff))
             .filter(delivery::Column::Status.ne(DeliveryStatus::Pending))
-            .exec(self.db.conn())
+            .exec(self.db.writer())
             .await?;
         Ok(result.rows_affected)
     }
@@ -473,7 +473,7 @@ impl Deliveries {
             updated_at: now,
         };
         delivery::Entity::insert(delivery::ActiveModel::from(d.clone()))
-            .exec_without_returning(self.db.conn())
+            .exec_without_returning(self.db.writer())
             .await?;
         Ok(d)
     }

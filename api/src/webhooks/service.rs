@@ -251,7 +251,7 @@ pub async fn update_webhook(
         updated_at: Set(now),
         ..Default::default()
     })
-    .exec(db.conn())
+    .exec(db.writer())
     .await?;
     let webhook = webhook::Model {
         name,

@@ -573,3 +573,87 @@ async fn finished_deliveries_are_pruned_after_the_retention_period() {
     app.wait_deliveries(&owner.token, &webhook, <[Value]>::is_empty)
         .await;
 }
+
+/// A raw HTTP endpoint that answers 204 after `delay`, and records the most requests it had in
+/// flight at once.
+async fn slow_endpoint(
+    delay: Duration,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://127.0.0.1:{}/hook",
+        listener.local_addr().expect("addr").port()
+    );
+    let (now, max, done) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (n2, m2, d2) = (now.clone(), max.clone(), done.clone());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (now, max, done) = (n2.clone(), m2.clone(), d2.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let current = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(current, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                let _ = sock
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, max, done)
+}
+
+#[tokio::test]
+async fn one_slow_endpoint_gets_a_bounded_share_and_does_not_starve_the_others() {
+    let app = spawn_app_with(|s| s.delivery.per_webhook_concurrency = 2).await;
+    let owner = app.new_user().await;
+    let (slow_url, slow_max, _) = slow_endpoint(Duration::from_millis(700)).await;
+    let (fast_url, _, fast_done) = slow_endpoint(Duration::from_millis(1)).await;
+    let (slow_bot, slow_hook) = async_bot(&app, &owner, &slow_url).await;
+    let (fast_bot, _) = async_bot(&app, &owner, &fast_url).await;
+    for _ in 0..6 {
+        app.new_conversation(&slow_bot).await;
+    }
+    for _ in 0..5 {
+        app.new_conversation(&fast_bot).await;
+    }
+    // The fast endpoint's deliveries all arrive while the slow one still has a backlog.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fast_done.load(std::sync::atomic::Ordering::SeqCst) < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fast endpoint was starved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let slow = app.deliveries(&owner.token, &slow_hook).await;
+    assert!(
+        slow.iter().any(|d| d["status"] == "PENDING"),
+        "the slow backlog drained too early to tell"
+    );
+    app.wait_deliveries(&owner.token, &slow_hook, |l| l.len() == 6 && settled(l))
+        .await;
+    assert_eq!(
+        slow_max.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the per-webhook cap was not kept"
+    );
+}

@@ -161,6 +161,10 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// A server on an existing database (to restart an app, or run a second instance).
 pub async fn start_on(db: TestDb, settings: Settings) -> TestApp {
+    // `TEST_LOG=1` shows the server's logs (filtered by RUST_LOG).
+    if std::env::var("TEST_LOG").is_ok() {
+        parley::telemetry::init();
+    }
     let app = Application::build(settings.clone())
         .await
         .expect("app builds");
