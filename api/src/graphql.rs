@@ -2,6 +2,7 @@
 //! limits and the extension that gives every error a contract code.
 use std::sync::Arc;
 
+use async_graphql::dataloader::DataLoader;
 use async_graphql::{
     MergedObject, MergedSubscription, Response, Schema, ServerError, ServerResult,
     ValidationResult, Variables,
@@ -15,7 +16,10 @@ use async_graphql::{
 use futures_util::StreamExt as _;
 
 use crate::{
-    accounts::graphql::{AccountsMutation, AccountsQuery},
+    accounts::{
+        graphql::{AccountsMutation, AccountsQuery},
+        loader::UserLoader,
+    },
     bots::graphql::{BotsMutation, BotsQuery},
     conversations::graphql::{
         ConversationsMutation, ConversationsQuery, ConversationsSubscription,
@@ -64,7 +68,9 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
     .limit_directives(16)
     .extension(ErrorCodes);
     if let Some(state) = state {
-        builder = builder.data(state);
+        builder = builder
+            .data(DataLoader::new(UserLoader(state.db.clone()), tokio::spawn))
+            .data(state);
     }
     builder.finish()
 }

@@ -1,9 +1,9 @@
 //! GraphQL surface of accounts: thin resolvers over `service`.
-use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
+use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject, dataloader::DataLoader};
 use entity::{account, membership, user};
 use uuid::Uuid;
 
-use super::service;
+use super::{loader::UserLoader, service};
 use crate::{
     auth::viewer,
     error::ApiError,
@@ -70,8 +70,12 @@ impl Membership {
         Ok(Account(account))
     }
     async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
-        let st = state(ctx)?;
-        let model = service::user_by_id(&st.db, self.model.user_id).await?;
+        let loader = ctx.data::<DataLoader<UserLoader>>()?;
+        let model = loader
+            .load_one(self.model.user_id)
+            .await
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("loading a user: {e}")))?
+            .ok_or_else(|| ApiError::not_found("user"))?;
         Ok(User {
             model,
             viewer: self.viewer,

@@ -1,5 +1,6 @@
 //! Users, accounts (teams), memberships and invitations.
 pub mod graphql;
+pub mod loader;
 pub mod service;
 
 pub use service::{AccountAccess, Email};
