@@ -13,6 +13,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
+use super::payload::kind;
 use crate::{
     accounts::AccountAccess,
     auth::{Auth, viewer},
@@ -331,42 +332,38 @@ impl ConversationsSubscription {
         let runtime = st.runtime.clone();
         Ok(async_stream::stream! {
             let mut last = after_seq.max(0);
-            match runtime.events_after(id, last).await {
-                Ok(stored) => for e in stored {
-                    last = e.seq;
-                    yield Ok(ChatEvent(SharedEvent::new(e)));
-                },
-                Err(e) => { yield Err(e.into()); return; }
-            }
+            // First the stored events, then whenever notices show a gap (or were missed), the
+            // database again from the last `seq` sent: nothing is skipped or sent twice.
+            let mut read_stored = true;
             loop {
-                let event = match live.recv().await {
-                    Ok(Notice::Event(event)) => event,
-                    Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
-                        // Notices were missed: catch up from the database.
-                        match runtime.events_after(id, last).await {
-                            Ok(stored) => for e in stored {
-                                last = e.seq;
-                                yield Ok(ChatEvent(SharedEvent::new(e)));
-                            },
-                            Err(e) => { yield Err(e.into()); return; }
-                        }
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                };
-                if event.seq <= last {
-                    continue;
-                }
-                if event.seq > last + 1 {
-                    match runtime.events_between(id, last, event.seq).await {
-                        Ok(missing) => for e in missing {
+                if read_stored {
+                    match runtime.events_after(id, last).await {
+                        Ok(stored) => for e in stored {
+                            last = e.seq;
+                            let ended = e.kind == kind::ENDED;
                             yield Ok(ChatEvent(SharedEvent::new(e)));
+                            if ended {
+                                return;
+                            }
                         },
                         Err(e) => { yield Err(e.into()); return; }
                     }
                 }
-                last = event.seq;
-                yield Ok(ChatEvent(event));
+                read_stored = match live.recv().await {
+                    Ok(Notice::Event(event)) if event.seq <= last => false,
+                    Ok(Notice::Event(event)) if event.seq == last + 1 => {
+                        last = event.seq;
+                        let ended = event.kind == kind::ENDED;
+                        yield Ok(ChatEvent(event));
+                        if ended {
+                            // The conversation is over: the subscription completes.
+                            return;
+                        }
+                        false
+                    }
+                    Ok(Notice::Event(_)) | Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                };
             }
         })
     }

@@ -542,20 +542,4 @@ impl Runtime {
             .all(self.db.conn())
             .await?)
     }
-
-    /// The stored events with `from < seq < to`.
-    pub async fn events_between(
-        &self,
-        conversation_id: Uuid,
-        from: i32,
-        to: i32,
-    ) -> ApiResult<Vec<conversation_event::Model>> {
-        Ok(conversation_event::Entity::find()
-            .filter(conversation_event::Column::ConversationId.eq(conversation_id))
-            .filter(conversation_event::Column::Seq.gt(from))
-            .filter(conversation_event::Column::Seq.lt(to))
-            .order_by_asc(conversation_event::Column::Seq)
-            .all(self.db.conn())
-            .await?)
-    }
 }

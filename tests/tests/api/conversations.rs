@@ -322,9 +322,18 @@ async fn a_resumed_subscription_replays_only_what_follows_after_seq() {
     );
     assert_eq!(live[1]["text"], "Bye Jo");
     sub.close().await;
-    let mut again = app.watch(&conv, Some(&token), None, 4).await;
-    assert_eq!(again.events(1).await[0]["seq"], 5);
-    again.assert_quiet().await;
+    let mut again = app.watch(&conv, Some(&token), None, 3).await;
+    let tail = again.events(2).await;
+    assert_eq!(
+        tail.iter().map(|e| e["seq"].clone()).collect::<Vec<_>>(),
+        vec![json!(4), json!(5)]
+    );
+    assert_eq!(tail[1]["kind"], "ENDED");
+    // An ended conversation's subscription completes.
+    assert_eq!(
+        again.message().await.map(|m| m["type"].clone()),
+        Some(json!("complete"))
+    );
 }
 
 #[tokio::test]
