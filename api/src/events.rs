@@ -28,8 +28,12 @@ pub enum Notice {
     Resync,
 }
 
-/// How many notices a slow subscriber may lag before it must re-read from the database.
-const CHANNEL_CAPACITY: usize = 256;
+/// How many notices a slow conversation subscriber may lag before it re-reads from the
+/// database. Small on purpose: a turn emits a handful of events, every idle subscription
+/// pays for its channel's slots, and lagging only costs a read.
+const CONVERSATION_CAPACITY: usize = 16;
+/// The same for account subscribers, which see every conversation of the account.
+const ACCOUNT_CAPACITY: usize = 1024;
 /// The PostgreSQL channel that instances notify each other on.
 const PG_CHANNEL: &str = "parley_events";
 
@@ -54,10 +58,10 @@ pub struct LocalBus {
     accounts: Channels,
 }
 
-fn subscribe(map: &Channels, key: Uuid) -> broadcast::Receiver<Notice> {
+fn subscribe(map: &Channels, key: Uuid, capacity: usize) -> broadcast::Receiver<Notice> {
     let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
     map.entry(key)
-        .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+        .or_insert_with(|| broadcast::channel(capacity).0)
         .subscribe()
 }
 
@@ -116,11 +120,11 @@ impl EventBus for LocalBus {
     }
 
     fn subscribe_conversation(&self, conversation_id: Uuid) -> broadcast::Receiver<Notice> {
-        subscribe(&self.conversations, conversation_id)
+        subscribe(&self.conversations, conversation_id, CONVERSATION_CAPACITY)
     }
 
     fn subscribe_account(&self, account_id: Uuid) -> broadcast::Receiver<Notice> {
-        subscribe(&self.accounts, account_id)
+        subscribe(&self.accounts, account_id, ACCOUNT_CAPACITY)
     }
 }
 

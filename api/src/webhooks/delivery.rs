@@ -22,7 +22,7 @@ use super::{
     client::{
         AttemptOutcome, ClientConfig, DeliveryClient, Disposition, OutgoingRequest, disposition,
     },
-    service::{active_secrets, find_webhook, parse_headers},
+    service::{active_secrets_of, find_webhook, parse_headers},
     signing,
 };
 use crate::{
@@ -92,6 +92,72 @@ pub fn message_id(delivery_id: Uuid) -> String {
     format!("msg_{}", delivery_id.simple())
 }
 
+/// What is needed to call a webhook: its URL, headers and signing secrets.
+pub struct Endpoint {
+    url: url::Url,
+    headers: Vec<(String, String)>,
+    secrets: Vec<signing::SigningSecret>,
+}
+
+impl Endpoint {
+    /// The signed request of a delivery, stamped now.
+    fn request(&self, d: &delivery::Model) -> Result<OutgoingRequest, String> {
+        let body = serde_json::to_vec(&d.payload).map_err(|e| e.to_string())?;
+        let msg_id = message_id(d.id);
+        let timestamp = Utc::now().timestamp();
+        let signature = signing::signature_header(&self.secrets, &msg_id, timestamp, &body);
+        Ok(OutgoingRequest {
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            body,
+            msg_id,
+            timestamp,
+            signature,
+        })
+    }
+}
+
+/// The endpoints of some webhooks, in two queries whatever their number; a webhook that no
+/// longer exists is absent.
+async fn endpoints(db: &Db, ids: &[Uuid]) -> ApiResult<HashMap<Uuid, Arc<Endpoint>>> {
+    let hooks = webhook::Entity::find()
+        .filter(webhook::Column::Id.is_in(ids.iter().copied()))
+        .all(db.conn())
+        .await?;
+    let mut secrets = active_secrets_of(db.conn(), ids).await?;
+    let mut out = HashMap::new();
+    for hook in hooks {
+        let url = url::Url::parse(&hook.url).map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!("stored webhook URL is invalid: {e}"))
+        })?;
+        let headers = parse_headers(&hook.headers)
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect();
+        let secrets = secrets.remove(&hook.id).unwrap_or_default();
+        out.insert(
+            hook.id,
+            Arc::new(Endpoint {
+                url,
+                headers,
+                secrets,
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// An attempt made by the worker, waiting to be recorded.
+struct Done {
+    delivery: delivery::Model,
+    outcome: AttemptOutcome,
+    status: DeliveryStatus,
+    next_attempt_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// Most attempts recorded in one transaction.
+const RECORD_BATCH: usize = 256;
+
 impl Deliveries {
     /// The module, with its HTTP client.
     pub fn new(
@@ -126,6 +192,24 @@ impl Deliveries {
     /// Sends one attempt of `d` and returns its outcome. Never fails: every problem (a webhook
     /// gone, a secret unreadable, the network) becomes the attempt's error.
     async fn attempt(&self, d: &delivery::Model, timeout: Duration) -> AttemptOutcome {
+        let endpoint = endpoints(&self.db, &[d.webhook_id])
+            .await
+            .map(|mut e| e.remove(&d.webhook_id));
+        let endpoint = match endpoint {
+            Ok(Some(endpoint)) => Ok(endpoint),
+            Ok(None) => Err("the webhook was deleted".to_owned()),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        self.attempt_to(d, endpoint, timeout).await
+    }
+
+    /// Sends one attempt of `d` to its (already loaded) endpoint.
+    async fn attempt_to(
+        &self,
+        d: &delivery::Model,
+        endpoint: Result<Arc<Endpoint>, String>,
+        timeout: Duration,
+    ) -> AttemptOutcome {
         let span = tracing::info_span!(
             "webhook.attempt",
             webhook.id = %d.webhook_id,
@@ -135,7 +219,7 @@ impl Deliveries {
             status = tracing::field::Empty,
         );
         async {
-            let outcome = match self.prepare(d).await {
+            let outcome = match endpoint.and_then(|e| e.request(d)) {
                 Ok(request) => self.client.send(&request, timeout).await,
                 Err(error) => AttemptOutcome::refused(error),
             };
@@ -155,35 +239,6 @@ impl Deliveries {
         .await
     }
 
-    /// The signed request of a delivery.
-    async fn prepare(&self, d: &delivery::Model) -> Result<OutgoingRequest, String> {
-        let hook = webhook::Entity::find_by_id(d.webhook_id)
-            .one(self.db.conn())
-            .await
-            .map_err(|e| format!("database error: {e}"))?
-            .ok_or("the webhook was deleted")?;
-        let url = url::Url::parse(&hook.url).map_err(|e| format!("invalid URL: {e}"))?;
-        let secrets = active_secrets(self.db.conn(), hook.id)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        let body = serde_json::to_vec(&d.payload).map_err(|e| e.to_string())?;
-        let msg_id = message_id(d.id);
-        let timestamp = Utc::now().timestamp();
-        let signature = signing::signature_header(&secrets, &msg_id, timestamp, &body);
-        let headers = parse_headers(&hook.headers)
-            .into_iter()
-            .map(|h| (h.name, h.value))
-            .collect();
-        Ok(OutgoingRequest {
-            url,
-            headers,
-            body,
-            msg_id,
-            timestamp,
-            signature,
-        })
-    }
-
     /// Stores an attempt and the delivery's new state in one transaction.
     async fn record(
         &self,
@@ -196,17 +251,9 @@ impl Deliveries {
         let now = Utc::now();
         let n = d.attempt_count + 1;
         let tx = self.db.write().await?;
-        delivery_attempt::Entity::insert(delivery_attempt::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            delivery_id: Set(d.id),
-            n: Set(n),
-            at: Set(now - chrono::Duration::from_std(outcome.duration).unwrap_or_default()),
-            response_status: Set(outcome.status.map(i32::from)),
-            duration_ms: Set(i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX)),
-            error: Set(outcome.error.clone()),
-            response_body: Set(outcome.body_excerpt()),
-            notes: Set(notes),
-        })
+        delivery_attempt::Entity::insert(delivery_attempt::ActiveModel::from(attempt_row(
+            d, outcome, notes, now,
+        )))
         .exec_without_returning(&tx.tx)
         .await?;
         delivery::Entity::update(delivery::ActiveModel {
@@ -249,9 +296,11 @@ impl Deliveries {
     }
 
     /// One async attempt of a claimed delivery, and what follows from it.
-    async fn process(&self, d: delivery::Model) {
-        let outcome = self.attempt(&d, self.settings.async_timeout).await;
-        let (status, next) = match disposition(&outcome) {
+    async fn process(&self, d: delivery::Model, endpoint: Result<Arc<Endpoint>, String>) -> Done {
+        let outcome = self
+            .attempt_to(&d, endpoint, self.settings.async_timeout)
+            .await;
+        let (status, next_attempt_at) = match disposition(&outcome) {
             Disposition::Succeeded => (DeliveryStatus::Succeeded, None),
             Disposition::Failed => (DeliveryStatus::Failed, None),
             Disposition::Retry { after } => match self.next_attempt(d.attempt_count + 1, after) {
@@ -259,10 +308,52 @@ impl Deliveries {
                 None => (DeliveryStatus::Failed, None),
             },
         };
-        if let Err(e) = self.record(&d, &outcome, status, next, None).await {
-            // The claim lapses and another attempt follows: at-least-once, never lost.
-            tracing::error!(delivery.id = %d.id, error.cause = ?e, "cannot record a webhook attempt");
+        Done {
+            delivery: d,
+            outcome,
+            status,
+            next_attempt_at,
         }
+    }
+
+    /// Records finished attempts, many per transaction: under load, one commit serves a whole
+    /// batch instead of one each.
+    async fn run_recorder(self: Arc<Self>, mut done: tokio::sync::mpsc::Receiver<Done>) {
+        let mut batch = Vec::with_capacity(RECORD_BATCH);
+        while done.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            if let Err(e) = self.record_batch(&batch).await {
+                // The claims lapse and the deliveries are sent again: at least once, never lost.
+                tracing::error!(error.cause = ?e, count = batch.len(), "cannot record webhook attempts");
+            }
+            batch.clear();
+            // Finished attempts may have made room for due deliveries.
+            self.wake();
+        }
+    }
+
+    async fn record_batch(&self, batch: &[Done]) -> ApiResult<()> {
+        let now = Utc::now();
+        let tx = self.db.write().await?;
+        delivery_attempt::Entity::insert_many(batch.iter().map(|d| {
+            delivery_attempt::ActiveModel::from(attempt_row(&d.delivery, &d.outcome, None, now))
+        }))
+        .exec_without_returning(&tx.tx)
+        .await?;
+        for d in batch {
+            delivery::Entity::update(delivery::ActiveModel {
+                id: Set(d.delivery.id),
+                status: Set(d.status),
+                attempt_count: Set(d.delivery.attempt_count + 1),
+                next_attempt_at: Set(d.next_attempt_at),
+                claimed_until: Set(None),
+                updated_at: Set(now),
+                ..Default::default()
+            })
+            .exec(&tx.tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Claims due deliveries with a lease, so that concurrent workers (other instances) never
@@ -344,6 +435,8 @@ impl Deliveries {
     /// deliveries are sent again.
     pub async fn run_worker(self: Arc<Self>) {
         let mut tasks = tokio::task::JoinSet::new();
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel(RECORD_BATCH * 4);
+        tasks.spawn(self.clone().run_recorder(done_rx));
         let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
         loop {
             while tasks.try_join_next().is_some() {}
@@ -359,6 +452,12 @@ impl Deliveries {
                 match self.claim(free).await {
                     Ok(batch) => {
                         busy = batch.len() == free;
+                        let mut ids: Vec<Uuid> = batch.iter().map(|d| d.webhook_id).collect();
+                        ids.sort_unstable();
+                        ids.dedup();
+                        let loaded = endpoints(&self.db, &ids)
+                            .await
+                            .map_err(|e| format!("{e:?}"));
                         for d in batch {
                             let Ok(global) = self.global.clone().try_acquire_owned() else {
                                 self.unclaim(d.id).await;
@@ -371,11 +470,20 @@ impl Deliveries {
                                 self.unclaim(d.id).await;
                                 continue;
                             };
-                            let this = self.clone();
+                            let endpoint = match &loaded {
+                                Ok(map) => map
+                                    .get(&d.webhook_id)
+                                    .cloned()
+                                    .ok_or_else(|| "the webhook was deleted".to_owned()),
+                                Err(e) => Err(e.clone()),
+                            };
+                            let (this, done_tx) = (self.clone(), done_tx.clone());
                             tasks.spawn(async move {
-                                this.process(d).await;
+                                let done = this.process(d, endpoint).await;
                                 drop((global, gate));
-                                this.wake();
+                                // Only fails when the recorder is gone, i.e. shutting down; the
+                                // claim then lapses and the delivery is sent again.
+                                let _ = done_tx.send(done).await;
                             });
                         }
                     }
@@ -519,6 +627,26 @@ impl Deliveries {
             (DeliveryStatus::Failed, None)
         };
         self.record(&d, &outcome, status, next, None).await
+    }
+}
+
+/// The log row of an attempt that ended at `now`.
+fn attempt_row(
+    d: &delivery::Model,
+    outcome: &AttemptOutcome,
+    notes: Option<String>,
+    now: chrono::DateTime<Utc>,
+) -> delivery_attempt::Model {
+    delivery_attempt::Model {
+        id: Uuid::now_v7(),
+        delivery_id: d.id,
+        n: d.attempt_count + 1,
+        at: now - chrono::Duration::from_std(outcome.duration).unwrap_or_default(),
+        response_status: outcome.status.map(i32::from),
+        duration_ms: i32::try_from(outcome.duration.as_millis()).unwrap_or(i32::MAX),
+        error: outcome.error.clone(),
+        response_body: outcome.body_excerpt(),
+        notes,
     }
 }
 

@@ -304,33 +304,43 @@ pub async fn rotate_secret(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<Webhook
     Ok(view)
 }
 
-/// The secrets that sign a call now: the current one first, then unexpired previous ones.
-pub async fn active_secrets(
+/// The secrets that sign a call now, per webhook: the current one first, then unexpired
+/// previous ones.
+pub async fn active_secrets_of(
     db: &impl ConnectionTrait,
-    webhook_id: Uuid,
-) -> ApiResult<Vec<SigningSecret>> {
+    webhook_ids: &[Uuid],
+) -> ApiResult<std::collections::HashMap<Uuid, Vec<SigningSecret>>> {
     let now = Utc::now();
     let rows = webhook_secret::Entity::find()
-        .filter(webhook_secret::Column::WebhookId.eq(webhook_id))
+        .filter(webhook_secret::Column::WebhookId.is_in(webhook_ids.iter().copied()))
         .filter(
             Condition::any()
                 .add(webhook_secret::Column::ExpiresAt.is_null())
                 .add(webhook_secret::Column::ExpiresAt.gt(now)),
         )
+        // Current (no expiry) first, then the newest: a receiver that knows only the newest
+        // secret finds its signature first.
+        .order_by_asc(webhook_secret::Column::ExpiresAt.is_not_null())
         .order_by_desc(webhook_secret::Column::CreatedAt)
         .all(db)
         .await?;
-    let mut secrets: Vec<(bool, SigningSecret)> = rows
-        .into_iter()
-        .map(|r| {
-            SigningSecret::parse(&r.secret)
-                .map(|s| (r.expires_at.is_none(), s))
-                .map_err(|e| {
-                    ApiError::Internal(anyhow::anyhow!("stored signing secret is invalid: {e}"))
-                })
-        })
-        .collect::<ApiResult<_>>()?;
-    // Current first: a receiver that knows only the newest secret finds its signature first.
-    secrets.sort_by_key(|(current, _)| !*current);
-    Ok(secrets.into_iter().map(|(_, s)| s).collect())
+    let mut out: std::collections::HashMap<Uuid, Vec<SigningSecret>> = Default::default();
+    for r in rows {
+        let secret = SigningSecret::parse(&r.secret).map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!("stored signing secret is invalid: {e}"))
+        })?;
+        out.entry(r.webhook_id).or_default().push(secret);
+    }
+    Ok(out)
+}
+
+/// The secrets that sign a call of one webhook now, current first.
+pub async fn active_secrets(
+    db: &impl ConnectionTrait,
+    webhook_id: Uuid,
+) -> ApiResult<Vec<SigningSecret>> {
+    Ok(active_secrets_of(db, &[webhook_id])
+        .await?
+        .remove(&webhook_id)
+        .unwrap_or_default())
 }
