@@ -62,6 +62,7 @@ impl Application {
             deliveries,
             runtime,
             login_throttle: Arc::default(),
+            users: Arc::default(),
         };
         let schema = build_schema(Some(state.clone()));
         let server = serve(listener, schema, state.clone())?;

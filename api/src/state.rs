@@ -4,8 +4,13 @@ use std::sync::Arc;
 use async_graphql::Context;
 
 use crate::{
-    accounts::service::LoginThrottle, auth::token::TokenKeys, conversations::runtime::Runtime,
-    db::Db, error::ApiResult, settings::Settings, webhooks::delivery::Deliveries,
+    accounts::service::{LoginThrottle, UserCache},
+    auth::token::TokenKeys,
+    conversations::runtime::Runtime,
+    db::Db,
+    error::ApiResult,
+    settings::Settings,
+    webhooks::delivery::Deliveries,
 };
 
 /// Shared state, put into the GraphQL schema's data once at start-up.
@@ -17,6 +22,7 @@ pub struct AppState {
     pub deliveries: Arc<Deliveries>,
     pub runtime: Arc<Runtime>,
     pub login_throttle: Arc<LoginThrottle>,
+    pub users: Arc<UserCache>,
 }
 
 /// The shared state of a GraphQL request.

@@ -179,7 +179,7 @@ impl AccountsQuery {
         let st = state(ctx)?;
         let me = viewer(ctx)?;
         Ok(User {
-            model: service::user_by_id(&st.db, me).await?,
+            model: st.users.get(&st.db, me).await?,
             viewer: me,
         })
     }
@@ -276,7 +276,7 @@ impl AccountsMutation {
         let st = state(ctx)?;
         let me = viewer(ctx)?;
         Ok(Membership {
-            model: service::accept_invitation(&st.db, me, &token).await?,
+            model: service::accept_invitation(&st.db, &st.users, me, &token).await?,
             viewer: me,
         })
     }

@@ -228,12 +228,36 @@ pub async fn log_in(db: &Db, email: &str, password: &str) -> ApiResult<user::Mod
     }
 }
 
-/// A user by id (the viewer, or someone met through a shared account).
-pub async fn user_by_id(db: &Db, id: Uuid) -> ApiResult<user::Model> {
-    user::Entity::find_by_id(id)
-        .one(db.conn())
-        .await?
-        .ok_or_else(|| ApiError::Unauthenticated("the user of this token no longer exists".into()))
+/// Users recently looked up by id. Every authenticated request starts with the viewer; user
+/// rows never change once created, so a short-lived copy saves a query per request.
+pub struct UserCache(moka::sync::Cache<Uuid, user::Model>);
+
+impl Default for UserCache {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
+        )
+    }
+}
+
+impl UserCache {
+    /// A user by id (the viewer, or someone met through a shared account).
+    pub async fn get(&self, db: &Db, id: Uuid) -> ApiResult<user::Model> {
+        if let Some(user) = self.0.get(&id) {
+            return Ok(user);
+        }
+        let user = user::Entity::find_by_id(id)
+            .one(db.conn())
+            .await?
+            .ok_or_else(|| {
+                ApiError::Unauthenticated("the user of this token no longer exists".into())
+            })?;
+        self.0.insert(id, user.clone());
+        Ok(user)
+    }
 }
 
 /// A new account owned by the viewer.
@@ -344,8 +368,13 @@ pub async fn invite_member(
 }
 
 /// Redeems an invitation for the viewer, whose email must be the invited one.
-pub async fn accept_invitation(db: &Db, viewer: Uuid, token: &str) -> ApiResult<membership::Model> {
-    let me = user_by_id(db, viewer).await?;
+pub async fn accept_invitation(
+    db: &Db,
+    users: &UserCache,
+    viewer: Uuid,
+    token: &str,
+) -> ApiResult<membership::Model> {
+    let me = users.get(db, viewer).await?;
     let tx = db.write().await?;
     let inv = invitation::Entity::find()
         .filter(invitation::Column::TokenHash.eq(token_hash(token.trim())))
