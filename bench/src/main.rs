@@ -1,0 +1,231 @@
+//! The load benchmark of Parley. It starts the release `parley` binary (built next to this
+//! one) on a fresh database, drives it over real sockets, reads its memory and CPU time from
+//! `/proc`, prints a table and writes the figures as JSON. See BENCHMARKS.md.
+mod client;
+mod receiver;
+mod report;
+mod scenarios;
+mod server;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::{
+    report::{Report, write_json},
+    server::{DbKind, Server},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// N visitors chatting through a 5-question flow: turns/s and turn latency.
+    Chat,
+    /// M idle subscriptions: RSS per subscription and fan-out latency.
+    Subscribers,
+    /// K async webhook deliveries to a local receiver, against a plain reqwest loop.
+    Deliveries,
+    /// `{ me { id } }` and `{ __typename }` against a bare actix-web handler.
+    Graphql,
+    /// The overhead of a sync webhook call on a turn.
+    SyncWebhook,
+    /// Every scenario, one after the other, each on its own server and database.
+    All,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Chat => "chat",
+            Scenario::Subscribers => "subscribers",
+            Scenario::Deliveries => "deliveries",
+            Scenario::Graphql => "graphql",
+            Scenario::SyncWebhook => "sync-webhook",
+            Scenario::All => "all",
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench",
+    about = "Load benchmark of the parley server (build with `cargo build --release -p parley -p bench`)"
+)]
+struct Cli {
+    scenario: Scenario,
+    /// Database engine of the server under test.
+    #[arg(long, value_enum, default_value_t = DbKind::Sqlite)]
+    db: DbKind,
+    /// Visitors (chat), subscriptions (subscribers) or deliveries (deliveries); defaults
+    /// 1,000, 10,000 and 20,000.
+    #[arg(long)]
+    size: Option<usize>,
+    /// Clients in parallel: HTTP clients (graphql, default 64), starters (deliveries and
+    /// subscribers, default 64), visitors (sync-webhook, default 1).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Seconds of each measured phase (chat, graphql, sync-webhook); default 10.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Where to write the JSON results; default bench-results/<scenario>-<db>.json.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Total turns/s offered by the paced phase of chat; default 3,000.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Conversations answered to time the fan-out (subscribers); default 1,000.
+    #[arg(long)]
+    sample: Option<usize>,
+    /// Admin URL of the PostgreSQL server where a fresh database is made for each run;
+    /// default $PARLEY_BENCH_PG_URL, else postgres://postgres@127.0.0.1:5432/test.
+    #[arg(long)]
+    pg_url: Option<String>,
+    /// A command to run the server under, such as
+    /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out" (profiling only).
+    #[arg(long)]
+    server_wrapper: Option<String>,
+}
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// What every scenario reads.
+pub struct Opts {
+    pub db: DbKind,
+    pub size: Option<usize>,
+    pub concurrency: Option<usize>,
+    pub duration: Option<u64>,
+    pub rate: Option<f64>,
+    pub sample: Option<usize>,
+}
+
+/// Raises this process's open-files limit as far as allowed; the server inherits it.
+fn raise_open_files() -> u64 {
+    use rlimit::Resource;
+    let wanted: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1_048_576)
+        .min(262_144);
+    if Resource::NOFILE.set(wanted, wanted).is_err() {
+        // Not root: the soft limit can still go up to the hard one.
+        let _ = rlimit::increase_nofile_limit(wanted);
+    }
+    Resource::NOFILE.get().map(|(soft, _)| soft).unwrap_or(0)
+}
+
+async fn run_one(scenario: Scenario, cli: &Cli, opts: &Opts) -> anyhow::Result<Report> {
+    eprintln!(
+        "== {} on {}: starting the server",
+        scenario.name(),
+        opts.db.name()
+    );
+    let pg_url = cli
+        .pg_url
+        .clone()
+        .or_else(|| std::env::var("PARLEY_BENCH_PG_URL").ok())
+        .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
+    let mut server = Server::start(cli.db, &pg_url, cli.server_wrapper.as_deref()).await?;
+    let result = match scenario {
+        Scenario::Chat => scenarios::chat::run(&server, opts).await,
+        Scenario::Subscribers => scenarios::subscribers::run(&server, opts).await,
+        Scenario::Deliveries => scenarios::deliveries::run(&server, opts).await,
+        Scenario::Graphql => scenarios::graphql::run(&server, opts).await,
+        Scenario::SyncWebhook => scenarios::sync_webhook::run(&server, opts).await,
+        Scenario::All => Err(anyhow::anyhow!("`all` is not a single scenario")),
+    };
+    server.stop().await;
+    result.with_context(|| format!("scenario {} failed", scenario.name()))
+}
+
+fn default_path(scenario: Scenario, db: DbKind) -> PathBuf {
+    PathBuf::from(format!(
+        "bench-results/{}-{}.json",
+        scenario.name(),
+        db.name()
+    ))
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    json!({ "cpu": cpu, "cores": cores, "kernel": kernel })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let nofile = raise_open_files();
+    let opts = Opts {
+        db: cli.db,
+        size: cli.size,
+        concurrency: cli.concurrency,
+        duration: cli.duration,
+        rate: cli.rate,
+        sample: cli.sample,
+    };
+    // Fail before any work when the server binary is missing.
+    server::server_binary()?;
+    let list: Vec<Scenario> = match cli.scenario {
+        Scenario::All => vec![
+            Scenario::Chat,
+            Scenario::Subscribers,
+            Scenario::Deliveries,
+            Scenario::Graphql,
+            Scenario::SyncWebhook,
+        ],
+        one => vec![one],
+    };
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    for scenario in list {
+        match run_one(scenario, &cli, &opts).await {
+            Ok(mut report) => {
+                report.detail("machine", machine());
+                report.detail("open_files_limit", json!(nofile));
+                report.print();
+                let path = match &cli.json {
+                    Some(p) if cli.scenario != Scenario::All => p.clone(),
+                    _ => default_path(scenario, cli.db),
+                };
+                report.write(&path)?;
+                eprintln!("results written to {}", path.display());
+                reports.push(report.to_json());
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failures.push(format!("{e:#}"));
+            }
+        }
+    }
+    if cli.scenario == Scenario::All {
+        let path = cli
+            .json
+            .clone()
+            .unwrap_or_else(|| default_path(Scenario::All, cli.db));
+        write_json(&path, &json!({ "machine": machine(), "results": reports }))?;
+        eprintln!("all results written to {}", path.display());
+    }
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} scenario(s) failed: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
