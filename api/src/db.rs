@@ -69,8 +69,11 @@ impl Db {
             .acquire_timeout(Duration::from_secs(30));
         match url.kind() {
             DatabaseKind::Sqlite => {
+                // A local file cannot go stale under us: skip the ping sqlx would otherwise send
+                // on every checkout, a round trip per transaction on the hot path.
                 opts.max_connections(sqlite_connections)
                     .min_connections(1)
+                    .test_before_acquire(false)
                     .map_sqlx_sqlite_opts(|o| {
                         o.journal_mode(SqliteJournalMode::Wal)
                             .synchronous(SqliteSynchronous::Normal)
@@ -80,7 +83,11 @@ impl Db {
                     });
             }
             DatabaseKind::Postgres => {
-                opts.max_connections(32).min_connections(1);
+                // Ping only connections idle long enough to have been dropped by the server or
+                // a proxy; hot connections skip the round trip.
+                opts.max_connections(32)
+                    .min_connections(1)
+                    .test_before_acquire_if_idle_for(Duration::from_secs(30));
             }
         }
         sea_orm::Database::connect(opts).await.with_context(|| {
