@@ -544,8 +544,8 @@ impl Deliveries {
                 ))
             };
         let notes = notes_of(&result);
-        let status = match (&result, outcome.body_truncated) {
-            (WebhookOutcome::Failed(_), _) => DeliveryStatus::Failed,
+        let status = match result {
+            WebhookOutcome::Failed(_) => DeliveryStatus::Failed,
             _ => DeliveryStatus::Succeeded,
         };
         self.record(&d, &outcome, status, None, notes).await?;
