@@ -28,7 +28,8 @@ pub struct Application {
     port: u16,
     server: Server,
     state: AppState,
-    listener: Option<Arc<PgBus>>,
+    /// The PostgreSQL event bus, whose listener runs with the server.
+    pg_bus: Option<Arc<PgBus>>,
 }
 
 impl Application {
@@ -47,7 +48,7 @@ impl Application {
             settings.allow_private_webhooks,
         )?;
         // One instance on SQLite; on PostgreSQL, instances share events through NOTIFY.
-        let (bus, events_listener): (Arc<dyn EventBus>, Option<Arc<PgBus>>) = match db.kind() {
+        let (bus, pg_bus): (Arc<dyn EventBus>, Option<Arc<PgBus>>) = match db.kind() {
             DatabaseKind::Sqlite => (Arc::new(LocalBus::default()), None),
             DatabaseKind::Postgres => {
                 let bus = PgBus::new(db.clone());
@@ -70,7 +71,7 @@ impl Application {
             port,
             server,
             state,
-            listener: events_listener,
+            pg_bus,
         })
     }
 
@@ -96,7 +97,7 @@ impl Application {
             AbortOnDrop(tokio::spawn(self.state.deliveries.clone().run_worker())),
             AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_sweeper())),
         ];
-        if let Some(bus) = self.listener {
+        if let Some(bus) = self.pg_bus {
             let url = self.state.settings.database_url.as_str().to_owned();
             workers.push(AbortOnDrop(tokio::spawn(bus.run_listener(url))));
         }
