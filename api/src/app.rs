@@ -138,6 +138,9 @@ fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyhow::R
             .route("/readyz", web::get().to(readyz))
     })
     .shutdown_timeout(10)
+    // Chat events are small frames: without TCP_NODELAY, Nagle's algorithm holds them back
+    // until the peer's delayed ACK, 40 ms later.
+    .tcp_nodelay(true)
     .listen(listener)?
     .run();
     Ok(server)
