@@ -371,15 +371,32 @@ impl Deliveries {
                         .add(delivery::Column::ClaimedUntil.lt(now)),
                 )
         };
-        let ids: Vec<Uuid> = delivery::Entity::find()
+        // Look further than `limit`, then keep only what the per-webhook limits let run now:
+        // claiming deliveries of a saturated endpoint would only mean releasing them again.
+        let candidates: Vec<(Uuid, Uuid)> = delivery::Entity::find()
             .filter(due())
             .order_by_asc(delivery::Column::NextAttemptAt)
             .select_only()
             .column(delivery::Column::Id)
-            .limit(limit as u64)
+            .column(delivery::Column::WebhookId)
+            .limit((limit * 4) as u64)
             .into_tuple()
             .all(self.db.conn())
             .await?;
+        let mut room: HashMap<Uuid, usize> = HashMap::new();
+        let ids: Vec<Uuid> = candidates
+            .into_iter()
+            .filter(|(_, webhook)| {
+                let left = room
+                    .entry(*webhook)
+                    .or_insert_with(|| self.webhook_gate(*webhook).available_permits());
+                let fits = *left > 0;
+                *left = left.saturating_sub(1);
+                fits
+            })
+            .map(|(id, _)| id)
+            .take(limit)
+            .collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
