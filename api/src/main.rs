@@ -2,11 +2,6 @@
 use clap::{Parser, Subcommand};
 use parley::{app::Application, db::Db, settings::Settings, telemetry};
 
-// glibc's malloc showed in profiles of the chat load (~12 % of the server's time) and
-// fragments under many idle WebSockets; mimalloc is faster there and returns memory.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "parley",

@@ -335,7 +335,13 @@ impl Runtime {
             // already does.
             query = query.lock_exclusive();
         }
-        let conv = query.one(&tx.tx).await?.ok_or_else(visitor_not_found)?;
+        // `.all()` rather than `.one()`: `.one()` binds `LIMIT ?`, which makes SQLite re-plan
+        // the cached statement on every run; the primary key yields one row at most anyway.
+        let conv = query
+            .all(&tx.tx)
+            .await?
+            .pop()
+            .ok_or_else(visitor_not_found)?;
         if visitor.is_some_and(|hash| hash != conv.visitor_token_hash) {
             return Err(visitor_not_found());
         }
