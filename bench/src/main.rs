@@ -81,6 +81,10 @@ struct Cli {
     /// default $PARLEY_BENCH_PG_URL, else postgres://postgres@127.0.0.1:5432/test.
     #[arg(long)]
     pg_url: Option<String>,
+    /// Seconds to wait, before each scenario, for the machine to be quiet (other processes
+    /// under 0.3 cores); use 300 for full runs on a shared machine, 0 in CI.
+    #[arg(long, default_value_t = 30)]
+    quiet_wait: u64,
     /// A command to run the server under, such as
     /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out" (profiling only).
     #[arg(long)]
@@ -114,7 +118,35 @@ fn raise_open_files() -> u64 {
     Resource::NOFILE.get().map(|(soft, _)| soft).unwrap_or(0)
 }
 
+/// Waits (up to `patience`) until the machine is quiet: the bench shares 2 cores with
+/// whatever else runs (builds, tests), which would skew every figure. Returns the cores
+/// busy in the last 2-second window.
+async fn wait_quiet(patience: std::time::Duration) -> f64 {
+    let started = std::time::Instant::now();
+    loop {
+        let a = server::proc_sample("self");
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let b = server::proc_sample("self");
+        let busy = scenarios::machine_cores(&a, &b);
+        if busy < QUIET_CORES || started.elapsed() >= patience {
+            if busy >= QUIET_CORES {
+                eprintln!(
+                    "warning: the machine is busy ({busy:.2} cores) before the run; the figures will be skewed"
+                );
+            }
+            return busy;
+        }
+        eprintln!(
+            "the machine is busy ({busy:.2} cores used by other processes); waiting for it to be quiet"
+        );
+    }
+}
+
+/// Cores that other processes may use before a run starts.
+const QUIET_CORES: f64 = 0.3;
+
 async fn run_one(scenario: Scenario, cli: &Cli, opts: &Opts) -> anyhow::Result<Report> {
+    let busy_before = wait_quiet(std::time::Duration::from_secs(cli.quiet_wait)).await;
     eprintln!(
         "== {} on {}: starting the server",
         scenario.name(),
@@ -135,7 +167,14 @@ async fn run_one(scenario: Scenario, cli: &Cli, opts: &Opts) -> anyhow::Result<R
         Scenario::All => Err(anyhow::anyhow!("`all` is not a single scenario")),
     };
     server.stop().await;
-    result.with_context(|| format!("scenario {} failed", scenario.name()))
+    let mut report = result.with_context(|| format!("scenario {} failed", scenario.name()))?;
+    report.detail("machine_cores_busy_before_run", json!(busy_before));
+    if busy_before >= QUIET_CORES {
+        report.note(format!(
+            "other processes used {busy_before:.2} cores just before the run: figures skewed"
+        ));
+    }
+    Ok(report)
 }
 
 fn default_path(scenario: Scenario, db: DbKind) -> PathBuf {

@@ -74,6 +74,29 @@ impl BenchDb {
         }
     }
 
+    /// The row updates and inserts PostgreSQL counted on `table` (None on SQLite).
+    pub async fn pg_table_writes(&self, table: &str) -> Option<(i64, i64)> {
+        let BenchDb::Postgres { url, .. } = self else {
+            return None;
+        };
+        let conn = Database::connect(url.as_str()).await.ok()?;
+        // The statistics reach the shared counters within a second of each transaction.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!(
+                    "SELECT n_tup_upd, n_tup_ins FROM pg_stat_user_tables WHERE relname = '{table}'"
+                ),
+            ))
+            .await
+            .ok()??;
+        let upd: i64 = row.try_get_by(0).ok()?;
+        let ins: i64 = row.try_get_by(1).ok()?;
+        let _ = conn.close().await;
+        Some((upd, ins))
+    }
+
     pub fn url(&self) -> &str {
         match self {
             BenchDb::Sqlite { url, .. } | BenchDb::Postgres { url, .. } => url,
@@ -115,6 +138,8 @@ pub struct ProcSample {
     pub cpu_secs: f64,
     /// CPU time of the whole machine (every process: server, bench, PostgreSQL), in seconds.
     pub machine_busy_secs: f64,
+    /// CPU time of every `postgres` process, in seconds.
+    pub postgres_secs: f64,
     pub at: Option<Instant>,
 }
 
@@ -162,6 +187,7 @@ pub fn proc_sample(pid: &str) -> ProcSample {
             .sum();
         s.machine_busy_secs = busy as f64 / CLOCK_TICKS;
     }
+    s.postgres_secs = postgres_cpu_secs();
     if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The command name may hold spaces and parentheses: fields start after the last ')'.
         if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
@@ -177,6 +203,39 @@ pub fn proc_sample(pid: &str) -> ProcSample {
         }
     }
     s
+}
+
+/// user + system CPU time of one `/proc/<pid>/stat` line, and its command name.
+fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some((comm, (tick(11) + tick(12)) as f64 / CLOCK_TICKS))
+}
+
+/// CPU time of every process named `postgres` (the local database server).
+fn postgres_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| {
+            stat_cpu(&stat).and_then(|(comm, cpu)| (comm == "postgres").then_some(cpu))
+        })
+        .sum()
 }
 
 /// What a process did between two samples.
@@ -196,6 +255,11 @@ pub fn proc_delta(before: &ProcSample, after: &ProcSample) -> Value {
         "cpu_cores_used": if wall > 0.0 { round3(cpu / wall) } else { 0.0 },
         "machine_cores_busy": if wall > 0.0 {
             round3((after.machine_busy_secs - before.machine_busy_secs) / wall)
+        } else {
+            0.0
+        },
+        "postgres_cores_busy": if wall > 0.0 {
+            round3((after.postgres_secs - before.postgres_secs) / wall)
         } else {
             0.0
         },

@@ -121,6 +121,10 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
             }
         }
         drop(arrivals);
+        let writes = match &server.db {
+            Some(db) => db.pg_table_writes("deliveries").await,
+            None => None,
+        };
 
         // The limit: the same bodies, posted by a plain reqwest loop at the same concurrency.
         let body = hook_state
@@ -176,6 +180,17 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
         report.detail("server", proc_delta(&server_before, &server_after));
         report.detail("bench_process", proc_delta(&bench_before, &bench_after));
         report.detail("received_before_start_returned", json!(early));
+        if let Some((updates, inserts)) = writes {
+            report.metric(
+                "deliveries row updates per delivery (PostgreSQL stats)",
+                updates as f64 / inserts.max(1) as f64,
+                "",
+            );
+            report.detail(
+                "pg_deliveries_table",
+                json!({ "n_tup_upd": updates, "n_tup_ins": inserts }),
+            );
+        }
         if stalled {
             report.note(format!(
                 "no delivery for {STALL:?}: only {delivered} of {k} arrived"

@@ -174,8 +174,13 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
         ] {
             eprintln!("graphql: {name} on the bare actix handler");
             let req = RawHttp::post_request(bare.port, "/graphql", bearer, body.as_bytes());
+            let before = proc_sample("self");
             let l = load(bare.port, &req, expect, clients, duration).await?;
-            report.detail(&format!("bare_{name}"), json!({ "load": l.json() }));
+            let after = proc_sample("self");
+            report.detail(
+                &format!("bare_{name}"),
+                json!({ "load": l.json(), "bench_process_with_bare_server": proc_delta(&before, &after) }),
+            );
             bare_runs.push(l);
         }
         Ok::<_, anyhow::Error>(())

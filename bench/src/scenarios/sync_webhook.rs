@@ -98,6 +98,12 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
         {
             report.note(format!("first error: {e}"));
         }
+        if a.ms(0.99) >= 40.0 || b.ms(0.99) >= 40.0 {
+            report.note(
+                "a p99 sits on the ~40 ms plateau of Nagle + delayed ACK (the server does not set \
+                 TCP_NODELAY): the p99 difference is not a measure of the sync call",
+            );
+        }
         report.note(
             "each of the 5 turns of the hooked flow makes one sync call; the overhead is the \
              difference of the two flows' turn-latency percentiles",
