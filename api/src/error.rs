@@ -32,6 +32,22 @@ pub enum ApiError {
 /// Results of the service layer.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// For queries such as `bot(id)` that answer null, not an error, for what the viewer cannot see.
+pub trait Found<T> {
+    /// NOT_FOUND as `None`; other errors stay errors.
+    fn found(self) -> ApiResult<Option<T>>;
+}
+
+impl<T> Found<T> for ApiResult<T> {
+    fn found(self) -> ApiResult<Option<T>> {
+        match self {
+            Ok(value) => Ok(Some(value)),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl ApiError {
     /// A bad input with one message and no per-field problems.
     pub fn bad_input(message: impl Into<String>) -> Self {
@@ -44,6 +60,16 @@ impl ApiError {
     /// A resource that does not exist or is not visible to the viewer.
     pub fn not_found(what: &str) -> Self {
         Self::NotFound(format!("{what} not found"))
+    }
+
+    /// A NOT_FOUND about some inner lookup (the viewer's membership, a parent resource)
+    /// reported as about `what`, so that the answer names what was asked for and reveals
+    /// nothing about why; any other error as is.
+    pub fn not_found_as(self, what: &str) -> Self {
+        match self {
+            Self::NotFound(_) => Self::not_found(what),
+            other => other,
+        }
     }
 
     /// The contract's `extensions.code`.

@@ -10,7 +10,7 @@ use crate::{
     accounts::{AccountAccess, graphql::Account, service as accounts},
     auth::viewer,
     engine::model,
-    error::{ApiError, Problem},
+    error::{ApiError, Found as _, Problem},
     ids::{parse_id, to_id},
     state::state,
 };
@@ -351,11 +351,10 @@ impl BotsQuery {
         let Ok(id) = parse_id(&id, "bot") else {
             return Ok(None);
         };
-        match service::find_bot(st.db.conn(), me, id, Role::Member).await {
-            Ok(view) => Ok(Some(Bot(view))),
-            Err(ApiError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let view = service::find_bot(st.db.conn(), me, id, Role::Member)
+            .await
+            .found()?;
+        Ok(view.map(Bot))
     }
 }
 

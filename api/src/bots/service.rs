@@ -44,10 +44,9 @@ pub async fn find_bot(
         .one(db)
         .await?
         .ok_or_else(|| ApiError::not_found("bot"))?;
-    let role = match AccountAccess::require(db, viewer, bot.account_id, at_least).await {
-        Err(ApiError::NotFound(_)) => return Err(ApiError::not_found("bot")),
-        other => other?,
-    };
+    let role = AccountAccess::require(db, viewer, bot.account_id, at_least)
+        .await
+        .map_err(|e| e.not_found_as("bot"))?;
     Ok(BotView { bot, role })
 }
 

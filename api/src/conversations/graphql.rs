@@ -22,7 +22,7 @@ use crate::{
         service as bots,
     },
     engine::model::QuestionType,
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, Found as _},
     events::{Notice, SharedEvent},
     ids::{parse_id, to_id},
     state::{AppState, state},
@@ -222,7 +222,6 @@ async fn authorize(
     if let Some(token) = visitor_token {
         return st.runtime.find_for_visitor(id, token).await;
     }
-    let not_found = || ApiError::NotFound("conversation not found".into());
     let user = match auth {
         Auth::User(user) => *user,
         Auth::Anonymous => {
@@ -235,12 +234,11 @@ async fn authorize(
     let conv = conversation::Entity::find_by_id(id)
         .one(st.db.conn())
         .await?
-        .ok_or_else(not_found)?;
-    match AccountAccess::require(st.db.conn(), user, conv.account_id, Role::Member).await {
-        Ok(_) => Ok(conv),
-        Err(ApiError::NotFound(_)) => Err(not_found()),
-        Err(e) => Err(e),
-    }
+        .ok_or_else(|| ApiError::not_found("conversation"))?;
+    AccountAccess::require(st.db.conn(), user, conv.account_id, Role::Member)
+        .await
+        .map_err(|e| e.not_found_as("conversation"))?;
+    Ok(conv)
 }
 
 /// Queries of conversations.
@@ -261,11 +259,10 @@ impl ConversationsQuery {
         let Ok(id) = parse_id(&id, "conversation") else {
             return Ok(None);
         };
-        match authorize(st, &auth, id, visitor_token.as_deref()).await {
-            Ok(conv) => Ok(Some(Conversation(conv))),
-            Err(ApiError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let conv = authorize(st, &auth, id, visitor_token.as_deref())
+            .await
+            .found()?;
+        Ok(conv.map(Conversation))
     }
 }
 

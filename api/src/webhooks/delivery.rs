@@ -723,10 +723,9 @@ pub async fn find_delivery(
         .one(db.conn())
         .await?
         .ok_or_else(|| ApiError::not_found("delivery"))?;
-    let view = match find_webhook(db.conn(), viewer, d.webhook_id, at_least).await {
-        Err(ApiError::NotFound(_)) => return Err(ApiError::not_found("delivery")),
-        other => other?,
-    };
+    let view = find_webhook(db.conn(), viewer, d.webhook_id, at_least)
+        .await
+        .map_err(|e| e.not_found_as("delivery"))?;
     Ok(DeliveryView {
         delivery: d,
         role: view.role,

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     accounts::AccountAccess,
     auth::viewer,
-    error::ApiError,
+    error::{ApiError, Found as _},
     ids::{parse_id, to_id},
     state::state,
 };
@@ -175,11 +175,10 @@ impl WebhooksQuery {
         let Ok(id) = parse_id(&id, "webhook") else {
             return Ok(None);
         };
-        match service::find_webhook(st.db.conn(), me, id, Role::Member).await {
-            Ok(view) => Ok(Some(Webhook(view))),
-            Err(ApiError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let view = service::find_webhook(st.db.conn(), me, id, Role::Member)
+            .await
+            .found()?;
+        Ok(view.map(Webhook))
     }
 }
 
@@ -196,11 +195,10 @@ impl DeliveriesQuery {
         let Ok(id) = parse_id(&id, "delivery") else {
             return Ok(None);
         };
-        match delivery::find_delivery(&st.db, me, id, Role::Member).await {
-            Ok(view) => Ok(Some(Delivery(view))),
-            Err(ApiError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        let view = delivery::find_delivery(&st.db, me, id, Role::Member)
+            .await
+            .found()?;
+        Ok(view.map(Delivery))
     }
 }
 

@@ -174,10 +174,9 @@ pub async fn find_webhook(
         .one(db)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
-    let role = match AccountAccess::require(db, viewer, webhook.account_id, at_least).await {
-        Err(ApiError::NotFound(_)) => return Err(ApiError::not_found("webhook")),
-        other => other?,
-    };
+    let role = AccountAccess::require(db, viewer, webhook.account_id, at_least)
+        .await
+        .map_err(|e| e.not_found_as("webhook"))?;
     Ok(WebhookView { webhook, role })
 }
 
