@@ -2,21 +2,15 @@
 //! starts the background workers; `run_until_stopped()` serves until SIGTERM or ctrl-c.
 use std::{net::TcpListener, sync::Arc};
 
-use actix_web::{
-    App, HttpRequest, HttpResponse, HttpServer, dev::Server, guard, http::StatusCode, web,
-};
+use actix_web::dev::Server;
 use anyhow::Context as _;
-use async_graphql::{Data, http::GraphiQLSource};
-use async_graphql_actix_web::GraphQLSubscription;
-use futures_util::StreamExt as _;
-use tracing_actix_web::TracingLogger;
 
 use crate::{
-    auth::{Auth, token::TokenKeys},
+    auth::token::TokenKeys,
     conversations::runtime::Runtime,
     db::Db,
     events::{EventBus, LocalBus, PgBus},
-    graphql::{AppSchema, build_schema},
+    graphql::build_schema,
     settings::DatabaseKind,
     settings::Settings,
     state::AppState,
@@ -66,7 +60,7 @@ impl Application {
             users: Arc::default(),
         };
         let schema = build_schema(Some(state.clone()));
-        let server = serve(listener, schema, state.clone())?;
+        let server = crate::edge::serve(listener, schema, state.clone())?;
         Ok(Self {
             port,
             server,
@@ -113,148 +107,5 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyhow::Result<Server> {
-    let max_body = state.settings.max_body_bytes;
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap(TracingLogger::default())
-            .app_data(web::Data::new(schema.clone()))
-            .app_data(web::Data::new(state.clone()))
-            .app_data(web::PayloadConfig::new(max_body))
-            .service(
-                web::resource("/graphql")
-                    .route(
-                        web::get()
-                            .guard(guard::Header("upgrade", "websocket"))
-                            .to(graphql_ws),
-                    )
-                    .route(web::post().to(graphql_http)),
-            )
-            .route("/graphiql", web::get().to(graphiql))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-    })
-    .shutdown_timeout(10)
-    // Chat events are small frames: without TCP_NODELAY, Nagle's algorithm holds them back
-    // until the peer's delayed ACK, 40 ms later.
-    .tcp_nodelay(true)
-    .listen(listener)?
-    .run();
-    Ok(server)
-}
-
-/// The caller named by an `Authorization` header value.
-fn auth_from_header(keys: &TokenKeys, value: Option<&str>) -> Auth {
-    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
-        return Auth::Anonymous;
-    };
-    let Some(token) = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-    else {
-        return Auth::Invalid("the Authorization header must be \"Bearer <token>\"");
-    };
-    match keys.verify(token.trim()) {
-        Some(user) => Auth::User(user),
-        None => Auth::Invalid("the token is invalid or has expired; log in again"),
-    }
-}
-
-/// A GraphQL-shaped error body for requests that never reached the executor.
-fn request_error(status: StatusCode, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(serde_json::json!({
-        "errors": [{ "message": message, "extensions": { "code": "BAD_USER_INPUT" } }]
-    }))
-}
-
-async fn graphql_http(
-    schema: web::Data<AppSchema>,
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    mut payload: web::Payload,
-) -> HttpResponse {
-    let limit = state.settings.max_body_bytes;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return request_error(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            );
-        };
-        if body.len() + chunk.len() > limit {
-            return request_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is larger than {limit} bytes"),
-            );
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let request: async_graphql::BatchRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return request_error(
-                StatusCode::BAD_REQUEST,
-                &format!("the body is not a GraphQL request (JSON with a \"query\"): {e}"),
-            );
-        }
-    };
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    let auth = auth_from_header(&state.keys, header);
-    let response = schema.execute_batch(request.data(auth)).await;
-    HttpResponse::Ok().json(response)
-}
-
-async fn graphql_ws(
-    schema: web::Data<AppSchema>,
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> actix_web::Result<HttpResponse> {
-    let keys = state.keys.clone();
-    GraphQLSubscription::new(AppSchema::clone(&schema))
-        .on_connection_init(move |value| async move {
-            let header = value
-                .get("Authorization")
-                .or_else(|| value.get("authorization"))
-                .and_then(|v| v.as_str());
-            let auth = auth_from_header(&keys, header);
-            if let Auth::Invalid(why) = auth {
-                return Err(async_graphql::Error::new(why));
-            }
-            let mut data = Data::default();
-            data.insert(auth);
-            Ok(data)
-        })
-        .start(&req, payload)
-}
-
-async fn graphiql() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(
-            GraphiQLSource::build()
-                .endpoint("/graphql")
-                .subscription_endpoint("/graphql")
-                .finish(),
-        )
-}
-
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.db.ping().await {
-        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({ "status": "database unreachable" }))
     }
 }

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bots;
 pub mod conversations;
 pub mod db;
+pub mod edge;
 pub mod engine;
 pub mod error;
 pub mod events;

@@ -100,6 +100,85 @@ impl Default for DeliverySettings {
     }
 }
 
+/// What one client, one socket, one visitor or one account may take. Every limit answers a
+/// refusal that says which limit it was (`RATE_LIMITED`, HTTP 429/400/413, or a close code).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Operations in one JSON-array `POST /graphql` (`PARLEY_MAX_BATCH`).
+    pub max_batch: usize,
+    /// How long one HTTP request may run before it is cancelled (`PARLEY_REQUEST_TIMEOUT_SECS`).
+    pub request_timeout: Duration,
+    /// Largest query cost; list fields multiply their children by their page size
+    /// (`PARLEY_MAX_QUERY_COST`).
+    pub max_query_cost: usize,
+    /// Addresses whose `X-Forwarded-For` names the client (`PARLEY_TRUSTED_PROXIES`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// New conversations per minute per client address; 0 = off (`PARLEY_VISITOR_RATE_LIMIT`).
+    pub visitor_rate_limit: u32,
+    /// Answers per minute per conversation; 0 = off (`PARLEY_ANSWER_RATE_LIMIT`).
+    pub answer_rate_limit: u32,
+    /// Events one conversation may hold; past it the conversation ends
+    /// (`PARLEY_MAX_CONVERSATION_EVENTS`).
+    pub max_conversation_events: i32,
+    /// Log-in, sign-up and password attempts per minute per client address
+    /// (`PARLEY_LOGIN_RATE_LIMIT_PER_ADDRESS`).
+    pub login_per_address: u32,
+    /// Log-in attempts per minute per email address (`PARLEY_LOGIN_RATE_LIMIT_PER_EMAIL`).
+    pub login_per_email: u32,
+    /// Password hashes waiting or running at once; more are refused at once
+    /// (`PARLEY_PASSWORD_QUEUE`). Defaults to the number of cores.
+    pub password_queue: usize,
+    /// A socket without `connection_init` by then is closed with 4408
+    /// (`PARLEY_WS_INIT_TIMEOUT_SECS`).
+    pub ws_init_timeout: Duration,
+    /// Largest WebSocket message; larger closes with 1009 (`PARLEY_WS_MAX_MESSAGE_BYTES`).
+    pub ws_max_message_bytes: usize,
+    /// Operations running at once on one socket (`PARLEY_WS_MAX_OPERATIONS`).
+    pub ws_max_operations: usize,
+    /// Open sockets per client address (`PARLEY_WS_MAX_SOCKETS_PER_CLIENT`).
+    pub ws_max_sockets_per_client: usize,
+    /// How often an idle socket is pinged; a peer silent for two intervals is dropped
+    /// (`PARLEY_WS_PING_SECS`).
+    pub ws_ping_interval: Duration,
+    /// Bots per account (`PARLEY_MAX_BOTS_PER_ACCOUNT`).
+    pub max_bots_per_account: u64,
+    /// Webhooks per account (`PARLEY_MAX_WEBHOOKS_PER_ACCOUNT`).
+    pub max_webhooks_per_account: u64,
+    /// Blocks in one flow (`PARLEY_MAX_FLOW_BLOCKS`).
+    pub max_flow_blocks: usize,
+    /// Bytes of one flow as JSON (`PARLEY_MAX_FLOW_BYTES`).
+    pub max_flow_bytes: usize,
+    /// Sync webhook calls in flight at once for one account (`PARLEY_MAX_SYNC_CALLS_PER_ACCOUNT`).
+    pub max_sync_calls_per_account: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch: 10,
+            request_timeout: Duration::from_secs(30),
+            max_query_cost: 20_000,
+            trusted_proxies: Vec::new(),
+            visitor_rate_limit: 30,
+            answer_rate_limit: 60,
+            max_conversation_events: 1000,
+            login_per_address: 10,
+            login_per_email: 30,
+            password_queue: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ws_init_timeout: Duration::from_secs(10),
+            ws_max_message_bytes: 64 * 1024,
+            ws_max_operations: 100,
+            ws_max_sockets_per_client: 100,
+            ws_ping_interval: Duration::from_secs(30),
+            max_bots_per_account: 200,
+            max_webhooks_per_account: 200,
+            max_flow_blocks: 500,
+            max_flow_bytes: 512 * 1024,
+            max_sync_calls_per_account: 32,
+        }
+    }
+}
+
 /// Everything the server is configured with.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -115,6 +194,8 @@ pub struct Settings {
     pub abandon_after: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// What a client, a socket, a visitor or an account may take.
+    pub limits: Limits,
 }
 
 /// A setting that could not be used; its message names the variable and the value.
@@ -197,6 +278,115 @@ impl Settings {
         }
         delivery.sync_timeout = secs("PARLEY_WEBHOOK_SYNC_TIMEOUT_SECS", 10)?;
         delivery.retention = secs("PARLEY_DELIVERY_RETENTION_SECS", 30 * 24 * 3600)?;
+        let count =
+            |var: &'static str, default: u64, zero_ok: bool| -> Result<u64, SettingsError> {
+                match get(var) {
+                    Some(v) => v
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| zero_ok || *n > 0)
+                        .ok_or_else(|| {
+                            let what = if zero_ok {
+                                "a whole number (0 turns it off)"
+                            } else {
+                                "a positive whole number"
+                            };
+                            bad(var, &v, format!("expected {what}"))
+                        }),
+                    None => Ok(default),
+                }
+            };
+        let d = Limits::default();
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        let trusted_proxies = match get("PARLEY_TRUSTED_PROXIES") {
+            Some(v) => parse_networks(&v).map_err(|r| bad("PARLEY_TRUSTED_PROXIES", &v, r))?,
+            None => Vec::new(),
+        };
+        let limits = Limits {
+            max_batch: size(count("PARLEY_MAX_BATCH", d.max_batch as u64, false)?),
+            request_timeout: secs("PARLEY_REQUEST_TIMEOUT_SECS", d.request_timeout.as_secs())?,
+            max_query_cost: size(count(
+                "PARLEY_MAX_QUERY_COST",
+                d.max_query_cost as u64,
+                false,
+            )?),
+            trusted_proxies,
+            visitor_rate_limit: small(count(
+                "PARLEY_VISITOR_RATE_LIMIT",
+                d.visitor_rate_limit.into(),
+                true,
+            )?),
+            answer_rate_limit: small(count(
+                "PARLEY_ANSWER_RATE_LIMIT",
+                d.answer_rate_limit.into(),
+                true,
+            )?),
+            max_conversation_events: i32::try_from(count(
+                "PARLEY_MAX_CONVERSATION_EVENTS",
+                d.max_conversation_events as u64,
+                false,
+            )?)
+            .unwrap_or(i32::MAX),
+            login_per_address: small(count(
+                "PARLEY_LOGIN_RATE_LIMIT_PER_ADDRESS",
+                d.login_per_address.into(),
+                false,
+            )?),
+            login_per_email: small(count(
+                "PARLEY_LOGIN_RATE_LIMIT_PER_EMAIL",
+                d.login_per_email.into(),
+                false,
+            )?),
+            password_queue: size(count(
+                "PARLEY_PASSWORD_QUEUE",
+                d.password_queue as u64,
+                false,
+            )?),
+            ws_init_timeout: secs("PARLEY_WS_INIT_TIMEOUT_SECS", d.ws_init_timeout.as_secs())?,
+            ws_max_message_bytes: size(count(
+                "PARLEY_WS_MAX_MESSAGE_BYTES",
+                d.ws_max_message_bytes as u64,
+                false,
+            )?),
+            ws_max_operations: size(count(
+                "PARLEY_WS_MAX_OPERATIONS",
+                d.ws_max_operations as u64,
+                false,
+            )?),
+            ws_max_sockets_per_client: size(count(
+                "PARLEY_WS_MAX_SOCKETS_PER_CLIENT",
+                d.ws_max_sockets_per_client as u64,
+                false,
+            )?),
+            ws_ping_interval: secs("PARLEY_WS_PING_SECS", d.ws_ping_interval.as_secs())?,
+            max_bots_per_account: count(
+                "PARLEY_MAX_BOTS_PER_ACCOUNT",
+                d.max_bots_per_account,
+                false,
+            )?,
+            max_webhooks_per_account: count(
+                "PARLEY_MAX_WEBHOOKS_PER_ACCOUNT",
+                d.max_webhooks_per_account,
+                false,
+            )?,
+            max_flow_blocks: size(count(
+                "PARLEY_MAX_FLOW_BLOCKS",
+                d.max_flow_blocks as u64,
+                false,
+            )?),
+            max_flow_bytes: size(count(
+                "PARLEY_MAX_FLOW_BYTES",
+                d.max_flow_bytes as u64,
+                false,
+            )?),
+            max_sync_calls_per_account: size(count(
+                "PARLEY_MAX_SYNC_CALLS_PER_ACCOUNT",
+                d.max_sync_calls_per_account as u64,
+                false,
+            )?),
+        };
         Ok(Self {
             database_url,
             addr,
@@ -206,6 +396,7 @@ impl Settings {
             delivery,
             abandon_after: secs("PARLEY_ABANDON_AFTER_SECS", 24 * 3600)?,
             max_body_bytes: 1024 * 1024,
+            limits,
         })
     }
 }
@@ -216,6 +407,19 @@ fn parse_bool(v: &str) -> Option<bool> {
         "false" | "0" | "no" | "off" => Some(false),
         _ => None,
     }
+}
+
+/// Comma-separated CIDRs or single addresses.
+fn parse_networks(v: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            part.parse::<ipnet::IpNet>()
+                .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("{part:?} is not an address or CIDR such as 10.0.0.0/8"))
+        })
+        .collect()
 }
 
 /// `5s,5m,30m,2h` (units ms, s, m, h) into durations.
@@ -279,6 +483,23 @@ mod tests {
             msg.contains("PARLEY_ADDR") && msg.contains("localhost"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn limits_read_their_variables_and_refuse_nonsense() {
+        let s = settings(&[
+            ("PARLEY_MAX_BATCH", "3"),
+            ("PARLEY_VISITOR_RATE_LIMIT", "0"),
+            ("PARLEY_TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
+        ])
+        .expect("valid");
+        assert_eq!(s.limits.max_batch, 3);
+        assert_eq!(s.limits.visitor_rate_limit, 0);
+        assert_eq!(s.limits.trusted_proxies.len(), 2);
+        let err = settings(&[("PARLEY_MAX_BATCH", "0")]).expect_err("zero batch");
+        assert!(err.to_string().contains("PARLEY_MAX_BATCH"), "{err}");
+        let err = settings(&[("PARLEY_TRUSTED_PROXIES", "10.0.0.0/99")]).expect_err("bad CIDR");
+        assert!(err.to_string().contains("PARLEY_TRUSTED_PROXIES"), "{err}");
     }
 
     #[test]

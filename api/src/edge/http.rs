@@ -1,0 +1,85 @@
+//! `POST /graphql`: body and batch limits, the request's deadline, then the schema.
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
+use futures_util::StreamExt as _;
+
+use super::{auth_from_header, client::ClientAddr, request_error};
+use crate::{graphql::AppSchema, state::AppState};
+
+/// One GraphQL request or a JSON array of them.
+pub async fn graphql_http(
+    schema: web::Data<AppSchema>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> HttpResponse {
+    let limits = &state.settings.limits;
+    let limit = state.settings.max_body_bytes;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "the request body could not be read",
+            );
+        };
+        if body.len() + chunk.len() > limit {
+            return request_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                &format!("the request body is larger than {limit} bytes"),
+            );
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let request: async_graphql::BatchRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return request_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                &format!("the body is not a GraphQL request (JSON with a \"query\"): {e}"),
+            );
+        }
+    };
+    if let async_graphql::BatchRequest::Batch(list) = &request
+        && list.len() > limits.max_batch
+    {
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            &format!(
+                "a batch may hold at most {} operations (PARLEY_MAX_BATCH); this one has {}",
+                limits.max_batch,
+                list.len()
+            ),
+        );
+    }
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let auth = auth_from_header(&state.keys, header);
+    let client = ClientAddr::of(&req, &limits.trusted_proxies);
+    let run = schema.execute_batch(request.data(auth).data(client));
+    match tokio::time::timeout(limits.request_timeout, run).await {
+        Ok(response) => HttpResponse::Ok().json(response),
+        Err(_) => {
+            tracing::warn!(client.addr = %client, "request cancelled at its deadline");
+            let secs = limits.request_timeout.as_secs();
+            let mut response = request_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "RATE_LIMITED",
+                &format!(
+                    "the request ran longer than {secs} s (PARLEY_REQUEST_TIMEOUT_SECS) and was \
+                     cancelled; nothing it had not committed was kept. Ask for less, or retry later"
+                ),
+            );
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("1"),
+            );
+            response
+        }
+    }
+}

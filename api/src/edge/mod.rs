@@ -1,0 +1,97 @@
+//! The edge: everything between a socket and the schema. Routes, the client's address,
+//! credentials, request limits and the WebSocket transport live here, so that domains never
+//! read HTTP headers themselves.
+pub mod client;
+pub mod http;
+pub mod ws;
+
+use std::net::TcpListener;
+
+use actix_web::{App, HttpResponse, HttpServer, dev::Server, guard, http::StatusCode, web};
+use async_graphql::http::GraphiQLSource;
+use tracing_actix_web::TracingLogger;
+
+use crate::{
+    auth::{Auth, token::TokenKeys},
+    graphql::AppSchema,
+    state::AppState,
+};
+
+/// The HTTP server over `listener`, not yet running.
+pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyhow::Result<Server> {
+    let max_body = state.settings.max_body_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(TracingLogger::default())
+            .app_data(web::Data::new(schema.clone()))
+            .app_data(web::Data::new(state.clone()))
+            .app_data(web::PayloadConfig::new(max_body))
+            .service(
+                web::resource("/graphql")
+                    .route(
+                        web::get()
+                            .guard(guard::Header("upgrade", "websocket"))
+                            .to(ws::graphql_ws),
+                    )
+                    .route(web::post().to(http::graphql_http)),
+            )
+            .route("/graphiql", web::get().to(graphiql))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+    })
+    .shutdown_timeout(10)
+    // Chat events are small frames: without TCP_NODELAY, Nagle's algorithm holds them back
+    // until the peer's delayed ACK, 40 ms later.
+    .tcp_nodelay(true)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// The caller named by an `Authorization` header value.
+pub fn auth_from_header(keys: &TokenKeys, value: Option<&str>) -> Auth {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Auth::Anonymous;
+    };
+    let Some(token) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
+        return Auth::Invalid("the Authorization header must be \"Bearer <token>\"");
+    };
+    match keys.verify(token.trim()) {
+        Some(user) => Auth::User(user),
+        None => Auth::Invalid("the token is invalid or has expired; log in again"),
+    }
+}
+
+/// A GraphQL-shaped error body for requests that never reached the executor.
+pub fn request_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({
+        "errors": [{ "message": message, "extensions": { "code": code } }]
+    }))
+}
+
+async fn graphiql() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(
+            GraphiQLSource::build()
+                .endpoint("/graphql")
+                .subscription_endpoint("/graphql")
+                .finish(),
+        )
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.db.ping().await {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "database unreachable" }))
+    }
+}
