@@ -6,11 +6,12 @@ use actix_web::dev::Server;
 use anyhow::Context as _;
 
 use crate::{
-    auth::token::TokenKeys,
+    auth::{password::Passwords, token::TokenKeys},
     conversations::runtime::Runtime,
     db::Db,
     events::{EventBus, LocalBus, PgBus},
     graphql::build_schema,
+    limits::Limiters,
     settings::DatabaseKind,
     settings::Settings,
     state::AppState,
@@ -49,14 +50,23 @@ impl Application {
                 (bus.clone(), Some(bus))
             }
         };
-        let runtime = Runtime::new(db.clone(), deliveries.clone(), bus, &settings);
+        let passwords = Arc::new(Passwords::new(settings.limits.password_queue));
+        let limiters = Limiters::new(&settings.limits);
+        let runtime = Runtime::new(
+            db.clone(),
+            deliveries.clone(),
+            bus,
+            limiters.clone(),
+            &settings,
+        );
         let state = AppState {
             db,
             keys,
             settings: Arc::new(settings),
             deliveries,
             runtime,
-            login_throttle: Arc::default(),
+            passwords,
+            limiters,
             users: Arc::default(),
         };
         let schema = build_schema(Some(state.clone()));
@@ -90,6 +100,7 @@ impl Application {
         let mut workers = vec![
             AbortOnDrop(tokio::spawn(self.state.deliveries.clone().run_worker())),
             AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_sweeper())),
+            AbortOnDrop(tokio::spawn(self.state.limiters.clone().run_pruner())),
         ];
         if let Some(bus) = self.pg_bus {
             let url = self.state.settings.database_url.as_str().to_owned();

@@ -43,26 +43,61 @@ pub trait EventBus: Send + Sync {
     /// Announces events that were just committed, in `seq` order.
     async fn publish(&self, events: &[SharedEvent]);
     /// Notices of one conversation from now on.
-    fn subscribe_conversation(&self, conversation_id: Uuid) -> broadcast::Receiver<Notice>;
+    fn subscribe_conversation(&self, conversation_id: Uuid) -> Subscription;
     /// Notices of every conversation of an account from now on.
-    fn subscribe_account(&self, account_id: Uuid) -> broadcast::Receiver<Notice>;
+    fn subscribe_account(&self, account_id: Uuid) -> Subscription;
 }
 
-type Channels = std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Notice>>>;
+type Channels = Arc<std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Notice>>>>;
 
 /// Channels keyed by conversation and by account, created on first subscription and dropped
-/// once nobody listens, so idle keys cost nothing.
+/// with their last subscriber, so that ended conversations cost nothing.
 #[derive(Default)]
 pub struct LocalBus {
     conversations: Channels,
     accounts: Channels,
 }
 
-fn subscribe(map: &Channels, key: Uuid, capacity: usize) -> broadcast::Receiver<Notice> {
-    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-    map.entry(key)
-        .or_insert_with(|| broadcast::channel(capacity).0)
-        .subscribe()
+/// A live subscription to one key's notices; dropping the last one of a key drops its channel.
+pub struct Subscription {
+    rx: broadcast::Receiver<Notice>,
+    map: Channels,
+    key: Uuid,
+}
+
+impl Subscription {
+    /// The next notice; see [`broadcast::Receiver::recv`].
+    pub async fn recv(&mut self) -> Result<Notice, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Under the lock no one can subscribe meanwhile; this receiver is still counted.
+        if map
+            .get(&self.key)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
+fn subscribe(map: &Channels, key: Uuid, capacity: usize) -> Subscription {
+    let rx = {
+        let mut channels = map.lock().unwrap_or_else(|p| p.into_inner());
+        channels
+            .entry(key)
+            .or_insert_with(|| broadcast::channel(capacity).0)
+            .subscribe()
+    };
+    Subscription {
+        rx,
+        map: map.clone(),
+        key,
+    }
 }
 
 fn send(map: &Channels, key: Uuid, notice: Notice) {
@@ -107,6 +142,14 @@ impl LocalBus {
         }
     }
 
+    /// Channels held now (conversations and accounts), for tests and metrics.
+    pub fn channel_count(&self) -> usize {
+        [&self.conversations, &self.accounts]
+            .iter()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
     /// Whether anyone here listens to this conversation or account.
     pub fn is_listened(&self, conversation_id: Uuid, account_id: Uuid) -> bool {
         listened(&self.conversations, conversation_id) || listened(&self.accounts, account_id)
@@ -119,11 +162,11 @@ impl EventBus for LocalBus {
         self.dispatch(events);
     }
 
-    fn subscribe_conversation(&self, conversation_id: Uuid) -> broadcast::Receiver<Notice> {
+    fn subscribe_conversation(&self, conversation_id: Uuid) -> Subscription {
         subscribe(&self.conversations, conversation_id, CONVERSATION_CAPACITY)
     }
 
-    fn subscribe_account(&self, account_id: Uuid) -> broadcast::Receiver<Notice> {
+    fn subscribe_account(&self, account_id: Uuid) -> Subscription {
         subscribe(&self.accounts, account_id, ACCOUNT_CAPACITY)
     }
 }
@@ -227,6 +270,13 @@ impl PgBus {
     }
 }
 
+impl PgBus {
+    /// Channels held now, for tests and metrics.
+    pub fn channel_count(&self) -> usize {
+        self.local.channel_count()
+    }
+}
+
 #[async_trait]
 impl EventBus for PgBus {
     async fn publish(&self, events: &[SharedEvent]) {
@@ -255,11 +305,29 @@ impl EventBus for PgBus {
         }
     }
 
-    fn subscribe_conversation(&self, conversation_id: Uuid) -> broadcast::Receiver<Notice> {
+    fn subscribe_conversation(&self, conversation_id: Uuid) -> Subscription {
         self.local.subscribe_conversation(conversation_id)
     }
 
-    fn subscribe_account(&self, account_id: Uuid) -> broadcast::Receiver<Notice> {
+    fn subscribe_account(&self, account_id: Uuid) -> Subscription {
         self.local.subscribe_account(account_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_channel_goes_with_its_last_subscriber() {
+        let bus = LocalBus::default();
+        let id = Uuid::new_v4();
+        let first = bus.subscribe_conversation(id);
+        let second = bus.subscribe_conversation(id);
+        assert_eq!(bus.channel_count(), 1);
+        drop(first);
+        assert_eq!(bus.channel_count(), 1, "one subscriber is left");
+        drop(second);
+        assert_eq!(bus.channel_count(), 0);
     }
 }

@@ -29,6 +29,9 @@ use crate::{
     webhooks::graphql::{DeliveriesQuery, WebhooksMutation, WebhooksQuery},
 };
 
+/// How deeply a query may nest its selections.
+const MAX_DEPTH: usize = 16;
+
 /// Every query of every domain.
 #[derive(MergedObject, Default)]
 pub struct Query(
@@ -57,16 +60,20 @@ pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Builds the schema; `state` is `None` only to print the SDL.
 pub fn build_schema(state: Option<AppState>) -> AppSchema {
+    let max_cost = state.as_ref().map_or_else(
+        || crate::settings::Limits::default().max_query_cost,
+        |s| s.settings.limits.max_query_cost,
+    );
     let mut builder = Schema::build(
         Query::default(),
         Mutation::default(),
         Subscription::default(),
     )
-    .limit_depth(16)
-    .limit_complexity(5_000)
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(max_cost)
     .limit_recursive_depth(64)
     .limit_directives(16)
-    .extension(ErrorCodes);
+    .extension(ErrorCodes { max_cost });
     if let Some(state) = state {
         builder = builder
             .data(DataLoader::new(UserLoader(state.db.clone()), tokio::spawn))
@@ -80,12 +87,38 @@ pub fn sdl() -> String {
     build_schema(None).sdl()
 }
 
-/// Puts `extensions.code` on errors raised by async-graphql itself.
-struct ErrorCodes;
+/// Puts `extensions.code` on errors raised by async-graphql itself, and makes its refusals
+/// of costly queries name the limit.
+struct ErrorCodes {
+    max_cost: usize,
+}
 
 impl ExtensionFactory for ErrorCodes {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ErrorCodes)
+        Arc::new(ErrorCodes {
+            max_cost: self.max_cost,
+        })
+    }
+}
+
+impl ErrorCodes {
+    fn explain(&self, mut error: ServerError) -> ServerError {
+        match error.message.as_str() {
+            "Query is too complex." => {
+                error.message = format!(
+                    "the query costs more than the limit of {} (PARLEY_MAX_QUERY_COST): every \
+                     field costs 1 and a list multiplies its fields by its page size (`first`); \
+                     ask for smaller pages or fewer nested lists",
+                    self.max_cost
+                );
+            }
+            "Query is nested too deep." => {
+                error.message =
+                    format!("the query is nested deeper than the limit of {MAX_DEPTH} levels");
+            }
+            _ => {}
+        }
+        ensure_code(error)
     }
 }
 
@@ -128,6 +161,6 @@ impl Extension for ErrorCodes {
     ) -> Result<ValidationResult, Vec<ServerError>> {
         next.run(ctx)
             .await
-            .map_err(|errors| errors.into_iter().map(ensure_code).collect())
+            .map_err(|errors| errors.into_iter().map(|e| self.explain(e)).collect())
     }
 }

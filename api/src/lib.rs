@@ -11,6 +11,8 @@ pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod ids;
+pub mod limits;
+pub mod pagination;
 pub mod settings;
 pub mod state;
 pub mod telemetry;

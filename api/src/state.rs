@@ -4,11 +4,12 @@ use std::sync::Arc;
 use async_graphql::Context;
 
 use crate::{
-    accounts::service::{LoginThrottle, UserCache},
-    auth::token::TokenKeys,
+    accounts::service::UserCache,
+    auth::{password::Passwords, token::TokenKeys},
     conversations::runtime::Runtime,
     db::Db,
     error::ApiResult,
+    limits::Limiters,
     settings::Settings,
     webhooks::delivery::Deliveries,
 };
@@ -21,7 +22,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub deliveries: Arc<Deliveries>,
     pub runtime: Arc<Runtime>,
-    pub login_throttle: Arc<LoginThrottle>,
+    pub passwords: Arc<Passwords>,
+    pub limiters: Arc<Limiters>,
     pub users: Arc<UserCache>,
 }
 

@@ -6,6 +6,7 @@ use uuid::Uuid;
 use super::{loader::UserLoader, service};
 use crate::{
     auth::viewer,
+    edge::client::ClientAddr,
     error::ApiError,
     ids::{parse_id, to_id},
     state::state,
@@ -38,6 +39,10 @@ impl User {
         &self.model.name
     }
     /// The user's memberships; of a teammate, only those of accounts shared with the viewer.
+    /// At most `MAX_LIST` (1000), oldest first.
+    #[graphql(
+        complexity = "crate::pagination::list_cost(crate::pagination::LIST_COST_ITEMS, child_complexity)"
+    )]
     async fn memberships(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Membership>> {
         let st = state(ctx)?;
         let list = service::visible_memberships(&st.db, self.viewer, self.model.id).await?;
@@ -101,6 +106,10 @@ impl Account {
     async fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
         self.0.created_at
     }
+    /// At most `MAX_LIST` (1000), oldest first.
+    #[graphql(
+        complexity = "crate::pagination::list_cost(crate::pagination::LIST_COST_ITEMS, child_complexity)"
+    )]
     async fn members(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Membership>> {
         let st = state(ctx)?;
         let me = viewer(ctx)?;
@@ -113,14 +122,20 @@ impl Account {
             })
             .collect())
     }
-    /// The account's bots, oldest first.
+    /// The account's bots, oldest first (at most PARLEY_MAX_BOTS_PER_ACCOUNT).
+    #[graphql(
+        complexity = "crate::pagination::list_cost(crate::pagination::LIST_COST_ITEMS, child_complexity)"
+    )]
     async fn bots(
         &self,
         ctx: &Context<'_>,
     ) -> async_graphql::Result<Vec<crate::bots::graphql::Bot>> {
         crate::bots::graphql::account_bots(ctx, self.0.id).await
     }
-    /// The account's webhooks page, oldest first.
+    /// The account's webhooks page, oldest first (at most PARLEY_MAX_WEBHOOKS_PER_ACCOUNT).
+    #[graphql(
+        complexity = "crate::pagination::list_cost(crate::pagination::LIST_COST_ITEMS, child_complexity)"
+    )]
     async fn webhooks(
         &self,
         ctx: &Context<'_>,
@@ -208,8 +223,10 @@ impl AccountsMutation {
         input: SignUpInput,
     ) -> async_graphql::Result<AuthPayload> {
         let st = state(ctx)?;
+        st.limiters.login_from(ctx.data_opt::<ClientAddr>())?;
         let user = service::sign_up(
             &st.db,
+            &st.passwords,
             &input.email,
             &input.password,
             &input.name,
@@ -228,8 +245,15 @@ impl AccountsMutation {
         password: String,
     ) -> async_graphql::Result<AuthPayload> {
         let st = state(ctx)?;
-        st.login_throttle.check(&email)?;
-        let user = service::log_in(&st.db, &email, &password).await?;
+        let user = service::log_in(
+            &st.db,
+            &st.passwords,
+            &st.limiters,
+            ctx.data_opt::<ClientAddr>(),
+            &email,
+            &password,
+        )
+        .await?;
         let token = st.keys.issue(user.id).map_err(ApiError::Internal)?;
         Ok(AuthPayload { token, user })
     }

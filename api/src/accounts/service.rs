@@ -10,9 +10,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{
-    auth::password::{self, Password},
+    auth::password::{Password, Passwords},
     db::Db,
+    edge::client::ClientAddr,
     error::{ApiError, ApiResult},
+    limits::Limiters,
 };
 
 /// An email address, trimmed and lower-cased: the form that is stored and compared.
@@ -116,6 +118,7 @@ fn conflict_on_unique(e: sea_orm::DbErr, message: &str) -> ApiError {
 /// A new user and their first account, the user its OWNER.
 pub async fn sign_up(
     db: &Db,
+    passwords: &Passwords,
     email: &str,
     password: &str,
     name: &str,
@@ -134,7 +137,7 @@ pub async fn sign_up(
     {
         return Err(taken());
     }
-    let password_hash = password::hash(password).await?;
+    let password_hash = passwords.hash(password).await?;
     let now = Utc::now();
     let user = user::Model {
         id: Uuid::now_v7(),
@@ -178,50 +181,36 @@ async fn insert_account(
     Ok(account)
 }
 
-/// Log-in attempts allowed per email and minute (on each instance): enough for a person,
-/// far too few to guess a password.
-const LOGINS_PER_MINUTE: u32 = 10;
-
-/// Slows password guessing: a budget of log-in attempts per email address.
-pub struct LoginThrottle(governor::DefaultKeyedRateLimiter<String>);
-
-impl Default for LoginThrottle {
-    fn default() -> Self {
-        let quota = governor::Quota::per_minute(
-            std::num::NonZeroU32::new(LOGINS_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN),
-        );
-        Self(governor::RateLimiter::keyed(quota))
-    }
-}
-
-impl LoginThrottle {
-    /// Spends one attempt for `email`, or RATE_LIMITED when none is left.
-    pub fn check(&self, email: &str) -> ApiResult<()> {
-        if self.0.len() > 100_000 {
-            self.0.retain_recent();
-        }
-        let key = email.trim().to_lowercase();
-        self.0.check_key(&key).map_err(|_| {
-            ApiError::RateLimited(
-                "too many log-in attempts for this email; wait a minute and try again".into(),
-            )
-        })
-    }
-}
-
 /// The user whose email and password match; the same error, after similar work, for an
 /// unknown email and a wrong password.
-pub async fn log_in(db: &Db, email: &str, password: &str) -> ApiResult<user::Model> {
-    let user = match Email::parse(email) {
-        Ok(email) => {
+///
+/// Attempts are limited per client address first, then per email (validated first, so the
+/// limiter only ever keys real addresses), before any password work.
+pub async fn log_in(
+    db: &Db,
+    passwords: &Passwords,
+    limiters: &Limiters,
+    client: Option<&ClientAddr>,
+    email: &str,
+    password: &str,
+) -> ApiResult<user::Model> {
+    limiters.login_from(client)?;
+    let email = Email::parse(email).ok();
+    if let Some(email) = &email {
+        limiters.logins_by_email.check(&email.as_str().to_owned())?;
+    }
+    let user = match email {
+        Some(email) => {
             user::Entity::find()
                 .filter(user::Column::Email.eq(email.as_str()))
                 .one(db.conn())
                 .await?
         }
-        Err(_) => None,
+        None => None,
     };
-    let ok = password::verify(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
+    let ok = passwords
+        .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
+        .await?;
     match user {
         Some(user) if ok => Ok(user),
         _ => Err(ApiError::Unauthenticated("wrong email or password".into())),
@@ -280,6 +269,7 @@ pub async fn account_for(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<Option<ac
 pub async fn members(db: &Db, account_id: Uuid) -> ApiResult<Vec<membership::Model>> {
     Ok(membership::Entity::find_in_account(account_id)
         .order_by_asc(membership::Column::CreatedAt)
+        .limit(crate::pagination::MAX_LIST)
         .all(db.conn())
         .await?)
 }
@@ -294,6 +284,7 @@ pub async fn visible_memberships(
     let all = membership::Entity::find()
         .filter(membership::Column::UserId.eq(user_id))
         .order_by_asc(membership::Column::CreatedAt)
+        .limit(crate::pagination::MAX_LIST)
         .all(db.conn())
         .await?;
     if viewer == user_id {

@@ -281,10 +281,18 @@ impl Bot {
             .await?
             .map(BotVersion))
     }
-    /// Every published version, newest first.
-    async fn versions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<BotVersion>> {
+    /// Published versions, newest first: `first` of them (at most 100), older than `before`
+    /// when given.
+    #[graphql(complexity = "crate::pagination::page_cost(Some(first), child_complexity)")]
+    async fn versions(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 100)] first: i32,
+        before: Option<i32>,
+    ) -> async_graphql::Result<Vec<BotVersion>> {
         let st = state(ctx)?;
-        Ok(service::versions(&st.db, self.0.bot.id)
+        let first = crate::pagination::page_size(Some(first))?;
+        Ok(service::versions(&st.db, self.0.bot.id, first, before)
             .await?
             .into_iter()
             .map(BotVersion)
@@ -294,6 +302,7 @@ impl Bot {
         self.0.bot.created_at
     }
     /// The bot's conversations, newest first.
+    #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn conversations(
         &self,
         ctx: &Context<'_>,
@@ -375,6 +384,7 @@ impl BotsMutation {
         let account_id = parse_id(&account_id, "account")?;
         Ok(Bot(service::create_bot(
             &st.db,
+            &st.settings.limits,
             viewer(ctx)?,
             account_id,
             &name,
@@ -415,6 +425,7 @@ impl BotsMutation {
         let bot_id = parse_id(&bot_id, "bot")?;
         Ok(Bot(service::save_flow(
             &st.db,
+            &st.settings.limits,
             viewer(ctx)?,
             bot_id,
             flow.into(),
@@ -432,7 +443,7 @@ impl BotsMutation {
         let st = state(ctx)?;
         let bot_id = parse_id(&bot_id, "bot")?;
         Ok(BotVersion(
-            service::publish_bot(&st.db, viewer(ctx)?, bot_id).await?,
+            service::publish_bot(&st.db, &st.settings.limits, viewer(ctx)?, bot_id).await?,
         ))
     }
 }

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use chrono::Utc;
 use entity::{Role, bot, bot_version, webhook};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 
@@ -15,6 +15,7 @@ use crate::{
     db::Db,
     engine::model::Flow,
     error::{ApiError, ApiResult, Problem},
+    settings,
 };
 
 /// A bot with the viewer's role in its account.
@@ -54,14 +55,30 @@ pub async fn find_bot(
 pub async fn list_bots(db: &Db, account_id: Uuid) -> ApiResult<Vec<bot::Model>> {
     Ok(bot::Entity::find_in_account(account_id)
         .order_by_asc(bot::Column::CreatedAt)
+        .limit(crate::pagination::MAX_LIST)
         .all(db.conn())
         .await?)
 }
 
 /// A new bot with an empty draft (ADMIN).
-pub async fn create_bot(db: &Db, viewer: Uuid, account_id: Uuid, name: &str) -> ApiResult<BotView> {
+pub async fn create_bot(
+    db: &Db,
+    limits: &settings::Limits,
+    viewer: Uuid,
+    account_id: Uuid,
+    name: &str,
+) -> ApiResult<BotView> {
     let role = AccountAccess::require(db.conn(), viewer, account_id, Role::Admin).await?;
     let name = parse_name("name", name)?;
+    let count = bot::Entity::find_in_account(account_id)
+        .count(db.conn())
+        .await?;
+    crate::limits::check_quota(
+        "bots",
+        count,
+        limits.max_bots_per_account,
+        "PARLEY_MAX_BOTS_PER_ACCOUNT",
+    )?;
     let now = Utc::now();
     let bot = bot::Model {
         id: Uuid::now_v7(),
@@ -118,12 +135,17 @@ async fn webhook_ids(db: &impl ConnectionTrait, account_id: Uuid) -> ApiResult<H
 /// Every problem of `flow` for this account, with webhook ids checked against its webhooks.
 pub async fn check_flow(
     db: &impl ConnectionTrait,
+    limits: &settings::Limits,
     account_id: Uuid,
     flow: &Flow,
 ) -> ApiResult<Vec<Problem>> {
     let webhooks = webhook_ids(db, account_id).await?;
     let exists = |id: &str| webhooks.contains(&id.to_ascii_lowercase());
-    Ok(validate::validate_flow(flow, &exists, &Limits::default())
+    let limits = Limits {
+        max_blocks: limits.max_flow_blocks,
+        ..Limits::default()
+    };
+    Ok(validate::validate_flow(flow, &exists, &limits)
         .into_iter()
         .map(|p| Problem {
             block_id: p.block_id,
@@ -148,17 +170,29 @@ fn invalid_flow(problems: Vec<Problem>) -> ApiError {
 /// newer save (CONFLICT).
 pub async fn save_flow(
     db: &Db,
+    limits: &settings::Limits,
     viewer: Uuid,
     bot_id: Uuid,
     flow: Flow,
     expected_revision: Option<i32>,
 ) -> ApiResult<BotView> {
     let view = find_bot(db.conn(), viewer, bot_id, Role::Admin).await?;
-    let problems = check_flow(db.conn(), view.bot.account_id, &flow).await?;
+    let mut problems = check_flow(db.conn(), limits, view.bot.account_id, &flow).await?;
+    let json = serde_json::to_value(&flow).map_err(anyhow::Error::from)?;
+    let bytes = json.to_string().len();
+    if bytes > limits.max_flow_bytes {
+        problems.push(Problem {
+            block_id: None,
+            field: "flow".into(),
+            message: format!(
+                "The flow is {bytes} bytes as JSON; at most {} are allowed (PARLEY_MAX_FLOW_BYTES).",
+                limits.max_flow_bytes
+            ),
+        });
+    }
     if !problems.is_empty() {
         return Err(invalid_flow(problems));
     }
-    let json = serde_json::to_value(&flow).map_err(anyhow::Error::from)?;
     let base = expected_revision.unwrap_or(view.bot.revision);
     if base != view.bot.revision {
         return Err(revision_conflict(view.bot.revision, base));
@@ -196,7 +230,12 @@ fn revision_conflict(current: i32, expected: i32) -> ApiError {
 }
 
 /// Freezes the draft as the next version (ADMIN). An empty or invalid draft is refused.
-pub async fn publish_bot(db: &Db, viewer: Uuid, bot_id: Uuid) -> ApiResult<bot_version::Model> {
+pub async fn publish_bot(
+    db: &Db,
+    limits: &settings::Limits,
+    viewer: Uuid,
+    bot_id: Uuid,
+) -> ApiResult<bot_version::Model> {
     let view = find_bot(db.conn(), viewer, bot_id, Role::Admin).await?;
     let tx = db.write().await?;
     // Re-read inside the transaction: the draft published is the one current at commit.
@@ -210,7 +249,7 @@ pub async fn publish_bot(db: &Db, viewer: Uuid, bot_id: Uuid) -> ApiResult<bot_v
             "the flow is empty: add blocks before publishing",
         ));
     }
-    let problems = check_flow(&tx.tx, view.bot.account_id, &flow).await?;
+    let problems = check_flow(&tx.tx, limits, view.bot.account_id, &flow).await?;
     if !problems.is_empty() {
         return Err(invalid_flow(problems));
     }
@@ -261,10 +300,18 @@ pub async fn version(
 }
 
 /// Every version of a bot, newest first.
-pub async fn versions(db: &Db, bot_id: Uuid) -> ApiResult<Vec<bot_version::Model>> {
-    Ok(bot_version::Entity::find()
-        .filter(bot_version::Column::BotId.eq(bot_id))
-        .order_by_desc(bot_version::Column::Version)
+pub async fn versions(
+    db: &Db,
+    bot_id: Uuid,
+    first: u64,
+    before: Option<i32>,
+) -> ApiResult<Vec<bot_version::Model>> {
+    let mut q = bot_version::Entity::find().filter(bot_version::Column::BotId.eq(bot_id));
+    if let Some(before) = before {
+        q = q.filter(bot_version::Column::Version.lt(before));
+    }
+    Ok(q.order_by_desc(bot_version::Column::Version)
+        .limit(first)
         .all(db.conn())
         .await?)
 }

@@ -13,7 +13,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::payload::kind;
+use super::{payload::kind, runtime::REPLAY_PAGE};
 use crate::{
     accounts::AccountAccess,
     auth::{Auth, viewer},
@@ -21,12 +21,13 @@ use crate::{
         graphql::{Bot, ChoiceOut, QuestionTypeGql},
         service as bots,
     },
+    edge::client::ClientAddr,
     engine::model::QuestionType,
     error::{ApiError, ApiResult, Found as _},
     events::{Notice, SharedEvent},
     ids::{parse_id, to_id},
+    pagination::{page_size, parse_cursor},
     state::{AppState, state},
-    webhooks::graphql::{page_size, parse_cursor},
 };
 
 /// What happened in a conversation.
@@ -158,10 +159,32 @@ impl Conversation {
                 .unwrap_or_else(|| serde_json::json!({})),
         )
     }
-    /// The transcript.
-    async fn events(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ChatEvent>> {
+    /// The transcript: events after `afterSeq`, `first` of them (at most 1000, a
+    /// conversation's most; all when absent).
+    #[graphql(
+        complexity = "crate::pagination::list_cost(first.map_or(crate::pagination::LIST_COST_ITEMS, |n| n.clamp(1, 1000) as usize), child_complexity)"
+    )]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 0)] after_seq: i32,
+        first: Option<i32>,
+    ) -> async_graphql::Result<Vec<ChatEvent>> {
         let st = state(ctx)?;
-        let events = st.runtime.events_after(self.0.id, 0).await?;
+        let first = match first {
+            None => crate::pagination::MAX_LIST,
+            Some(n) if (1..=1000).contains(&n) => n as u64,
+            Some(n) => {
+                return Err(ApiError::bad_input(format!(
+                    "first must be between 1 and 1000, not {n}"
+                ))
+                .into());
+            }
+        };
+        let events = st
+            .runtime
+            .events_page(self.0.id, after_seq.max(0), first)
+            .await?;
         Ok(events
             .into_iter()
             .map(|e| ChatEvent(SharedEvent::new(e)))
@@ -282,6 +305,7 @@ impl ConversationsMutation {
     ) -> async_graphql::Result<VisitorSession> {
         let st = state(ctx)?;
         let bot_id = parse_id(&bot_id, "bot")?;
+        st.limiters.start_from(ctx.data_opt::<ClientAddr>())?;
         let session = st.runtime.start(bot_id, variables.map(|v| v.0)).await?;
         Ok(VisitorSession {
             conversation_id: to_id(session.conversation_id),
@@ -335,14 +359,21 @@ impl ConversationsSubscription {
             loop {
                 if read_stored {
                     match runtime.events_after(id, last).await {
-                        Ok(stored) => for e in stored {
-                            last = e.seq;
-                            let ended = e.kind == kind::ENDED;
-                            yield Ok(ChatEvent(SharedEvent::new(e)));
-                            if ended {
-                                return;
+                        Ok(stored) => {
+                            // A full page means there may be more: read on before waiting.
+                            let full = stored.len() as u64 >= REPLAY_PAGE;
+                            for e in stored {
+                                last = e.seq;
+                                let ended = e.kind == kind::ENDED;
+                                yield Ok(ChatEvent(SharedEvent::new(e)));
+                                if ended {
+                                    return;
+                                }
                             }
-                        },
+                            if full {
+                                continue;
+                            }
+                        }
                         Err(e) => { yield Err(e.into()); return; }
                     }
                 }

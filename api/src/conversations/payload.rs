@@ -15,14 +15,20 @@ pub mod kind {
     pub const ENDED: &str = "ENDED";
 }
 
-/// The body of a webhook call made at this point of the conversation.
+/// Messages a payload carries at most: the latest ones. Whole transcripts would make stored
+/// payloads grow with the square of a conversation's length.
+pub const MAX_MESSAGES: usize = 100;
+
+/// The body of a webhook call made at this point of the conversation. `transcript` is the
+/// conversation's latest events in order (it may start after seq 1); the payload keeps the
+/// last `MAX_MESSAGES` messages and says with `messages_truncated` whether earlier ones exist.
 pub fn build(
     conv: &conversation::Model,
     bot_name: &str,
     state: &State,
     transcript: &[conversation_event::Model],
 ) -> Value {
-    let messages: Vec<Value> = transcript
+    let mut messages: Vec<Value> = transcript
         .iter()
         .filter_map(|e| {
             let from = match e.kind.as_str() {
@@ -38,6 +44,11 @@ pub fn build(
             }))
         })
         .collect();
+    let mut truncated = transcript.first().is_some_and(|e| e.seq > 1);
+    if messages.len() > MAX_MESSAGES {
+        messages.drain(..messages.len() - MAX_MESSAGES);
+        truncated = true;
+    }
     let mut body: Map<String, Value> = state.answers.clone();
     body.insert(
         "conversation".into(),
@@ -51,6 +62,7 @@ pub fn build(
             "answers": Value::Object(state.answers.clone()),
             "variables": Value::Object(state.variables.clone()),
             "messages": messages,
+            "messages_truncated": truncated,
         }),
     );
     Value::Object(body)

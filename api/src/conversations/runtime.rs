@@ -2,7 +2,7 @@
 //! conversation, runs the engine on the cached flow of its version, appends the events with
 //! the next `seq`s, stores the state and writes async deliveries to the outbox. Sync webhooks
 //! are called between two transactions, never inside one.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use entity::{
@@ -22,9 +22,12 @@ use super::payload::{self, kind};
 use crate::{
     accounts::service::{random_token, token_hash},
     db::Db,
-    engine::{self, ChatMessage, CompiledFlow, Input, Output, State, StepError, WebhookOutcome},
+    engine::{
+        self, ChatMessage, CompiledFlow, Input, Output, Position, State, StepError, WebhookOutcome,
+    },
     error::{ApiError, ApiResult},
     events::{EventBus, SharedEvent},
+    limits::Limiters,
     settings::{DatabaseKind, Settings},
     webhooks::delivery::{self as deliveries, Deliveries},
 };
@@ -35,12 +38,26 @@ pub const MAX_ANSWER_CHARS: usize = 4000;
 const MAX_PREFILLED_BYTES: usize = 16 * 1024;
 /// Sync webhook calls one visitor turn may make; past this, further calls count as failed.
 const MAX_SYNC_CALLS_PER_TURN: usize = 10;
-/// Published flows kept parsed in memory.
-const FLOW_CACHE_SIZE: usize = 4096;
+/// Events read at once when a subscription replays or catches up; a longer gap is read page
+/// by page, so a replay never holds a whole long transcript in memory.
+pub const REPLAY_PAGE: u64 = 100;
+/// Bytes of published flows (as stored JSON, a proxy for their parsed size) kept in memory.
+const FLOW_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Parsed flows of published versions. Versions never change, so entries never go stale.
-#[derive(Default)]
-struct FlowCache(std::sync::Mutex<HashMap<(Uuid, i32), Arc<CompiledFlow>>>);
+/// Parsed flows of published versions, bounded in bytes. Versions never change, so entries
+/// never go stale.
+struct FlowCache(moka::sync::Cache<(Uuid, i32), (Arc<CompiledFlow>, u32)>);
+
+impl Default for FlowCache {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(FLOW_CACHE_BYTES)
+                .weigher(|_, (_, bytes): &(Arc<CompiledFlow>, u32)| *bytes)
+                .build(),
+        )
+    }
+}
 
 impl FlowCache {
     async fn get(
@@ -49,13 +66,8 @@ impl FlowCache {
         bot_id: Uuid,
         version: i32,
     ) -> ApiResult<Arc<CompiledFlow>> {
-        if let Some(flow) = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(bot_id, version))
-        {
-            return Ok(flow.clone());
+        if let Some((flow, _)) = self.0.get(&(bot_id, version)) {
+            return Ok(flow);
         }
         let row = bot_version::Entity::find_by_id((bot_id, version))
             .one(db)
@@ -64,12 +76,9 @@ impl FlowCache {
                 ApiError::Internal(anyhow::anyhow!("bot {bot_id} has no version {version}"))
             })?;
         let flow = crate::bots::service::parse_stored_flow(&row.flow)?;
+        let bytes = u32::try_from(row.flow.to_string().len()).unwrap_or(u32::MAX);
         let compiled = Arc::new(CompiledFlow::new(flow));
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= FLOW_CACHE_SIZE {
-            map.clear();
-        }
-        map.insert((bot_id, version), compiled.clone());
+        self.0.insert((bot_id, version), (compiled.clone(), bytes));
         Ok(compiled)
     }
 }
@@ -88,8 +97,11 @@ pub struct Runtime {
     deliveries: Arc<Deliveries>,
     bus: Arc<dyn EventBus>,
     flows: FlowCache,
+    limiters: Arc<Limiters>,
     abandon_after: Duration,
     sync_timeout: Duration,
+    /// Events one conversation may hold; the last one is the ENDED that says so.
+    max_events: i32,
 }
 
 /// A new conversation's id and the visitor's secret token.
@@ -157,6 +169,7 @@ impl Runtime {
         db: Db,
         deliveries: Arc<Deliveries>,
         bus: Arc<dyn EventBus>,
+        limiters: Arc<Limiters>,
         settings: &Settings,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -164,8 +177,10 @@ impl Runtime {
             deliveries,
             bus,
             flows: FlowCache::default(),
+            limiters,
             abandon_after: settings.abandon_after,
             sync_timeout: settings.delivery.sync_timeout,
+            max_events: settings.limits.max_conversation_events.max(2),
         })
     }
 
@@ -175,8 +190,18 @@ impl Runtime {
     }
 
     /// Starts a conversation on the bot's latest published version and runs it up to its
-    /// first question (or its end).
-    pub async fn start(&self, bot_id: Uuid, variables: Option<Value>) -> ApiResult<VisitorSession> {
+    /// first question (or its end). The work runs to its end even if the caller goes away
+    /// (a request cancelled at its deadline): a turn is never cut in half.
+    pub async fn start(
+        self: &Arc<Self>,
+        bot_id: Uuid,
+        variables: Option<Value>,
+    ) -> ApiResult<VisitorSession> {
+        let this = self.clone();
+        tokio::spawn(async move { this.start_now(bot_id, variables).await }).await?
+    }
+
+    async fn start_now(&self, bot_id: Uuid, variables: Option<Value>) -> ApiResult<VisitorSession> {
         let prefilled = match variables {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(map)) => map,
@@ -242,8 +267,20 @@ impl Runtime {
         Ok(conv)
     }
 
-    /// Takes a visitor's answer; returns the visitor's message as recorded.
+    /// Takes a visitor's answer; returns the visitor's message as recorded. Like `start`, the
+    /// turn runs to its end even if the caller goes away.
     pub async fn answer(
+        self: &Arc<Self>,
+        conversation_id: Uuid,
+        visitor_token: &str,
+        text: &str,
+    ) -> ApiResult<SharedEvent> {
+        let this = self.clone();
+        let (token, text) = (visitor_token.to_owned(), text.to_owned());
+        tokio::spawn(async move { this.answer_now(conversation_id, &token, &text).await }).await?
+    }
+
+    async fn answer_now(
         &self,
         conversation_id: Uuid,
         visitor_token: &str,
@@ -345,6 +382,10 @@ impl Runtime {
         if visitor.is_some_and(|hash| hash != conv.visitor_token_hash) {
             return Err(visitor_not_found());
         }
+        if matches!(input, Input::Answer(_)) {
+            // Counted only once the token matched: a stranger cannot spend a visitor's budget.
+            self.limiters.answers_by_conversation.check(&conv.id)?;
+        }
         let flow = self.flows.get(&tx.tx, conv.bot_id, conv.version).await?;
         let mut state: State = serde_json::from_value(conv.state.clone())
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored state does not parse: {e}")))?;
@@ -377,13 +418,15 @@ impl Runtime {
                 } => (webhook_id, block_id, true),
             };
             if transcript.is_none() {
-                transcript = Some(
-                    conversation_event::Entity::find()
-                        .filter(conversation_event::Column::ConversationId.eq(conv.id))
-                        .order_by_asc(conversation_event::Column::Seq)
-                        .all(&tx.tx)
-                        .await?,
-                );
+                // Payloads carry only the latest messages: read no more than they can hold.
+                let mut recent = conversation_event::Entity::find()
+                    .filter(conversation_event::Column::ConversationId.eq(conv.id))
+                    .order_by_desc(conversation_event::Column::Seq)
+                    .limit(payload::MAX_MESSAGES as u64)
+                    .all(&tx.tx)
+                    .await?;
+                recent.reverse();
+                transcript = Some(recent);
             }
             if bot_name.is_none() {
                 bot_name = bot::Entity::find_by_id(conv.bot_id)
@@ -427,6 +470,28 @@ impl Runtime {
             }
         }
 
+        if seq > self.max_events || (seq == self.max_events && !state.is_ended()) {
+            // No room left but for the ENDED that says why: a visitor cannot grow one
+            // conversation (and its webhook payloads) without bound.
+            let room = usize::try_from(self.max_events - 1 - conv.last_seq).unwrap_or(0);
+            new_events.truncate(room);
+            seq = conv.last_seq + new_events.len() as i32 + 1;
+            let reason = format!(
+                "This conversation reached its limit of {} messages and has ended.",
+                self.max_events
+            );
+            tracing::warn!(conversation.id = %conv.id, max_events = self.max_events, "conversation ended at its event limit");
+            new_events.push(event_row(
+                &conv,
+                seq,
+                ChatMessage::Ended {
+                    error: Some(reason),
+                },
+                now,
+            ));
+            state.position = Position::Ended;
+            sync = None;
+        }
         let ended = state.is_ended();
         conversation::Entity::update(conversation::ActiveModel {
             id: Set(conv.id),
@@ -541,10 +606,22 @@ impl Runtime {
         conversation_id: Uuid,
         after_seq: i32,
     ) -> ApiResult<Vec<conversation_event::Model>> {
+        self.events_page(conversation_id, after_seq, REPLAY_PAGE)
+            .await
+    }
+
+    /// At most `limit` events with `seq > after_seq`, in order.
+    pub async fn events_page(
+        &self,
+        conversation_id: Uuid,
+        after_seq: i32,
+        limit: u64,
+    ) -> ApiResult<Vec<conversation_event::Model>> {
         Ok(conversation_event::Entity::find()
             .filter(conversation_event::Column::ConversationId.eq(conversation_id))
             .filter(conversation_event::Column::Seq.gt(after_seq))
             .order_by_asc(conversation_event::Column::Seq)
+            .limit(limit)
             .all(self.db.conn())
             .await?)
     }

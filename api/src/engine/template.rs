@@ -34,32 +34,72 @@ pub fn display(value: &Value) -> String {
     }
 }
 
+/// Longest text a template renders to, in bytes: a short template repeating a large variable
+/// must not make a huge message. Past it the text is cut and ends with `…`.
+pub const MAX_RENDERED_BYTES: usize = 8 * 1024;
+
 /// Replaces every `{{ name }}` in `template` by the variable's display;
-/// unknown names become empty and an unclosed `{{` stays as it is.
+/// unknown names become empty and an unclosed `{{` stays as it is. The result is at most
+/// `MAX_RENDERED_BYTES` long.
 pub fn render(template: &str, variables: &Map<String, Value>) -> String {
-    let mut out = String::with_capacity(template.len());
+    let mut out = Capped::default();
     let mut rest = template;
     while let Some(open) = rest.find("{{") {
         let after_open = &rest[open + 2..];
         let Some(close) = after_open.find("}}") else {
             break;
         };
-        out.push_str(&rest[..open]);
+        out.push(&rest[..open]);
         let mut name = &after_open[..close];
         // In `{{a {{b}}` only the innermost pair is a placeholder; the
         // earlier braces are text the author typed.
         if let Some(inner_open) = name.rfind("{{") {
-            out.push_str("{{");
-            out.push_str(&name[..inner_open]);
+            out.push("{{");
+            out.push(&name[..inner_open]);
             name = &name[inner_open + 2..];
         }
         if let Some(value) = lookup(variables, name.trim()) {
-            out.push_str(&display(value));
+            match value {
+                Value::String(text) => out.push(text),
+                other => out.push(&display(other)),
+            }
+        }
+        if out.full {
+            return out.text;
         }
         rest = &after_open[close + 2..];
     }
-    out.push_str(rest);
-    out
+    out.push(rest);
+    out.text
+}
+
+/// A string that stops growing at `MAX_RENDERED_BYTES`, ending in `…` when cut.
+#[derive(Default)]
+struct Capped {
+    text: String,
+    full: bool,
+}
+
+impl Capped {
+    const ELLIPSIS: &'static str = "…";
+
+    fn push(&mut self, piece: &str) {
+        if self.full {
+            return;
+        }
+        let room = MAX_RENDERED_BYTES - self.text.len();
+        if piece.len() <= room {
+            self.text.push_str(piece);
+            return;
+        }
+        let mut cut = room.saturating_sub(Self::ELLIPSIS.len());
+        while !piece.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.text.push_str(&piece[..cut]);
+        self.text.push_str(Self::ELLIPSIS);
+        self.full = true;
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +176,18 @@ mod tests {
     fn text_without_placeholders_is_unchanged() {
         assert_eq!(render("Plain } { text", &Map::new()), "Plain } { text");
         assert_eq!(render("", &Map::new()), "");
+    }
+
+    #[test]
+    fn a_text_that_would_expand_without_bound_is_cut() {
+        let v = vars(json!({"v": "x".repeat(16 * 1024)}));
+        let out = render(&"{{v}}".repeat(10_000), &v);
+        assert!(out.len() <= MAX_RENDERED_BYTES, "{}", out.len());
+        assert!(out.ends_with('…'));
+        // Multi-byte characters are never split.
+        let v = vars(json!({"v": "é".repeat(MAX_RENDERED_BYTES)}));
+        let out = render("{{v}}", &v);
+        assert!(out.len() <= MAX_RENDERED_BYTES && out.ends_with('…'));
     }
 
     #[test]

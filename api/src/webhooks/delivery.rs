@@ -760,6 +760,7 @@ pub async fn attempts(db: &Db, delivery_id: Uuid) -> ApiResult<Vec<delivery_atte
     Ok(delivery_attempt::Entity::find()
         .filter(delivery_attempt::Column::DeliveryId.eq(delivery_id))
         .order_by_asc(delivery_attempt::Column::N)
+        .limit(crate::pagination::MAX_LIST)
         .all(db.conn())
         .await?)
 }

@@ -116,6 +116,7 @@ impl Webhook {
         self.0.webhook.updated_at
     }
     /// The delivery log, newest first.
+    #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn deliveries(
         &self,
         ctx: &Context<'_>,
@@ -124,8 +125,8 @@ impl Webhook {
         status: Option<DeliveryStatusGql>,
     ) -> async_graphql::Result<Connection<String, Delivery>> {
         let st = state(ctx)?;
-        let first = page_size(first)?;
-        let after = parse_cursor(after.as_deref())?;
+        let first = crate::pagination::page_size(first)?;
+        let after = crate::pagination::parse_cursor(after.as_deref())?;
         let (rows, more) = delivery::list_deliveries(
             &st.db,
             self.0.webhook.id,
@@ -217,9 +218,9 @@ impl WebhooksMutation {
     ) -> async_graphql::Result<Webhook> {
         let st = state(ctx)?;
         let account_id = parse_id(&account_id, "account")?;
-        let allow = st.settings.allow_private_webhooks;
         Ok(Webhook(
-            service::create_webhook(&st.db, allow, viewer(ctx)?, account_id, input.into()).await?,
+            service::create_webhook(&st.db, &st.settings, viewer(ctx)?, account_id, input.into())
+                .await?,
         ))
     }
 
@@ -364,6 +365,8 @@ impl Delivery {
     async fn message_id(&self) -> String {
         delivery::message_id(self.0.delivery.id)
     }
+    /// Oldest first (at most 1000).
+    #[graphql(complexity = "crate::pagination::list_cost(10, child_complexity)")]
     async fn attempts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<DeliveryAttempt>> {
         let st = state(ctx)?;
         Ok(delivery::attempts(&st.db, self.0.delivery.id)
@@ -380,27 +383,4 @@ impl Delivery {
             })
             .collect())
     }
-}
-
-/// Most items on one page.
-pub const MAX_PAGE: i32 = 100;
-
-/// `first` within 1..=MAX_PAGE (20 when absent).
-pub fn page_size(first: Option<i32>) -> Result<u64, ApiError> {
-    match first.unwrap_or(20) {
-        n if (1..=MAX_PAGE).contains(&n) => Ok(n as u64),
-        n => Err(ApiError::bad_input(format!(
-            "first must be between 1 and {MAX_PAGE}, not {n}"
-        ))),
-    }
-}
-
-/// A cursor (an id) from a page's `endCursor`.
-pub fn parse_cursor(after: Option<&str>) -> Result<Option<Uuid>, ApiError> {
-    after
-        .map(|c| {
-            Uuid::parse_str(c)
-                .map_err(|_| ApiError::bad_input(format!("{c:?} is not a cursor from this list")))
-        })
-        .transpose()
 }

@@ -3,7 +3,8 @@ use chrono::{Duration, Utc};
 use entity::{Role, webhook, webhook_secret};
 use reqwest::header::{HeaderName, HeaderValue};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -14,6 +15,7 @@ use crate::{
     bots::service::bots_using_webhook,
     db::Db,
     error::{ApiError, ApiResult, Problem},
+    settings::Settings,
 };
 
 /// How long a rotated-out secret still signs deliveries, so receivers can switch over.
@@ -184,6 +186,7 @@ pub async fn find_webhook(
 pub async fn list_webhooks(db: &Db, account_id: Uuid) -> ApiResult<Vec<webhook::Model>> {
     Ok(webhook::Entity::find_in_account(account_id)
         .order_by_asc(webhook::Column::CreatedAt)
+        .limit(crate::pagination::MAX_LIST)
         .all(db.conn())
         .await?)
 }
@@ -191,12 +194,22 @@ pub async fn list_webhooks(db: &Db, account_id: Uuid) -> ApiResult<Vec<webhook::
 /// A new webhook with a fresh signing secret (ADMIN).
 pub async fn create_webhook(
     db: &Db,
-    allow_private: bool,
+    settings: &Settings,
     viewer: Uuid,
     account_id: Uuid,
     spec: WebhookSpec,
 ) -> ApiResult<WebhookView> {
+    let allow_private = settings.allow_private_webhooks;
     let role = AccountAccess::require(db.conn(), viewer, account_id, Role::Admin).await?;
+    let count = webhook::Entity::find_in_account(account_id)
+        .count(db.conn())
+        .await?;
+    crate::limits::check_quota(
+        "webhooks",
+        count,
+        settings.limits.max_webhooks_per_account,
+        "PARLEY_MAX_WEBHOOKS_PER_ACCOUNT",
+    )?;
     let (name, url, headers) = validate(&spec, allow_private).await?;
     let now = Utc::now();
     let webhook = webhook::Model {

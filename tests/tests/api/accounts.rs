@@ -388,7 +388,7 @@ async fn a_stranger_sees_nothing_of_another_account() {
 
 #[tokio::test]
 async fn repeated_log_in_attempts_for_one_email_are_rate_limited() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.limits.login_per_email = 10).await;
     app.sign_up("jo@example.com").await;
     let mut codes = Vec::new();
     for _ in 0..12 {

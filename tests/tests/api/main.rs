@@ -5,6 +5,7 @@ mod bots;
 mod conversations;
 mod deliveries;
 mod helpers;
+mod limits;
 mod scaleout;
 mod schema;
 mod transport;
