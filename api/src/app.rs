@@ -40,6 +40,7 @@ impl Application {
         let deliveries = Deliveries::new(
             db.clone(),
             settings.delivery.clone(),
+            settings.limits.max_sync_calls_per_account,
             settings.allow_private_webhooks,
         )?;
         // One instance on SQLite; on PostgreSQL, instances share events through NOTIFY.

@@ -557,6 +557,8 @@ impl Runtime {
             )
             .filter(delivery::Column::Mode.eq(DeliveryMode::Sync))
             .filter(delivery::Column::Status.eq(DeliveryStatus::Pending))
+            // A queued redelivery (due at some time) is the worker's, not a cut-off call.
+            .filter(delivery::Column::NextAttemptAt.is_null())
             .filter(delivery::Column::CreatedAt.lt(stale))
             .exec(self.db.writer())
             .await?;

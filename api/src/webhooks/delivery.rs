@@ -1,5 +1,18 @@
 //! Webhook delivery: the outbox of async deliveries and its worker, synchronous calls with a
 //! deadline, test sends and redeliveries, all recorded attempt by attempt.
+//!
+//! Every request to a receiver, whoever makes it, holds a slot of the same two limits: the
+//! global one (`DeliverySettings::concurrency`) and its webhook's (`per_webhook_concurrency`).
+//! Sync calls (a visitor's turn) also hold a slot of their account's
+//! (`Limits::max_sync_calls_per_account`, `PARLEY_MAX_SYNC_CALLS_PER_ACCOUNT`), so one account's
+//! visitors cannot take every slot. What cannot get its slots:
+//! - a sync call waits at most [`Deliveries::slot_wait`] (a quarter of the sync deadline, at
+//!   most [`MAX_SLOT_WAIT`]; the wait counts against the deadline), then is refused: its SYNC
+//!   delivery is recorded FAILED with one attempt whose error names the limit, and the
+//!   conversation goes on as after any failed call;
+//! - `testWebhook` waits as long, then its TEST delivery is recorded FAILED the same way;
+//! - `redeliver` does not wait: the delivery is queued (PENDING, due now) and the worker sends
+//!   it when slots free up; a queued SYNC or TEST delivery gets one attempt, no retries.
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::Utc;
@@ -14,7 +27,7 @@ use sea_orm::{
     QueryOrder, QuerySelect,
 };
 use serde_json::{Value, json};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -32,6 +45,9 @@ use crate::{
     settings::DeliverySettings,
 };
 
+/// Longest wait of a sync call or a test send for its slots, before it is refused.
+pub const MAX_SLOT_WAIT: Duration = Duration::from_secs(1);
+
 /// Longest `Retry-After` honoured: a receiver cannot park a delivery for longer.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// Most deliveries claimed by one poll.
@@ -47,6 +63,88 @@ pub struct Deliveries {
     wake: Notify,
     global: Arc<Semaphore>,
     per_webhook: std::sync::Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Sync calls in flight at once for one account.
+    max_sync_calls_per_account: usize,
+    per_account: std::sync::Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+}
+
+/// The slots a request holds while it is in flight; dropping them frees them.
+struct Slots {
+    _held: Vec<OwnedSemaphorePermit>,
+}
+
+/// A limit that refused a request: it was full for the whole wait.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The account's sync calls in flight (`PARLEY_MAX_SYNC_CALLS_PER_ACCOUNT`).
+    Account(usize),
+    /// The webhook's requests in flight.
+    Webhook(usize),
+    /// Every request in flight on this instance.
+    Global(usize),
+}
+
+impl Refusal {
+    /// The limit's name, for the logs.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Account(_) => "max_sync_calls_per_account",
+            Self::Webhook(_) => "per_webhook_concurrency",
+            Self::Global(_) => "concurrency",
+        }
+    }
+
+    fn value(self) -> usize {
+        match self {
+            Self::Account(n) | Self::Webhook(n) | Self::Global(n) => n,
+        }
+    }
+
+    /// The attempt's error: that nothing was sent, and which limit said no.
+    fn message(self) -> String {
+        match self {
+            Self::Account(n) => format!(
+                "not sent: {n} sync calls of this account already in flight \
+                 (account's sync-call limit, PARLEY_MAX_SYNC_CALLS_PER_ACCOUNT={n})"
+            ),
+            Self::Webhook(n) => {
+                format!("not sent: {n} calls to this webhook already in flight (per-webhook limit)")
+            }
+            Self::Global(n) => format!(
+                "not sent: {n} webhook calls already in flight on this server (global delivery limit)"
+            ),
+        }
+    }
+}
+
+/// The semaphore of `key` in `map`, created with `permits` if absent. Entries that nobody
+/// holds or waits on are removed on the way, so the map only keeps keys in use.
+fn gate_of(
+    map: &std::sync::Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    key: Uuid,
+    permits: usize,
+) -> Arc<Semaphore> {
+    let permits = permits.max(1);
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    // Held permits and waiters keep a clone: a count of one is the map's own, an idle entry.
+    map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < permits);
+    map.entry(key)
+        .or_insert_with(|| Arc::new(Semaphore::new(permits)))
+        .clone()
+}
+
+/// A permit of `gate`, waiting until `deadline` at most.
+async fn take(
+    gate: Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = gate.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    tokio::time::timeout_at(deadline, gate.acquire_owned())
+        .await
+        .ok()?
+        .ok()
 }
 
 /// The result of a synchronous call, for the conversation engine.
@@ -163,6 +261,7 @@ impl Deliveries {
     pub fn new(
         db: Db,
         settings: DeliverySettings,
+        max_sync_calls_per_account: usize,
         allow_private: bool,
     ) -> anyhow::Result<Arc<Self>> {
         let client = DeliveryClient::new(ClientConfig {
@@ -181,7 +280,109 @@ impl Deliveries {
             settings,
             wake: Notify::new(),
             per_webhook: std::sync::Mutex::new(HashMap::new()),
+            max_sync_calls_per_account: max_sync_calls_per_account.max(1),
+            per_account: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// How long a sync call or a test send waits for its slots before it is refused: a
+    /// quarter of the sync deadline, at most [`MAX_SLOT_WAIT`]. A visitor is waiting, and a
+    /// receiver that keeps every slot busy will not free one soon.
+    pub fn slot_wait(&self) -> Duration {
+        (self.settings.sync_timeout / 4).min(MAX_SLOT_WAIT)
+    }
+
+    /// Takes the slots of a request to `webhook_id`, in the order account (for sync calls),
+    /// webhook, global, waiting `wait` at most in all; or the limit that stayed full.
+    async fn admit(
+        &self,
+        account_id: Option<Uuid>,
+        webhook_id: Uuid,
+        wait: Duration,
+    ) -> Result<Slots, Refusal> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut permits = Vec::with_capacity(3);
+        if let Some(account_id) = account_id {
+            let cap = self.max_sync_calls_per_account;
+            let gate = gate_of(&self.per_account, account_id, cap);
+            permits.push(take(gate, deadline).await.ok_or(Refusal::Account(cap))?);
+        }
+        let gate = self.webhook_gate(webhook_id);
+        permits.push(take(gate, deadline).await.ok_or(Refusal::Webhook(
+            self.settings.per_webhook_concurrency.max(1),
+        ))?);
+        permits.push(
+            take(self.global.clone(), deadline)
+                .await
+                .ok_or(Refusal::Global(self.settings.concurrency.max(1)))?,
+        );
+        Ok(Slots { _held: permits })
+    }
+
+    /// Records a request refused by a limit: a FAILED delivery with one attempt that says
+    /// which limit, in one transaction; and logs it.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_refusal(
+        &self,
+        account_id: Uuid,
+        webhook_id: Uuid,
+        conversation_id: Option<Uuid>,
+        block_id: Option<String>,
+        mode: DeliveryMode,
+        payload: Value,
+        refusal: Refusal,
+        waited: Duration,
+    ) -> ApiResult<delivery::Model> {
+        let now = Utc::now();
+        let pending = delivery::Model {
+            id: Uuid::now_v7(),
+            account_id,
+            webhook_id,
+            conversation_id,
+            block_id,
+            mode,
+            status: DeliveryStatus::Pending,
+            payload,
+            attempt_count: 0,
+            next_attempt_at: None,
+            claimed_until: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let outcome = AttemptOutcome {
+            status: None,
+            duration: waited,
+            error: Some(refusal.message()),
+            body: Vec::new(),
+            body_truncated: false,
+            retry_after: None,
+        };
+        tracing::warn!(
+            account.id = %account_id,
+            webhook.id = %webhook_id,
+            delivery.id = %pending.id,
+            delivery.mode = ?mode,
+            conversation.id = conversation_id.map(tracing::field::display),
+            limit.name = refusal.name(),
+            limit.value = refusal.value(),
+            waited_ms = waited.as_millis() as u64,
+            "webhook call refused by a concurrency limit"
+        );
+        let attempt = attempt_row(&pending, &outcome, None, now);
+        let d = delivery::Model {
+            status: DeliveryStatus::Failed,
+            attempt_count: 1,
+            ..pending
+        };
+        let tx = self.db.write().await?;
+        delivery::Entity::insert(delivery::ActiveModel::from(d.clone()))
+            .exec_without_returning(&tx.tx)
+            .await?;
+        delivery_attempt::Entity::insert(delivery_attempt::ActiveModel::from(attempt))
+            .exec_without_returning(&tx.tx)
+            .await?;
+        tx.commit().await?;
+        Ok(d)
     }
 
     /// Tells the worker that deliveries are due now.
@@ -295,14 +496,24 @@ impl Deliveries {
         Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
     }
 
-    /// One async attempt of a claimed delivery, and what follows from it.
+    /// The deadline of an attempt of `d`.
+    fn timeout_of(&self, d: &delivery::Model) -> Duration {
+        match d.mode {
+            DeliveryMode::Sync => self.settings.sync_timeout,
+            _ => self.settings.async_timeout,
+        }
+    }
+
+    /// One attempt of a claimed delivery, and what follows from it. Only async deliveries are
+    /// retried on their schedule; a queued redelivery of a SYNC or TEST one gets one attempt.
     async fn process(&self, d: delivery::Model, endpoint: Result<Arc<Endpoint>, String>) -> Done {
-        let outcome = self
-            .attempt_to(&d, endpoint, self.settings.async_timeout)
-            .await;
+        let outcome = self.attempt_to(&d, endpoint, self.timeout_of(&d)).await;
         let (status, next_attempt_at) = match disposition(&outcome) {
             Disposition::Succeeded => (DeliveryStatus::Succeeded, None),
             Disposition::Failed => (DeliveryStatus::Failed, None),
+            Disposition::Retry { .. } if d.mode != DeliveryMode::Async => {
+                (DeliveryStatus::Failed, None)
+            }
             Disposition::Retry { after } => match self.next_attempt(d.attempt_count + 1, after) {
                 Some(at) => (DeliveryStatus::Pending, Some(at)),
                 None => (DeliveryStatus::Failed, None),
@@ -362,8 +573,9 @@ impl Deliveries {
         let now = Utc::now();
         let due = || {
             Condition::all()
+                // Any mode: a SYNC or TEST delivery is due here only when a redelivery was
+                // queued (sync calls and test sends in flight have no `next_attempt_at`).
                 .add(delivery::Column::Status.eq(DeliveryStatus::Pending))
-                .add(delivery::Column::Mode.eq(DeliveryMode::Async))
                 .add(delivery::Column::NextAttemptAt.lte(now))
                 .add(
                     Condition::any()
@@ -434,17 +646,13 @@ impl Deliveries {
         }
     }
 
+    /// The gate of a webhook, shared by the worker, sync calls, test sends and redeliveries.
     fn webhook_gate(&self, webhook_id: Uuid) -> Arc<Semaphore> {
-        let mut map = self.per_webhook.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, s| {
-            Arc::strong_count(s) > 1
-                || s.available_permits() < self.settings.per_webhook_concurrency
-        });
-        map.entry(webhook_id)
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(self.settings.per_webhook_concurrency.max(1)))
-            })
-            .clone()
+        gate_of(
+            &self.per_webhook,
+            webhook_id,
+            self.settings.per_webhook_concurrency,
+        )
     }
 
     /// The outbox worker: sends due deliveries with bounded concurrency, overall and per
@@ -529,7 +737,9 @@ impl Deliveries {
     }
 
     /// Calls a webhook now and waits (up to the sync deadline) for its reply, recording it as
-    /// a SYNC delivery. Failures are results, not errors: the conversation goes on.
+    /// a SYNC delivery. Failures are results, not errors: the conversation goes on. The call
+    /// first takes its slots (account, webhook, global), waiting [`Self::slot_wait`] at most
+    /// out of its deadline; refused, it is recorded as a failed delivery naming the limit.
     pub async fn call_sync(
         &self,
         account_id: Uuid,
@@ -538,6 +748,37 @@ impl Deliveries {
         block_id: Option<String>,
         payload: Value,
     ) -> ApiResult<SyncResult> {
+        let started = tokio::time::Instant::now();
+        let slots = match self
+            .admit(Some(account_id), webhook_id, self.slot_wait())
+            .await
+        {
+            Ok(slots) => slots,
+            Err(refusal) => {
+                let d = self
+                    .record_refusal(
+                        account_id,
+                        webhook_id,
+                        conversation_id,
+                        block_id,
+                        DeliveryMode::Sync,
+                        payload,
+                        refusal,
+                        started.elapsed(),
+                    )
+                    .await?;
+                return Ok(SyncResult {
+                    delivery_id: d.id,
+                    outcome: WebhookOutcome::Failed(refusal.message()),
+                });
+            }
+        };
+        // The wait for a slot counts against the deadline: a visitor's turn is no longer for it.
+        let timeout = self
+            .settings
+            .sync_timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
         let d = self
             .insert_now(
                 account_id,
@@ -548,7 +789,8 @@ impl Deliveries {
                 payload,
             )
             .await?;
-        let outcome = self.attempt(&d, self.settings.sync_timeout).await;
+        let outcome = self.attempt(&d, timeout).await;
+        drop(slots);
         let result =
             if outcome.is_success() {
                 WebhookOutcome::from_body(&outcome.body)
@@ -604,8 +846,28 @@ impl Deliveries {
     }
 
     /// Sends the sample payload to a webhook now (ADMIN) and returns the recorded delivery.
+    /// It takes the webhook's and the global slot like any call, waiting [`Self::slot_wait`]
+    /// at most; refused, it is recorded as a failed delivery naming the limit.
     pub async fn test_webhook(&self, viewer: Uuid, webhook_id: Uuid) -> ApiResult<delivery::Model> {
         let view = find_webhook(self.db.conn(), viewer, webhook_id, Role::Admin).await?;
+        let started = tokio::time::Instant::now();
+        let slots = match self.admit(None, webhook_id, self.slot_wait()).await {
+            Ok(slots) => slots,
+            Err(refusal) => {
+                return self
+                    .record_refusal(
+                        view.webhook.account_id,
+                        webhook_id,
+                        None,
+                        None,
+                        DeliveryMode::Test,
+                        sample_payload(&view.webhook),
+                        refusal,
+                        started.elapsed(),
+                    )
+                    .await;
+            }
+        };
         let d = self
             .insert_now(
                 view.webhook.account_id,
@@ -617,6 +879,7 @@ impl Deliveries {
             )
             .await?;
         let outcome = self.attempt(&d, self.settings.async_timeout).await;
+        drop(slots);
         let status = if outcome.is_success() {
             DeliveryStatus::Succeeded
         } else {
@@ -626,16 +889,19 @@ impl Deliveries {
     }
 
     /// Sends any delivery again now, as a new attempt (ADMIN); a success settles it, a failure
-    /// leaves a pending delivery on its schedule.
+    /// leaves a pending delivery on its schedule. When the webhook's or the global limit is
+    /// full, the delivery is queued instead: PENDING and due now, sent by the worker as soon as
+    /// a slot frees up (a queued SYNC or TEST delivery gets that one attempt, no retries).
     pub async fn redeliver(&self, viewer: Uuid, delivery_id: Uuid) -> ApiResult<delivery::Model> {
         let d = find_delivery(&self.db, viewer, delivery_id, Role::Admin)
             .await?
             .delivery;
-        let timeout = match d.mode {
-            DeliveryMode::Sync => self.settings.sync_timeout,
-            _ => self.settings.async_timeout,
+        let slots = match self.admit(None, d.webhook_id, Duration::ZERO).await {
+            Ok(slots) => slots,
+            Err(refusal) => return self.queue_redelivery(d, refusal).await,
         };
-        let outcome = self.attempt(&d, timeout).await;
+        let outcome = self.attempt(&d, self.timeout_of(&d)).await;
+        drop(slots);
         let (status, next) = if outcome.is_success() {
             (DeliveryStatus::Succeeded, None)
         } else if d.status == DeliveryStatus::Pending {
@@ -644,6 +910,42 @@ impl Deliveries {
             (DeliveryStatus::Failed, None)
         };
         self.record(&d, &outcome, status, next, None).await
+    }
+}
+
+impl Deliveries {
+    /// Puts a delivery back in the outbox, due now, for the worker to send when a slot frees.
+    async fn queue_redelivery(
+        &self,
+        d: delivery::Model,
+        refusal: Refusal,
+    ) -> ApiResult<delivery::Model> {
+        let now = Utc::now();
+        delivery::Entity::update(delivery::ActiveModel {
+            id: Set(d.id),
+            status: Set(DeliveryStatus::Pending),
+            next_attempt_at: Set(Some(now)),
+            updated_at: Set(now),
+            ..Default::default()
+        })
+        .exec(self.db.writer())
+        .await?;
+        tracing::info!(
+            account.id = %d.account_id,
+            webhook.id = %d.webhook_id,
+            delivery.id = %d.id,
+            delivery.mode = ?d.mode,
+            limit.name = refusal.name(),
+            limit.value = refusal.value(),
+            "redelivery queued: a concurrency limit is full"
+        );
+        self.wake();
+        Ok(delivery::Model {
+            status: DeliveryStatus::Pending,
+            next_attempt_at: Some(now),
+            updated_at: now,
+            ..d
+        })
     }
 }
 
