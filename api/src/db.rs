@@ -93,7 +93,7 @@ impl Db {
         sea_orm::Database::connect(opts).await.with_context(|| {
             format!(
                 "cannot connect to the database (DATABASE_URL={})",
-                redact(url.as_str())
+                crate::settings::redact(url.as_str())
             )
         })
     }
@@ -130,16 +130,5 @@ impl Db {
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         self.conn.ping().await.is_ok()
-    }
-}
-
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
     }
 }

@@ -196,6 +196,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// What a client, a socket, a visitor or an account may take.
     pub limits: Limits,
+    /// Serve GraphiQL and answer anonymous introspection (`PARLEY_GRAPHIQL`).
+    pub graphiql: bool,
 }
 
 /// A setting that could not be used; its message names the variable and the value.
@@ -225,7 +227,7 @@ impl Settings {
             reason,
         };
         let database_url = match get("DATABASE_URL") {
-            Some(v) => DatabaseUrl::parse(&v).map_err(|r| bad("DATABASE_URL", &v, r))?,
+            Some(v) => DatabaseUrl::parse(&v).map_err(|r| bad("DATABASE_URL", &redact(&v), r))?,
             None => DatabaseUrl::parse(Self::DEFAULT_DATABASE_URL)
                 .map_err(|r| bad("DATABASE_URL", Self::DEFAULT_DATABASE_URL, r))?,
         };
@@ -397,6 +399,11 @@ impl Settings {
             abandon_after: secs("PARLEY_ABANDON_AFTER_SECS", 24 * 3600)?,
             max_body_bytes: 1024 * 1024,
             limits,
+            graphiql: match get("PARLEY_GRAPHIQL") {
+                Some(v) => parse_bool(&v)
+                    .ok_or_else(|| bad("PARLEY_GRAPHIQL", &v, "expected true or false".into()))?,
+                None => true,
+            },
         })
     }
 }
@@ -406,6 +413,28 @@ fn parse_bool(v: &str) -> Option<bool> {
         "true" | "1" | "yes" | "on" => Some(true),
         "false" | "0" | "no" | "off" => Some(false),
         _ => None,
+    }
+}
+
+/// A database URL safe to print: its password replaced by `***`, even when the URL does not
+/// parse (a malformed URL is exactly the one that gets echoed in an error).
+pub fn redact(url: &str) -> String {
+    if let Ok(mut u) = url::Url::parse(url)
+        && u.password().is_some()
+    {
+        let _ = u.set_password(Some("***"));
+        return u.to_string();
+    }
+    // By hand: whatever sits between the scheme's `//`, a `:` and the last `@` is a password.
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let Some(at) = url[start..].rfind('@').map(|i| start + i) else {
+        return url.to_owned();
+    };
+    match url[start..at].find(':').map(|i| start + i) {
+        Some(colon) => format!("{}:***{}", &url[..colon], &url[at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -473,6 +502,23 @@ mod tests {
             msg.contains("DATABASE_URL") && msg.contains("mysql://x"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_database_url_that_does_not_parse_is_echoed_without_its_password() {
+        let err = settings(&[("DATABASE_URL", "postgres://jo:s3cret@db:notaport/x")])
+            .expect_err("bad port");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("DATABASE_URL") && msg.contains("jo:***@db"),
+            "{msg}"
+        );
+        assert!(!msg.contains("s3cret"), "{msg}");
+        assert_eq!(
+            redact("postgres://jo:pw@host:5432/db"),
+            "postgres://jo:***@host:5432/db"
+        );
+        assert_eq!(redact("sqlite://parley.db"), "sqlite://parley.db");
     }
 
     #[test]

@@ -3,7 +3,7 @@ use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures_util::StreamExt as _;
 
 use super::{auth_from_header, client::ClientAddr, request_error};
-use crate::{graphql::AppSchema, state::AppState};
+use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
 /// One GraphQL request or a JSON array of them.
 pub async fn graphql_http(
@@ -61,6 +61,11 @@ pub async fn graphql_http(
         .and_then(|v| v.to_str().ok());
     let auth = auth_from_header(&state.keys, header);
     let client = ClientAddr::of(&req, &limits.trusted_proxies);
+    let mut request = request;
+    if !state.settings.graphiql && matches!(auth, Auth::Anonymous) {
+        // With GraphiQL off, strangers do not get the schema's map either.
+        request = request.disable_introspection();
+    }
     let run = schema.execute_batch(request.data(auth).data(client));
     match tokio::time::timeout(limits.request_timeout, run).await {
         Ok(response) => HttpResponse::Ok().json(response),

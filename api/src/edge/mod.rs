@@ -20,8 +20,9 @@ use crate::{
 /// The HTTP server over `listener`, not yet running.
 pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyhow::Result<Server> {
     let max_body = state.settings.max_body_bytes;
+    let graphiql_on = state.settings.graphiql;
     let server = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .wrap(TracingLogger::default())
             .app_data(web::Data::new(schema.clone()))
             .app_data(web::Data::new(state.clone()))
@@ -35,9 +36,13 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
                     )
                     .route(web::post().to(http::graphql_http)),
             )
-            .route("/graphiql", web::get().to(graphiql))
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
+            .route("/readyz", web::get().to(readyz));
+        if graphiql_on {
+            app.route("/graphiql", web::get().to(graphiql))
+        } else {
+            app
+        }
     })
     .shutdown_timeout(10)
     // Chat events are small frames: without TCP_NODELAY, Nagle's algorithm holds them back

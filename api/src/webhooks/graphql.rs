@@ -79,8 +79,14 @@ impl Webhook {
     async fn name(&self) -> &str {
         &self.0.webhook.name
     }
-    async fn url(&self) -> &str {
-        &self.0.webhook.url
+    /// The endpoint; MEMBERs see only its scheme, host and port (Slack- or Zapier-style URLs
+    /// carry their secret in the path).
+    async fn url(&self) -> String {
+        if self.can_see_secrets() {
+            self.0.webhook.url.clone()
+        } else {
+            origin_only(&self.0.webhook.url)
+        }
     }
     /// Sent with every call; values are masked for MEMBERs.
     async fn headers(&self) -> Vec<Header> {
@@ -382,5 +388,36 @@ impl Delivery {
                 notes: a.notes,
             })
             .collect())
+    }
+}
+
+/// `scheme://host[:port]` of a URL, without path, query or credentials.
+fn origin_only(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or_default();
+            match u.port() {
+                Some(port) => format!("{}://{host}:{port}", u.scheme()),
+                None => format!("{}://{host}", u.scheme()),
+            }
+        }
+        Err(_) => MASK.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_only;
+
+    #[test]
+    fn a_masked_url_keeps_only_scheme_host_and_port() {
+        assert_eq!(
+            origin_only("https://hooks.slack.com/services/T0/B0/secret?x=1"),
+            "https://hooks.slack.com"
+        );
+        assert_eq!(
+            origin_only("http://user:pw@10.0.0.1:8080/p"),
+            "http://10.0.0.1:8080"
+        );
     }
 }

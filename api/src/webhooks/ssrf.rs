@@ -20,6 +20,9 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
+/// How long a save-time DNS lookup may take: a slow resolver must not hold a request.
+const LOOKUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The setting that turns the guard off; every refusal names it so that a
 /// developer who runs a receiver on localhost knows what to do.
 pub const ALLOW_PRIVATE_SETTING: &str = "PARLEY_ALLOW_PRIVATE_WEBHOOKS";
@@ -294,8 +297,13 @@ pub async fn check_url(url: &Url, allow_private: bool) -> Result<(), UrlError> {
     }
     // Always Some for http/https; 0 is only a placeholder for lookup_host.
     let port = url.port_or_known_default().unwrap_or(0);
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
+    let lookup = tokio::time::timeout(LOOKUP_DEADLINE, tokio::net::lookup_host((name, port)));
+    let addrs: Vec<SocketAddr> = lookup
         .await
+        .map_err(|_| UrlError::Unresolvable {
+            host: name.to_owned(),
+            reason: format!("no answer within {} s", LOOKUP_DEADLINE.as_secs()),
+        })?
         .map_err(|e| UrlError::Unresolvable {
             host: name.to_owned(),
             reason: e.to_string(),

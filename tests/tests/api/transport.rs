@@ -152,3 +152,34 @@ async fn websocket_clients_with_a_bad_token_are_turned_away() {
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn with_graphiql_off_strangers_get_neither_the_page_nor_the_schema() {
+    let app = spawn_app_with(|s| s.graphiql = false).await;
+    let page = app
+        .client
+        .get(format!("{}/graphiql", app.addr))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(page.status(), 404);
+    let introspect = "{ __schema { queryType { name } } }";
+    let body = app.gql_anon(introspect, json!({})).await;
+    assert!(body["data"]["__schema"].is_null(), "{body}");
+    // A team member's tools still read the schema.
+    let user = app.new_user().await;
+    let body = app.gql(&user.token, introspect, json!({})).await;
+    assert_eq!(
+        body["data"]["__schema"]["queryType"]["name"], "Query",
+        "{body}"
+    );
+    // With the default, the page is served.
+    let open = spawn_app().await;
+    let page = open
+        .client
+        .get(format!("{}/graphiql", open.addr))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(page.status(), 200);
+}

@@ -299,11 +299,15 @@ async fn members_see_masked_secrets_and_cannot_change_webhooks() {
     let owner = app.new_user().await;
     let member = app.add_member(&owner, "MEMBER").await;
     let admin = app.add_member(&owner, "ADMIN").await;
-    let id = app.new_webhook(&owner, "http://93.184.216.34/a").await;
+    let id = app
+        .new_webhook(&owner, "http://93.184.216.34:8443/services/T0/secret-path")
+        .await;
 
     let seen = app.webhook(&member.token, &id).await;
     assert_ok(&seen);
     let hook = &seen["data"]["webhook"];
+    // A Slack- or Zapier-style URL is a secret itself: MEMBERs see where, not which.
+    assert_eq!(hook["url"], "http://93.184.216.34:8443");
     assert_eq!(hook["headers"][0]["name"], "X-Api-Key");
     assert_ne!(hook["headers"][0]["value"], "k-123");
     assert!(
@@ -313,6 +317,10 @@ async fn members_see_masked_secrets_and_cannot_change_webhooks() {
             .starts_with("whsec_")
     );
     let admin_view = app.webhook(&admin.token, &id).await;
+    assert_eq!(
+        admin_view["data"]["webhook"]["url"],
+        "http://93.184.216.34:8443/services/T0/secret-path"
+    );
     assert_eq!(
         admin_view["data"]["webhook"]["headers"][0]["value"],
         "k-123"
