@@ -44,8 +44,9 @@ impl Default for Limits {
     }
 }
 
-/// The variable name the runtime keeps for itself.
-const RESERVED_VARIABLE: &str = "conversation";
+/// The variable names the runtime keeps for itself: the payload's `conversation`, and the
+/// visitor's prefilled values.
+const RESERVED_VARIABLES: [&str; 2] = ["conversation", crate::engine::state::VISITOR_VARIABLE];
 
 /// Lists every problem of `flow`, or nothing if it can be published.
 ///
@@ -272,7 +273,10 @@ impl<'a> Checker<'a> {
         let message = if name.trim().is_empty() {
             "The variable name for the answer is empty; leave it out to not store the answer."
                 .to_owned()
-        } else if name.eq_ignore_ascii_case(RESERVED_VARIABLE) {
+        } else if RESERVED_VARIABLES
+            .iter()
+            .any(|r| name.eq_ignore_ascii_case(r))
+        {
             format!("\"{name}\" is reserved; choose another variable name.")
         } else if !is_identifier(name) {
             format!(
@@ -939,7 +943,7 @@ mod tests {
 
     #[test]
     fn a_reserved_save_answer_to_is_reported() {
-        for name in ["conversation", "Conversation"] {
+        for name in ["conversation", "Conversation", "visitor"] {
             let block = Block {
                 save_answer_to: Some(name.into()),
                 ..question("q", None)

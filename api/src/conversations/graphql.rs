@@ -110,8 +110,17 @@ impl ChatEvent {
     }
 }
 
+/// Who is looking at a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// A member of the bot's team.
+    Team,
+    /// The visitor, by its token: their transcript and their own answers only.
+    Visitor,
+}
+
 /// A conversation, as its team (or its visitor) sees it.
-pub struct Conversation(pub conversation::Model);
+pub struct Conversation(pub conversation::Model, pub Reader);
 
 #[Object]
 impl Conversation {
@@ -149,15 +158,24 @@ impl Conversation {
                 .unwrap_or_else(|| serde_json::json!({})),
         )
     }
-    /// The context variables (answers, prefilled values, webhook replies).
-    async fn variables(&self) -> Json<serde_json::Value> {
-        Json(
+    /// The context variables (answers, webhook replies, and the visitor's prefilled values
+    /// under `visitor`); for team members only: what a webhook returned reaches a visitor
+    /// only through what the bot says.
+    async fn variables(&self) -> async_graphql::Result<Json<serde_json::Value>> {
+        if self.1 == Reader::Visitor {
+            return Err(ApiError::Forbidden(
+                "variables are for the bot's team; a visitor reads the transcript and their answers"
+                    .into(),
+            )
+            .into());
+        }
+        Ok(Json(
             self.0
                 .state
                 .get("variables")
                 .cloned()
                 .unwrap_or_else(|| serde_json::json!({})),
-        )
+        ))
     }
     /// The transcript: events after `afterSeq`, `first` of them (at most 1000, a
     /// conversation's most; all when absent).
@@ -222,7 +240,7 @@ pub async fn bot_conversations(
     let mut page = Connection::new(after.is_some(), more);
     page.edges.extend(
         rows.into_iter()
-            .map(|c| Edge::new(c.id.to_string(), Conversation(c))),
+            .map(|c| Edge::new(c.id.to_string(), Conversation(c, Reader::Team))),
     );
     Ok(page)
 }
@@ -282,10 +300,15 @@ impl ConversationsQuery {
         let Ok(id) = parse_id(&id, "conversation") else {
             return Ok(None);
         };
+        let reader = if visitor_token.is_some() {
+            Reader::Visitor
+        } else {
+            Reader::Team
+        };
         let conv = authorize(st, &auth, id, visitor_token.as_deref())
             .await
             .found()?;
-        Ok(conv.map(Conversation))
+        Ok(conv.map(|c| Conversation(c, reader)))
     }
 }
 

@@ -212,11 +212,6 @@ impl Runtime {
                 "variables must be at most {MAX_PREFILLED_BYTES} bytes of JSON"
             )));
         }
-        if prefilled.contains_key("conversation") {
-            return Err(ApiError::bad_input(
-                "\"conversation\" is reserved and cannot be a variable",
-            ));
-        }
         let bot = bot::Entity::find_by_id(bot_id)
             .one(self.db.conn())
             .await?
@@ -234,7 +229,8 @@ impl Runtime {
             bot_id,
             version,
             status: ConversationStatus::Active,
-            state: serde_json::to_value(State::new(prefilled)).map_err(anyhow::Error::from)?,
+            state: serde_json::to_value(State::for_visitor(prefilled))
+                .map_err(anyhow::Error::from)?,
             last_seq: 0,
             visitor_token_hash: token_hash(&token),
             started_at: now,

@@ -44,7 +44,19 @@ pub enum Position {
     Ended,
 }
 
+/// The variable under which the values a visitor prefilled are kept (`{{visitor.name}}`), so
+/// that they can never pose as answers or as what a webhook returned.
+pub const VISITOR_VARIABLE: &str = "visitor";
+
 impl State {
+    /// A conversation that has not started, with the visitor's prefilled values under
+    /// [`VISITOR_VARIABLE`] and nothing else.
+    pub fn for_visitor(prefilled: Map<String, Value>) -> Self {
+        let mut variables = Map::new();
+        variables.insert(VISITOR_VARIABLE.to_owned(), Value::Object(prefilled));
+        Self::new(variables)
+    }
+
     /// A conversation that has not started, with `prefilled` as its first
     /// context variables.
     pub fn new(prefilled: Map<String, Value>) -> Self {
@@ -71,6 +83,15 @@ impl Default for State {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_visitors_values_live_under_their_own_name_only() {
+        let mut prefilled = Map::new();
+        prefilled.insert("crm_id".into(), json!("forged"));
+        let state = State::for_visitor(prefilled);
+        assert!(state.variables.get("crm_id").is_none());
+        assert_eq!(state.variables[VISITOR_VARIABLE]["crm_id"], "forged");
+    }
 
     #[test]
     fn a_new_state_has_not_started_and_keeps_the_prefilled_variables() {

@@ -546,7 +546,7 @@ async fn a_conversation_keeps_its_version_across_a_publish() {
 async fn prefilled_variables_reach_templates() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let bot = published(&app, &owner, json!({ "startBlockId": "m", "blocks": [ { "id": "m", "kind": "MESSAGE", "text": "Hi {{first_name}} from {{utm.source}}" } ] })).await;
+    let bot = published(&app, &owner, json!({ "startBlockId": "m", "blocks": [ { "id": "m", "kind": "MESSAGE", "text": "Hi {{visitor.first_name}} from {{visitor.utm.source}}" } ] })).await;
     let body = app
         .start_conversation(
             &bot,
@@ -635,4 +635,56 @@ async fn a_crash_during_a_sync_call_leaves_the_conversation_resumable() {
     let list = app.deliveries(&owner.token, &webhook).await;
     assert_eq!(list[0]["mode"], "SYNC");
     assert_eq!(list[0]["status"], "FAILED");
+}
+
+#[tokio::test]
+async fn prefilled_values_cannot_pose_as_webhook_data_and_visitors_cannot_read_variables() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    // The webhook answers without `crm_id`: a condition on it must not see the visitor's forgery.
+    let hook = receiver(200, json!({ "plan": "gold" })).await;
+    let webhook = app
+        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .await;
+    let flow = json!({ "startBlockId": "hook", "blocks": [
+        { "id": "hook", "kind": "WEBHOOK", "webhookId": webhook, "async": false, "next": "check" },
+        { "id": "check", "kind": "CONDITION", "conditions": [
+            { "variable": "crm_id", "operator": "IS_SET", "next": "vip" } ], "next": "plain" },
+        { "id": "vip", "kind": "MESSAGE", "text": "Welcome back, customer {{crm_id}}" },
+        { "id": "plain", "kind": "MESSAGE", "text": "Hello {{visitor.name}}, plan {{plan}}" }
+    ]});
+    let bot = published(&app, &owner, flow).await;
+    let body = app
+        .start_conversation(
+            &bot,
+            json!({ "crm_id": "forged", "plan": "platinum", "name": "Jo" }),
+        )
+        .await;
+    let s = &body["data"]["startConversation"];
+    let (conv, token) = (
+        s["conversationId"].as_str().expect("id"),
+        s["visitorToken"].as_str().expect("token"),
+    );
+    let seen = app.conversation(Some(&owner.token), conv, None).await;
+    let c = &seen["data"]["conversation"];
+    assert_eq!(c["events"][0]["text"], "Hello Jo, plan gold", "{seen}");
+    assert_eq!(c["variables"]["visitor"]["crm_id"], "forged");
+    assert!(c["variables"].get("crm_id").is_none(), "{seen}");
+
+    let mine = app
+        .gql_anon(
+            "query($id: ID!, $t: String) { conversation(id: $id, visitorToken: $t) { status answers variables } }",
+            json!({ "id": conv, "t": token }),
+        )
+        .await;
+    assert_eq!(error_code(&mine), "FORBIDDEN", "{mine}");
+    assert!(!mine.to_string().contains("gold"), "{mine}");
+    let transcript = app
+        .gql_anon(
+            "query($id: ID!, $t: String) { conversation(id: $id, visitorToken: $t) { status answers events { text } } }",
+            json!({ "id": conv, "t": token }),
+        )
+        .await;
+    assert_ok(&transcript);
+    assert_eq!(transcript["data"]["conversation"]["status"], "COMPLETED");
 }
