@@ -157,7 +157,14 @@ async fn run_one(scenario: Scenario, cli: &Cli, opts: &Opts) -> anyhow::Result<R
         .clone()
         .or_else(|| std::env::var("PARLEY_BENCH_PG_URL").ok())
         .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
-    let mut server = Server::start(cli.db, &pg_url, cli.server_wrapper.as_deref()).await?;
+    // The per-client limits off: every visitor of a scenario comes from 127.0.0.1.
+    let mut server = Server::start(
+        cli.db,
+        &pg_url,
+        cli.server_wrapper.as_deref(),
+        server::RELAXED_LIMITS,
+    )
+    .await?;
     let result = match scenario {
         Scenario::Chat => scenarios::chat::run(&server, opts).await,
         Scenario::Subscribers => scenarios::subscribers::run(&server, opts).await,
