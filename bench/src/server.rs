@@ -205,6 +205,22 @@ pub fn proc_sample(pid: &str) -> ProcSample {
     s
 }
 
+/// VmRSS and VmHWM of a process, in kB (0 when unreadable).
+pub fn memory_kb(pid: &str) -> (u64, u64) {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// user + system CPU time of one `/proc/<pid>/stat` line, and its command name.
 fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
     let (head, rest) = stat.rsplit_once(')')?;
@@ -405,6 +421,12 @@ impl Server {
 
     pub fn pid(&self) -> String {
         self.child.id().to_string()
+    }
+
+    /// Resets the server's VmHWM to its current RSS (`/proc/<pid>/clear_refs`, Linux 4.0+);
+    /// false when the kernel refused.
+    pub fn reset_peak(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
     }
 
     /// RSS and CPU time of the server now.
