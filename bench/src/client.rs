@@ -91,12 +91,27 @@ impl RawHttp {
 
     /// A complete `POST path` request with a JSON body, ready to send as is.
     pub fn post_request(port: u16, path: &str, bearer: Option<&str>, body: &[u8]) -> Vec<u8> {
+        Self::post_request_as(port, path, bearer, None, body)
+    }
+
+    /// [`RawHttp::post_request`] on behalf of `forwarded_for` (an `X-Forwarded-For` header,
+    /// which names the client when the server trusts 127.0.0.1 as a proxy).
+    pub fn post_request_as(
+        port: u16,
+        path: &str,
+        bearer: Option<&str>,
+        forwarded_for: Option<&str>,
+        body: &[u8],
+    ) -> Vec<u8> {
         let mut req = format!(
             "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         );
         if let Some(token) = bearer {
             req.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        if let Some(addr) = forwarded_for {
+            req.push_str(&format!("X-Forwarded-For: {addr}\r\n"));
         }
         req.push_str("\r\n");
         let mut bytes = req.into_bytes();
@@ -111,8 +126,25 @@ impl RawHttp {
         query: &str,
         variables: Value,
     ) -> anyhow::Result<RawResponse> {
+        self.graphql_as(None, bearer, query, variables).await
+    }
+
+    /// [`RawHttp::graphql`] on behalf of `forwarded_for` (see [`RawHttp::post_request_as`]).
+    pub async fn graphql_as(
+        &mut self,
+        forwarded_for: Option<&str>,
+        bearer: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> anyhow::Result<RawResponse> {
         let body = json!({ "query": query, "variables": variables }).to_string();
-        let req = Self::post_request(self.port, "/graphql", bearer, body.as_bytes());
+        let req = Self::post_request_as(
+            self.port,
+            "/graphql",
+            bearer,
+            forwarded_for,
+            body.as_bytes(),
+        );
         self.send(&req).await
     }
 

@@ -30,6 +30,9 @@ enum Scenario {
     Graphql,
     /// The overhead of a sync webhook call on a turn.
     SyncWebhook,
+    /// Attacks a stranger can make (huge batch, deep query, idle sockets, conversation
+    /// flood) against the default limits: time to answer, RSS growth, honest latency.
+    Abuse,
     /// Every scenario, one after the other, each on its own server and database.
     All,
 }
@@ -42,6 +45,7 @@ impl Scenario {
             Scenario::Deliveries => "deliveries",
             Scenario::Graphql => "graphql",
             Scenario::SyncWebhook => "sync-webhook",
+            Scenario::Abuse => "abuse",
             Scenario::All => "all",
         }
     }
@@ -57,15 +61,17 @@ struct Cli {
     /// Database engine of the server under test.
     #[arg(long, value_enum, default_value_t = DbKind::Sqlite)]
     db: DbKind,
-    /// Visitors (chat), subscriptions (subscribers) or deliveries (deliveries); defaults
-    /// 1,000, 10,000 and 20,000.
+    /// Visitors (chat), subscriptions (subscribers), deliveries (deliveries), or sockets and
+    /// conversations (abuse); defaults 1,000, 10,000, 20,000, and 10,000 sockets with 100
+    /// conversations.
     #[arg(long)]
     size: Option<usize>,
     /// Clients in parallel: HTTP clients (graphql, default 64), starters (deliveries and
-    /// subscribers, default 64), visitors (sync-webhook, default 1).
+    /// subscribers, default 64), visitors (sync-webhook, default 1), flooder connections
+    /// (abuse, default 8).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Seconds of each measured phase (chat, graphql, sync-webhook); default 10.
+    /// Seconds of each measured phase (chat, graphql, sync-webhook, abuse's flood); default 10.
     #[arg(long)]
     duration: Option<u64>,
     /// Where to write the JSON results; default bench-results/<scenario>-<db>.json.
@@ -157,13 +163,20 @@ async fn run_one(scenario: Scenario, cli: &Cli, opts: &Opts) -> anyhow::Result<R
         .clone()
         .or_else(|| std::env::var("PARLEY_BENCH_PG_URL").ok())
         .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
-    let mut server = Server::start(cli.db, &pg_url, cli.server_wrapper.as_deref()).await?;
+    // `abuse` meets the default limits; the others turn the per-client limits off, since all
+    // their visitors come from 127.0.0.1.
+    let env = match scenario {
+        Scenario::Abuse => scenarios::abuse::SERVER_ENV,
+        _ => server::RELAXED_LIMITS,
+    };
+    let mut server = Server::start(cli.db, &pg_url, cli.server_wrapper.as_deref(), env).await?;
     let result = match scenario {
         Scenario::Chat => scenarios::chat::run(&server, opts).await,
         Scenario::Subscribers => scenarios::subscribers::run(&server, opts).await,
         Scenario::Deliveries => scenarios::deliveries::run(&server, opts).await,
         Scenario::Graphql => scenarios::graphql::run(&server, opts).await,
         Scenario::SyncWebhook => scenarios::sync_webhook::run(&server, opts).await,
+        Scenario::Abuse => scenarios::abuse::run(&server, opts).await,
         Scenario::All => Err(anyhow::anyhow!("`all` is not a single scenario")),
     };
     server.stop().await;
@@ -226,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Deliveries,
             Scenario::Graphql,
             Scenario::SyncWebhook,
+            Scenario::Abuse,
         ],
         one => vec![one],
     };

@@ -205,6 +205,22 @@ pub fn proc_sample(pid: &str) -> ProcSample {
     s
 }
 
+/// VmRSS and VmHWM of a process, in kB (0 when unreadable).
+pub fn memory_kb(pid: &str) -> (u64, u64) {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// user + system CPU time of one `/proc/<pid>/stat` line, and its command name.
 fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
     let (head, rest) = stat.rsplit_once(')')?;
@@ -311,13 +327,27 @@ pub struct Server {
 /// The fixed JWT secret of every run (40 characters).
 const JWT_SECRET: &str = "parley-bench-secret-0123456789-abcdefghi";
 
+/// The per-client limits turned off or far out of reach, for every scenario but `abuse`:
+/// their visitors all come from 127.0.0.1, which the limits would take for one client.
+/// Servers that do not know a variable ignore it.
+pub const RELAXED_LIMITS: &[(&str, &str)] = &[
+    ("PARLEY_VISITOR_RATE_LIMIT", "0"),
+    ("PARLEY_ANSWER_RATE_LIMIT", "0"),
+    ("PARLEY_WS_MAX_SOCKETS_PER_CLIENT", "1000000"),
+    ("PARLEY_LOGIN_RATE_LIMIT_PER_ADDRESS", "1000000"),
+    ("PARLEY_LOGIN_RATE_LIMIT_PER_EMAIL", "1000000"),
+    ("PARLEY_MAX_CONVERSATION_EVENTS", "1000000"),
+];
+
 impl Server {
-    /// Creates a database, starts the server on it and waits for `/readyz`. `wrapper`, when
-    /// given, is a command line the server runs under (a profiler such as valgrind).
+    /// Creates a database, starts the server on it with `env` added to its environment and
+    /// waits for `/readyz`. `wrapper`, when given, is a command line the server runs under (a
+    /// profiler such as valgrind).
     pub async fn start(
         kind: DbKind,
         pg_admin_url: &str,
         wrapper: Option<&str>,
+        env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
         let bin = server_binary()?;
         let db = BenchDb::create(kind, pg_admin_url).await?;
@@ -340,6 +370,7 @@ impl Server {
             // As in production: no backtrace captured (and symbolised) for every error.
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -390,6 +421,12 @@ impl Server {
 
     pub fn pid(&self) -> String {
         self.child.id().to_string()
+    }
+
+    /// Resets the server's VmHWM to its current RSS (`/proc/<pid>/clear_refs`, Linux 4.0+);
+    /// false when the kernel refused.
+    pub fn reset_peak(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
     }
 
     /// RSS and CPU time of the server now.

@@ -1,4 +1,5 @@
 //! The scenarios, and the visitor loop that `chat` and `sync-webhook` share.
+pub mod abuse;
 pub mod chat;
 pub mod deliveries;
 pub mod graphql;
