@@ -67,6 +67,7 @@ impl Application {
             deliveries,
             runtime,
             passwords,
+            sessions: Arc::default(),
             limiters,
             users: Arc::default(),
         };

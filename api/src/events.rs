@@ -36,6 +36,14 @@ const CONVERSATION_CAPACITY: usize = 16;
 const ACCOUNT_CAPACITY: usize = 1024;
 /// The PostgreSQL channel that instances notify each other on.
 const PG_CHANNEL: &str = "parley_events";
+/// The PostgreSQL channel of access changes (sessions ended, memberships changed).
+const PG_ACCESS_CHANNEL: &str = "parley_access";
+/// Access changes a slow subscriber may lag before it re-checks anyway.
+const ACCESS_CAPACITY: usize = 1024;
+
+/// Whose access changed: their open subscriptions re-check it. `Uuid::nil()` means anyone's
+/// (after notices may have been missed).
+pub type AccessChange = Uuid;
 
 /// Publishes committed events and hands out live subscriptions.
 #[async_trait]
@@ -46,16 +54,30 @@ pub trait EventBus: Send + Sync {
     fn subscribe_conversation(&self, conversation_id: Uuid) -> Subscription;
     /// Notices of every conversation of an account from now on.
     fn subscribe_account(&self, account_id: Uuid) -> Subscription;
+    /// Announces, on every instance, that `user_id`'s sessions or memberships changed.
+    async fn publish_access(&self, user_id: Uuid);
+    /// Access changes from now on.
+    fn subscribe_access(&self) -> broadcast::Receiver<AccessChange>;
 }
 
 type Channels = Arc<std::sync::Mutex<HashMap<Uuid, broadcast::Sender<Notice>>>>;
 
 /// Channels keyed by conversation and by account, created on first subscription and dropped
 /// with their last subscriber, so that ended conversations cost nothing.
-#[derive(Default)]
 pub struct LocalBus {
     conversations: Channels,
     accounts: Channels,
+    access: broadcast::Sender<AccessChange>,
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        Self {
+            conversations: Channels::default(),
+            accounts: Channels::default(),
+            access: broadcast::channel(ACCESS_CAPACITY).0,
+        }
+    }
 }
 
 /// A live subscription to one key's notices; dropping the last one of a key drops its channel.
@@ -134,12 +156,13 @@ impl LocalBus {
         }
     }
 
-    /// Tells every subscriber to re-read what it may have missed.
+    /// Tells every subscriber to re-read what it may have missed, and to re-check access.
     pub fn resync_all(&self) {
         for map in [&self.conversations, &self.accounts] {
             let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, tx| tx.send(Notice::Resync).is_ok());
         }
+        let _ = self.access.send(Uuid::nil());
     }
 
     /// Channels held now (conversations and accounts), for tests and metrics.
@@ -168,6 +191,15 @@ impl EventBus for LocalBus {
 
     fn subscribe_account(&self, account_id: Uuid) -> Subscription {
         subscribe(&self.accounts, account_id, ACCOUNT_CAPACITY)
+    }
+
+    async fn publish_access(&self, user_id: Uuid) {
+        // No receiver means no open team subscription here: nothing to re-check.
+        let _ = self.access.send(user_id);
+    }
+
+    fn subscribe_access(&self) -> broadcast::Receiver<AccessChange> {
+        self.access.subscribe()
     }
 }
 
@@ -209,7 +241,7 @@ impl PgBus {
         loop {
             match PgListener::connect(&url).await {
                 Ok(mut listener) => {
-                    if let Err(e) = listener.listen(PG_CHANNEL).await {
+                    if let Err(e) = listener.listen_all([PG_CHANNEL, PG_ACCESS_CHANNEL]).await {
                         tracing::warn!(error = %e, "LISTEN failed; retrying");
                     } else {
                         if !first {
@@ -219,6 +251,9 @@ impl PgBus {
                         first = false;
                         loop {
                             match listener.try_recv().await {
+                                Ok(Some(n)) if n.channel() == PG_ACCESS_CHANNEL => {
+                                    self.receive_access(n.payload());
+                                }
                                 Ok(Some(n)) => self.receive(n.payload()).await,
                                 Ok(None) => {
                                     // The connection dropped. Reconnect here rather than let
@@ -240,6 +275,21 @@ impl PgBus {
                 Err(e) => tracing::warn!(error = %e, "cannot connect the event listener; retrying"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn receive_access(&self, payload: &str) {
+        // `<instance> <user>`: this instance's own changes were already dispatched.
+        let mut parts = payload.split(' ');
+        let (Some(Ok(from)), Some(Ok(user))) = (
+            parts.next().map(Uuid::parse_str),
+            parts.next().map(Uuid::parse_str),
+        ) else {
+            tracing::warn!(payload, "unreadable access announcement");
+            return;
+        };
+        if from != self.instance {
+            let _ = self.local.access.send(user);
         }
     }
 
@@ -311,6 +361,27 @@ impl EventBus for PgBus {
 
     fn subscribe_account(&self, account_id: Uuid) -> Subscription {
         self.local.subscribe_account(account_id)
+    }
+
+    async fn publish_access(&self, user_id: Uuid) {
+        self.local.publish_access(user_id).await;
+        let statement = Statement::from_sql_and_values(
+            self.db.conn().get_database_backend(),
+            "SELECT pg_notify($1, $2)",
+            [
+                PG_ACCESS_CHANNEL.into(),
+                format!("{} {user_id}", self.instance).into(),
+            ],
+        );
+        if let Err(e) = self.db.conn().execute_raw(statement).await {
+            // Other instances' caches still forget the session within a second, and their
+            // subscriptions end at the token's expiry at the latest.
+            tracing::warn!(error = %e, user.id = %user_id, "access NOTIFY failed");
+        }
+    }
+
+    fn subscribe_access(&self) -> broadcast::Receiver<AccessChange> {
+        self.local.subscribe_access()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Parley: a multi-tenant chatbot builder backend.
 pub mod accounts;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod bots;
 pub mod conversations;

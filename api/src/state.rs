@@ -5,7 +5,7 @@ use async_graphql::Context;
 
 use crate::{
     accounts::service::UserCache,
-    auth::{password::Passwords, token::TokenKeys},
+    auth::{password::Passwords, session::Sessions, token::TokenKeys},
     conversations::runtime::Runtime,
     db::Db,
     error::ApiResult,
@@ -23,6 +23,7 @@ pub struct AppState {
     pub deliveries: Arc<Deliveries>,
     pub runtime: Arc<Runtime>,
     pub passwords: Arc<Passwords>,
+    pub sessions: Arc<Sessions>,
     pub limiters: Arc<Limiters>,
     pub users: Arc<UserCache>,
 }

@@ -1,6 +1,7 @@
 //! sea-orm entities, one per table. Tenant-owned tables are read through the scoped finders
 //! (`find_in_account`) defined beside them, never through a bare `find()`.
 pub mod account;
+pub mod audit_log;
 pub mod bot;
 pub mod bot_version;
 pub mod conversation;
@@ -10,6 +11,7 @@ pub mod delivery_attempt;
 pub mod invitation;
 pub mod membership;
 pub mod server_setting;
+pub mod session;
 pub mod user;
 pub mod webhook;
 pub mod webhook_secret;

@@ -1,14 +1,19 @@
 //! GraphQL surface of accounts: thin resolvers over `service`.
+use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject, dataloader::DataLoader};
-use entity::{account, membership, user};
+use entity::{Role, account, invitation, membership, user};
 use uuid::Uuid;
 
 use super::{loader::UserLoader, service};
 use crate::{
-    auth::viewer,
+    accounts::AccountAccess,
+    audit::{self, AuditEntry},
+    auth::{viewer, viewer_session},
     edge::client::ClientAddr,
     error::ApiError,
+    error::ApiResult,
     ids::{parse_id, to_id},
+    state::AppState,
     state::state,
 };
 
@@ -132,6 +137,39 @@ impl Account {
     ) -> async_graphql::Result<Vec<crate::bots::graphql::Bot>> {
         crate::bots::graphql::account_bots(ctx, self.0.id).await
     }
+    /// Pending invitations (OWNER, ADMIN), oldest first; their tokens are not shown again.
+    #[graphql(
+        complexity = "crate::pagination::list_cost(crate::pagination::LIST_COST_ITEMS, child_complexity)"
+    )]
+    async fn invitations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Invitation>> {
+        let st = state(ctx)?;
+        let list = service::pending_invitations(&st.db, viewer(ctx)?, self.0.id).await?;
+        Ok(list
+            .into_iter()
+            .map(|m| Invitation::new(m, String::new()))
+            .collect())
+    }
+
+    /// Who did what, newest first (OWNER, ADMIN): members invited, joined, removed, role
+    /// changes, webhooks created, changed, deleted or rotated, bots published.
+    #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, AuditEntry>> {
+        let st = state(ctx)?;
+        AccountAccess::require(st.db.conn(), viewer(ctx)?, self.0.id, Role::Admin).await?;
+        let (rows, more) = audit::page(st.db.conn(), self.0.id, first, after.as_deref()).await?;
+        let mut page = Connection::new(after.is_some(), more);
+        page.edges.extend(
+            rows.into_iter()
+                .map(|m| Edge::new(m.id.to_string(), AuditEntry::from(m))),
+        );
+        Ok(page)
+    }
+
     /// The account's webhooks page, oldest first (at most PARLEY_MAX_WEBHOOKS_PER_ACCOUNT).
     #[graphql(
         complexity = "crate::pagination::list_cost(crate::pagination::LIST_COST_ITEMS, child_complexity)"
@@ -144,7 +182,7 @@ impl Account {
     }
 }
 
-/// An invitation; `token` is shown only in the answer to `inviteMember`.
+/// An invitation; `token` is shown only in the answer to `inviteMember` (empty when listed).
 #[derive(SimpleObject)]
 pub struct Invitation {
     id: ID,
@@ -152,12 +190,41 @@ pub struct Invitation {
     role: RoleGql,
     token: String,
     expires_at: chrono::DateTime<chrono::Utc>,
+    /// Who sent it (a user id).
+    invited_by: ID,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Invitation {
+    fn new(model: invitation::Model, token: String) -> Self {
+        Self {
+            id: to_id(model.id),
+            email: model.email,
+            role: model.role.into(),
+            token,
+            expires_at: model.expires_at,
+            invited_by: to_id(model.invited_by),
+            created_at: model.created_at,
+        }
+    }
 }
 
 /// A login token and its user.
 pub struct AuthPayload {
     token: String,
     user: user::Model,
+}
+
+impl AuthPayload {
+    /// A new session of `user` and its token.
+    async fn open(st: &AppState, user: user::Model) -> ApiResult<Self> {
+        let session = st
+            .sessions
+            .open(st.db.writer(), user.id, st.keys.ttl())
+            .await?;
+        let token = st.keys.issue(&session).map_err(ApiError::Internal)?;
+        Ok(Self { token, user })
+    }
 }
 
 #[Object]
@@ -233,8 +300,7 @@ impl AccountsMutation {
             &input.account_name,
         )
         .await?;
-        let token = st.keys.issue(user.id).map_err(ApiError::Internal)?;
-        Ok(AuthPayload { token, user })
+        Ok(AuthPayload::open(st, user).await?)
     }
 
     /// A token for a user's email and password.
@@ -254,8 +320,7 @@ impl AccountsMutation {
             &password,
         )
         .await?;
-        let token = st.keys.issue(user.id).map_err(ApiError::Internal)?;
-        Ok(AuthPayload { token, user })
+        Ok(AuthPayload::open(st, user).await?)
     }
 
     /// A new account; the viewer becomes its OWNER.
@@ -282,13 +347,58 @@ impl AccountsMutation {
         let me = viewer(ctx)?;
         let account_id = parse_id(&account_id, "account")?;
         let new = service::invite_member(&st.db, me, account_id, &email, role.into()).await?;
-        Ok(Invitation {
-            id: to_id(new.invitation.id),
-            email: new.invitation.email,
-            role: new.invitation.role.into(),
-            token: new.token,
-            expires_at: new.invitation.expires_at,
-        })
+        Ok(Invitation::new(new.invitation, new.token))
+    }
+
+    /// Takes back a pending invitation (OWNER, ADMIN): its token stops working.
+    async fn revoke_invitation(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let st = state(ctx)?;
+        let id = parse_id(&id, "invitation")?;
+        Ok(service::revoke_invitation(&st.db, viewer(ctx)?, id).await?)
+    }
+
+    /// Ends this token's session: the token stops working, here and on every instance.
+    async fn log_out(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        let st = state(ctx)?;
+        let session = viewer_session(ctx)?;
+        st.sessions.end(st.db.writer(), &session).await?;
+        st.runtime.bus().publish_access(session.user_id).await;
+        Ok(true)
+    }
+
+    /// Ends every session of the viewer: all their tokens stop working.
+    async fn log_out_everywhere(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        st.sessions.end_all(st.db.writer(), me).await?;
+        st.runtime.bus().publish_access(me).await;
+        Ok(true)
+    }
+
+    /// Replaces the viewer's password; every other token of theirs stops working, and the
+    /// answer holds a fresh one.
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        current_password: String,
+        new_password: String,
+    ) -> async_graphql::Result<AuthPayload> {
+        let st = state(ctx)?;
+        let me = viewer(ctx)?;
+        service::change_password(
+            &st.db,
+            &st.passwords,
+            &st.sessions,
+            &st.limiters,
+            ctx.data_opt::<ClientAddr>(),
+            me,
+            &current_password,
+            &new_password,
+        )
+        .await?;
+        st.runtime.bus().publish_access(me).await;
+        let user = st.users.get(&st.db, me).await?;
+        Ok(AuthPayload::open(st, user).await?)
     }
 
     /// Joins the account of an invitation addressed to the viewer's email.
@@ -316,7 +426,9 @@ impl AccountsMutation {
         let me = viewer(ctx)?;
         let account_id = parse_id(&account_id, "account")?;
         let user_id = parse_id(&user_id, "member")?;
-        Ok(service::remove_member(&st.db, me, account_id, user_id).await?)
+        service::remove_member(&st.db, me, account_id, user_id).await?;
+        st.runtime.bus().publish_access(user_id).await;
+        Ok(true)
     }
 
     /// Changes a member's role (OWNER); an account always keeps one OWNER.
@@ -333,6 +445,7 @@ impl AccountsMutation {
         let user_id = parse_id(&user_id, "member")?;
         let model =
             service::change_member_role(&st.db, me, account_id, user_id, role.into()).await?;
+        st.runtime.bus().publish_access(user_id).await;
         Ok(Membership { model, viewer: me })
     }
 }

@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{
+    audit,
     auth::password::{Password, Passwords},
+    auth::session::Sessions,
     db::Db,
     edge::client::ClientAddr,
     error::{ApiError, ApiResult},
@@ -351,11 +353,119 @@ pub async fn invite_member(
         expires_at: now + chrono::Duration::days(INVITATION_TTL_DAYS),
         accepted_at: None,
         created_at: now,
+        revoked_at: None,
     };
+    let tx = db.write().await?;
     invitation::Entity::insert(invitation::ActiveModel::from(invitation.clone()))
-        .exec_without_returning(db.writer())
+        .exec_without_returning(&tx.tx)
         .await?;
+    audit::record(
+        &tx.tx,
+        audit::Entry {
+            account_id,
+            actor_id: Some(viewer),
+            action: audit::action::MEMBER_INVITED,
+            target_type: "invitation",
+            target_id: invitation.id.to_string(),
+            details: Some(
+                serde_json::json!({ "email": invitation.email, "role": role_name(role) }),
+            ),
+        },
+    )
+    .await?;
+    tx.commit().await?;
     Ok(NewInvitation { invitation, token })
+}
+
+/// The pending invitations of an account (OWNER, ADMIN): not accepted, revoked or expired.
+pub async fn pending_invitations(
+    db: &Db,
+    viewer: Uuid,
+    account_id: Uuid,
+) -> ApiResult<Vec<invitation::Model>> {
+    AccountAccess::require(db.conn(), viewer, account_id, Role::Admin).await?;
+    Ok(invitation::Entity::find()
+        .filter(invitation::Column::AccountId.eq(account_id))
+        .filter(invitation::Column::AcceptedAt.is_null())
+        .filter(invitation::Column::RevokedAt.is_null())
+        .filter(invitation::Column::ExpiresAt.gt(Utc::now()))
+        .order_by_asc(invitation::Column::CreatedAt)
+        .limit(crate::pagination::MAX_LIST)
+        .all(db.conn())
+        .await?)
+}
+
+/// Takes back a pending invitation (OWNER, ADMIN): its token stops working.
+pub async fn revoke_invitation(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<bool> {
+    let inv = invitation::Entity::find_by_id(id)
+        .one(db.conn())
+        .await?
+        .ok_or_else(|| ApiError::not_found("invitation"))?;
+    let my_role = AccountAccess::require(db.conn(), viewer, inv.account_id, Role::Admin)
+        .await
+        .map_err(|e| e.not_found_as("invitation"))?;
+    if inv.role > my_role {
+        return Err(ApiError::Forbidden(
+            "only an OWNER can revoke an invitation to be OWNER".into(),
+        ));
+    }
+    if inv.accepted_at.is_some() {
+        return Err(ApiError::Conflict(
+            "this invitation has already been accepted; remove the member instead".into(),
+        ));
+    }
+    if inv.revoked_at.is_some() {
+        return Ok(true);
+    }
+    let tx = db.write().await?;
+    invitation::Entity::update(invitation::ActiveModel {
+        id: Set(inv.id),
+        revoked_at: Set(Some(Utc::now())),
+        ..Default::default()
+    })
+    .exec(&tx.tx)
+    .await?;
+    audit::record(
+        &tx.tx,
+        audit::Entry {
+            account_id: inv.account_id,
+            actor_id: Some(viewer),
+            action: audit::action::INVITATION_REVOKED,
+            target_type: "invitation",
+            target_id: inv.id.to_string(),
+            details: Some(serde_json::json!({ "email": inv.email })),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Cancels the pending invitations `inviter` made in `account_id` that their role (`now`,
+/// `None` once removed) no longer allows: an ADMIN about to be removed cannot keep a way back.
+async fn cancel_invitations_of(
+    tx: &impl ConnectionTrait,
+    account_id: Uuid,
+    inviter: Uuid,
+    now_role: Option<Role>,
+) -> ApiResult<()> {
+    let mut q = invitation::Entity::update_many()
+        .col_expr(
+            invitation::Column::RevokedAt,
+            sea_orm::sea_query::Expr::value(Utc::now()),
+        )
+        .filter(invitation::Column::AccountId.eq(account_id))
+        .filter(invitation::Column::InvitedBy.eq(inviter))
+        .filter(invitation::Column::AcceptedAt.is_null())
+        .filter(invitation::Column::RevokedAt.is_null());
+    match now_role {
+        None | Some(Role::Member) => {}
+        // An ADMIN may still have invited ADMINs and MEMBERs, not OWNERs.
+        Some(Role::Admin) => q = q.filter(invitation::Column::Role.eq(Role::Owner)),
+        Some(Role::Owner) => return Ok(()),
+    }
+    q.exec(tx).await?;
+    Ok(())
 }
 
 /// Redeems an invitation for the viewer, whose email must be the invited one.
@@ -374,6 +484,22 @@ pub async fn accept_invitation(
         // A token for someone else reads like an unknown one: it reveals nothing.
         .filter(|inv| inv.email == me.email)
         .ok_or_else(|| ApiError::not_found("invitation"))?;
+    if inv.revoked_at.is_some() {
+        return Err(ApiError::Conflict(
+            "this invitation was revoked; ask for a new one".into(),
+        ));
+    }
+    // The inviter must still be allowed to invite to this role now, not only when inviting.
+    let inviter_role = membership::Entity::find_by_id((inv.account_id, inv.invited_by))
+        .one(&tx.tx)
+        .await?
+        .map(|m| m.role);
+    if !inviter_role.is_some_and(|r| r >= Role::Admin && r >= inv.role) {
+        return Err(ApiError::Conflict(
+            "this invitation is no longer valid: whoever sent it may no longer invite; ask for a new one"
+                .into(),
+        ));
+    }
     if inv.accepted_at.is_some() {
         return Err(ApiError::Conflict(
             "this invitation has already been accepted".into(),
@@ -409,6 +535,18 @@ pub async fn accept_invitation(
         ..Default::default()
     })
     .exec(&tx.tx)
+    .await?;
+    audit::record(
+        &tx.tx,
+        audit::Entry {
+            account_id: inv.account_id,
+            actor_id: Some(viewer),
+            action: audit::action::MEMBER_JOINED,
+            target_type: "member",
+            target_id: viewer.to_string(),
+            details: Some(serde_json::json!({ "role": role_name(inv.role), "invitation": inv.id.to_string() })),
+        },
+    )
     .await?;
     tx.commit().await?;
     Ok(membership)
@@ -452,10 +590,23 @@ pub async fn remove_member(
 ) -> ApiResult<bool> {
     AccountAccess::require(db.conn(), viewer, account_id, Role::Owner).await?;
     let tx = db.write().await?;
-    member_for_change(db, &tx.tx, account_id, user_id, true).await?;
+    let target = member_for_change(db, &tx.tx, account_id, user_id, true).await?;
     membership::Entity::delete_by_id((account_id, user_id))
         .exec(&tx.tx)
         .await?;
+    cancel_invitations_of(&tx.tx, account_id, user_id, None).await?;
+    audit::record(
+        &tx.tx,
+        audit::Entry {
+            account_id,
+            actor_id: Some(viewer),
+            action: audit::action::MEMBER_REMOVED,
+            target_type: "member",
+            target_id: user_id.to_string(),
+            details: Some(serde_json::json!({ "role": role_name(target.role) })),
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -479,8 +630,60 @@ pub async fn change_member_role(
     })
     .exec(&tx.tx)
     .await?;
+    cancel_invitations_of(&tx.tx, account_id, user_id, Some(role)).await?;
+    audit::record(
+        &tx.tx,
+        audit::Entry {
+            account_id,
+            actor_id: Some(viewer),
+            action: audit::action::MEMBER_ROLE_CHANGED,
+            target_type: "member",
+            target_id: user_id.to_string(),
+            details: Some(
+                serde_json::json!({ "from": role_name(target.role), "to": role_name(role) }),
+            ),
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(membership::Model { role, ..target })
+}
+
+/// Replaces the viewer's password after checking the current one, and ends every session of
+/// theirs (the caller opens a fresh one): a leaked token stops working with the old password.
+pub async fn change_password(
+    db: &Db,
+    passwords: &Passwords,
+    sessions: &Sessions,
+    limiters: &Limiters,
+    client: Option<&ClientAddr>,
+    viewer: Uuid,
+    current: &str,
+    new: &str,
+) -> ApiResult<()> {
+    limiters.login_from(client)?;
+    let new = Password::parse(new)?;
+    let user = user::Entity::find_by_id(viewer)
+        .one(db.conn())
+        .await?
+        .ok_or_else(|| {
+            ApiError::Unauthenticated("the user of this token no longer exists".into())
+        })?;
+    if !passwords.verify(current, Some(user.password_hash)).await? {
+        return Err(ApiError::bad_input("the current password is not right"));
+    }
+    let hash = passwords.hash(new).await?;
+    let tx = db.write().await?;
+    user::Entity::update(user::ActiveModel {
+        id: Set(viewer),
+        password_hash: Set(hash),
+        ..Default::default()
+    })
+    .exec(&tx.tx)
+    .await?;
+    sessions.end_all(&tx.tx, viewer).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

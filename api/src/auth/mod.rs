@@ -1,5 +1,6 @@
 //! Who is asking: passwords, login tokens, and the viewer of a request.
 pub mod password;
+pub mod session;
 pub mod token;
 
 use async_graphql::Context;
@@ -13,23 +14,48 @@ use crate::error::{ApiError, ApiResult};
 pub enum Auth {
     /// No credentials: only public operations (sign-up, log-in, visitors' chat).
     Anonymous,
-    /// A team member with a valid token.
-    User(Uuid),
+    /// A team member with a valid token of an open session.
+    User(Viewer),
     /// Credentials that did not verify; kept apart from `Anonymous` so the error can say so.
     Invalid(&'static str),
 }
 
 impl Auth {
-    /// The logged-in user, or `UNAUTHENTICATED`.
+    /// The logged-in user, or `UNAUTHENTICATED` (also once the token has expired, which a
+    /// socket can outlive).
     pub fn user_id(&self) -> ApiResult<Uuid> {
+        self.viewer().map(|v| v.user_id)
+    }
+
+    /// The logged-in user's session, or `UNAUTHENTICATED`.
+    pub fn viewer(&self) -> ApiResult<&Viewer> {
         match self {
-            Self::User(id) => Ok(*id),
+            Self::User(v) if v.expires_at <= chrono::Utc::now() => Err(ApiError::Unauthenticated(
+                "the token has expired; log in again".into(),
+            )),
+            Self::User(v) => Ok(v),
             Self::Anonymous => Err(ApiError::Unauthenticated(
                 "log in first: send Authorization: Bearer <token>".into(),
             )),
             Self::Invalid(why) => Err(ApiError::Unauthenticated((*why).to_owned())),
         }
     }
+}
+
+/// A logged-in user's session, as a verified token names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Viewer {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The logged-in user's session of a GraphQL request, or `UNAUTHENTICATED`.
+pub fn viewer_session(ctx: &Context<'_>) -> ApiResult<Viewer> {
+    ctx.data_opt::<Auth>()
+        .unwrap_or(&Auth::Anonymous)
+        .viewer()
+        .copied()
 }
 
 /// The logged-in user of a GraphQL request, or `UNAUTHENTICATED`.

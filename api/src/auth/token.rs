@@ -10,6 +10,7 @@ use sea_orm::{ActiveValue::Set, EntityTrait, sea_query::OnConflict};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::Viewer;
 use crate::db::Db;
 
 const ISSUER: &str = "parley";
@@ -18,6 +19,8 @@ const SECRET_KEY: &str = "jwt_secret";
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: Uuid,
+    /// The session this token belongs to; ending the session ends the token.
+    sid: Uuid,
     iat: i64,
     exp: i64,
     iss: String,
@@ -76,13 +79,18 @@ impl TokenKeys {
         Ok(Self::new(stored.value.as_bytes(), ttl))
     }
 
-    /// A token for `user_id`, valid for the configured lifetime.
-    pub fn issue(&self, user_id: Uuid) -> anyhow::Result<String> {
-        let now = chrono::Utc::now().timestamp();
+    /// How long a token lives.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// A token for a session of `viewer`'s, valid until the session expires.
+    pub fn issue(&self, viewer: &Viewer) -> anyhow::Result<String> {
         let claims = Claims {
-            sub: user_id,
-            iat: now,
-            exp: now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            sub: viewer.user_id,
+            sid: viewer.session_id,
+            iat: chrono::Utc::now().timestamp(),
+            exp: viewer.expires_at.timestamp(),
             iss: ISSUER.to_owned(),
         };
         Ok(jsonwebtoken::encode(
@@ -92,10 +100,16 @@ impl TokenKeys {
         )?)
     }
 
-    /// The user a token was issued to, if it is genuine and not expired.
-    pub fn verify(&self, token: &str) -> Option<Uuid> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .ok()
-            .map(|d| d.claims.sub)
+    /// Who a token was issued to, if it is genuine and not expired (whether its session is
+    /// still open is for [`super::session::Sessions`] to say).
+    pub fn verify(&self, token: &str) -> Option<Viewer> {
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .ok()?
+            .claims;
+        Some(Viewer {
+            user_id: claims.sub,
+            session_id: claims.sid,
+            expires_at: chrono::DateTime::from_timestamp(claims.exp, 0)?,
+        })
     }
 }

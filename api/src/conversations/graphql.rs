@@ -2,7 +2,7 @@
 use async_graphql::{
     Context, Enum, ID, Json, Object, SimpleObject, Subscription,
     connection::{Connection, Edge},
-    futures_util::Stream,
+    futures_util::{StreamExt as _, stream::BoxStream},
 };
 use chrono::{DateTime, Utc};
 use entity::{
@@ -13,10 +13,10 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::{payload::kind, runtime::REPLAY_PAGE};
+use super::{payload::kind, runtime::REPLAY_PAGE, watch};
 use crate::{
     accounts::AccountAccess,
-    auth::{Auth, viewer},
+    auth::{Auth, Viewer, viewer},
     bots::{
         graphql::{Bot, ChoiceOut, QuestionTypeGql},
         service as bots,
@@ -264,7 +264,7 @@ async fn authorize(
         return st.runtime.find_for_visitor(id, token).await;
     }
     let user = match auth {
-        Auth::User(user) => *user,
+        Auth::User(_) => auth.user_id()?,
         Auth::Anonymous => {
             return Err(ApiError::Unauthenticated(
                 "send a visitorToken, or log in as a member of the bot's team".into(),
@@ -280,6 +280,18 @@ async fn authorize(
         .await
         .map_err(|e| e.not_found_as("conversation"))?;
     Ok(conv)
+}
+
+/// The viewer of a team subscription, with its session checked now: a socket can outlive a
+/// log-out, and a new operation on it must not start.
+async fn active_viewer(st: &AppState, auth: &Auth) -> ApiResult<Viewer> {
+    let viewer = *auth.viewer()?;
+    if !st.sessions.is_open(&st.db, &viewer).await? {
+        return Err(ApiError::Unauthenticated(
+            "this session has ended (logged out, or the password changed); log in again".into(),
+        ));
+    }
+    Ok(viewer)
 }
 
 /// Queries of conversations.
@@ -365,16 +377,21 @@ impl ConversationsSubscription {
         conversation_id: ID,
         visitor_token: Option<String>,
         #[graphql(default = 0)] after_seq: i32,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<ChatEvent>> + use<>> {
+    ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<ChatEvent>>> {
         let st = state(ctx)?.clone();
         let auth = ctx.data_opt::<Auth>().cloned().unwrap_or(Auth::Anonymous);
         let id = parse_id(&conversation_id, "conversation")?;
-        authorize(&st, &auth, id, visitor_token.as_deref()).await?;
+        // A team member's watch lasts as long as their access; a visitor's as their token.
+        let team = match visitor_token {
+            Some(_) => None,
+            None => Some(active_viewer(&st, &auth).await?),
+        };
+        let conv = authorize(&st, &auth, id, visitor_token.as_deref()).await?;
         // Subscribe before reading the stored events: whatever is committed in between shows
         // up in both, and `seq` drops the repeat.
         let mut live = st.runtime.bus().subscribe_conversation(id);
         let runtime = st.runtime.clone();
-        Ok(async_stream::stream! {
+        let events = async_stream::stream! {
             let mut last = after_seq.max(0);
             // First the stored events, then whenever notices show a gap (or were missed), the
             // database again from the last `seq` sent: nothing is skipped or sent twice.
@@ -416,6 +433,10 @@ impl ConversationsSubscription {
                     Err(RecvError::Closed) => return,
                 };
             }
+        };
+        Ok(match team {
+            Some(viewer) => watch::guard(st, viewer, conv.account_id, events),
+            None => events.boxed(),
         })
     }
 
@@ -424,16 +445,17 @@ impl ConversationsSubscription {
         &self,
         ctx: &Context<'_>,
         account_id: ID,
-    ) -> async_graphql::Result<impl Stream<Item = ChatEvent> + use<>> {
+    ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<ChatEvent>>> {
         let st = state(ctx)?.clone();
-        let user = viewer(ctx)?;
+        let auth = ctx.data_opt::<Auth>().cloned().unwrap_or(Auth::Anonymous);
+        let viewer = active_viewer(&st, &auth).await?;
         let account_id = parse_id(&account_id, "account")?;
-        AccountAccess::require(st.db.conn(), user, account_id, Role::Member).await?;
+        AccountAccess::require(st.db.conn(), viewer.user_id, account_id, Role::Member).await?;
         let mut live = st.runtime.bus().subscribe_account(account_id);
-        Ok(async_stream::stream! {
+        let events = async_stream::stream! {
             loop {
                 match live.recv().await {
-                    Ok(Notice::Event(event)) => yield ChatEvent(event),
+                    Ok(Notice::Event(event)) => yield Ok(ChatEvent(event)),
                     Ok(Notice::Resync) => {
                         tracing::warn!(account.id = %account_id, "account subscriber may have missed events while a listener reconnected");
                     }
@@ -443,6 +465,7 @@ impl ConversationsSubscription {
                     Err(RecvError::Closed) => return,
                 }
             }
-        })
+        };
+        Ok(watch::guard(st, viewer, account_id, events))
     }
 }

@@ -2,3 +2,4 @@
 pub mod graphql;
 pub mod payload;
 pub mod runtime;
+pub mod watch;

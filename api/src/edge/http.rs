@@ -2,7 +2,7 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures_util::StreamExt as _;
 
-use super::{auth_from_header, client::ClientAddr, request_error};
+use super::{authenticate, client::ClientAddr, request_error};
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
 /// One GraphQL request or a JSON array of them.
@@ -59,7 +59,7 @@ pub async fn graphql_http(
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    let auth = auth_from_header(&state.keys, header);
+    let auth = authenticate(&state, header).await;
     let client = ClientAddr::of(&req, &limits.trusted_proxies);
     let mut request = request;
     if !state.settings.graphiql && matches!(auth, Auth::Anonymous) {

@@ -70,6 +70,25 @@ pub fn auth_from_header(keys: &TokenKeys, value: Option<&str>) -> Auth {
     }
 }
 
+/// The caller named by an `Authorization` header value, with its session checked: a token
+/// of an ended session (log-out, password change) is refused like an invalid one.
+pub async fn authenticate(state: &AppState, value: Option<&str>) -> Auth {
+    let auth = auth_from_header(&state.keys, value);
+    let Auth::User(viewer) = &auth else {
+        return auth;
+    };
+    match state.sessions.is_open(&state.db, viewer).await {
+        Ok(true) => auth,
+        Ok(false) => Auth::Invalid(
+            "this session has ended (logged out, or the password changed); log in again",
+        ),
+        Err(e) => {
+            tracing::error!(error.cause = ?e, user.id = %viewer.user_id, "cannot check a session");
+            Auth::Invalid("the session could not be checked just now; retry in a moment")
+        }
+    }
+}
+
 /// A GraphQL-shaped error body for requests that never reached the executor.
 pub fn request_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({

@@ -3,7 +3,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use async_graphql::Data;
 use async_graphql_actix_web::GraphQLSubscription;
 
-use super::{auth_from_header, client::ClientAddr};
+use super::{authenticate, client::ClientAddr};
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
 /// Serves one socket.
@@ -13,7 +13,7 @@ pub async fn graphql_ws(
     req: HttpRequest,
     payload: web::Payload,
 ) -> actix_web::Result<HttpResponse> {
-    let keys = state.keys.clone();
+    let st = AppState::clone(&state);
     let client = ClientAddr::of(&req, &state.settings.limits.trusted_proxies);
     GraphQLSubscription::new(AppSchema::clone(&schema))
         .on_connection_init(move |value| async move {
@@ -21,7 +21,7 @@ pub async fn graphql_ws(
                 .get("Authorization")
                 .or_else(|| value.get("authorization"))
                 .and_then(|v| v.as_str());
-            let auth = auth_from_header(&keys, header);
+            let auth = authenticate(&st, header).await;
             if let Auth::Invalid(why) = auth {
                 return Err(async_graphql::Error::new(why));
             }

@@ -8,5 +8,6 @@ mod helpers;
 mod limits;
 mod scaleout;
 mod schema;
+mod sessions;
 mod transport;
 mod webhooks;

@@ -1,0 +1,115 @@
+//! Login sessions. Every token names a session; log-out, log-out everywhere and a password
+//! change end sessions, and with them their tokens, before they expire. Whether a session is
+//! open is checked on every request, from a cache that forgets within a second, so another
+//! instance's log-out takes effect here within a second too.
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::session;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::Expr,
+};
+use uuid::Uuid;
+
+use super::Viewer;
+use crate::{db::Db, error::ApiResult};
+
+/// How long a session's state is trusted without asking the database again.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Opens, checks and ends sessions.
+pub struct Sessions {
+    /// Session id → open.
+    open: moka::sync::Cache<Uuid, bool>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            open: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(CACHE_TTL)
+                .build(),
+        }
+    }
+}
+
+impl Sessions {
+    /// A new session of `user_id` for `ttl`, within `tx` when given.
+    pub async fn open(
+        &self,
+        db: &impl ConnectionTrait,
+        user_id: Uuid,
+        ttl: Duration,
+    ) -> ApiResult<Viewer> {
+        let now = Utc::now();
+        // Whole seconds: the token's `exp` is in seconds and must not outlive the session.
+        let expires_at = chrono::DateTime::from_timestamp(
+            now.timestamp() + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 4),
+            0,
+        )
+        .unwrap_or(now);
+        let id = Uuid::now_v7();
+        session::Entity::insert(session::ActiveModel {
+            id: Set(id),
+            user_id: Set(user_id),
+            created_at: Set(now),
+            expires_at: Set(expires_at),
+            revoked_at: Set(None),
+        })
+        .exec_without_returning(db)
+        .await?;
+        self.open.insert(id, true);
+        Ok(Viewer {
+            user_id,
+            session_id: id,
+            expires_at,
+        })
+    }
+
+    /// Whether `viewer`'s session is still open (cached for up to a second).
+    pub async fn is_open(&self, db: &Db, viewer: &Viewer) -> ApiResult<bool> {
+        if let Some(open) = self.open.get(&viewer.session_id) {
+            return Ok(open);
+        }
+        self.is_open_now(db, viewer).await
+    }
+
+    /// Whether `viewer`'s session is still open, asking the database.
+    pub async fn is_open_now(&self, db: &Db, viewer: &Viewer) -> ApiResult<bool> {
+        let open = session::Entity::find_by_id(viewer.session_id)
+            .filter(session::Column::UserId.eq(viewer.user_id))
+            .filter(session::Column::RevokedAt.is_null())
+            .filter(session::Column::ExpiresAt.gt(Utc::now()))
+            .one(db.conn())
+            .await?
+            .is_some();
+        self.open.insert(viewer.session_id, open);
+        Ok(open)
+    }
+
+    /// Ends one session.
+    pub async fn end(&self, db: &impl ConnectionTrait, viewer: &Viewer) -> ApiResult<()> {
+        session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
+            .filter(session::Column::Id.eq(viewer.session_id))
+            .filter(session::Column::RevokedAt.is_null())
+            .exec(db)
+            .await?;
+        self.open.insert(viewer.session_id, false);
+        Ok(())
+    }
+
+    /// Ends every open session of `user_id`.
+    pub async fn end_all(&self, db: &impl ConnectionTrait, user_id: Uuid) -> ApiResult<()> {
+        session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, Expr::value(Utc::now()))
+            .filter(session::Column::UserId.eq(user_id))
+            .filter(session::Column::RevokedAt.is_null())
+            .exec(db)
+            .await?;
+        // This instance forgets them at once; others within the cache's second.
+        self.open.invalidate_all();
+        Ok(())
+    }
+}
