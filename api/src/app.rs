@@ -58,6 +58,7 @@ impl Application {
             runtime,
             login_throttle: Arc::default(),
             users: Arc::default(),
+            sockets: Arc::default(),
         };
         let schema = build_schema(Some(state.clone()));
         let server = crate::edge::serve(listener, schema, state.clone())?;

@@ -8,6 +8,7 @@ use crate::{
     auth::token::TokenKeys,
     conversations::runtime::Runtime,
     db::Db,
+    edge::ws::SocketCounter,
     error::ApiResult,
     settings::Settings,
     webhooks::delivery::Deliveries,
@@ -23,6 +24,8 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub login_throttle: Arc<LoginThrottle>,
     pub users: Arc<UserCache>,
+    /// Open WebSockets per client address.
+    pub sockets: Arc<SocketCounter>,
 }
 
 /// The shared state of a GraphQL request.
