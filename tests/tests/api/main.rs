@@ -9,3 +9,4 @@ mod scaleout;
 mod schema;
 mod transport;
 mod webhooks;
+mod websocket;
