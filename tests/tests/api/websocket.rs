@@ -84,11 +84,12 @@ async fn next_json(ws: &mut Ws) -> Value {
     }
 }
 
-/// Reads until the server's close frame (text before it is skipped) and returns it; fails if
-/// the connection ends without one (what a client sees as 1006) or nothing comes in 5 s.
+/// Reads until the server's close frame (text and pings before it are skipped) and returns it;
+/// fails if the connection ends without one (what a client sees as 1006) or none comes in 5 s.
 async fn close_frame(ws: &mut Ws) -> CloseFrame {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        let msg = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("a close frame within 5 s");
         match msg {
