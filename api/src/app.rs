@@ -70,6 +70,7 @@ impl Application {
             sessions: Arc::default(),
             limiters,
             users: Arc::default(),
+            sockets: Arc::default(),
         };
         let schema = build_schema(Some(state.clone()));
         let server = crate::edge::serve(listener, schema, state.clone())?;

@@ -8,6 +8,7 @@ use crate::{
     auth::{password::Passwords, session::Sessions, token::TokenKeys},
     conversations::runtime::Runtime,
     db::Db,
+    edge::ws::SocketCounter,
     error::ApiResult,
     limits::Limiters,
     settings::Settings,
@@ -26,6 +27,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     pub limiters: Arc<Limiters>,
     pub users: Arc<UserCache>,
+    /// Open WebSockets per client address.
+    pub sockets: Arc<SocketCounter>,
 }
 
 /// The shared state of a GraphQL request.

@@ -109,19 +109,35 @@ async fn expired_tampered_and_unsigned_tokens_are_refused() {
     let app = spawn_app().await;
     let user = app.new_user().await;
     let now = chrono::Utc::now().timestamp();
+    // The session the server opened for this user, read from its own token.
+    let claims: serde_json::Value = {
+        use base64::Engine as _;
+        let payload = user.token.split('.').nth(1).expect("a JWT has a payload");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64url");
+        serde_json::from_slice(&bytes).expect("JSON claims")
+    };
+    let sid = claims["sid"].as_str().expect("tokens name their session");
     // Sanity: a token we sign the same way as the server is accepted.
     let good = hs256(
-        &json!({ "sub": user.user_id, "iat": now, "exp": now + 60, "iss": "parley" }),
+        &json!({ "sub": user.user_id, "sid": sid, "iat": now, "exp": now + 60, "iss": "parley" }),
         SECRET,
     );
     assert_ok(&app.me(&good).await);
+    // Even signed with the right key, a token of a session that was never opened is refused.
+    let no_session = hs256(
+        &json!({ "sub": user.user_id, "sid": uuid::Uuid::new_v4(), "iat": now, "exp": now + 60, "iss": "parley" }),
+        SECRET,
+    );
+    assert_error(&app.me(&no_session).await, "UNAUTHENTICATED");
 
     let expired = hs256(
-        &json!({ "sub": user.user_id, "iat": now - 120, "exp": now - 60, "iss": "parley" }),
+        &json!({ "sub": user.user_id, "sid": sid, "iat": now - 120, "exp": now - 60, "iss": "parley" }),
         SECRET,
     );
     let wrong_key = hs256(
-        &json!({ "sub": user.user_id, "iat": now, "exp": now + 60, "iss": "parley" }),
+        &json!({ "sub": user.user_id, "sid": sid, "iat": now, "exp": now + 60, "iss": "parley" }),
         "another-secret-another-secret-another",
     );
     let none = forge(

@@ -11,3 +11,4 @@ mod schema;
 mod sessions;
 mod transport;
 mod webhooks;
+mod websocket;

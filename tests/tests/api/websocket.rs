@@ -1,0 +1,410 @@
+//! The WebSocket transport's own rules: close frames, the init timeout, message size,
+//! operations per socket, sockets per address, pings, and both subprotocols.
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{
+    self, Message,
+    client::IntoClientRequest as _,
+    http::HeaderValue,
+    protocol::{
+        CloseFrame,
+        frame::{
+            Frame,
+            coding::{CloseCode, Data, OpCode},
+        },
+    },
+};
+
+use crate::helpers::*;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a socket offering `protocol`; the upgrade response too.
+async fn try_connect(
+    app: &TestApp,
+    protocol: &str,
+) -> Result<(Ws, tungstenite::handshake::client::Response), tungstenite::Error> {
+    let mut req = format!("ws://127.0.0.1:{}/graphql", app.port)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(protocol).expect("header"),
+    );
+    tokio_tungstenite::connect_async(req).await
+}
+
+async fn connect(app: &TestApp) -> Ws {
+    try_connect(app, "graphql-transport-ws")
+        .await
+        .expect("websocket connects")
+        .0
+}
+
+async fn send(ws: &mut Ws, message: Value) {
+    ws.send(Message::text(message.to_string()))
+        .await
+        .expect("send");
+}
+
+/// Sends `connection_init` (with `token` if given) and expects the ack.
+async fn init(ws: &mut Ws, token: Option<&str>) {
+    let payload = match token {
+        Some(t) => json!({ "Authorization": format!("Bearer {t}") }),
+        None => json!({}),
+    };
+    send(ws, json!({ "type": "connection_init", "payload": payload })).await;
+    let ack = next_json(ws).await;
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+}
+
+/// The next text message as JSON (pings and pongs of either layer skipped); fails on a close
+/// or 5 s of silence.
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the socket is open")
+            .expect("a readable message");
+        match msg {
+            Message::Text(text) => {
+                let v: Value = serde_json::from_str(&text).expect("JSON");
+                if v["type"] == "ka" {
+                    continue;
+                }
+                return v;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's close frame (text and pings before it are skipped) and returns it;
+/// fails if the connection ends without one (what a client sees as 1006) or none comes in 5 s.
+async fn close_frame(ws: &mut Ws) -> CloseFrame {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a close frame within 5 s");
+        match msg {
+            Some(Ok(Message::Close(Some(frame)))) => return frame,
+            Some(Ok(Message::Close(None))) => panic!("a close frame without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("the connection failed without a close frame: {e}"),
+            None => panic!("the connection ended without a close frame"),
+        }
+    }
+}
+
+/// A GraphQL-level ping is answered: the socket still serves.
+async fn assert_serving(ws: &mut Ws) {
+    send(ws, json!({ "type": "ping" })).await;
+    let pong = next_json(ws).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+}
+
+#[tokio::test]
+async fn a_client_closing_with_1000_gets_a_close_frame_with_1000_back() {
+    let app = spawn_app().await;
+    let mut ws = connect(&app).await;
+    init(&mut ws, None).await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .expect("close sent");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Normal, "{frame:?}");
+
+    // Before connection_init too, and with another code.
+    let mut ws = connect(&app).await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "".into(),
+    })))
+    .await
+    .expect("close sent");
+    assert_eq!(close_frame(&mut ws).await.code, CloseCode::Away);
+}
+
+#[tokio::test]
+async fn a_socket_that_never_sends_connection_init_is_closed_with_4408() {
+    let app = spawn_app_with(|s| s.limits.ws_init_timeout = Duration::from_millis(300)).await;
+    let mut idle = connect(&app).await;
+    let mut initialised = connect(&app).await;
+    init(&mut initialised, None).await;
+
+    let frame = close_frame(&mut idle).await;
+    assert_eq!(u16::from(frame.code), 4408, "{frame:?}");
+    assert!(frame.reason.contains("initialisation"), "{frame:?}");
+
+    // The one that did send it is past the timeout and still serving.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_serving(&mut initialised).await;
+}
+
+#[tokio::test]
+async fn a_message_larger_than_the_limit_closes_the_socket_with_1009() {
+    let app = spawn_app_with(|s| s.limits.ws_max_message_bytes = 1024).await;
+    let user = app.new_user().await;
+    // Under the limit, a message is served.
+    let mut ws = connect(&app).await;
+    init(&mut ws, Some(&user.token)).await;
+    let padding = " ".repeat(800);
+    send(
+        &mut ws,
+        json!({ "id": "1", "type": "subscribe", "payload": { "query": format!("{{ me {{ email }} {padding} }}") } }),
+    )
+    .await;
+    let next = next_json(&mut ws).await;
+    assert_eq!(next["payload"]["data"]["me"]["email"], user.email, "{next}");
+
+    // One frame over it.
+    let big = json!({ "type": "ping", "payload": { "pad": "x".repeat(2000) } });
+    send(&mut ws, big).await;
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Size, "{frame:?}");
+    assert!(
+        frame.reason.contains("PARLEY_WS_MAX_MESSAGE_BYTES"),
+        "{frame:?}"
+    );
+
+    // Fragments, each small, that add up to more.
+    let mut ws = connect(&app).await;
+    init(&mut ws, None).await;
+    let chunk = "x".repeat(400);
+    ws.send(Message::Frame(Frame::message(
+        format!("{{\"type\":\"ping\",\"payload\":{{\"pad\":\"{chunk}"),
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await
+    .expect("first fragment");
+    for _ in 0..3 {
+        ws.send(Message::Frame(Frame::message(
+            chunk.clone(),
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await
+        .expect("fragment");
+    }
+    ws.send(Message::Frame(Frame::message(
+        "\"}}",
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await
+    .expect("last fragment");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Size, "{frame:?}");
+}
+
+#[tokio::test]
+async fn fragments_within_the_limit_make_one_message() {
+    let app = spawn_app_with(|s| s.limits.ws_max_message_bytes = 1024).await;
+    let mut ws = connect(&app).await;
+    init(&mut ws, None).await;
+    for (part, opcode, last) in [
+        ("{\"type\":", OpCode::Data(Data::Text), false),
+        ("\"pi", OpCode::Data(Data::Continue), false),
+        ("ng\"}", OpCode::Data(Data::Continue), true),
+    ] {
+        ws.send(Message::Frame(Frame::message(part, opcode, last)))
+            .await
+            .expect("fragment");
+    }
+    let pong = next_json(&mut ws).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+}
+
+#[tokio::test]
+async fn an_operation_past_the_cap_is_refused_with_rate_limited_and_the_socket_keeps_serving() {
+    let app = spawn_app_with(|s| s.limits.ws_max_operations = 2).await;
+    let user = app.new_user().await;
+    let mut ws = connect(&app).await;
+    init(&mut ws, Some(&user.token)).await;
+    let watch = |id: &str| {
+        json!({ "id": id, "type": "subscribe", "payload": {
+            "query": "subscription($a: ID!) { accountEvents(accountId: $a) { seq } }",
+            "variables": { "a": user.account_id } } })
+    };
+    send(&mut ws, watch("a")).await;
+    send(&mut ws, watch("b")).await;
+    send(&mut ws, watch("c")).await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["id"], "c", "{refused}");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{refused}"
+    );
+    assert!(
+        refused["payload"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("PARLEY_WS_MAX_OPERATIONS")),
+        "{refused}"
+    );
+    assert_serving(&mut ws).await;
+
+    // A finished operation makes room; the two that run still do.
+    send(&mut ws, json!({ "id": "a", "type": "complete" })).await;
+    let done = next_json(&mut ws).await;
+    assert_eq!(done, json!({ "type": "complete", "id": "a" }));
+    send(
+        &mut ws,
+        json!({ "id": "d", "type": "subscribe", "payload": { "query": "{ me { email } }" } }),
+    )
+    .await;
+    let next = next_json(&mut ws).await;
+    assert_eq!(next["type"], "next", "{next}");
+    assert_eq!(next["id"], "d", "{next}");
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({ "type": "complete", "id": "d" })
+    );
+    // "b" still runs and counts: with "d" done there is room for exactly one more.
+    send(&mut ws, watch("e")).await;
+    send(&mut ws, watch("f")).await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["id"], "f", "{refused}");
+}
+
+#[tokio::test]
+async fn a_reused_operation_id_closes_with_4409() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let mut ws = connect(&app).await;
+    init(&mut ws, Some(&user.token)).await;
+    let watch = json!({ "id": "a", "type": "subscribe", "payload": {
+        "query": "subscription($a: ID!) { accountEvents(accountId: $a) { seq } }",
+        "variables": { "a": user.account_id } } });
+    send(&mut ws, watch.clone()).await;
+    send(&mut ws, watch).await;
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 4409, "{frame:?}");
+}
+
+#[tokio::test]
+async fn sockets_past_the_per_address_cap_get_429_until_one_closes() {
+    let app = spawn_app_with(|s| s.limits.ws_max_sockets_per_client = 2).await;
+    let mut first = connect(&app).await;
+    let mut second = connect(&app).await;
+    match try_connect(&app, "graphql-transport-ws").await {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(
+                response.headers().get("retry-after").is_some(),
+                "{response:?}"
+            );
+            let body: Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                    .expect("JSON body");
+            assert_error(&body, "RATE_LIMITED");
+            let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("PARLEY_WS_MAX_SOCKETS_PER_CLIENT=2"),
+                "{body}"
+            );
+        }
+        Ok(_) => panic!("a third socket from one address was accepted"),
+        Err(e) => panic!("expected HTTP 429, got {e}"),
+    }
+    // Both open ones still serve.
+    init(&mut second, None).await;
+
+    first
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }))
+        .await
+        .expect("close");
+    // The count drops before the close frame is answered: no waiting needed.
+    close_frame(&mut first).await;
+    let (mut third, _) = try_connect(&app, "graphql-transport-ws")
+        .await
+        .expect("a socket is accepted again once one closed");
+    init(&mut third, None).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_answers_no_pings_is_dropped_and_one_that_does_stays() {
+    let app = spawn_app_with(|s| s.limits.ws_ping_interval = Duration::from_millis(200)).await;
+    let mut silent = connect(&app).await;
+    let mut lively = connect(&app).await;
+    init(&mut silent, None).await;
+    init(&mut lively, None).await;
+
+    // Reading answers pings (tungstenite pongs on its own); the silent one is not read.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1000);
+    while let Ok(msg) = tokio::time::timeout_at(until, lively.next()).await {
+        match msg {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        pings >= 2,
+        "pinged {pings} times in 1 s at a 200 ms interval"
+    );
+    assert_serving(&mut lively).await;
+
+    let frame = close_frame(&mut silent).await;
+    assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
+}
+
+#[tokio::test]
+async fn both_subprotocols_run_an_operation_and_the_chosen_one_is_echoed() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    for (offered, chosen, start, data) in [
+        (
+            "graphql-transport-ws",
+            "graphql-transport-ws",
+            "subscribe",
+            "next",
+        ),
+        ("graphql-ws", "graphql-ws", "start", "data"),
+        ("nonsense, graphql-ws", "graphql-ws", "start", "data"),
+    ] {
+        let (mut ws, response) = try_connect(&app, offered).await.expect("connects");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(chosen),
+            "{offered}"
+        );
+        init(&mut ws, Some(&user.token)).await;
+        send(
+            &mut ws,
+            json!({ "id": "1", "type": start, "payload": { "query": "{ me { email } }" } }),
+        )
+        .await;
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["type"], data, "{offered}: {reply}");
+        assert_eq!(
+            reply["payload"]["data"]["me"]["email"], user.email,
+            "{offered}: {reply}"
+        );
+        let done = next_json(&mut ws).await;
+        assert_eq!(done["type"], "complete", "{offered}: {done}");
+        ws.close(None).await.ok();
+    }
+    // No protocol we speak: refused before the upgrade.
+    match try_connect(&app, "mqtt").await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 400),
+        other => panic!("expected HTTP 400, got {:?}", other.map(|(_, r)| r)),
+    }
+}
