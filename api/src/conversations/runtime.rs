@@ -10,6 +10,7 @@ use entity::{
     conversation::{self, ConversationStatus},
     conversation_event,
     delivery::{self, DeliveryMode, DeliveryStatus},
+    webhook,
 };
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
@@ -89,6 +90,8 @@ struct SyncCall {
     block_id: String,
     account_id: Uuid,
     payload: Value,
+    /// Why the call cannot be made at all (its webhook is gone): it counts as failed.
+    failed: Option<String>,
 }
 
 /// Drives conversations.
@@ -317,7 +320,9 @@ impl Runtime {
         let mut calls = 0;
         while let Some(sync) = call.take() {
             calls += 1;
-            let outcome = if calls > MAX_SYNC_CALLS_PER_TURN {
+            let outcome = if let Some(reason) = sync.failed {
+                WebhookOutcome::Failed(reason)
+            } else if calls > MAX_SYNC_CALLS_PER_TURN {
                 WebhookOutcome::Failed("too many webhook calls in one turn".into())
             } else {
                 self.call(conversation_id, sync).await
@@ -417,6 +422,40 @@ impl Runtime {
                     block_id,
                 } => (webhook_id, block_id, true),
             };
+            // A published flow is checked against the account's webhooks, but should one
+            // still name a webhook that is gone, its block counts as a failed call and the
+            // flow goes on: the visitor never gets an internal error for it.
+            let found = match Uuid::parse_str(&webhook_id) {
+                Ok(id) => webhook::Entity::find_by_id(id)
+                    .select_only()
+                    .column(webhook::Column::Id)
+                    .into_tuple::<Uuid>()
+                    .all(&tx.tx)
+                    .await?
+                    .pop(),
+                Err(_) => None,
+            };
+            let Some(hook_id) = found else {
+                tracing::warn!(
+                    conversation.id = %conv.id,
+                    bot.id = %conv.bot_id,
+                    bot.version = conv.version,
+                    block.id = %block_id,
+                    webhook.id = %webhook_id,
+                    webhook.sync = is_sync,
+                    "the flow names a webhook that does not exist; the call counts as failed"
+                );
+                if is_sync {
+                    sync = Some(SyncCall {
+                        webhook_id,
+                        block_id,
+                        account_id: conv.account_id,
+                        payload: Value::Null,
+                        failed: Some("the webhook does not exist (it was deleted)".into()),
+                    });
+                }
+                continue;
+            };
             if transcript.is_none() {
                 // Payloads carry only the latest messages: read no more than they can hold.
                 let mut recent = conversation_event::Entity::find()
@@ -448,25 +487,19 @@ impl Runtime {
                     block_id,
                     account_id: conv.account_id,
                     payload: body,
+                    failed: None,
                 });
             } else {
-                match Uuid::parse_str(&webhook_id) {
-                    Ok(id) => {
-                        deliveries::enqueue(
-                            &tx.tx,
-                            conv.account_id,
-                            id,
-                            Some(conv.id),
-                            Some(block_id),
-                            body,
-                        )
-                        .await?;
-                        queued = true;
-                    }
-                    Err(_) => {
-                        tracing::warn!(conversation.id = %conv.id, webhook_id, "webhook block with an invalid id skipped")
-                    }
-                }
+                deliveries::enqueue(
+                    &tx.tx,
+                    conv.account_id,
+                    hook_id,
+                    Some(conv.id),
+                    Some(block_id),
+                    body,
+                )
+                .await?;
+                queued = true;
             }
         }
 
