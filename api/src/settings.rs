@@ -196,6 +196,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// What a client, a socket, a visitor or an account may take.
     pub limits: Limits,
+    /// This instance's name in the claims it takes on deliveries (`PARLEY_INSTANCE_ID`); it
+    /// must stay the same across restarts and differ between instances sharing a database.
+    /// `None`: the host name and the bound address.
+    pub instance_id: Option<String>,
 }
 
 /// A setting that could not be used; its message names the variable and the value.
@@ -397,6 +401,7 @@ impl Settings {
             abandon_after: secs("PARLEY_ABANDON_AFTER_SECS", 24 * 3600)?,
             max_body_bytes: 1024 * 1024,
             limits,
+            instance_id: get("PARLEY_INSTANCE_ID").map(|v| v.trim().to_owned()),
         })
     }
 }

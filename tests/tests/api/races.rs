@@ -27,6 +27,18 @@ async fn slow_receiver(delay: Duration, body: Value) -> MockServer {
     server
 }
 
+/// Waits until the receiver got at least `n` requests (5 s at most).
+async fn until_received(server: &MockServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.received_requests().await.unwrap_or_default().len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receiver never got {n} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs one statement on the app's database behind its back, with `$1`-style placeholders
 /// (rewritten to `?` on SQLite).
 async fn sql(app: &TestApp, statement: &str, values: Vec<sea_orm::Value>) {
@@ -138,4 +150,153 @@ async fn a_published_flow_naming_a_deleted_webhook_counts_its_calls_as_failed() 
             .unwrap_or_default()
             .is_empty()
     );
+}
+
+#[tokio::test]
+async fn redeliver_of_a_delivery_in_flight_is_a_conflict_and_sends_nothing_more() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::from_millis(1500), json!({})).await;
+    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
+    app.new_conversation(&bot).await;
+    until_received(&hook, 1).await;
+    let id = app.deliveries(&owner.token, &webhook).await[0]["id"].clone();
+
+    let again = app
+        .gql(
+            &owner.token,
+            "mutation($id: ID!) { redeliver(deliveryId: $id) { status attempts { responseStatus } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_error(&again, "CONFLICT");
+    let message = again["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("being sent right now"), "{message}");
+
+    let list = app
+        .wait_deliveries(&owner.token, &webhook, |l| {
+            l.iter().all(|d| d["status"] == "SUCCEEDED")
+        })
+        .await;
+    assert_eq!(list[0]["attempts"].as_array().map(Vec::len), Some(1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.received_requests().await.unwrap_or_default().len(), 1);
+}
+
+#[tokio::test]
+async fn the_sweeper_never_resumes_a_conversation_whose_sync_call_is_still_running() {
+    // Instance A waits up to 8 s for a reply; instance B (configured with 1 s, so its sweeper
+    // deems a call of 2 s stale) sweeps the same database.
+    let app = spawn_app_with(|s| s.delivery.sync_timeout = Duration::from_secs(8)).await;
+    let mut quick = app.settings.clone();
+    quick.delivery.sync_timeout = Duration::from_secs(1);
+    let other = start_on(
+        TestDb::Shared {
+            url: app.db.url().to_owned(),
+            postgres: app.db.is_postgres(),
+        },
+        quick,
+    )
+    .await;
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::from_secs(4), json!({ "x": "1" })).await;
+    let webhook = app
+        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "call", "blocks": [
+        { "id": "call", "kind": "WEBHOOK", "webhookId": webhook, "async": false, "next": "after" },
+        { "id": "after", "kind": "MESSAGE", "text": "after: {{x}}", "next": "end" },
+        { "id": "end", "kind": "END" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+
+    let started = app.start_conversation(&bot, Value::Null).await;
+    assert_ok(&started);
+    let s = &started["data"]["startConversation"];
+    let conv = s["conversationId"].as_str().expect("id");
+    let seen = app.conversation(Some(&owner.token), conv, None).await;
+    let texts: Vec<&str> = seen["data"]["conversation"]["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert_eq!(texts, vec!["after: 1"], "{seen}");
+    let list = app.deliveries(&owner.token, &webhook).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["status"], "SUCCEEDED", "{list:#?}");
+    drop(other);
+}
+
+#[tokio::test]
+async fn a_conversation_whose_first_step_fails_is_not_left_behind() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "hi", "blocks": [
+        { "id": "hi", "kind": "MESSAGE", "text": "Hi!", "next": "end" },
+        { "id": "end", "kind": "END" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    // The first step cannot run: the published flow no longer reads back.
+    sql(
+        &app,
+        "UPDATE bot_versions SET flow = $1",
+        vec![json!({ "blocks": 5 }).into()],
+    )
+    .await;
+
+    assert_error(
+        &app.start_conversation(&bot, Value::Null).await,
+        "INTERNAL_SERVER_ERROR",
+    );
+    let listed = app
+        .gql(
+            &owner.token,
+            "query($id: ID!) { bot(id: $id) { conversations(first: 10) { edges { node { id events { seq } } } } } }",
+            json!({ "id": bot }),
+        )
+        .await;
+    assert_ok(&listed);
+    assert_eq!(
+        listed["data"]["bot"]["conversations"]["edges"],
+        json!([]),
+        "a conversation without events was left behind"
+    );
+}
+
+#[tokio::test]
+async fn deliveries_in_flight_at_a_crash_are_sent_again_within_seconds_of_the_restart() {
+    // The default lease; a stable instance id, as in production, so that the restarted
+    // instance knows the claims of its previous run as its own.
+    let app = spawn_app_with(|s| {
+        s.delivery.lease = Duration::from_secs(60);
+        s.instance_id = Some(format!("crash-test-{}", Uuid::new_v4().simple()));
+    })
+    .await;
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::from_millis(500), json!({})).await;
+    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
+    for _ in 0..30 {
+        app.new_conversation(&bot).await;
+    }
+    until_received(&hook, 1).await;
+    let settings = app.settings.clone();
+    let db = app.crash();
+    let app = start_on(db, settings).await;
+    let restarted = tokio::time::Instant::now();
+
+    loop {
+        let list = app.deliveries(&owner.token, &webhook).await;
+        if list.len() == 30 && list.iter().all(|d| d["status"] == "SUCCEEDED") {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "not every delivery arrived within 10 s of the restart: {:?}",
+            list.iter().map(|d| &d["status"]).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
