@@ -37,12 +37,28 @@ impl Application {
         let listener = TcpListener::bind(settings.addr)
             .with_context(|| format!("cannot listen on PARLEY_ADDR={}", settings.addr))?;
         let port = listener.local_addr()?.port();
+        let instance_id = settings.instance_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}@{}",
+                host_name(),
+                listener
+                    .local_addr()
+                    .map_or_else(|_| settings.addr.to_string(), |a| a.to_string())
+            )
+        });
         let deliveries = Deliveries::new(
             db.clone(),
             settings.delivery.clone(),
             settings.limits.max_sync_calls_per_account,
             settings.allow_private_webhooks,
+            instance_id,
         )?;
+        // What this instance was sending when it last stopped is sent again now, not when
+        // the leases lapse.
+        deliveries
+            .release_stale_claims()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot release stale delivery claims: {e:?}"))?;
         // One instance on SQLite; on PostgreSQL, instances share events through NOTIFY.
         let (bus, pg_bus): (Arc<dyn EventBus>, Option<Arc<PgBus>>) = match db.kind() {
             DatabaseKind::Sqlite => (Arc::new(LocalBus::default()), None),
@@ -113,6 +129,16 @@ impl Application {
         drop(workers);
         result
     }
+}
+
+/// The machine's name, for the default instance id.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Aborts a background task when dropped, so that a dropped app leaves nothing running.

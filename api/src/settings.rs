@@ -198,6 +198,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Serve GraphiQL and answer anonymous introspection (`PARLEY_GRAPHIQL`).
     pub graphiql: bool,
+    /// This instance's name in the claims it takes on deliveries (`PARLEY_INSTANCE_ID`); it
+    /// must stay the same across restarts and differ between instances sharing a database.
+    /// `None`: the host name and the bound address.
+    pub instance_id: Option<String>,
 }
 
 /// A setting that could not be used; its message names the variable and the value.
@@ -404,6 +408,7 @@ impl Settings {
                     .ok_or_else(|| bad("PARLEY_GRAPHIQL", &v, "expected true or false".into()))?,
                 None => true,
             },
+            instance_id: get("PARLEY_INSTANCE_ID").map(|v| v.trim().to_owned()),
         })
     }
 }

@@ -48,6 +48,8 @@ pub struct Model {
     pub next_attempt_at: Option<DateTimeUtc>,
     /// A worker's lease: until then no other worker takes it.
     pub claimed_until: Option<DateTimeUtc>,
+    /// The instance (`PARLEY_INSTANCE_ID`) that holds the claim.
+    pub claimed_by: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -6,6 +6,7 @@ mod m20261126_010000_create_accounts;
 mod m20261126_020000_create_bots_and_webhooks;
 mod m20261126_030000_create_deliveries;
 mod m20261126_040000_create_conversations;
+mod m20261128_010000_add_delivery_claimant;
 mod m20261128_120000_create_sessions;
 mod m20261128_120100_create_audit_log;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_020000_create_bots_and_webhooks::Migration),
             Box::new(m20261126_030000_create_deliveries::Migration),
             Box::new(m20261126_040000_create_conversations::Migration),
+            Box::new(m20261128_010000_add_delivery_claimant::Migration),
             Box::new(m20261128_120000_create_sessions::Migration),
             Box::new(m20261128_120100_create_audit_log::Migration),
         ]

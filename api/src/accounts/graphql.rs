@@ -385,12 +385,12 @@ impl AccountsMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let st = state(ctx)?;
         let me = viewer(ctx)?;
+        // Password guesses cost like log-ins: the same per-address budget.
+        st.limiters.login_from(ctx.data_opt::<ClientAddr>())?;
         service::change_password(
             &st.db,
             &st.passwords,
             &st.sessions,
-            &st.limiters,
-            ctx.data_opt::<ClientAddr>(),
             me,
             &current_password,
             &new_password,

@@ -655,13 +655,10 @@ pub async fn change_password(
     db: &Db,
     passwords: &Passwords,
     sessions: &Sessions,
-    limiters: &Limiters,
-    client: Option<&ClientAddr>,
     viewer: Uuid,
     current: &str,
     new: &str,
 ) -> ApiResult<()> {
-    limiters.login_from(client)?;
     let new = Password::parse(new)?;
     let user = user::Entity::find_by_id(viewer)
         .one(db.conn())

@@ -229,6 +229,37 @@ fn revision_conflict(current: i32, expected: i32) -> ApiError {
     ))
 }
 
+/// On PostgreSQL, share-locks the webhooks `flow` names until the transaction ends, so that
+/// `delete_webhook` (which locks its webhook for update before looking for users) waits for
+/// this publish and then sees its version; a webhook deleted first is missing here and the
+/// flow is refused. SQLite's single writer already serialises the two.
+async fn lock_named_webhooks(db: &Db, tx: &impl ConnectionTrait, flow: &Flow) -> ApiResult<()> {
+    if db.kind() != settings::DatabaseKind::Postgres {
+        return Ok(());
+    }
+    let mut ids: Vec<Uuid> = flow
+        .blocks
+        .iter()
+        .filter_map(|b| b.webhook_id.as_deref())
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    webhook::Entity::find()
+        .filter(webhook::Column::Id.is_in(ids))
+        .order_by_asc(webhook::Column::Id)
+        .select_only()
+        .column(webhook::Column::Id)
+        .lock_shared()
+        .into_tuple::<Uuid>()
+        .all(tx)
+        .await?;
+    Ok(())
+}
+
 /// Freezes the draft as the next version (ADMIN). An empty or invalid draft is refused.
 pub async fn publish_bot(
     db: &Db,
@@ -249,6 +280,7 @@ pub async fn publish_bot(
             "the flow is empty: add blocks before publishing",
         ));
     }
+    lock_named_webhooks(db, &tx.tx, &flow).await?;
     let problems = check_flow(&tx.tx, limits, view.bot.account_id, &flow).await?;
     if !problems.is_empty() {
         return Err(invalid_flow(problems));

@@ -10,10 +10,11 @@ use entity::{
     conversation::{self, ConversationStatus},
     conversation_event,
     delivery::{self, DeliveryMode, DeliveryStatus},
+    webhook,
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, sea_query::Expr,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -89,6 +90,22 @@ struct SyncCall {
     block_id: String,
     account_id: Uuid,
     payload: Value,
+    /// Why the call cannot be made at all (its webhook is gone): it counts as failed.
+    failed: Option<String>,
+}
+
+/// What one step may do besides running the engine.
+#[derive(Default)]
+struct Step<'a> {
+    /// Refuse a conversation whose token hash is not this one.
+    visitor: Option<&'a str>,
+    /// Insert this new conversation first, in the step's transaction: a conversation never
+    /// exists without the events of its first step.
+    create: Option<conversation::Model>,
+    /// Release the claim of this sync delivery, whose result the step takes.
+    release: Option<Uuid>,
+    /// Do nothing if a sync call of the conversation is still in flight (the sweeper).
+    unless_in_flight: bool,
 }
 
 /// Drives conversations.
@@ -237,12 +254,14 @@ impl Runtime {
             ended_at: None,
             updated_at: now,
         };
-        conversation::Entity::insert(conversation::ActiveModel::from(conv.clone()))
-            .exec_without_returning(self.db.writer())
-            .await?;
-        self.drive(conv.id, Input::Start, None).await?;
+        let id = conv.id;
+        let first = Step {
+            create: Some(conv),
+            ..Step::default()
+        };
+        self.drive(id, Input::Start, first).await?;
         Ok(VisitorSession {
-            conversation_id: conv.id,
+            conversation_id: id,
             visitor_token: token,
         })
     }
@@ -288,12 +307,12 @@ impl Runtime {
             )));
         }
         let visitor = token_hash(visitor_token.trim());
+        let step = Step {
+            visitor: Some(&visitor),
+            ..Step::default()
+        };
         let events = self
-            .drive(
-                conversation_id,
-                Input::Answer(text.to_owned()),
-                Some(&visitor),
-            )
+            .drive(conversation_id, Input::Answer(text.to_owned()), step)
             .await?;
         events
             .into_iter()
@@ -302,24 +321,31 @@ impl Runtime {
     }
 
     /// Runs one input, then any sync webhook calls it leads to; returns every event emitted.
-    /// With `visitor` (a token hash), the first step refuses a conversation it does not open.
+    /// `first` says what the first step may do besides (see [`Step`]).
     async fn drive(
         &self,
         conversation_id: Uuid,
         input: Input,
-        visitor: Option<&str>,
+        first: Step<'_>,
     ) -> ApiResult<Vec<SharedEvent>> {
-        let (mut events, mut call) = self.advance(conversation_id, input, visitor).await?;
+        let (mut events, mut call) = self.advance(conversation_id, input, first).await?;
         let mut calls = 0;
         while let Some(sync) = call.take() {
             calls += 1;
-            let outcome = if calls > MAX_SYNC_CALLS_PER_TURN {
-                WebhookOutcome::Failed("too many webhook calls in one turn".into())
+            let (outcome, delivery) = if let Some(reason) = sync.failed {
+                (WebhookOutcome::Failed(reason), None)
+            } else if calls > MAX_SYNC_CALLS_PER_TURN {
+                let reason = "too many webhook calls in one turn".into();
+                (WebhookOutcome::Failed(reason), None)
             } else {
                 self.call(conversation_id, sync).await
             };
+            let step = Step {
+                release: delivery,
+                ..Step::default()
+            };
             let (more, next) = self
-                .advance(conversation_id, Input::WebhookResult(outcome), None)
+                .advance(conversation_id, Input::WebhookResult(outcome), step)
                 .await?;
             events.extend(more);
             call = next;
@@ -327,9 +353,11 @@ impl Runtime {
         Ok(events)
     }
 
-    async fn call(&self, conversation_id: Uuid, sync: SyncCall) -> WebhookOutcome {
+    /// Makes a sync call; its outcome, and its delivery (claimed until the next step).
+    async fn call(&self, conversation_id: Uuid, sync: SyncCall) -> (WebhookOutcome, Option<Uuid>) {
         let Ok(webhook_id) = Uuid::parse_str(&sync.webhook_id) else {
-            return WebhookOutcome::Failed(format!("{:?} is not a webhook id", sync.webhook_id));
+            let reason = format!("{:?} is not a webhook id", sync.webhook_id);
+            return (WebhookOutcome::Failed(reason), None);
         };
         match self
             .deliveries
@@ -342,13 +370,13 @@ impl Runtime {
             )
             .await
         {
-            Ok(result) => result.outcome,
+            Ok(result) => (result.outcome, Some(result.delivery_id)),
             Err(e) => {
                 let reason = e.message().to_owned();
                 if let ApiError::Internal(cause) = &e {
                     tracing::error!(conversation.id = %conversation_id, error.cause = ?cause, "sync webhook call failed");
                 }
-                WebhookOutcome::Failed(reason)
+                (WebhookOutcome::Failed(reason), None)
             }
         }
     }
@@ -359,9 +387,20 @@ impl Runtime {
         &self,
         conversation_id: Uuid,
         input: Input,
-        visitor: Option<&str>,
+        step: Step<'_>,
     ) -> ApiResult<(Vec<SharedEvent>, Option<SyncCall>)> {
+        let Step {
+            visitor,
+            create,
+            release,
+            unless_in_flight,
+        } = step;
         let tx = self.db.write().await?;
+        if let Some(new) = create {
+            conversation::Entity::insert(conversation::ActiveModel::from(new))
+                .exec_without_returning(&tx.tx)
+                .await?;
+        }
         let mut query = conversation::Entity::find_by_id(conversation_id);
         if self.db.kind() == DatabaseKind::Postgres {
             // Serialises turns of one conversation across instances; SQLite's single writer
@@ -377,6 +416,17 @@ impl Runtime {
             .ok_or_else(visitor_not_found)?;
         if visitor.is_some_and(|hash| hash != conv.visitor_token_hash) {
             return Err(visitor_not_found());
+        }
+        if unless_in_flight
+            && deliveries::conversations_with_calls_in_flight(&tx.tx, &[conv.id])
+                .await?
+                .contains(&conv.id)
+        {
+            // The call was not cut off after all: whoever makes it takes its result.
+            return Ok((Vec::new(), None));
+        }
+        if let Some(delivery_id) = release {
+            deliveries::release_claim(&tx.tx, delivery_id).await?;
         }
         if matches!(input, Input::Answer(_)) {
             // Counted only once the token matched: a stranger cannot spend a visitor's budget.
@@ -413,6 +463,40 @@ impl Runtime {
                     block_id,
                 } => (webhook_id, block_id, true),
             };
+            // A published flow is checked against the account's webhooks, but should one
+            // still name a webhook that is gone, its block counts as a failed call and the
+            // flow goes on: the visitor never gets an internal error for it.
+            let found = match Uuid::parse_str(&webhook_id) {
+                Ok(id) => webhook::Entity::find_by_id(id)
+                    .select_only()
+                    .column(webhook::Column::Id)
+                    .into_tuple::<Uuid>()
+                    .all(&tx.tx)
+                    .await?
+                    .pop(),
+                Err(_) => None,
+            };
+            let Some(hook_id) = found else {
+                tracing::warn!(
+                    conversation.id = %conv.id,
+                    bot.id = %conv.bot_id,
+                    bot.version = conv.version,
+                    block.id = %block_id,
+                    webhook.id = %webhook_id,
+                    webhook.sync = is_sync,
+                    "the flow names a webhook that does not exist; the call counts as failed"
+                );
+                if is_sync {
+                    sync = Some(SyncCall {
+                        webhook_id,
+                        block_id,
+                        account_id: conv.account_id,
+                        payload: Value::Null,
+                        failed: Some("the webhook does not exist (it was deleted)".into()),
+                    });
+                }
+                continue;
+            };
             if transcript.is_none() {
                 // Payloads carry only the latest messages: read no more than they can hold.
                 let mut recent = conversation_event::Entity::find()
@@ -444,25 +528,19 @@ impl Runtime {
                     block_id,
                     account_id: conv.account_id,
                     payload: body,
+                    failed: None,
                 });
             } else {
-                match Uuid::parse_str(&webhook_id) {
-                    Ok(id) => {
-                        deliveries::enqueue(
-                            &tx.tx,
-                            conv.account_id,
-                            id,
-                            Some(conv.id),
-                            Some(block_id),
-                            body,
-                        )
-                        .await?;
-                        queued = true;
-                    }
-                    Err(_) => {
-                        tracing::warn!(conversation.id = %conv.id, webhook_id, "webhook block with an invalid id skipped")
-                    }
-                }
+                deliveries::enqueue(
+                    &tx.tx,
+                    conv.account_id,
+                    hook_id,
+                    Some(conv.id),
+                    Some(block_id),
+                    body,
+                )
+                .await?;
+                queued = true;
             }
         }
 
@@ -556,6 +634,14 @@ impl Runtime {
             // A queued redelivery (due at some time) is the worker's, not a cut-off call.
             .filter(delivery::Column::NextAttemptAt.is_null())
             .filter(delivery::Column::CreatedAt.lt(stale))
+            // A call still in flight holds a live claim, however old (another instance may
+            // wait longer than this one's deadline); a crashed call's claim lapses, or is
+            // released when its instance restarts.
+            .filter(
+                Condition::any()
+                    .add(delivery::Column::ClaimedUntil.is_null())
+                    .add(delivery::Column::ClaimedUntil.lt(now)),
+            )
             .exec(self.db.writer())
             .await?;
         let awaiting = match self.db.kind() {
@@ -576,9 +662,15 @@ impl Runtime {
             .into_tuple()
             .all(self.db.conn())
             .await?;
-        for id in stuck {
+        let in_flight =
+            deliveries::conversations_with_calls_in_flight(self.db.conn(), &stuck).await?;
+        for id in stuck.into_iter().filter(|id| !in_flight.contains(id)) {
             let outcome = WebhookOutcome::Failed("the call was interrupted by a restart".into());
-            if let Err(e) = self.drive(id, Input::WebhookResult(outcome), None).await {
+            let step = Step {
+                unless_in_flight: true,
+                ..Step::default()
+            };
+            if let Err(e) = self.drive(id, Input::WebhookResult(outcome), step).await {
                 tracing::warn!(conversation.id = %id, error = e.message(), "cannot resume a conversation");
             }
         }

@@ -42,7 +42,7 @@ use crate::{
     db::Db,
     engine::{Instruction, WebhookOutcome},
     error::{ApiError, ApiResult},
-    settings::DeliverySettings,
+    settings::{DatabaseKind, DeliverySettings},
 };
 
 /// Longest wait of a sync call or a test send for its slots, before it is refused.
@@ -66,6 +66,8 @@ pub struct Deliveries {
     /// Sync calls in flight at once for one account.
     max_sync_calls_per_account: usize,
     per_account: std::sync::Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// This instance's name in the claims it takes (`claimed_by`).
+    instance_id: String,
 }
 
 /// The slots a request holds while it is in flight; dropping them frees them.
@@ -177,12 +179,49 @@ pub async fn enqueue(
         attempt_count: Set(0),
         next_attempt_at: Set(Some(now)),
         claimed_until: Set(None),
+        claimed_by: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     })
     .exec_without_returning(tx)
     .await?;
     Ok(id)
+}
+
+/// Releases the claim a sync call keeps on its delivery, inside the transaction of the
+/// conversation step that takes its result.
+pub async fn release_claim(tx: &impl ConnectionTrait, delivery_id: Uuid) -> ApiResult<()> {
+    delivery::Entity::update_many()
+        .col_expr(
+            delivery::Column::ClaimedUntil,
+            Option::<chrono::DateTime<Utc>>::None.into(),
+        )
+        .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
+        .filter(delivery::Column::Id.eq(delivery_id))
+        .exec(tx)
+        .await?;
+    Ok(())
+}
+
+/// Of `conversation_ids`, those with a delivery under a live claim: a sync call still in
+/// flight (or whose result the conversation has not taken yet).
+pub async fn conversations_with_calls_in_flight(
+    db: &impl ConnectionTrait,
+    conversation_ids: &[Uuid],
+) -> ApiResult<std::collections::HashSet<Uuid>> {
+    if conversation_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<Option<Uuid>> = delivery::Entity::find()
+        .filter(delivery::Column::ConversationId.is_in(conversation_ids.iter().copied()))
+        .filter(delivery::Column::Mode.eq(DeliveryMode::Sync))
+        .filter(delivery::Column::ClaimedUntil.gt(Utc::now()))
+        .select_only()
+        .column(delivery::Column::ConversationId)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(rows.into_iter().flatten().collect())
 }
 
 /// The `webhook-id` of a delivery: stable across its retries.
@@ -263,6 +302,7 @@ impl Deliveries {
         settings: DeliverySettings,
         max_sync_calls_per_account: usize,
         allow_private: bool,
+        instance_id: String,
     ) -> anyhow::Result<Arc<Self>> {
         let client = DeliveryClient::new(ClientConfig {
             allow_private,
@@ -282,7 +322,49 @@ impl Deliveries {
             per_webhook: std::sync::Mutex::new(HashMap::new()),
             max_sync_calls_per_account: max_sync_calls_per_account.max(1),
             per_account: std::sync::Mutex::new(HashMap::new()),
+            instance_id,
         }))
+    }
+
+    /// How long a claim on a delivery of `mode` lasts: always longer than an attempt's
+    /// deadline, so that a delivery in flight is never handed to another worker.
+    fn lease(&self, mode: DeliveryMode) -> Duration {
+        let deadline = match mode {
+            DeliveryMode::Sync => self.settings.sync_timeout,
+            _ => self.settings.async_timeout,
+        };
+        self.settings.lease.max(deadline + Duration::from_secs(1))
+    }
+
+    /// `now` plus the lease of `mode`.
+    fn claim_until(&self, mode: DeliveryMode, now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+        now + chrono::Duration::from_std(self.lease(mode)).unwrap_or_default()
+    }
+
+    /// Releases the claims this instance held when it last stopped (a crash leaves them
+    /// behind), so that what was in flight is sent again now rather than when the leases
+    /// lapse. On SQLite there is one instance: every claim is released. On PostgreSQL only
+    /// those taken under this instance's id; other instances' claims are theirs.
+    pub async fn release_stale_claims(&self) -> ApiResult<u64> {
+        let mut q = delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::ClaimedUntil,
+                Option::<chrono::DateTime<Utc>>::None.into(),
+            )
+            .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
+            .filter(delivery::Column::ClaimedUntil.is_not_null());
+        if self.db.kind() == DatabaseKind::Postgres {
+            q = q.filter(delivery::Column::ClaimedBy.eq(self.instance_id.as_str()));
+        }
+        let released = q.exec(self.db.writer()).await?.rows_affected;
+        if released > 0 {
+            tracing::info!(
+                instance.id = %self.instance_id,
+                claims.released = released,
+                "released the delivery claims of this instance's previous run"
+            );
+        }
+        Ok(released)
     }
 
     /// How long a sync call or a test send waits for its slots before it is refused: a
@@ -345,7 +427,9 @@ impl Deliveries {
             payload,
             attempt_count: 0,
             next_attempt_at: None,
-            claimed_until: None,
+            // A refused sync call is claimed like one made: until the conversation moves on.
+            claimed_until: (mode == DeliveryMode::Sync).then(|| self.claim_until(mode, now)),
+            claimed_by: (mode == DeliveryMode::Sync).then(|| self.instance_id.clone()),
             created_at: now,
             updated_at: now,
         };
@@ -448,9 +532,15 @@ impl Deliveries {
         status: DeliveryStatus,
         next_attempt_at: Option<chrono::DateTime<Utc>>,
         notes: Option<String>,
+        keep_claim: bool,
     ) -> ApiResult<delivery::Model> {
         let now = Utc::now();
         let n = d.attempt_count + 1;
+        let (claimed_until, claimed_by) = if keep_claim {
+            (d.claimed_until, d.claimed_by.clone())
+        } else {
+            (None, None)
+        };
         let tx = self.db.write().await?;
         delivery_attempt::Entity::insert(delivery_attempt::ActiveModel::from(attempt_row(
             d, outcome, notes, now,
@@ -462,7 +552,8 @@ impl Deliveries {
             status: Set(status),
             attempt_count: Set(n),
             next_attempt_at: Set(next_attempt_at),
-            claimed_until: Set(None),
+            claimed_until: Set(claimed_until),
+            claimed_by: Set(claimed_by.clone()),
             updated_at: Set(now),
             ..Default::default()
         })
@@ -473,7 +564,8 @@ impl Deliveries {
             status,
             attempt_count: n,
             next_attempt_at,
-            claimed_until: None,
+            claimed_until,
+            claimed_by,
             updated_at: now,
             ..d.clone()
         })
@@ -557,6 +649,7 @@ impl Deliveries {
                 attempt_count: Set(d.delivery.attempt_count + 1),
                 next_attempt_at: Set(d.next_attempt_at),
                 claimed_until: Set(None),
+                claimed_by: Set(None),
                 updated_at: Set(now),
                 ..Default::default()
             })
@@ -614,16 +707,19 @@ impl Deliveries {
         }
         // A lease shorter than an attempt would hand a delivery still in flight to another
         // worker: it always outlasts the attempt's deadline.
+        // Any mode may be due here (a queued redelivery of a sync call): the longer lease.
         let lease = self
-            .settings
-            .lease
-            .max(self.settings.async_timeout + Duration::from_secs(1));
-        let lease = now + chrono::Duration::from_std(lease).unwrap_or_default();
+            .claim_until(DeliveryMode::Async, now)
+            .max(self.claim_until(DeliveryMode::Sync, now));
         let tx = self.db.write().await?;
         // Re-checking `due` in the UPDATE makes the claim atomic: of two workers that selected
         // the same ids, only the first to update gets each row back.
         let claimed = delivery::Entity::update_many()
             .col_expr(delivery::Column::ClaimedUntil, lease.into())
+            .col_expr(
+                delivery::Column::ClaimedBy,
+                Some(self.instance_id.clone()).into(),
+            )
             .filter(delivery::Column::Id.is_in(ids))
             .filter(due())
             .exec_with_returning(&tx.tx)
@@ -638,6 +734,7 @@ impl Deliveries {
                 delivery::Column::ClaimedUntil,
                 Option::<chrono::DateTime<Utc>>::None.into(),
             )
+            .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
             .filter(delivery::Column::Id.eq(id))
             .exec(self.db.writer())
             .await;
@@ -807,7 +904,9 @@ impl Deliveries {
             WebhookOutcome::Failed(_) => DeliveryStatus::Failed,
             _ => DeliveryStatus::Succeeded,
         };
-        self.record(&d, &outcome, status, None, notes).await?;
+        // The claim stays until the conversation's next step commits (and releases it): until
+        // then no sweeper resumes the conversation and no redelivery sends it again.
+        self.record(&d, &outcome, status, None, notes, true).await?;
         Ok(SyncResult {
             delivery_id: d.id,
             outcome: result,
@@ -835,7 +934,10 @@ impl Deliveries {
             payload,
             attempt_count: 0,
             next_attempt_at: None,
-            claimed_until: None,
+            // Claimed from the start: a call in flight is this instance's, not the worker's,
+            // a redelivery's or a sweeper's.
+            claimed_until: Some(self.claim_until(mode, now)),
+            claimed_by: Some(self.instance_id.clone()),
             created_at: now,
             updated_at: now,
         };
@@ -885,7 +987,7 @@ impl Deliveries {
         } else {
             DeliveryStatus::Failed
         };
-        self.record(&d, &outcome, status, None, None).await
+        self.record(&d, &outcome, status, None, None, false).await
     }
 
     /// Sends any delivery again now, as a new attempt (ADMIN); a success settles it, a failure
@@ -896,6 +998,13 @@ impl Deliveries {
         let d = find_delivery(&self.db, viewer, delivery_id, Role::Admin)
             .await?
             .delivery;
+        // Claimed first, like the worker claims: a delivery that the worker, a sync call or
+        // another redelivery holds is in flight, and is never sent twice at once.
+        let d = self.claim_one(&d).await?.ok_or_else(|| {
+            ApiError::Conflict(
+                "this delivery is being sent right now; try again when it finishes".into(),
+            )
+        })?;
         let slots = match self.admit(None, d.webhook_id, Duration::ZERO).await {
             Ok(slots) => slots,
             Err(refusal) => return self.queue_redelivery(d, refusal).await,
@@ -909,7 +1018,32 @@ impl Deliveries {
         } else {
             (DeliveryStatus::Failed, None)
         };
-        self.record(&d, &outcome, status, next, None).await
+        self.record(&d, &outcome, status, next, None, false).await
+    }
+
+    /// Claims one delivery unless someone holds a live claim on it; the claimed row.
+    async fn claim_one(&self, d: &delivery::Model) -> ApiResult<Option<delivery::Model>> {
+        let now = Utc::now();
+        let tx = self.db.write().await?;
+        let mut claimed = delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::ClaimedUntil,
+                Some(self.claim_until(d.mode, now)).into(),
+            )
+            .col_expr(
+                delivery::Column::ClaimedBy,
+                Some(self.instance_id.clone()).into(),
+            )
+            .filter(delivery::Column::Id.eq(d.id))
+            .filter(
+                Condition::any()
+                    .add(delivery::Column::ClaimedUntil.is_null())
+                    .add(delivery::Column::ClaimedUntil.lt(now)),
+            )
+            .exec_with_returning(&tx.tx)
+            .await?;
+        tx.commit().await?;
+        Ok(claimed.pop())
     }
 }
 
@@ -925,6 +1059,8 @@ impl Deliveries {
             id: Set(d.id),
             status: Set(DeliveryStatus::Pending),
             next_attempt_at: Set(Some(now)),
+            claimed_until: Set(None),
+            claimed_by: Set(None),
             updated_at: Set(now),
             ..Default::default()
         })
@@ -943,6 +1079,8 @@ impl Deliveries {
         Ok(delivery::Model {
             status: DeliveryStatus::Pending,
             next_attempt_at: Some(now),
+            claimed_until: None,
+            claimed_by: None,
             updated_at: now,
             ..d
         })

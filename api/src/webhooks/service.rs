@@ -15,7 +15,7 @@ use crate::{
     bots::service::bots_using_webhook,
     db::Db,
     error::{ApiError, ApiResult, Problem},
-    settings::Settings,
+    settings::{DatabaseKind, Settings},
 };
 
 /// How long a rotated-out secret still signs deliveries, so receivers can switch over.
@@ -282,6 +282,21 @@ pub async fn update_webhook(
 pub async fn delete_webhook(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<bool> {
     let view = find_webhook(db.conn(), viewer, id, Role::Admin).await?;
     let tx = db.write().await?;
+    if db.kind() == DatabaseKind::Postgres {
+        // Waits for any publish that share-locked this webhook, so that the look for users
+        // below sees its version (and a concurrent publish waits for this delete, then finds
+        // the webhook gone). SQLite's single writer already serialises them.
+        let found = webhook::Entity::find_by_id(id)
+            .select_only()
+            .column(webhook::Column::Id)
+            .lock_exclusive()
+            .into_tuple::<Uuid>()
+            .all(&tx.tx)
+            .await?;
+        if found.is_empty() {
+            return Err(ApiError::not_found("webhook"));
+        }
+    }
     let users = bots_using_webhook(&tx.tx, view.webhook.account_id, id).await?;
     if !users.is_empty() {
         return Err(ApiError::Conflict(format!(

@@ -6,6 +6,7 @@ mod conversations;
 mod deliveries;
 mod helpers;
 mod limits;
+mod races;
 mod scaleout;
 mod schema;
 mod sessions;

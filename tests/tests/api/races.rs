@@ -1,0 +1,302 @@
+//! Races between requests, workers and instances: each test forces the interleaving that used
+//! to go wrong and checks that it no longer does.
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, Database, DatabaseBackend, Statement, TransactionTrait};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{method, path},
+};
+
+use crate::helpers::*;
+
+/// A receiver at `/hook` answering 200 with `body` after `delay`.
+async fn slow_receiver(delay: Duration, body: Value) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(body)
+                .set_delay(delay),
+        )
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Waits until the receiver got at least `n` requests (5 s at most).
+async fn until_received(server: &MockServer, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.received_requests().await.unwrap_or_default().len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receiver never got {n} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs one statement on the app's database behind its back, with `$1`-style placeholders
+/// (rewritten to `?` on SQLite).
+async fn sql(app: &TestApp, statement: &str, values: Vec<sea_orm::Value>) {
+    let conn = Database::connect(app.db.url()).await.expect("connect");
+    let (backend, statement) = if app.db.is_postgres() {
+        (DatabaseBackend::Postgres, statement.to_owned())
+    } else {
+        (DatabaseBackend::Sqlite, statement.replace("$1", "?"))
+    };
+    conn.execute_raw(Statement::from_sql_and_values(backend, statement, values))
+        .await
+        .expect("statement runs");
+    conn.close().await.ok();
+}
+
+fn uuid(id: &str) -> sea_orm::Value {
+    Uuid::parse_str(id).expect("uuid").into()
+}
+
+#[tokio::test]
+async fn publish_and_delete_of_its_webhook_never_both_commit() {
+    let app = spawn_app().await;
+    if !app.db.is_postgres() {
+        // On SQLite every write transaction runs on the one writer connection: no race.
+        return;
+    }
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::ZERO, json!({})).await;
+    let webhook = app
+        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    let with_hook = json!({ "startBlockId": "hook", "blocks": [
+        { "id": "hook", "kind": "WEBHOOK", "webhookId": webhook, "async": true, "next": "end" },
+        { "id": "end", "kind": "END" } ] });
+    let without = json!({ "startBlockId": "end", "blocks": [ { "id": "end", "kind": "END" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, with_hook, None).await);
+
+    // Hold inserts into bot_versions, so that the publish reads the draft (naming the
+    // webhook) and then waits; meanwhile the draft stops naming it and the webhook is deleted.
+    let conn = Database::connect(app.db.url()).await.expect("connect");
+    let gate = conn.begin().await.expect("begin");
+    gate.execute_unprepared("LOCK TABLE bot_versions IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let saved = tokio::sync::Notify::new();
+    let publish = app.publish_bot(&owner.token, &bot);
+    let delete = async {
+        saved.notified().await;
+        app.delete_webhook(&owner.token, &webhook).await
+    };
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_ok(&app.save_flow(&owner.token, &bot, without, None).await);
+        saved.notify_one();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        gate.commit().await.expect("release");
+    };
+    let (published, deleted, ()) = tokio::join!(publish, delete, meanwhile);
+    let both =
+        published["data"]["publishBot"].is_object() && deleted["data"]["deleteWebhook"] == true;
+    assert!(
+        !both,
+        "both committed: a published flow names a deleted webhook\npublish: {published}\ndelete: {deleted}"
+    );
+    if published["data"]["publishBot"].is_object() {
+        assert_error(&deleted, "CONFLICT");
+        assert_ok(&app.webhook(&owner.token, &webhook).await);
+    }
+}
+
+#[tokio::test]
+async fn a_published_flow_naming_a_deleted_webhook_counts_its_calls_as_failed() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::ZERO, json!({ "x": "1" })).await;
+    let url = format!("{}/hook", hook.uri());
+    let queued = app.new_webhook(&owner, &url).await;
+    let called = app.new_webhook(&owner, &url).await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "hi", "blocks": [
+        { "id": "hi", "kind": "MESSAGE", "text": "Hi!", "next": "queue" },
+        { "id": "queue", "kind": "WEBHOOK", "webhookId": queued, "async": true, "next": "call" },
+        { "id": "call", "kind": "WEBHOOK", "webhookId": called, "async": false, "next": "after" },
+        { "id": "after", "kind": "MESSAGE", "text": "after: {{x}}", "next": "end" },
+        { "id": "end", "kind": "END" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    // However it came about, the published flow now names webhooks that are gone.
+    for id in [&queued, &called] {
+        sql(&app, "DELETE FROM webhooks WHERE id = $1", vec![uuid(id)]).await;
+    }
+
+    let (conv, _) = app.new_conversation(&bot).await;
+    let seen = app.conversation(Some(&owner.token), &conv, None).await;
+    assert_ok(&seen);
+    let c = &seen["data"]["conversation"];
+    assert_eq!(c["status"], "COMPLETED", "{seen}");
+    let texts: Vec<&str> = c["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert_eq!(texts, vec!["Hi!", "after: "], "{seen}");
+    assert!(
+        hook.received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn redeliver_of_a_delivery_in_flight_is_a_conflict_and_sends_nothing_more() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::from_millis(1500), json!({})).await;
+    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
+    app.new_conversation(&bot).await;
+    until_received(&hook, 1).await;
+    let id = app.deliveries(&owner.token, &webhook).await[0]["id"].clone();
+
+    let again = app
+        .gql(
+            &owner.token,
+            "mutation($id: ID!) { redeliver(deliveryId: $id) { status attempts { responseStatus } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_error(&again, "CONFLICT");
+    let message = again["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("being sent right now"), "{message}");
+
+    let list = app
+        .wait_deliveries(&owner.token, &webhook, |l| {
+            l.iter().all(|d| d["status"] == "SUCCEEDED")
+        })
+        .await;
+    assert_eq!(list[0]["attempts"].as_array().map(Vec::len), Some(1));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.received_requests().await.unwrap_or_default().len(), 1);
+}
+
+#[tokio::test]
+async fn the_sweeper_never_resumes_a_conversation_whose_sync_call_is_still_running() {
+    // Instance A waits up to 8 s for a reply; instance B (configured with 1 s, so its sweeper
+    // deems a call of 2 s stale) sweeps the same database.
+    let app = spawn_app_with(|s| s.delivery.sync_timeout = Duration::from_secs(8)).await;
+    let mut quick = app.settings.clone();
+    quick.delivery.sync_timeout = Duration::from_secs(1);
+    let other = start_on(
+        TestDb::Shared {
+            url: app.db.url().to_owned(),
+            postgres: app.db.is_postgres(),
+        },
+        quick,
+    )
+    .await;
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::from_secs(4), json!({ "x": "1" })).await;
+    let webhook = app
+        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "call", "blocks": [
+        { "id": "call", "kind": "WEBHOOK", "webhookId": webhook, "async": false, "next": "after" },
+        { "id": "after", "kind": "MESSAGE", "text": "after: {{x}}", "next": "end" },
+        { "id": "end", "kind": "END" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+
+    let started = app.start_conversation(&bot, Value::Null).await;
+    assert_ok(&started);
+    let s = &started["data"]["startConversation"];
+    let conv = s["conversationId"].as_str().expect("id");
+    let seen = app.conversation(Some(&owner.token), conv, None).await;
+    let texts: Vec<&str> = seen["data"]["conversation"]["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert_eq!(texts, vec!["after: 1"], "{seen}");
+    let list = app.deliveries(&owner.token, &webhook).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["status"], "SUCCEEDED", "{list:#?}");
+    drop(other);
+}
+
+#[tokio::test]
+async fn a_conversation_whose_first_step_fails_is_not_left_behind() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "hi", "blocks": [
+        { "id": "hi", "kind": "MESSAGE", "text": "Hi!", "next": "end" },
+        { "id": "end", "kind": "END" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    // The first step cannot run: the published flow no longer reads back.
+    sql(
+        &app,
+        "UPDATE bot_versions SET flow = $1",
+        vec![json!({ "blocks": 5 }).into()],
+    )
+    .await;
+
+    assert_error(
+        &app.start_conversation(&bot, Value::Null).await,
+        "INTERNAL_SERVER_ERROR",
+    );
+    let listed = app
+        .gql(
+            &owner.token,
+            "query($id: ID!) { bot(id: $id) { conversations(first: 10) { edges { node { id events { seq } } } } } }",
+            json!({ "id": bot }),
+        )
+        .await;
+    assert_ok(&listed);
+    assert_eq!(
+        listed["data"]["bot"]["conversations"]["edges"],
+        json!([]),
+        "a conversation without events was left behind"
+    );
+}
+
+#[tokio::test]
+async fn deliveries_in_flight_at_a_crash_are_sent_again_within_seconds_of_the_restart() {
+    // The default lease; a stable instance id, as in production, so that the restarted
+    // instance knows the claims of its previous run as its own.
+    let app = spawn_app_with(|s| {
+        s.delivery.lease = Duration::from_secs(60);
+        s.instance_id = Some(format!("crash-test-{}", Uuid::new_v4().simple()));
+    })
+    .await;
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::from_millis(500), json!({})).await;
+    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
+    for _ in 0..30 {
+        app.new_conversation(&bot).await;
+    }
+    until_received(&hook, 1).await;
+    let settings = app.settings.clone();
+    let db = app.crash();
+    let app = start_on(db, settings).await;
+    let restarted = tokio::time::Instant::now();
+
+    loop {
+        let list = app.deliveries(&owner.token, &webhook).await;
+        if list.len() == 30 && list.iter().all(|d| d["status"] == "SUCCEEDED") {
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "not every delivery arrived within 10 s of the restart: {:?}",
+            list.iter().map(|d| &d["status"]).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
