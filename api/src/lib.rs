@@ -4,6 +4,7 @@ pub mod app;
 pub mod auth;
 pub mod bots;
 pub mod conversations;
+pub mod crypto;
 pub mod db;
 pub mod edge;
 pub mod engine;

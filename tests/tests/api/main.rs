@@ -8,5 +8,6 @@ mod helpers;
 mod limits;
 mod scaleout;
 mod schema;
+mod secrets;
 mod transport;
 mod webhooks;
