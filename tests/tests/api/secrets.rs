@@ -288,6 +288,17 @@ async fn a_restart_with_another_key_stops_with_a_clear_error_and_the_right_key_s
         "{msg}"
     );
     assert!(!msg.contains(KEY_A) && !msg.contains(KEY_B), "{msg}");
+    if db.is_postgres() {
+        // No key file for PostgreSQL: the key must be given.
+        let mut none = settings.clone();
+        none.secret_key = None;
+        let err = Application::build(none)
+            .await
+            .err()
+            .expect("PostgreSQL needs PARLEY_SECRET_KEY");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("PARLEY_SECRET_KEY is not set"), "{msg}");
+    }
 
     // With the right key, tokens, secrets and headers are as before.
     let app = start_on(db, settings).await;
@@ -491,4 +502,37 @@ async fn secrets_left_in_plaintext_by_an_older_version_are_encrypted_at_start_up
             .await
             .starts_with("enc:v1:")
     );
+}
+
+#[tokio::test]
+async fn a_key_file_is_rotated_by_moving_it_away_and_giving_its_key_as_the_previous_one() {
+    let app = spawn_app().await;
+    let TestDb::Sqlite { dir, .. } = &app.db else {
+        return; // PostgreSQL has no key file.
+    };
+    let key_file = dir.join("parley.key");
+    let owner = app.new_user().await;
+    let hook = receiver().await;
+    let webhook = app
+        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .await;
+    let secret = app.signing_secret(&owner.token, &webhook).await;
+    let settings = app.settings.clone();
+    let db = app.crash();
+
+    let old = std::fs::read_to_string(&key_file).expect("key file");
+    std::fs::remove_file(&key_file).expect("move away");
+    let mut rotating = settings.clone();
+    rotating.previous_secret_key = key(&old);
+    let app = start_on(db, rotating).await;
+    let new = std::fs::read_to_string(&key_file).expect("a new key file");
+    assert_ne!(new, old);
+    assert_eq!(app.signing_secret(&owner.token, &webhook).await, secret);
+    let db = app.crash();
+
+    // The new key file alone opens everything.
+    let app = start_on(db, settings).await;
+    let req = test_send(&app, &owner.token, &webhook, &hook).await;
+    assert_eq!(header(&req, "x-api-key"), "k-123");
+    assert_eq!(matching_signatures(&req, &secret), 1);
 }
