@@ -33,7 +33,15 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = Db::connect(&settings.database_url).await?;
         db.migrate().await?;
-        let keys = TokenKeys::load(&db, settings.jwt_secret.as_deref(), settings.token_ttl).await?;
+        // After the migrations: the key check and the encryption of stored secrets need them.
+        let secrets = crate::crypto::startup::open(&db, &settings).await?;
+        let keys = TokenKeys::load(
+            &db,
+            settings.jwt_secret.as_deref(),
+            settings.token_ttl,
+            &secrets,
+        )
+        .await?;
         let listener = TcpListener::bind(settings.addr)
             .with_context(|| format!("cannot listen on PARLEY_ADDR={}", settings.addr))?;
         let port = listener.local_addr()?.port();
@@ -52,6 +60,7 @@ impl Application {
             settings.limits.max_sync_calls_per_account,
             settings.allow_private_webhooks,
             instance_id,
+            secrets,
         )?;
         // What this instance was sending when it last stopped is sent again now, not when
         // the leases lapse.

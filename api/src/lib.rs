@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod bots;
 pub mod conversations;
+pub mod crypto;
 pub mod db;
 pub mod edge;
 pub mod engine;

@@ -2,6 +2,8 @@
 //! that a bad value stops the server with a message naming the variable and the value.
 use std::{net::SocketAddr, time::Duration};
 
+use crate::crypto::SecretKey;
+
 /// Which database engine a `DATABASE_URL` points at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DatabaseKind {
@@ -186,6 +188,12 @@ pub struct Settings {
     pub addr: SocketAddr,
     /// `None`: a key generated once and kept in the database.
     pub jwt_secret: Option<String>,
+    /// Key that encrypts the secrets kept in the database (`PARLEY_SECRET_KEY`). `None`: on
+    /// SQLite, a key file generated once beside the database; PostgreSQL requires it.
+    pub secret_key: Option<SecretKey>,
+    /// The key before a rotation (`PARLEY_SECRET_KEY_PREVIOUS`): it still decrypts, and
+    /// everything it encrypted is encrypted again under `secret_key` at start-up.
+    pub previous_secret_key: Option<SecretKey>,
     /// Lifetime of a login token.
     pub token_ttl: Duration,
     pub allow_private_webhooks: bool,
@@ -255,6 +263,14 @@ impl Settings {
             }
             other => other,
         };
+        // The value is never echoed: a message with it could end up in a log.
+        let key = |var: &'static str| -> Result<Option<SecretKey>, SettingsError> {
+            get(var)
+                .map(|v| SecretKey::parse(&v).map_err(|reason| bad(var, "<hidden>", reason)))
+                .transpose()
+        };
+        let secret_key = key("PARLEY_SECRET_KEY")?;
+        let previous_secret_key = key("PARLEY_SECRET_KEY_PREVIOUS")?;
         let allow_private_webhooks = match get("PARLEY_ALLOW_PRIVATE_WEBHOOKS") {
             Some(v) => parse_bool(&v).ok_or_else(|| {
                 bad(
@@ -397,6 +413,8 @@ impl Settings {
             database_url,
             addr,
             jwt_secret,
+            secret_key,
+            previous_secret_key,
             token_ttl: secs("PARLEY_TOKEN_TTL_SECS", 7 * 24 * 3600)?,
             allow_private_webhooks,
             delivery,
@@ -534,6 +552,23 @@ mod tests {
             msg.contains("PARLEY_ADDR") && msg.contains("localhost"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_bad_secret_key_names_the_variable_but_never_shows_the_value() {
+        for (var, value) in [
+            ("PARLEY_SECRET_KEY", "correct-horse-battery-staple"),
+            ("PARLEY_SECRET_KEY_PREVIOUS", "c2hvcnQta2V5"),
+        ] {
+            let err = settings(&[(var, value)]).expect_err("refused");
+            let msg = err.to_string();
+            assert!(msg.contains(var) && !msg.contains(value), "{msg}");
+            assert!(!format!("{err:?}").contains(value), "{err:?}");
+        }
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let s = settings(&[("PARLEY_SECRET_KEY", key)]).expect("valid");
+        assert!(s.secret_key.is_some() && s.previous_secret_key.is_none());
+        assert!(!format!("{s:?}").contains(key));
     }
 
     #[test]

@@ -326,6 +326,8 @@ pub struct Server {
 
 /// The fixed JWT secret of every run (40 characters).
 const JWT_SECRET: &str = "parley-bench-secret-0123456789-abcdefghi";
+/// The key that encrypts the database's secrets (PostgreSQL has no key file).
+const SECRET_KEY: &str = "cGFybGV5LWJlbmNoLWtleS0wMTIzNDU2Nzg5YWJjZGU=";
 
 /// The per-client limits turned off or far out of reach, for every scenario but `abuse`:
 /// their visitors all come from 127.0.0.1, which the limits would take for one client.
@@ -365,6 +367,7 @@ impl Server {
             .env("DATABASE_URL", db.url())
             .env("PARLEY_ADDR", format!("127.0.0.1:{port}"))
             .env("PARLEY_JWT_SECRET", JWT_SECRET)
+            .env("PARLEY_SECRET_KEY", SECRET_KEY)
             .env("PARLEY_ALLOW_PRIVATE_WEBHOOKS", "true")
             .env("RUST_LOG", "warn")
             // As in production: no backtrace captured (and symbolised) for every error.

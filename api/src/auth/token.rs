@@ -11,10 +11,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Viewer;
-use crate::db::Db;
+use crate::{
+    crypto::{SecretBox, server_setting_context},
+    db::Db,
+};
 
 const ISSUER: &str = "parley";
-const SECRET_KEY: &str = "jwt_secret";
+const SECRET_KEY: &str = crate::crypto::startup::JWT_SETTING;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -51,18 +54,25 @@ impl TokenKeys {
         }
     }
 
-    /// Keys from `configured`, else from the key kept in the database, generating and storing
-    /// one on first start. Concurrent first starts agree: the first insert wins, all read it.
-    pub async fn load(db: &Db, configured: Option<&str>, ttl: Duration) -> anyhow::Result<Self> {
+    /// Keys from `configured`, else from the key kept in the database (encrypted by
+    /// `secrets`), generating and storing one on first start. Concurrent first starts agree:
+    /// the first insert wins, all read it.
+    pub async fn load(
+        db: &Db,
+        configured: Option<&str>,
+        ttl: Duration,
+        secrets: &SecretBox,
+    ) -> anyhow::Result<Self> {
         if let Some(secret) = configured {
             return Ok(Self::new(secret.as_bytes(), ttl));
         }
+        let context = server_setting_context(SECRET_KEY);
         let mut bytes = [0u8; 64];
         rand::rng().fill_bytes(&mut bytes);
         let fresh = base64::engine::general_purpose::STANDARD.encode(bytes);
         entity::server_setting::Entity::insert(entity::server_setting::ActiveModel {
             key: Set(SECRET_KEY.to_owned()),
-            value: Set(fresh),
+            value: Set(secrets.encrypt(&fresh, &context)),
         })
         .on_conflict(
             OnConflict::column(entity::server_setting::Column::Key)
@@ -76,7 +86,11 @@ impl TokenKeys {
             .one(db.conn())
             .await?
             .context("the generated JWT key is missing")?;
-        Ok(Self::new(stored.value.as_bytes(), ttl))
+        let secret = secrets
+            .decrypt(&stored.value, &context)
+            .context("cannot decrypt the generated JWT key")?;
+        // The key is the base64 text itself, as it always was, so tokens survive upgrades.
+        Ok(Self::new(secret.as_bytes(), ttl))
     }
 
     /// How long a token lives.

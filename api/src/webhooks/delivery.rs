@@ -35,10 +35,11 @@ use super::{
     client::{
         AttemptOutcome, ClientConfig, DeliveryClient, Disposition, OutgoingRequest, disposition,
     },
-    service::{active_secrets_of, find_webhook, parse_headers},
+    service::{active_secrets_of, find_webhook, open_headers},
     signing,
 };
 use crate::{
+    crypto::SecretBox,
     db::Db,
     engine::{Instruction, WebhookOutcome},
     error::{ApiError, ApiResult},
@@ -68,6 +69,8 @@ pub struct Deliveries {
     per_account: std::sync::Mutex<HashMap<Uuid, Arc<Semaphore>>>,
     /// This instance's name in the claims it takes (`claimed_by`).
     instance_id: String,
+    /// Opens the webhooks' stored header values and signing secrets.
+    secrets: SecretBox,
 }
 
 /// The slots a request holds while it is in flight; dropping them frees them.
@@ -256,22 +259,26 @@ impl Endpoint {
 
 /// The endpoints of some webhooks, in two queries whatever their number; a webhook that no
 /// longer exists is absent.
-async fn endpoints(db: &Db, ids: &[Uuid]) -> ApiResult<HashMap<Uuid, Arc<Endpoint>>> {
+async fn endpoints(
+    db: &Db,
+    secrets: &SecretBox,
+    ids: &[Uuid],
+) -> ApiResult<HashMap<Uuid, Arc<Endpoint>>> {
     let hooks = webhook::Entity::find()
         .filter(webhook::Column::Id.is_in(ids.iter().copied()))
         .all(db.conn())
         .await?;
-    let mut secrets = active_secrets_of(db.conn(), ids).await?;
+    let mut signing = active_secrets_of(db.conn(), secrets, ids).await?;
     let mut out = HashMap::new();
     for hook in hooks {
         let url = url::Url::parse(&hook.url).map_err(|e| {
             ApiError::Internal(anyhow::anyhow!("stored webhook URL is invalid: {e}"))
         })?;
-        let headers = parse_headers(&hook.headers)
+        let headers = open_headers(hook.id, &hook.headers, secrets)?
             .into_iter()
             .map(|h| (h.name, h.value))
             .collect();
-        let secrets = secrets.remove(&hook.id).unwrap_or_default();
+        let secrets = signing.remove(&hook.id).unwrap_or_default();
         out.insert(
             hook.id,
             Arc::new(Endpoint {
@@ -303,6 +310,7 @@ impl Deliveries {
         max_sync_calls_per_account: usize,
         allow_private: bool,
         instance_id: String,
+        secrets: SecretBox,
     ) -> anyhow::Result<Arc<Self>> {
         let client = DeliveryClient::new(ClientConfig {
             allow_private,
@@ -323,7 +331,13 @@ impl Deliveries {
             max_sync_calls_per_account: max_sync_calls_per_account.max(1),
             per_account: std::sync::Mutex::new(HashMap::new()),
             instance_id,
+            secrets,
         }))
+    }
+
+    /// What seals and opens the secrets kept in the database.
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
     }
 
     /// How long a claim on a delivery of `mode` lasts: always longer than an attempt's
@@ -477,7 +491,7 @@ impl Deliveries {
     /// Sends one attempt of `d` and returns its outcome. Never fails: every problem (a webhook
     /// gone, a secret unreadable, the network) becomes the attempt's error.
     async fn attempt(&self, d: &delivery::Model, timeout: Duration) -> AttemptOutcome {
-        let endpoint = endpoints(&self.db, &[d.webhook_id])
+        let endpoint = endpoints(&self.db, &self.secrets, &[d.webhook_id])
             .await
             .map(|mut e| e.remove(&d.webhook_id));
         let endpoint = match endpoint {
@@ -777,7 +791,7 @@ impl Deliveries {
                         let mut ids: Vec<Uuid> = batch.iter().map(|d| d.webhook_id).collect();
                         ids.sort_unstable();
                         ids.dedup();
-                        let loaded = endpoints(&self.db, &ids)
+                        let loaded = endpoints(&self.db, &self.secrets, &ids)
                             .await
                             .map_err(|e| format!("{e:?}"));
                         for d in batch {

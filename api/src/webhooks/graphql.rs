@@ -89,16 +89,28 @@ impl Webhook {
         }
     }
     /// Sent with every call; values are masked for MEMBERs.
-    async fn headers(&self) -> Vec<Header> {
-        let show = self.can_see_secrets();
-        self.0
-            .headers()
+    async fn headers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Header>> {
+        if !self.can_see_secrets() {
+            return Ok(self
+                .0
+                .header_names()
+                .into_iter()
+                .map(|name| Header {
+                    name,
+                    value: MASK.into(),
+                })
+                .collect());
+        }
+        let st = state(ctx)?;
+        Ok(self
+            .0
+            .headers(st.deliveries.secrets())?
             .into_iter()
             .map(|h| Header {
                 name: h.name,
-                value: if show { h.value } else { MASK.into() },
+                value: h.value,
             })
-            .collect()
+            .collect())
     }
     /// The current Standard Webhooks secret (`whsec_…`); masked for MEMBERs.
     async fn signing_secret(&self, ctx: &Context<'_>) -> async_graphql::Result<String> {
@@ -106,7 +118,9 @@ impl Webhook {
             return Ok(MASK.into());
         }
         let st = state(ctx)?;
-        let secrets = service::active_secrets(st.db.conn(), self.0.webhook.id).await?;
+        let secrets =
+            service::active_secrets(st.db.conn(), st.deliveries.secrets(), self.0.webhook.id)
+                .await?;
         let current = secrets.first().ok_or_else(|| {
             ApiError::Internal(anyhow::anyhow!(
                 "webhook {} has no secret",
@@ -225,8 +239,15 @@ impl WebhooksMutation {
         let st = state(ctx)?;
         let account_id = parse_id(&account_id, "account")?;
         Ok(Webhook(
-            service::create_webhook(&st.db, &st.settings, viewer(ctx)?, account_id, input.into())
-                .await?,
+            service::create_webhook(
+                &st.db,
+                &st.settings,
+                st.deliveries.secrets(),
+                viewer(ctx)?,
+                account_id,
+                input.into(),
+            )
+            .await?,
         ))
     }
 
@@ -241,7 +262,15 @@ impl WebhooksMutation {
         let id = parse_id(&id, "webhook")?;
         let allow = st.settings.allow_private_webhooks;
         Ok(Webhook(
-            service::update_webhook(&st.db, allow, viewer(ctx)?, id, input.into()).await?,
+            service::update_webhook(
+                &st.db,
+                st.deliveries.secrets(),
+                allow,
+                viewer(ctx)?,
+                id,
+                input.into(),
+            )
+            .await?,
         ))
     }
 
@@ -287,7 +316,7 @@ impl WebhooksMutation {
         let st = state(ctx)?;
         let id = parse_id(&id, "webhook")?;
         Ok(Webhook(
-            service::rotate_secret(&st.db, viewer(ctx)?, id).await?,
+            service::rotate_secret(&st.db, st.deliveries.secrets(), viewer(ctx)?, id).await?,
         ))
     }
 }

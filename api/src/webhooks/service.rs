@@ -1,4 +1,6 @@
-//! The webhooks page service: configuration, validation and signing secrets.
+//! The webhooks page service: configuration, validation and signing secrets. Header values and
+//! signing secrets are stored encrypted (see [`crate::crypto`]): sealed here when written,
+//! opened here when read.
 use chrono::{Duration, Utc};
 use entity::{Role, webhook, webhook_secret};
 use reqwest::header::{HeaderName, HeaderValue};
@@ -13,6 +15,7 @@ use super::{signing::SigningSecret, ssrf};
 use crate::{
     accounts::{AccountAccess, service::parse_name},
     bots::service::bots_using_webhook,
+    crypto::{SecretBox, webhook_header_context, webhook_secret_context},
     db::Db,
     error::{ApiError, ApiResult, Problem},
     settings::{DatabaseKind, Settings},
@@ -48,15 +51,65 @@ pub struct WebhookView {
 }
 
 impl WebhookView {
-    /// The configured headers.
-    pub fn headers(&self) -> Vec<HeaderEntry> {
+    /// The configured headers' names, without their values.
+    pub fn header_names(&self) -> Vec<String> {
         parse_headers(&self.webhook.headers)
+            .into_iter()
+            .map(|h| h.name)
+            .collect()
+    }
+
+    /// The configured headers, values decrypted.
+    pub fn headers(&self, secrets: &SecretBox) -> ApiResult<Vec<HeaderEntry>> {
+        open_headers(self.webhook.id, &self.webhook.headers, secrets)
     }
 }
 
-/// Stored headers back as entries; the column is always written by `validate`.
+/// Stored headers back as entries, values as stored (encrypted); the column is always written
+/// by [`seal_headers`].
 pub fn parse_headers(json: &serde_json::Value) -> Vec<HeaderEntry> {
     serde_json::from_value(json.clone()).unwrap_or_default()
+}
+
+/// Stored headers back as entries, values decrypted.
+pub fn open_headers(
+    webhook_id: Uuid,
+    json: &serde_json::Value,
+    secrets: &SecretBox,
+) -> ApiResult<Vec<HeaderEntry>> {
+    parse_headers(json)
+        .into_iter()
+        .map(|h| {
+            let value = secrets
+                .decrypt(&h.value, &webhook_header_context(webhook_id, &h.name))
+                .map_err(|e| {
+                    ApiError::Internal(anyhow::anyhow!(
+                        "header {} of webhook {webhook_id} cannot be decrypted: {e}",
+                        h.name
+                    ))
+                })?;
+            Ok(HeaderEntry {
+                name: h.name,
+                value,
+            })
+        })
+        .collect()
+}
+
+/// Headers as stored: each value encrypted, bound to its webhook and header name.
+fn seal_headers(
+    webhook_id: Uuid,
+    headers: Vec<HeaderEntry>,
+    secrets: &SecretBox,
+) -> ApiResult<serde_json::Value> {
+    let sealed: Vec<HeaderEntry> = headers
+        .into_iter()
+        .map(|h| HeaderEntry {
+            value: secrets.encrypt(&h.value, &webhook_header_context(webhook_id, &h.name)),
+            name: h.name,
+        })
+        .collect();
+    Ok(serde_json::to_value(sealed).map_err(anyhow::Error::from)?)
 }
 
 /// Headers that the delivery sets itself, or that belong to the connection, not the message.
@@ -195,6 +248,7 @@ pub async fn list_webhooks(db: &Db, account_id: Uuid) -> ApiResult<Vec<webhook::
 pub async fn create_webhook(
     db: &Db,
     settings: &Settings,
+    secrets: &SecretBox,
     viewer: Uuid,
     account_id: Uuid,
     spec: WebhookSpec,
@@ -212,12 +266,13 @@ pub async fn create_webhook(
     )?;
     let (name, url, headers) = validate(&spec, allow_private).await?;
     let now = Utc::now();
+    let id = Uuid::now_v7();
     let webhook = webhook::Model {
-        id: Uuid::now_v7(),
+        id,
         account_id,
         name,
         url,
-        headers: serde_json::to_value(headers).map_err(anyhow::Error::from)?,
+        headers: seal_headers(id, headers, secrets)?,
         created_at: now,
         updated_at: now,
     };
@@ -225,16 +280,22 @@ pub async fn create_webhook(
     webhook::Entity::insert(webhook::ActiveModel::from(webhook.clone()))
         .exec_without_returning(&tx.tx)
         .await?;
-    insert_secret(&tx.tx, webhook.id).await?;
+    insert_secret(&tx.tx, secrets, webhook.id).await?;
     tx.commit().await?;
     Ok(WebhookView { webhook, role })
 }
 
-async fn insert_secret(tx: &impl ConnectionTrait, webhook_id: Uuid) -> ApiResult<()> {
+async fn insert_secret(
+    tx: &impl ConnectionTrait,
+    secrets: &SecretBox,
+    webhook_id: Uuid,
+) -> ApiResult<()> {
+    let id = Uuid::now_v7();
+    let secret = SigningSecret::generate();
     webhook_secret::Entity::insert(webhook_secret::ActiveModel {
-        id: Set(Uuid::now_v7()),
+        id: Set(id),
         webhook_id: Set(webhook_id),
-        secret: Set(SigningSecret::generate().as_str().to_owned()),
+        secret: Set(secrets.encrypt(secret.as_str(), &webhook_secret_context(id))),
         created_at: Set(Utc::now()),
         expires_at: Set(None),
     })
@@ -246,6 +307,7 @@ async fn insert_secret(tx: &impl ConnectionTrait, webhook_id: Uuid) -> ApiResult
 /// Replaces a webhook's name, URL and headers (ADMIN).
 pub async fn update_webhook(
     db: &Db,
+    secrets: &SecretBox,
     allow_private: bool,
     viewer: Uuid,
     id: Uuid,
@@ -253,7 +315,7 @@ pub async fn update_webhook(
 ) -> ApiResult<WebhookView> {
     let view = find_webhook(db.conn(), viewer, id, Role::Admin).await?;
     let (name, url, headers) = validate(&spec, allow_private).await?;
-    let headers = serde_json::to_value(headers).map_err(anyhow::Error::from)?;
+    let headers = seal_headers(id, headers, secrets)?;
     let now = Utc::now();
     webhook::Entity::update(webhook::ActiveModel {
         id: Set(id),
@@ -314,7 +376,12 @@ pub async fn delete_webhook(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<bool> 
 }
 
 /// A new current secret; the previous ones keep signing for 24 hours (ADMIN).
-pub async fn rotate_secret(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<WebhookView> {
+pub async fn rotate_secret(
+    db: &Db,
+    secrets: &SecretBox,
+    viewer: Uuid,
+    id: Uuid,
+) -> ApiResult<WebhookView> {
     let view = find_webhook(db.conn(), viewer, id, Role::Admin).await?;
     let tx = db.write().await?;
     webhook_secret::Entity::update_many()
@@ -326,7 +393,7 @@ pub async fn rotate_secret(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<Webhook
         .filter(webhook_secret::Column::ExpiresAt.is_null())
         .exec(&tx.tx)
         .await?;
-    insert_secret(&tx.tx, id).await?;
+    insert_secret(&tx.tx, secrets, id).await?;
     tx.commit().await?;
     Ok(view)
 }
@@ -335,6 +402,7 @@ pub async fn rotate_secret(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<Webhook
 /// previous ones.
 pub async fn active_secrets_of(
     db: &impl ConnectionTrait,
+    secrets: &SecretBox,
     webhook_ids: &[Uuid],
 ) -> ApiResult<std::collections::HashMap<Uuid, Vec<SigningSecret>>> {
     let now = Utc::now();
@@ -353,7 +421,15 @@ pub async fn active_secrets_of(
         .await?;
     let mut out: std::collections::HashMap<Uuid, Vec<SigningSecret>> = Default::default();
     for r in rows {
-        let secret = SigningSecret::parse(&r.secret).map_err(|e| {
+        let text = secrets
+            .decrypt(&r.secret, &webhook_secret_context(r.id))
+            .map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "signing secret {} cannot be decrypted: {e}",
+                    r.id
+                ))
+            })?;
+        let secret = SigningSecret::parse(&text).map_err(|e| {
             ApiError::Internal(anyhow::anyhow!("stored signing secret is invalid: {e}"))
         })?;
         out.entry(r.webhook_id).or_default().push(secret);
@@ -364,9 +440,10 @@ pub async fn active_secrets_of(
 /// The secrets that sign a call of one webhook now, current first.
 pub async fn active_secrets(
     db: &impl ConnectionTrait,
+    secrets: &SecretBox,
     webhook_id: Uuid,
 ) -> ApiResult<Vec<SigningSecret>> {
-    Ok(active_secrets_of(db, &[webhook_id])
+    Ok(active_secrets_of(db, secrets, &[webhook_id])
         .await?
         .remove(&webhook_id)
         .unwrap_or_default())

@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use parley::{
     app::Application,
+    crypto::SecretKey,
     settings::{DatabaseUrl, Settings},
 };
 use sea_orm::{ConnectionTrait, Database};
@@ -115,11 +116,18 @@ impl Drop for TestDb {
     }
 }
 
+/// The `PARLEY_SECRET_KEY` of test servers on PostgreSQL (SQLite ones use a key file).
+pub const TEST_SECRET_KEY: &str = "dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktMDEyMzQ=";
+
 /// Settings for a test server on `db`: port 0, private webhooks allowed (receivers run on
-/// localhost), a fixed JWT secret and a millisecond retry schedule.
+/// localhost), a fixed JWT secret and a millisecond retry schedule. On PostgreSQL a fixed
+/// secret key, which every instance must share; on SQLite the key file beside the database.
 pub fn test_settings(db: &TestDb) -> Settings {
     let mut s = Settings::from_lookup(|_| None).expect("default settings");
     s.database_url = DatabaseUrl::parse(db.url()).expect("test database URL");
+    if db.is_postgres() {
+        s.secret_key = Some(SecretKey::parse(TEST_SECRET_KEY).expect("test secret key"));
+    }
     s.addr = "127.0.0.1:0".parse().expect("addr");
     s.jwt_secret = Some("test-secret-test-secret-test-secret-0123456789".into());
     s.allow_private_webhooks = true;

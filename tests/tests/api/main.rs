@@ -9,6 +9,7 @@ mod limits;
 mod races;
 mod scaleout;
 mod schema;
+mod secrets;
 mod sessions;
 mod transport;
 mod webhooks;
