@@ -316,6 +316,18 @@ pub async fn publish_bot(
     })
     .exec(&tx.tx)
     .await?;
+    crate::audit::record(
+        &tx.tx,
+        crate::audit::Entry {
+            account_id: bot.account_id,
+            actor_id: Some(viewer),
+            action: crate::audit::action::BOT_PUBLISHED,
+            target_type: "bot",
+            target_id: bot_id.to_string(),
+            details: Some(serde_json::json!({ "name": bot.name, "version": version.version })),
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(version)
 }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::{signing::SigningSecret, ssrf};
 use crate::{
     accounts::{AccountAccess, service::parse_name},
+    audit,
     bots::service::bots_using_webhook,
     crypto::{SecretBox, webhook_header_context, webhook_secret_context},
     db::Db,
@@ -281,6 +282,7 @@ pub async fn create_webhook(
         .exec_without_returning(&tx.tx)
         .await?;
     insert_secret(&tx.tx, secrets, webhook.id).await?;
+    audit_webhook(&tx.tx, &webhook, viewer, audit::action::WEBHOOK_CREATED).await?;
     tx.commit().await?;
     Ok(WebhookView { webhook, role })
 }
@@ -317,6 +319,7 @@ pub async fn update_webhook(
     let (name, url, headers) = validate(&spec, allow_private).await?;
     let headers = seal_headers(id, headers, secrets)?;
     let now = Utc::now();
+    let tx = db.write().await?;
     webhook::Entity::update(webhook::ActiveModel {
         id: Set(id),
         name: Set(name.clone()),
@@ -325,7 +328,7 @@ pub async fn update_webhook(
         updated_at: Set(now),
         ..Default::default()
     })
-    .exec(db.writer())
+    .exec(&tx.tx)
     .await?;
     let webhook = webhook::Model {
         name,
@@ -334,6 +337,8 @@ pub async fn update_webhook(
         updated_at: now,
         ..view.webhook
     };
+    audit_webhook(&tx.tx, &webhook, viewer, audit::action::WEBHOOK_UPDATED).await?;
+    tx.commit().await?;
     Ok(WebhookView {
         webhook,
         role: view.role,
@@ -371,6 +376,13 @@ pub async fn delete_webhook(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<bool> 
         )));
     }
     webhook::Entity::delete_by_id(id).exec(&tx.tx).await?;
+    audit_webhook(
+        &tx.tx,
+        &view.webhook,
+        viewer,
+        audit::action::WEBHOOK_DELETED,
+    )
+    .await?;
     tx.commit().await?;
     Ok(true)
 }
@@ -394,8 +406,36 @@ pub async fn rotate_secret(
         .exec(&tx.tx)
         .await?;
     insert_secret(&tx.tx, secrets, id).await?;
+    audit_webhook(
+        &tx.tx,
+        &view.webhook,
+        viewer,
+        audit::action::WEBHOOK_SECRET_ROTATED,
+    )
+    .await?;
     tx.commit().await?;
     Ok(view)
+}
+
+/// An audit entry about `webhook`, naming it (never its URL, which may be a secret).
+async fn audit_webhook(
+    tx: &impl ConnectionTrait,
+    webhook: &webhook::Model,
+    viewer: Uuid,
+    action: &str,
+) -> ApiResult<()> {
+    audit::record(
+        tx,
+        audit::Entry {
+            account_id: webhook.account_id,
+            actor_id: Some(viewer),
+            action,
+            target_type: "webhook",
+            target_id: webhook.id.to_string(),
+            details: Some(serde_json::json!({ "name": webhook.name })),
+        },
+    )
+    .await
 }
 
 /// The secrets that sign a call now, per webhook: the current one first, then unexpired
