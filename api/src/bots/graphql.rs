@@ -35,6 +35,11 @@ pub enum QuestionTypeGql {
     Phone,
     Number,
     Choice,
+    Date,
+    Url,
+    Rating,
+    MultiChoice,
+    YesNo,
 }
 
 /// How a condition compares a variable.
@@ -48,6 +53,8 @@ pub enum ConditionOperatorGql {
     LessThan,
     IsSet,
     IsNotSet,
+    IsEmpty,
+    Matches,
 }
 
 /// A flow: blocks and where to start.
@@ -71,8 +78,74 @@ pub struct BlockOut {
     webhook_id: Option<ID>,
     #[graphql(name = "async")]
     is_async: Option<bool>,
+    /// The highest mark of a RATING question (default 5).
+    rating_max: Option<i32>,
+    /// Further checks of a QUESTION's answer.
+    validation: Option<ValidationOut>,
+    /// Invalid answers a QUESTION takes before the flow goes to `onMaxAttempts`.
+    max_attempts: Option<i32>,
+    on_max_attempts: Option<String>,
     conditions: Option<Vec<ConditionOut>>,
     next: Option<String>,
+}
+
+/// Further checks of a QUESTION's answer, after its type's own.
+#[derive(SimpleObject, InputObject, Clone, Default)]
+#[graphql(name = "Validation", input_name = "ValidationInput")]
+pub struct ValidationOut {
+    /// Fewest characters.
+    min_length: Option<i32>,
+    /// Most characters.
+    max_length: Option<i32>,
+    /// Smallest value (NUMBER, RATING).
+    min: Option<f64>,
+    /// Largest value (NUMBER, RATING).
+    max: Option<f64>,
+    /// A regular expression the answer must match (anchor with `^…$` for the whole answer).
+    pattern: Option<String>,
+    /// What the visitor is told when the answer is refused.
+    message: Option<String>,
+}
+
+impl From<model::Validation> for ValidationOut {
+    fn from(v: model::Validation) -> Self {
+        let count = |n: Option<u32>| n.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        Self {
+            min_length: count(v.min_length),
+            max_length: count(v.max_length),
+            min: v.min.and_then(|n| n.as_f64()),
+            max: v.max.and_then(|n| n.as_f64()),
+            pattern: v.pattern,
+            message: v.message,
+        }
+    }
+}
+
+/// A count from the API: negative counts are kept as 0 so that validation can name them.
+fn count_in(n: Option<i32>) -> Option<u32> {
+    n.map(|n| u32::try_from(n).unwrap_or(0))
+}
+
+/// A JSON number from a GraphQL float: integral values stay integers.
+fn number_in(x: Option<f64>) -> Option<serde_json::Number> {
+    let x = x?;
+    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+        return Some(serde_json::Number::from(x as i64));
+    }
+    serde_json::Number::from_f64(x)
+}
+
+impl From<ValidationOut> for model::Validation {
+    fn from(v: ValidationOut) -> Self {
+        Self {
+            min_length: count_in(v.min_length),
+            max_length: count_in(v.max_length),
+            min: number_in(v.min),
+            max: number_in(v.max),
+            pattern: v.pattern,
+            message: v.message,
+        }
+    }
 }
 
 /// One option of a CHOICE question.
@@ -120,6 +193,10 @@ impl From<model::Flow> for FlowOut {
                     choices: b.choices.map(|cs| cs.into_iter().map(Into::into).collect()),
                     webhook_id: b.webhook_id.map(ID),
                     is_async: b.is_async,
+                    rating_max: b.rating_max.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+                    validation: b.validation.map(Into::into),
+                    max_attempts: b.max_attempts.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+                    on_max_attempts: b.on_max_attempts,
                     conditions: b.conditions.map(|cs| {
                         cs.into_iter()
                             .map(|c| ConditionOut {
@@ -156,6 +233,10 @@ pub struct BlockInput {
     webhook_id: Option<ID>,
     #[graphql(name = "async")]
     is_async: Option<bool>,
+    rating_max: Option<i32>,
+    validation: Option<ValidationOut>,
+    max_attempts: Option<i32>,
+    on_max_attempts: Option<String>,
     conditions: Option<Vec<ConditionInput>>,
     next: Option<String>,
 }
@@ -202,6 +283,10 @@ impl From<FlowInput> for model::Flow {
                     // Stored lower-cased, the form in which ids are compared and printed.
                     webhook_id: b.webhook_id.map(|id| id.0.trim().to_ascii_lowercase()),
                     is_async: b.is_async,
+                    rating_max: count_in(b.rating_max),
+                    validation: b.validation.map(Into::into),
+                    max_attempts: count_in(b.max_attempts),
+                    on_max_attempts: b.on_max_attempts,
                     conditions: b.conditions.map(|cs| {
                         cs.into_iter()
                             .map(|c| model::Condition {

@@ -188,7 +188,16 @@ impl<'a> Checker<'a> {
         if kind == BlockKind::Question {
             self.save_answer_to(block);
             self.choices(block);
+            self.answer_rules(block);
         } else {
+            self.unused_if(block, block.rating_max.is_some(), "ratingMax");
+            self.unused_if(block, block.validation.is_some(), "validation");
+            self.unused_if(block, block.max_attempts.is_some(), "maxAttempts");
+            self.unused_if(
+                block,
+                is_present(block.on_max_attempts.as_deref()),
+                "onMaxAttempts",
+            );
             self.unused_if(
                 block,
                 is_present(block.save_answer_to.as_deref()),
@@ -289,25 +298,123 @@ impl<'a> Checker<'a> {
         self.report(Some(block), "saveAnswerTo", message);
     }
 
+    /// A QUESTION's rating scale, validation rules and attempt limit.
+    fn answer_rules(&mut self, block: &Block) {
+        let question_type = block.question_type.unwrap_or(QuestionType::Text);
+        let type_name = question_type_name(question_type);
+        match block.rating_max {
+            Some(_) if question_type != QuestionType::Rating => self.report(
+                Some(block),
+                "ratingMax",
+                format!("Only RATING questions have ratingMax; this one is {type_name}."),
+            ),
+            Some(max) if !(2..=10).contains(&max) => self.report(
+                Some(block),
+                "ratingMax",
+                format!("ratingMax must be from 2 to 10, not {max}."),
+            ),
+            _ => {}
+        }
+        if let Some(rules) = &block.validation {
+            let numeric = matches!(question_type, QuestionType::Number | QuestionType::Rating);
+            let textual = matches!(
+                question_type,
+                QuestionType::Text
+                    | QuestionType::Email
+                    | QuestionType::Phone
+                    | QuestionType::Url
+                    | QuestionType::Number
+            );
+            if (rules.min.is_some() || rules.max.is_some()) && !numeric {
+                self.report(
+                    Some(block),
+                    "validation.min",
+                    format!(
+                        "min and max apply to NUMBER and RATING questions; this one is {type_name}."
+                    ),
+                );
+            }
+            let has_text_rules =
+                rules.min_length.is_some() || rules.max_length.is_some() || rules.pattern.is_some();
+            if has_text_rules && !textual {
+                self.report(
+                    Some(block),
+                    "validation.pattern",
+                    format!("minLength, maxLength and pattern apply to typed answers; {type_name} answers are picked."),
+                );
+            }
+            if let (Some(low), Some(high)) = (rules.min_length, rules.max_length)
+                && low > high
+            {
+                self.report(
+                    Some(block),
+                    "validation.minLength",
+                    format!("minLength ({low}) is more than maxLength ({high})."),
+                );
+            }
+            let number = |n: &Option<serde_json::Number>| n.as_ref().and_then(|n| n.as_f64());
+            if let (Some(low), Some(high)) = (number(&rules.min), number(&rules.max))
+                && low > high
+            {
+                self.report(
+                    Some(block),
+                    "validation.min",
+                    format!("min ({low}) is more than max ({high})."),
+                );
+            }
+            if let Some(pattern) = &rules.pattern
+                && let Err(why) = crate::engine::pattern::compile(pattern)
+            {
+                self.report(Some(block), "validation.pattern", why);
+            }
+            if let Some(message) = &rules.message {
+                self.too_long(block, "validation.message".to_owned(), message);
+            }
+        }
+        match (block.max_attempts, block.on_max_attempts.as_deref()) {
+            (Some(0), _) => self.report(
+                Some(block),
+                "maxAttempts",
+                "maxAttempts must be at least 1.".to_owned(),
+            ),
+            (Some(_), None) => self.report(
+                Some(block),
+                "onMaxAttempts",
+                "With maxAttempts, say where the flow goes after the last wrong answer.".to_owned(),
+            ),
+            (Some(_), Some(target)) => self.target(block, "onMaxAttempts".to_owned(), target),
+            (None, Some(target)) if !target.trim().is_empty() => self.report(
+                Some(block),
+                "onMaxAttempts",
+                "onMaxAttempts needs maxAttempts.".to_owned(),
+            ),
+            _ => {}
+        }
+    }
+
     fn choices(&mut self, block: &Block) {
         let question_type = block.question_type.unwrap_or(QuestionType::Text);
         let choices = block.choices.as_deref().unwrap_or_default();
-        if question_type != QuestionType::Choice {
+        let multi = question_type == QuestionType::MultiChoice;
+        if question_type != QuestionType::Choice && !multi {
             if !choices.is_empty() {
                 let type_name = question_type_name(question_type);
                 self.report(
                     Some(block),
                     "choices",
-                    format!("Only CHOICE questions have choices; this one is {type_name}."),
+                    format!(
+                        "Only CHOICE and MULTI_CHOICE questions have choices; this one is {type_name}."
+                    ),
                 );
             }
             return;
         }
         if choices.is_empty() {
+            let type_name = question_type_name(question_type);
             self.report(
                 Some(block),
                 "choices",
-                "A CHOICE question needs at least one choice.".to_owned(),
+                format!("A {type_name} question needs at least one choice."),
             );
         }
         if choices.len() > self.limits.max_choices {
@@ -336,8 +443,16 @@ impl<'a> Checker<'a> {
             } else {
                 self.too_long(block, format!("choices[{i}].label"), &choice.label);
             }
-            if let Some(next) = &choice.next {
-                self.target(block, format!("choices[{i}].next"), next);
+            match &choice.next {
+                Some(_) if multi => self.report(
+                    Some(block),
+                    format!("choices[{i}].next"),
+                    "A MULTI_CHOICE question goes to its block's next whatever is picked; \
+                     remove the choice's next."
+                        .to_owned(),
+                ),
+                Some(next) => self.target(block, format!("choices[{i}].next"), next),
+                None => {}
             }
         }
     }
@@ -390,8 +505,14 @@ impl<'a> Checker<'a> {
             let operator = condition.operator;
             let needs_value = !matches!(
                 operator,
-                ConditionOperator::IsSet | ConditionOperator::IsNotSet
+                ConditionOperator::IsSet | ConditionOperator::IsNotSet | ConditionOperator::IsEmpty
             );
+            if operator == ConditionOperator::Matches
+                && let Some(pattern) = condition.value.as_deref()
+                && let Err(why) = crate::engine::pattern::compile(pattern)
+            {
+                self.report(Some(block), format!("conditions[{i}].value"), why);
+            }
             let numeric = matches!(
                 operator,
                 ConditionOperator::GreaterThan | ConditionOperator::LessThan
@@ -603,6 +724,11 @@ fn question_type_name(question_type: QuestionType) -> &'static str {
         QuestionType::Phone => "PHONE",
         QuestionType::Number => "NUMBER",
         QuestionType::Choice => "CHOICE",
+        QuestionType::Date => "DATE",
+        QuestionType::Url => "URL",
+        QuestionType::Rating => "RATING",
+        QuestionType::MultiChoice => "MULTI_CHOICE",
+        QuestionType::YesNo => "YES_NO",
     }
 }
 
@@ -615,6 +741,8 @@ fn operator_name(operator: ConditionOperator) -> &'static str {
         ConditionOperator::LessThan => "LESS_THAN",
         ConditionOperator::IsSet => "IS_SET",
         ConditionOperator::IsNotSet => "IS_NOT_SET",
+        ConditionOperator::IsEmpty => "IS_EMPTY",
+        ConditionOperator::Matches => "MATCHES",
     }
 }
 

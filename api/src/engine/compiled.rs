@@ -2,7 +2,12 @@
 
 use std::collections::HashMap;
 
-use super::model::{Block, Flow};
+use regex::Regex;
+
+use super::{
+    model::{Block, ConditionOperator, Flow},
+    pattern,
+};
 
 /// A flow prepared once per published version: an index from block id to
 /// block.
@@ -10,6 +15,8 @@ use super::model::{Block, Flow};
 pub struct CompiledFlow {
     flow: Flow,
     index: HashMap<String, usize>,
+    /// Every pattern of the flow (validation patterns, MATCHES values), compiled once.
+    patterns: HashMap<String, Option<Regex>>,
 }
 
 impl CompiledFlow {
@@ -17,15 +24,38 @@ impl CompiledFlow {
     /// for a duplicated id the first block wins, as validation rejects both.
     pub fn new(flow: Flow) -> Self {
         let mut index = HashMap::with_capacity(flow.blocks.len());
+        let mut patterns = HashMap::new();
         for (position, block) in flow.blocks.iter().enumerate() {
             index.entry(block.id.clone()).or_insert(position);
+            let validation = block.validation.iter().filter_map(|v| v.pattern.as_deref());
+            let matches = block
+                .conditions
+                .iter()
+                .flatten()
+                .filter(|c| c.operator == ConditionOperator::Matches)
+                .filter_map(|c| c.value.as_deref());
+            for text in validation.chain(matches) {
+                // Validation refuses broken patterns; one that slipped through matches nothing.
+                patterns
+                    .entry(text.to_owned())
+                    .or_insert_with(|| pattern::compile(text).ok());
+            }
         }
-        Self { flow, index }
+        Self {
+            flow,
+            index,
+            patterns,
+        }
     }
 
     /// The flow as it was given.
     pub fn flow(&self) -> &Flow {
         &self.flow
+    }
+
+    /// The compiled form of a pattern of this flow; `None` if it does not compile.
+    pub fn pattern(&self, text: &str) -> Option<&Regex> {
+        self.patterns.get(text).and_then(Option::as_ref)
     }
 
     /// The block with this id, if there is one.

@@ -2,11 +2,13 @@
 
 use serde_json::{Map, Value};
 
+use super::compiled::CompiledFlow;
 use super::model::{Condition, ConditionOperator};
 use super::template::{display, lookup};
 
-/// Whether `condition` holds on the context variables.
-pub fn holds(condition: &Condition, variables: &Map<String, Value>) -> bool {
+/// Whether `condition` holds on the context variables; MATCHES reads its compiled pattern
+/// from `flow`.
+pub fn holds(condition: &Condition, variables: &Map<String, Value>, flow: &CompiledFlow) -> bool {
     // A null variable is treated as missing: a webhook that clears a value
     // usually sends null rather than deleting the key.
     let variable = lookup(variables, condition.variable.trim()).filter(|value| !value.is_null());
@@ -19,6 +21,21 @@ pub fn holds(condition: &Condition, variables: &Map<String, Value>) -> bool {
         ConditionOperator::LessThan => compare(variable, expected, |a, b| a < b),
         ConditionOperator::IsSet => is_set(variable),
         ConditionOperator::IsNotSet => !is_set(variable),
+        ConditionOperator::IsEmpty => is_empty(variable),
+        ConditionOperator::Matches => variable.is_some_and(|value| {
+            flow.pattern(expected)
+                .is_some_and(|re| re.is_match(&display(value)))
+        }),
+    }
+}
+
+fn is_empty(variable: Option<&Value>) -> bool {
+    match variable {
+        None => true,
+        Some(Value::String(text)) => text.trim().is_empty(),
+        Some(Value::Array(items)) => items.is_empty(),
+        Some(Value::Object(map)) => map.is_empty(),
+        Some(_) => false,
     }
 }
 
@@ -95,7 +112,14 @@ mod tests {
             value: value.map(str::to_owned),
             next: "n".into(),
         };
-        holds(&condition, &vars())
+        let flow = CompiledFlow::new(crate::engine::model::Flow {
+            start_block_id: None,
+            blocks: vec![crate::engine::model::Block {
+                conditions: Some(vec![condition.clone()]),
+                ..crate::engine::model::Block::new("c", crate::engine::model::BlockKind::Condition)
+            }],
+        });
+        holds(&condition, &vars(), &flow)
     }
 
     use ConditionOperator::*;
@@ -185,5 +209,25 @@ mod tests {
         assert!(check("order.total", GreaterThan, Some("100")));
         assert!(check("order.missing", IsNotSet, None));
         assert!(check(" order.status ", IsSet, None));
+    }
+
+    #[test]
+    fn is_empty_holds_for_missing_null_blank_and_empty_collections() {
+        assert!(check("missing", IsEmpty, None));
+        assert!(check("nothing", IsEmpty, None));
+        assert!(check("empty", IsEmpty, None));
+        assert!(!check("name", IsEmpty, None));
+        assert!(!check("age", IsEmpty, None));
+        assert!(!check("tags", IsEmpty, None));
+    }
+
+    #[test]
+    fn matches_runs_the_pattern_on_the_variable_as_text() {
+        assert!(check("name", Matches, Some("^A[a-z]+$")));
+        assert!(!check("name", Matches, Some("^B")));
+        assert!(check("age", Matches, Some("^\\d+$")));
+        assert!(!check("missing", Matches, Some(".*")));
+        // A pattern that does not compile matches nothing.
+        assert!(!check("name", Matches, Some("(")));
     }
 }

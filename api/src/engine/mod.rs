@@ -8,6 +8,7 @@ pub mod answer;
 pub mod compiled;
 pub mod condition;
 pub mod model;
+pub mod pattern;
 pub mod state;
 pub mod step;
 pub mod template;

@@ -40,6 +40,18 @@ pub struct Block {
     /// Whether a WEBHOOK block is fire-and-forget; absent means `true`.
     #[serde(rename = "async", default, skip_serializing_if = "Option::is_none")]
     pub is_async: Option<bool>,
+    /// The highest mark of a RATING question (2 to 10); absent means 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rating_max: Option<u32>,
+    /// Further checks of a QUESTION's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Validation>,
+    /// Invalid answers a QUESTION takes before the flow moves to `on_max_attempts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Where a QUESTION goes after `max_attempts` invalid answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_max_attempts: Option<String>,
     /// The tests of a CONDITION block, tried in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
@@ -60,8 +72,34 @@ impl Block {
             choices: None,
             webhook_id: None,
             is_async: None,
+            rating_max: None,
+            validation: None,
+            max_attempts: None,
+            on_max_attempts: None,
             conditions: None,
             next: None,
+        }
+    }
+
+    /// The options a visitor picks from: the block's choices for CHOICE and MULTI_CHOICE,
+    /// the marks of a RATING, Yes and No for YES_NO; `None` for typed answers.
+    pub fn offered_choices(&self) -> Option<Vec<Choice>> {
+        let plain = |label: String| Choice {
+            label,
+            value: None,
+            next: None,
+        };
+        match self.question_type.unwrap_or(QuestionType::Text) {
+            QuestionType::Choice | QuestionType::MultiChoice => {
+                Some(self.choices.clone().unwrap_or_default())
+            }
+            QuestionType::Rating => Some(
+                (1..=self.rating_max.unwrap_or(DEFAULT_RATING_MAX))
+                    .map(|n| plain(n.to_string()))
+                    .collect(),
+            ),
+            QuestionType::YesNo => Some(vec![plain("Yes".into()), plain("No".into())]),
+            _ => None,
         }
     }
 
@@ -85,9 +123,43 @@ impl Block {
             .flatten()
             .filter(|_| self.kind == BlockKind::Condition)
             .map(|condition| condition.next.as_str());
+        let on_max = self
+            .on_max_attempts
+            .as_deref()
+            .filter(|_| self.kind == BlockKind::Question && self.max_attempts.is_some());
         let next = self.next.as_deref().filter(|_| self.kind != BlockKind::End);
-        choice_targets.chain(condition_targets).chain(next)
+        choice_targets
+            .chain(condition_targets)
+            .chain(on_max)
+            .chain(next)
     }
+}
+
+/// The highest mark of a RATING question without `ratingMax`.
+pub const DEFAULT_RATING_MAX: u32 = 5;
+
+/// Further checks of a QUESTION's answer, after its type's own.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Validation {
+    /// Fewest characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_length: Option<u32>,
+    /// Most characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u32>,
+    /// Smallest value of a NUMBER or RATING answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<serde_json::Number>,
+    /// Largest value of a NUMBER or RATING answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<serde_json::Number>,
+    /// A regular expression the whole answer must match (the `regex` crate's syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// What the visitor is told instead of the default invalid-answer text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One option of a CHOICE question.
@@ -149,6 +221,16 @@ pub enum QuestionType {
     Number,
     /// One of the block's choices.
     Choice,
+    /// A date, in ISO form or a common written one; stored as `YYYY-MM-DD`.
+    Date,
+    /// An http or https address.
+    Url,
+    /// A mark from 1 to `ratingMax`, stored as a number.
+    Rating,
+    /// Several of the block's choices, stored as an array of values.
+    MultiChoice,
+    /// Yes or no, stored as `true` or `false`.
+    YesNo,
 }
 
 /// How a condition compares its variable with its value.
@@ -169,6 +251,10 @@ pub enum ConditionOperator {
     IsSet,
     /// The negation of `IsSet`.
     IsNotSet,
+    /// Missing, null, blank text, an empty array or an empty object.
+    IsEmpty,
+    /// Its text matches the regular expression in `value` (anywhere; anchor with `^…$`).
+    Matches,
 }
 
 #[cfg(test)]

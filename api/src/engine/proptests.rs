@@ -9,6 +9,7 @@ use proptest::sample::select;
 use serde_json::{Map, Value, json};
 
 use super::*;
+use crate::engine::model::Validation;
 
 const BLOCK_IDS: &[&str] = &["a", "b", "c", "d", "e", ""];
 const TARGETS: &[&str] = &["a", "b", "c", "d", "e", "ghost", "", "b0", "b1"];
@@ -47,6 +48,10 @@ const ANSWERS: &[&str] = &[
     "free",
     "team",
     "{{v}}",
+    "2026-11-28",
+    "https://example.com",
+    "Pro, Team",
+    "no",
 ];
 
 fn arb_kind() -> impl Strategy<Value = BlockKind> {
@@ -66,7 +71,33 @@ fn arb_question_type() -> impl Strategy<Value = QuestionType> {
         QuestionType::Phone,
         QuestionType::Number,
         QuestionType::Choice,
+        QuestionType::Date,
+        QuestionType::Url,
+        QuestionType::Rating,
+        QuestionType::MultiChoice,
+        QuestionType::YesNo,
     ])
+}
+
+fn arb_validation() -> impl Strategy<Value = Validation> {
+    (
+        option::of(0u32..6),
+        option::of(0u32..6),
+        option::of(-3i64..10),
+        option::of(-3i64..10),
+        option::of(arb_string(&["^a", "(", "x+", "^\\d+$"])),
+        option::of(arb_string(&["Try again", ""])),
+    )
+        .prop_map(
+            |(min_length, max_length, min, max, pattern, message)| Validation {
+                min_length,
+                max_length,
+                min: min.map(Into::into),
+                max: max.map(Into::into),
+                pattern,
+                message,
+            },
+        )
 }
 
 fn arb_operator() -> impl Strategy<Value = ConditionOperator> {
@@ -78,6 +109,8 @@ fn arb_operator() -> impl Strategy<Value = ConditionOperator> {
         ConditionOperator::LessThan,
         ConditionOperator::IsSet,
         ConditionOperator::IsNotSet,
+        ConditionOperator::IsEmpty,
+        ConditionOperator::Matches,
     ])
 }
 
@@ -128,13 +161,24 @@ fn arb_block() -> impl Strategy<Value = Block> {
             option::of(vec(arb_condition(), 0..3)),
             option::of(arb_string(TARGETS)),
         ),
+        (
+            option::of(0u32..12),
+            option::of(arb_validation()),
+            option::of(0u32..4),
+            option::of(arb_string(TARGETS)),
+        ),
     )
         .prop_map(
             |(
                 (id, kind, text),
                 (question_type, save_answer_to, choices),
                 (webhook_id, is_async, conditions, next),
+                (rating_max, validation, max_attempts, on_max_attempts),
             )| Block {
+                rating_max,
+                validation,
+                max_attempts,
+                on_max_attempts,
                 id,
                 kind,
                 text,

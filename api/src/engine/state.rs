@@ -17,6 +17,13 @@ pub struct State {
     /// and whatever webhooks set.
     #[serde(default)]
     pub variables: Map<String, Value>,
+    /// Invalid answers to the pending question so far.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a conversation waits for. Serialized as
@@ -64,6 +71,7 @@ impl State {
             position: Position::NotStarted,
             answers: Map::new(),
             variables: prefilled,
+            attempts: 0,
         }
     }
 

@@ -208,14 +208,28 @@ impl Run<'_> {
             self.say(ChatMessage::VisitorMessage { text });
             return self.end(Some(missing_block(block_id)));
         };
-        let checked = check_answer(block, &text);
+        let pattern = block
+            .validation
+            .as_ref()
+            .and_then(|v| v.pattern.as_deref())
+            .and_then(|p| flow.pattern(p));
+        let checked = check_answer(block, &text, pattern);
         self.say(ChatMessage::VisitorMessage { text });
         match checked {
             Err(message) => {
                 self.say(ChatMessage::InvalidAnswer { text: message });
+                self.state.attempts = self.state.attempts.saturating_add(1);
+                if let Some(max) = block.max_attempts
+                    && self.state.attempts >= max
+                {
+                    // An endless loop of wrong answers ends where the author said.
+                    self.state.attempts = 0;
+                    return self.run_from(block.on_max_attempts.as_deref());
+                }
                 self.ask(block);
             }
             Ok((value, choice_next)) => {
+                self.state.attempts = 0;
                 let name = block
                     .save_answer_to
                     .as_deref()
@@ -304,6 +318,7 @@ impl Run<'_> {
                     block.next.as_deref()
                 }
                 BlockKind::Question => {
+                    self.state.attempts = 0;
                     self.ask(block);
                     self.state.position = Position::AwaitingAnswer {
                         block_id: block.id.clone(),
@@ -345,7 +360,7 @@ impl Run<'_> {
                     .conditions
                     .iter()
                     .flatten()
-                    .find(|condition| holds(condition, &self.state.variables))
+                    .find(|condition| holds(condition, &self.state.variables, flow))
                     .map(|condition| condition.next.as_str())
                     .or(block.next.as_deref()),
                 BlockKind::End => return self.end(None),
@@ -355,8 +370,7 @@ impl Run<'_> {
 
     fn ask(&mut self, block: &Block) {
         let question_type = block.question_type.unwrap_or(QuestionType::Text);
-        let choices = (question_type == QuestionType::Choice)
-            .then(|| block.choices.clone().unwrap_or_default());
+        let choices = block.offered_choices();
         let text = render(
             block.text.as_deref().unwrap_or_default(),
             &self.state.variables,

@@ -919,3 +919,86 @@ fn webhook_bodies_drive_the_flow_end_to_end() {
         [bot("n=2"), asks("Your other?", QuestionType::Text)]
     );
 }
+
+#[test]
+fn wrong_answers_past_max_attempts_go_where_the_author_said() {
+    let ask = Block {
+        max_attempts: Some(2),
+        on_max_attempts: Some("help".into()),
+        ..question("q", QuestionType::Email, "email", Some("done"))
+    };
+    let flow = compile(
+        "q",
+        vec![
+            ask,
+            message("help", "Let us call you instead.", None),
+            end("done"),
+        ],
+    );
+    let (mut state, _) = start(&flow);
+    let first = run(&flow, &mut state, Input::Answer("nope".into()));
+    assert!(matches!(state.position, Position::AwaitingAnswer { .. }));
+    assert_eq!(state.attempts, 1);
+    assert!(matches!(
+        first.outputs.last(),
+        Some(Output::Say(ChatMessage::Question { .. }))
+    ));
+    let second = run(&flow, &mut state, Input::Answer("still no".into()));
+    assert_eq!(state.position, Position::Ended);
+    let said: Vec<&ChatMessage> = second
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Say(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert!(matches!(said[1], ChatMessage::InvalidAnswer { .. }));
+    assert_eq!(
+        said[2],
+        &ChatMessage::BotMessage {
+            text: "Let us call you instead.".into()
+        }
+    );
+    assert_eq!(state.attempts, 0);
+}
+
+#[test]
+fn a_valid_answer_resets_the_attempts_of_the_next_question() {
+    let ask = Block {
+        max_attempts: Some(2),
+        on_max_attempts: Some("done".into()),
+        ..question("q", QuestionType::Number, "n", Some("q2"))
+    };
+    let again = Block {
+        max_attempts: Some(2),
+        on_max_attempts: Some("done".into()),
+        ..question("q2", QuestionType::Number, "m", Some("done"))
+    };
+    let flow = compile("q", vec![ask, again, end("done")]);
+    let (mut state, _) = start(&flow);
+    run(&flow, &mut state, Input::Answer("x".into()));
+    run(&flow, &mut state, Input::Answer("3".into()));
+    assert_eq!(state.attempts, 0);
+    run(&flow, &mut state, Input::Answer("y".into()));
+    assert!(
+        matches!(state.position, Position::AwaitingAnswer { ref block_id } if block_id == "q2")
+    );
+}
+
+#[test]
+fn rating_and_yes_no_questions_offer_their_choices() {
+    let flow = compile(
+        "r",
+        vec![Block {
+            rating_max: Some(3),
+            ..question("r", QuestionType::Rating, "score", None)
+        }],
+    );
+    let (_, result) = start(&flow);
+    let Some(Output::Say(ChatMessage::Question { choices, .. })) = result.outputs.last() else {
+        panic!("a question: {result:?}");
+    };
+    let labels: Vec<&str> = choices.iter().flatten().map(|c| c.label.as_str()).collect();
+    assert_eq!(labels, ["1", "2", "3"]);
+}

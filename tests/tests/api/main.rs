@@ -4,6 +4,7 @@ mod accounts;
 mod bots;
 mod conversations;
 mod deliveries;
+mod flows;
 mod helpers;
 mod limits;
 mod races;
