@@ -24,6 +24,9 @@ pub enum BlockKindGql {
     Webhook,
     Condition,
     End,
+    SetVariable,
+    Split,
+    Redirect,
 }
 
 /// How a question's answer is checked.
@@ -85,8 +88,25 @@ pub struct BlockOut {
     /// Invalid answers a QUESTION takes before the flow goes to `onMaxAttempts`.
     max_attempts: Option<i32>,
     on_max_attempts: Option<String>,
+    /// The variable a SET_VARIABLE block sets.
+    variable: Option<String>,
+    /// What it sets: a template, stored as JSON when it reads as JSON.
+    value: Option<String>,
+    /// The weighted ways out of a SPLIT block.
+    branches: Option<Vec<BranchOut>>,
+    /// Where a REDIRECT block sends the visitor (a template).
+    url: Option<String>,
     conditions: Option<Vec<ConditionOut>>,
     next: Option<String>,
+}
+
+/// One way out of a SPLIT block.
+#[derive(SimpleObject, InputObject, Clone)]
+#[graphql(name = "Branch", input_name = "BranchInput")]
+pub struct BranchOut {
+    /// The share of conversations sent this way, relative to the other branches.
+    weight: i32,
+    next: String,
 }
 
 /// Further checks of a QUESTION's answer, after its type's own.
@@ -197,6 +217,17 @@ impl From<model::Flow> for FlowOut {
                     validation: b.validation.map(Into::into),
                     max_attempts: b.max_attempts.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
                     on_max_attempts: b.on_max_attempts,
+                    variable: b.variable,
+                    value: b.value,
+                    branches: b.branches.map(|bs| {
+                        bs.into_iter()
+                            .map(|br| BranchOut {
+                                weight: i32::try_from(br.weight).unwrap_or(i32::MAX),
+                                next: br.next,
+                            })
+                            .collect()
+                    }),
+                    url: b.url,
                     conditions: b.conditions.map(|cs| {
                         cs.into_iter()
                             .map(|c| ConditionOut {
@@ -237,6 +268,10 @@ pub struct BlockInput {
     validation: Option<ValidationOut>,
     max_attempts: Option<i32>,
     on_max_attempts: Option<String>,
+    variable: Option<String>,
+    value: Option<String>,
+    branches: Option<Vec<BranchOut>>,
+    url: Option<String>,
     conditions: Option<Vec<ConditionInput>>,
     next: Option<String>,
 }
@@ -287,6 +322,17 @@ impl From<FlowInput> for model::Flow {
                     validation: b.validation.map(Into::into),
                     max_attempts: count_in(b.max_attempts),
                     on_max_attempts: b.on_max_attempts,
+                    variable: b.variable,
+                    value: b.value,
+                    branches: b.branches.map(|bs| {
+                        bs.into_iter()
+                            .map(|br| model::Branch {
+                                weight: u32::try_from(br.weight).unwrap_or(0),
+                                next: br.next,
+                            })
+                            .collect()
+                    }),
+                    url: b.url,
                     conditions: b.conditions.map(|cs| {
                         cs.into_iter()
                             .map(|c| model::Condition {

@@ -216,10 +216,110 @@ impl<'a> Checker<'a> {
         } else {
             self.unused_if(block, is_listed(block.conditions.as_deref()), "conditions");
         }
-        if kind == BlockKind::End {
+        if kind == BlockKind::SetVariable {
+            self.set_variable(block);
+        } else {
+            self.unused_if(block, is_present(block.variable.as_deref()), "variable");
+            self.unused_if(block, block.value.is_some(), "value");
+        }
+        if kind == BlockKind::Split {
+            self.branches(block);
+        } else {
+            self.unused_if(block, is_listed(block.branches.as_deref()), "branches");
+        }
+        if kind == BlockKind::Redirect {
+            self.redirect(block);
+        } else {
+            self.unused_if(block, is_present(block.url.as_deref()), "url");
+        }
+        if matches!(kind, BlockKind::End | BlockKind::Split) {
             self.unused_if(block, is_present(block.next.as_deref()), "next");
         } else if let Some(next) = &block.next {
             self.target(block, "next".to_owned(), next);
+        }
+    }
+
+    fn set_variable(&mut self, block: &Block) {
+        match block.variable.as_deref().map(str::trim) {
+            None | Some("") => self.report(
+                Some(block),
+                "variable",
+                "A SET_VARIABLE block needs the name of the variable it sets.".to_owned(),
+            ),
+            Some(name)
+                if RESERVED_VARIABLES
+                    .iter()
+                    .any(|r| name.eq_ignore_ascii_case(r)) =>
+            {
+                self.report(
+                    Some(block),
+                    "variable",
+                    format!("\"{name}\" is reserved; choose another variable name."),
+                );
+            }
+            Some(name) if !is_identifier(name) => self.report(
+                Some(block),
+                "variable",
+                format!(
+                    "\"{name}\" is not a valid variable name: use letters, digits and \
+                     underscores, and do not start with a digit."
+                ),
+            ),
+            Some(_) => {}
+        }
+        match &block.value {
+            None => self.report(
+                Some(block),
+                "value",
+                "A SET_VARIABLE block needs a value (a template; JSON such as 42 or true is \
+                 stored as JSON)."
+                    .to_owned(),
+            ),
+            Some(value) => self.too_long(block, "value".to_owned(), value),
+        }
+    }
+
+    fn branches(&mut self, block: &Block) {
+        let branches = block.branches.as_deref().unwrap_or_default();
+        if branches.len() < 2 {
+            self.report(
+                Some(block),
+                "branches",
+                "A SPLIT block needs at least two branches.".to_owned(),
+            );
+        }
+        if branches.len() > self.limits.max_choices {
+            let (count, max) = (branches.len(), self.limits.max_choices);
+            self.report(
+                Some(block),
+                "branches",
+                format!("The split has {count} branches; at most {max} are allowed."),
+            );
+        }
+        for (i, branch) in branches.iter().enumerate() {
+            if branch.weight == 0 || branch.weight > 1_000_000 {
+                self.report(
+                    Some(block),
+                    format!("branches[{i}].weight"),
+                    "A branch's weight must be from 1 to 1,000,000.".to_owned(),
+                );
+            }
+            self.target(block, format!("branches[{i}].next"), &branch.next);
+        }
+    }
+
+    fn redirect(&mut self, block: &Block) {
+        let url = block.url.as_deref().map(str::trim).unwrap_or_default();
+        let lower = url.to_ascii_lowercase();
+        // A template may fill the rest; the scheme must be a web one from the start.
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+            self.report(
+                Some(block),
+                "url",
+                "A REDIRECT block needs a URL starting with https:// or http://.".to_owned(),
+            );
+        } else {
+            self.too_long(block, "url".to_owned(), url);
         }
     }
 
@@ -714,6 +814,9 @@ fn kind_name(kind: BlockKind) -> &'static str {
         BlockKind::Webhook => "WEBHOOK",
         BlockKind::Condition => "CONDITION",
         BlockKind::End => "END",
+        BlockKind::SetVariable => "SET_VARIABLE",
+        BlockKind::Split => "SPLIT",
+        BlockKind::Redirect => "REDIRECT",
     }
 }
 

@@ -38,6 +38,8 @@ pub enum ChatEventKind {
     VisitorMessage,
     InvalidAnswer,
     Ended,
+    /// The bot sends the visitor to the address in `text` (the widget opens it).
+    Redirect,
 }
 
 /// Where a conversation stands.
@@ -80,6 +82,7 @@ impl ChatEvent {
             "QUESTION" => ChatEventKind::Question,
             "VISITOR_MESSAGE" => ChatEventKind::VisitorMessage,
             "INVALID_ANSWER" => ChatEventKind::InvalidAnswer,
+            "REDIRECT" => ChatEventKind::Redirect,
             _ => ChatEventKind::Ended,
         }
     }

@@ -13,6 +13,7 @@ pub mod kind {
     pub const VISITOR_MESSAGE: &str = "VISITOR_MESSAGE";
     pub const INVALID_ANSWER: &str = "INVALID_ANSWER";
     pub const ENDED: &str = "ENDED";
+    pub const REDIRECT: &str = "REDIRECT";
 }
 
 /// Messages a payload carries at most: the latest ones. Whole transcripts would make stored

@@ -167,6 +167,7 @@ fn event_row(
         }
         ChatMessage::VisitorMessage { text } => (kind::VISITOR_MESSAGE, Some(text), None),
         ChatMessage::InvalidAnswer { text } => (kind::INVALID_ANSWER, Some(text), None),
+        ChatMessage::Redirect { url } => (kind::REDIRECT, Some(url), None),
         ChatMessage::Ended { error } => (kind::ENDED, error, None),
     };
     conversation_event::Model {
@@ -246,7 +247,7 @@ impl Runtime {
             bot_id,
             version,
             status: ConversationStatus::Active,
-            state: serde_json::to_value(State::for_visitor(prefilled))
+            state: serde_json::to_value(State::for_visitor(prefilled, rand::random()))
                 .map_err(anyhow::Error::from)?,
             last_seq: 0,
             visitor_token_hash: token_hash(&token),

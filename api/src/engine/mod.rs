@@ -21,7 +21,9 @@ mod tests;
 
 pub use self::answer::check_answer;
 pub use self::compiled::CompiledFlow;
-pub use self::model::{Block, BlockKind, Choice, Condition, ConditionOperator, Flow, QuestionType};
+pub use self::model::{
+    Block, BlockKind, Branch, Choice, Condition, ConditionOperator, Flow, QuestionType,
+};
 pub use self::state::{Position, State};
 pub use self::step::{
     ChatMessage, Input, MAX_BLOCKS_PER_STEP, Output, StepError, StepResult, step,

@@ -52,6 +52,18 @@ pub struct Block {
     /// Where a QUESTION goes after `max_attempts` invalid answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_max_attempts: Option<String>,
+    /// The variable a SET_VARIABLE block sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variable: Option<String>,
+    /// What a SET_VARIABLE block sets: a template, stored as JSON when it reads as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The weighted ways out of a SPLIT block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branches: Option<Vec<Branch>>,
+    /// Where a REDIRECT block sends the visitor: a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// The tests of a CONDITION block, tried in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
@@ -76,6 +88,10 @@ impl Block {
             validation: None,
             max_attempts: None,
             on_max_attempts: None,
+            variable: None,
+            value: None,
+            branches: None,
+            url: None,
             conditions: None,
             next: None,
         }
@@ -123,13 +139,23 @@ impl Block {
             .flatten()
             .filter(|_| self.kind == BlockKind::Condition)
             .map(|condition| condition.next.as_str());
+        let branch_targets = self
+            .branches
+            .iter()
+            .flatten()
+            .filter(|_| self.kind == BlockKind::Split)
+            .map(|branch| branch.next.as_str());
         let on_max = self
             .on_max_attempts
             .as_deref()
             .filter(|_| self.kind == BlockKind::Question && self.max_attempts.is_some());
-        let next = self.next.as_deref().filter(|_| self.kind != BlockKind::End);
+        let next = self
+            .next
+            .as_deref()
+            .filter(|_| !matches!(self.kind, BlockKind::End | BlockKind::Split));
         choice_targets
             .chain(condition_targets)
+            .chain(branch_targets)
             .chain(on_max)
             .chain(next)
     }
@@ -160,6 +186,16 @@ pub struct Validation {
     /// What the visitor is told instead of the default invalid-answer text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// One way out of a SPLIT block, taken by about `weight` in the sum of weights.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Branch {
+    /// The share of conversations sent this way, relative to the other branches.
+    pub weight: u32,
+    /// Where they go.
+    pub next: String,
 }
 
 /// One option of a CHOICE question.
@@ -205,6 +241,12 @@ pub enum BlockKind {
     Condition,
     /// The conversation ends.
     End,
+    /// Sets a context variable.
+    SetVariable,
+    /// Sends each conversation down one of weighted branches (A/B tests).
+    Split,
+    /// Sends the visitor to a web address.
+    Redirect,
 }
 
 /// How a question's answer is checked and stored.

@@ -9,7 +9,7 @@ use proptest::sample::select;
 use serde_json::{Map, Value, json};
 
 use super::*;
-use crate::engine::model::Validation;
+use crate::engine::model::{Branch, Validation};
 
 const BLOCK_IDS: &[&str] = &["a", "b", "c", "d", "e", ""];
 const TARGETS: &[&str] = &["a", "b", "c", "d", "e", "ghost", "", "b0", "b1"];
@@ -61,6 +61,9 @@ fn arb_kind() -> impl Strategy<Value = BlockKind> {
         BlockKind::Webhook,
         BlockKind::Condition,
         BlockKind::End,
+        BlockKind::SetVariable,
+        BlockKind::Split,
+        BlockKind::Redirect,
     ])
 }
 
@@ -179,6 +182,10 @@ fn arb_block() -> impl Strategy<Value = Block> {
                 validation,
                 max_attempts,
                 on_max_attempts,
+                variable: None,
+                value: None,
+                branches: None,
+                url: None,
                 id,
                 kind,
                 text,
@@ -281,8 +288,28 @@ fn arb_shaped_block(count: usize) -> impl Strategy<Value = Block> {
                     }
                     BlockKind::Condition => block.conditions = Some(conditions),
                     BlockKind::End => {}
+                    BlockKind::SetVariable => {
+                        block.variable = Some("v".to_owned());
+                        block.value = Some("{{age}}".to_owned());
+                    }
+                    BlockKind::Split => {
+                        let mut branches: Vec<Branch> = conditions
+                            .into_iter()
+                            .map(|c| Branch {
+                                weight: 1,
+                                next: c.next,
+                            })
+                            .collect();
+                        if let Some(first) = branches.first().cloned() {
+                            branches.push(Branch { weight: 3, ..first });
+                        }
+                        block.branches = Some(branches);
+                    }
+                    BlockKind::Redirect => {
+                        block.url = Some("https://example.com/{{v}}".to_owned());
+                    }
                 }
-                if kind != BlockKind::End {
+                if !matches!(kind, BlockKind::End | BlockKind::Split) {
                     block.next = next;
                 }
                 block

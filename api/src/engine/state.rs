@@ -20,10 +20,18 @@ pub struct State {
     /// Invalid answers to the pending question so far.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
+    /// Drawn once by the runtime; SPLIT blocks derive their draws from it, so the engine stays
+    /// deterministic.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seed: u64,
+    /// The branch each SPLIT block drew, by block id: a conversation that passes a split
+    /// again goes the same way.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub splits: std::collections::BTreeMap<String, usize>,
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// What a conversation waits for. Serialized as
@@ -57,11 +65,14 @@ pub const VISITOR_VARIABLE: &str = "visitor";
 
 impl State {
     /// A conversation that has not started, with the visitor's prefilled values under
-    /// [`VISITOR_VARIABLE`] and nothing else.
-    pub fn for_visitor(prefilled: Map<String, Value>) -> Self {
+    /// [`VISITOR_VARIABLE`] and nothing else, and `seed` for its SPLIT draws.
+    pub fn for_visitor(prefilled: Map<String, Value>, seed: u64) -> Self {
         let mut variables = Map::new();
         variables.insert(VISITOR_VARIABLE.to_owned(), Value::Object(prefilled));
-        Self::new(variables)
+        Self {
+            seed,
+            ..Self::new(variables)
+        }
     }
 
     /// A conversation that has not started, with `prefilled` as its first
@@ -72,6 +83,8 @@ impl State {
             answers: Map::new(),
             variables: prefilled,
             attempts: 0,
+            seed: 0,
+            splits: std::collections::BTreeMap::new(),
         }
     }
 
@@ -96,7 +109,7 @@ mod tests {
     fn a_visitors_values_live_under_their_own_name_only() {
         let mut prefilled = Map::new();
         prefilled.insert("crm_id".into(), json!("forged"));
-        let state = State::for_visitor(prefilled);
+        let state = State::for_visitor(prefilled, 7);
         assert!(state.variables.get("crm_id").is_none());
         assert_eq!(state.variables[VISITOR_VARIABLE]["crm_id"], "forged");
     }

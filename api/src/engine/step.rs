@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::answer::check_answer;
 use super::compiled::CompiledFlow;
 use super::condition::holds;
-use super::model::{Block, BlockKind, Choice, QuestionType};
+use serde_json::Value;
+
+use super::model::{Block, BlockKind, Branch, Choice, QuestionType};
 use super::state::{Position, State};
 use super::template::render;
 use super::webhook::{Instruction, WebhookOutcome};
@@ -81,6 +83,11 @@ pub enum ChatMessage {
     VisitorMessage {
         /// The raw text.
         text: String,
+    },
+    /// The visitor is sent to a web address (the widget opens it).
+    Redirect {
+        /// The rendered address.
+        url: String,
     },
     /// Why the visitor's answer was refused.
     InvalidAnswer {
@@ -364,8 +371,64 @@ impl Run<'_> {
                     .map(|condition| condition.next.as_str())
                     .or(block.next.as_deref()),
                 BlockKind::End => return self.end(None),
+                BlockKind::SetVariable => {
+                    if let Some(name) = block.variable.as_deref().filter(|n| !n.trim().is_empty()) {
+                        let text = render(
+                            block.value.as_deref().unwrap_or_default(),
+                            &self.state.variables,
+                        );
+                        // `42`, `true`, `{"a": 1}` are JSON; anything else is text.
+                        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                        self.state.variables.insert(name.trim().to_owned(), value);
+                    }
+                    block.next.as_deref()
+                }
+                BlockKind::Split => {
+                    let branches = block.branches.as_deref().unwrap_or_default();
+                    match self.draw(block, branches) {
+                        Some(branch) => Some(branch.next.as_str()),
+                        None => {
+                            return self.end(Some(format!(
+                                "The bot stopped: split \"{}\" has no branch to take.",
+                                block.id
+                            )));
+                        }
+                    }
+                }
+                BlockKind::Redirect => {
+                    let url = render(
+                        block.url.as_deref().unwrap_or_default(),
+                        &self.state.variables,
+                    );
+                    self.say(ChatMessage::Redirect { url });
+                    block.next.as_deref()
+                }
             };
         }
+    }
+
+    /// The branch a SPLIT takes: the one drawn before for this block, else a draw weighted by
+    /// the branches' weights from the conversation's seed, recorded in the state.
+    fn draw<'b>(&mut self, block: &Block, branches: &'b [Branch]) -> Option<&'b Branch> {
+        if let Some(&drawn) = self.state.splits.get(&block.id) {
+            return branches.get(drawn).or_else(|| branches.first());
+        }
+        let total: u64 = branches.iter().map(|b| u64::from(b.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut point = mix(self.state.seed ^ fnv1a(&block.id)) % total;
+        let index = branches.iter().position(|b| {
+            let w = u64::from(b.weight);
+            if point < w {
+                true
+            } else {
+                point -= w;
+                false
+            }
+        })?;
+        self.state.splits.insert(block.id.clone(), index);
+        branches.get(index)
     }
 
     fn ask(&mut self, block: &Block) {
@@ -394,6 +457,21 @@ impl Run<'_> {
     fn note(&mut self, note: String) {
         self.result.notes.push(note);
     }
+}
+
+/// SplitMix64's finaliser: spreads a seed evenly over 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a of a block id, so that two splits of one conversation draw independently.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xCBF2_9CE4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3)
+    })
 }
 
 fn missing_block(id: &str) -> String {

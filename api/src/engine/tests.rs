@@ -1002,3 +1002,93 @@ fn rating_and_yes_no_questions_offer_their_choices() {
     let labels: Vec<&str> = choices.iter().flatten().map(|c| c.label.as_str()).collect();
     assert_eq!(labels, ["1", "2", "3"]);
 }
+
+fn split_flow() -> CompiledFlow {
+    compile(
+        "ab",
+        vec![
+            Block {
+                branches: Some(vec![
+                    Branch {
+                        weight: 1,
+                        next: "a".into(),
+                    },
+                    Branch {
+                        weight: 3,
+                        next: "b".into(),
+                    },
+                ]),
+                ..Block::new("ab", BlockKind::Split)
+            },
+            message("a", "Variant A", None),
+            message("b", "Variant B", None),
+        ],
+    )
+}
+
+#[test]
+fn a_split_draws_by_weight_from_the_seed_and_records_its_draw() {
+    let flow = split_flow();
+    let mut seen_b = 0;
+    for seed in 0..400u64 {
+        let mut state = State {
+            seed,
+            ..State::default()
+        };
+        let result = run(&flow, &mut state, Input::Start);
+        let mut again = State {
+            seed,
+            ..State::default()
+        };
+        assert_eq!(
+            run(&flow, &mut again, Input::Start),
+            result,
+            "same seed, same way"
+        );
+        let drawn = state
+            .splits
+            .get("ab")
+            .copied()
+            .expect("the draw is recorded");
+        if drawn == 1 {
+            seen_b += 1;
+        }
+    }
+    // Weights 1:3 — about 300 of 400 take B.
+    assert!((250..=350).contains(&seen_b), "{seen_b}");
+}
+
+#[test]
+fn set_variable_stores_json_when_it_reads_as_json_and_text_otherwise() {
+    let flow = compile(
+        "n",
+        vec![
+            Block {
+                variable: Some("n".into()),
+                value: Some("{{age}}".into()),
+                next: Some("t".into()),
+                ..Block::new("n", BlockKind::SetVariable)
+            },
+            Block {
+                variable: Some("t".into()),
+                value: Some("Hi {{name}}".into()),
+                next: Some("r".into()),
+                ..Block::new("t", BlockKind::SetVariable)
+            },
+            Block {
+                url: Some("https://example.com/{{t}}".into()),
+                ..Block::new("r", BlockKind::Redirect)
+            },
+        ],
+    );
+    let mut state = State::new(object(json!({"age": 42, "name": "Ada"})));
+    let result = run(&flow, &mut state, Input::Start);
+    assert_eq!(state.variables["n"], json!(42));
+    assert_eq!(state.variables["t"], json!("Hi Ada"));
+    assert_eq!(
+        result.outputs[0],
+        Output::Say(ChatMessage::Redirect {
+            url: "https://example.com/Hi Ada".into()
+        })
+    );
+}

@@ -165,3 +165,54 @@ async fn save_flow_names_every_malformed_rule() {
         );
     }
 }
+
+#[tokio::test]
+async fn set_variable_split_and_redirect_blocks_run_and_are_checked_at_save() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "tier", "blocks": [
+        { "id": "tier", "kind": "SET_VARIABLE", "variable": "tier", "value": "{\"level\": 2}", "next": "ab" },
+        { "id": "ab", "kind": "SPLIT", "branches": [ { "weight": 1, "next": "a" }, { "weight": 1, "next": "b" } ] },
+        { "id": "a", "kind": "MESSAGE", "text": "A at level {{tier.level}}", "next": "go" },
+        { "id": "b", "kind": "MESSAGE", "text": "B at level {{tier.level}}", "next": "go" },
+        { "id": "go", "kind": "REDIRECT", "url": "https://example.com/pricing?tier={{tier.level}}" }
+    ]});
+    assert_ok(&save(&app, &owner, &bot, flow).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    let mut variants = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let (conv, token) = app.new_conversation(&bot).await;
+        let mut sub = app.watch(&conv, Some(&token), None, 0).await;
+        let events = sub.events(3).await;
+        assert_eq!(kinds(&events), ["BOT_MESSAGE", "REDIRECT", "ENDED"]);
+        assert_eq!(events[1]["text"], "https://example.com/pricing?tier=2");
+        variants.insert(events[0]["text"].as_str().unwrap_or_default().to_owned());
+    }
+    // Both variants show up over 20 conversations (odds of missing one: 1 in 500,000).
+    assert_eq!(variants.len(), 2, "{variants:?}");
+
+    let bad = json!({ "startBlockId": "s", "blocks": [
+        { "id": "s", "kind": "SET_VARIABLE", "variable": "visitor", "next": "x" },
+        { "id": "x", "kind": "SPLIT", "branches": [ { "weight": 0, "next": "r" } ], "next": "r" },
+        { "id": "r", "kind": "REDIRECT", "url": "javascript:alert(1)" }
+    ]});
+    let body = save(&app, &owner, &bot, bad).await;
+    assert_error(&body, "BAD_USER_INPUT");
+    let found = problems(&body);
+    for expected in [
+        (Some("s"), "variable"),
+        (Some("s"), "value"),
+        (Some("x"), "branches"),
+        (Some("x"), "branches[0].weight"),
+        (Some("x"), "next"),
+        (Some("r"), "url"),
+    ] {
+        assert!(
+            found
+                .iter()
+                .any(|(b, f)| b.as_deref() == expected.0 && f == expected.1),
+            "{expected:?} not in {found:?}"
+        );
+    }
+}
