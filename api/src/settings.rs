@@ -210,6 +210,10 @@ pub struct Settings {
     /// must stay the same across restarts and differ between instances sharing a database.
     /// `None`: the host name and the bound address.
     pub instance_id: Option<String>,
+    /// Origins of dashboards that may call every operation of `/graphql` from a browser,
+    /// `Authorization` included (`PARLEY_CORS_ORIGINS`: comma-separated origins, or `*`).
+    /// Other origins may call the visitor operations only.
+    pub cors_origins: crate::edge::origin::CorsOrigins,
 }
 
 /// A setting that could not be used; its message names the variable and the value.
@@ -427,6 +431,11 @@ impl Settings {
                 None => true,
             },
             instance_id: get("PARLEY_INSTANCE_ID").map(|v| v.trim().to_owned()),
+            cors_origins: match get("PARLEY_CORS_ORIGINS") {
+                Some(v) => crate::edge::origin::CorsOrigins::parse(&v)
+                    .map_err(|r| bad("PARLEY_CORS_ORIGINS", &v, r))?,
+                None => crate::edge::origin::CorsOrigins::None,
+            },
         })
     }
 }

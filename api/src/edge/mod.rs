@@ -3,11 +3,18 @@
 //! read HTTP headers themselves.
 pub mod client;
 pub mod http;
+pub mod origin;
 pub mod ws;
 
 use std::net::TcpListener;
 
-use actix_web::{App, HttpResponse, HttpServer, dev::Server, guard, http::StatusCode, web};
+use actix_web::{
+    App, HttpResponse, HttpServer,
+    dev::Server,
+    guard,
+    http::{Method, StatusCode},
+    web,
+};
 use async_graphql::http::GraphiQLSource;
 use tracing_actix_web::TracingLogger;
 
@@ -34,7 +41,8 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
                             .guard(guard::Header("upgrade", "websocket"))
                             .to(ws::graphql_ws),
                     )
-                    .route(web::post().to(http::graphql_http)),
+                    .route(web::post().to(http::graphql_http))
+                    .route(web::method(Method::OPTIONS).to(origin::preflight)),
             )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz));

@@ -14,3 +14,4 @@ mod sessions;
 mod transport;
 mod webhooks;
 mod websocket;
+mod widget;
