@@ -4,6 +4,7 @@
 pub mod client;
 pub mod http;
 pub mod origin;
+pub mod widget;
 pub mod ws;
 
 use std::net::TcpListener;
@@ -13,6 +14,7 @@ use actix_web::{
     dev::Server,
     guard,
     http::{Method, StatusCode},
+    middleware::Compress,
     web,
 };
 use async_graphql::http::GraphiQLSource;
@@ -43,6 +45,16 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
                     )
                     .route(web::post().to(http::graphql_http))
                     .route(web::method(Method::OPTIONS).to(origin::preflight)),
+            )
+            .service(
+                web::resource("/widget.js")
+                    .wrap(Compress::default())
+                    .route(web::get().to(widget::widget_js)),
+            )
+            .service(
+                web::resource("/chat/{bot_id}")
+                    .wrap(Compress::default())
+                    .route(web::get().to(widget::chat_page)),
             )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz));

@@ -418,3 +418,95 @@ async fn cors_answers_any_origin_but_only_dashboards_may_send_authorization() {
     );
     assert_eq!(header(&r, "access-control-allow-credentials"), None);
 }
+
+#[tokio::test]
+async fn the_widget_script_is_cacheable_compressed_and_small() {
+    let app = spawn_app().await;
+    let url = format!("{}/widget.js", app.addr);
+    let r = app.client.get(&url).send().await.expect("get");
+    assert_eq!(r.status(), 200);
+    let h = |r: &reqwest::Response, n: &str| {
+        r.headers()
+            .get(n)
+            .map(|v| v.to_str().expect("ascii").to_owned())
+    };
+    assert!(
+        h(&r, "content-type")
+            .unwrap_or_default()
+            .starts_with("text/javascript")
+    );
+    let etag = h(&r, "etag").expect("an ETag");
+    assert!(
+        h(&r, "cache-control")
+            .unwrap_or_default()
+            .contains("max-age=")
+    );
+    let body = r.text().await.expect("body");
+    assert!(body.contains("graphql-transport-ws"));
+    for banned in [
+        "eval(",
+        "new Function",
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+    ] {
+        assert!(!body.contains(banned), "the widget uses {banned}");
+    }
+
+    let r = app
+        .client
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .expect("revalidate");
+    assert_eq!(r.status(), 304);
+
+    let r = app
+        .client
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("gzip");
+    assert_eq!(h(&r, "content-encoding").as_deref(), Some("gzip"));
+    let gz = r.bytes().await.expect("body");
+    assert!(gz.len() < 20 * 1024, "{} bytes gzipped", gz.len());
+}
+
+#[tokio::test]
+async fn the_hosted_chat_page_loads_the_widget_under_a_strict_policy() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = published_bot(&app, &owner).await;
+    let r = app
+        .client
+        .get(format!("{}/chat/{bot}", app.addr))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    let csp = r
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe"), "{csp}");
+    let html = r.text().await.expect("html");
+    assert!(
+        html.contains(&format!("data-parley-bot=\"{bot}\"")),
+        "{html}"
+    );
+    assert!(html.contains("src=\"/widget.js\""));
+
+    let r = app
+        .client
+        .get(format!("{}/chat/%3Cscript%3E", app.addr))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+}
