@@ -286,20 +286,28 @@ impl Browser {
 
 /// A website on another origin that embeds the widget with one script tag, under a strict CSP.
 async fn host_page(app: &TestApp, bot: String) -> (String, actix_web::dev::ServerHandle) {
+    site(app.port, bot, "").await
+}
+
+/// A website embedding the widget served on `api_port`, with `attrs` on its script tag.
+async fn site(
+    api_port: u16,
+    bot: String,
+    attrs: &'static str,
+) -> (String, actix_web::dev::ServerHandle) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let api = app.addr.clone();
+    let api = format!("http://127.0.0.1:{api_port}");
     let csp = format!(
-        "default-src 'none'; script-src {api}; connect-src {api} ws://127.0.0.1:{}; img-src *; style-src 'self'",
-        app.port
+        "default-src 'none'; script-src {api}; connect-src {api} ws://127.0.0.1:{api_port}; img-src *; style-src 'self'"
     );
     let server = actix_web::HttpServer::new(move || {
         let page = format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
              <title>Acme shop</title></head><body><h1>Acme shop</h1>\
-             <p>Our products are great.</p>\
-             <script src=\"{api}/widget.js\" data-parley-bot=\"{bot}\" async></script>\
+             <p>Our products are great.</p><div id=\"chat\"></div>\
+             <script src=\"{api}/widget.js\" data-parley-bot=\"{bot}\" {attrs} async></script>\
              </body></html>"
         );
         let csp = csp.clone();
@@ -612,5 +620,132 @@ async fn a_bot_that_lists_other_origins_says_so_politely_and_the_hosted_page_wor
     b.goto(&format!("{}/chat/{bot}", app.addr)).await;
     chat_to_end(&b, None).await;
     b.screenshot("hosted-page").await;
+    site.stop(false).await;
+}
+
+/// A TCP proxy in front of the app that the test can cut, like a lost network.
+struct Proxy {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Self {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let down = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (d, c) = (down.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().expect("conns").push(task);
+            }
+        });
+        Self {
+            port,
+            down,
+            conns,
+            accept,
+        }
+    }
+
+    /// Drops every connection and refuses new ones until `restore`.
+    fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.conns.lock().expect("conns").drain(..) {
+            task.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+#[tokio::test]
+async fn an_inline_chat_reconnects_after_a_network_loss_without_gap_or_repeat() {
+    let Some((chromium, driver)) = browser() else {
+        return;
+    };
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let (bot, _hook) = widget_bot(&app, &owner).await;
+    let proxy = Proxy::start(app.port).await;
+    let (page, site) = site(proxy.port, bot.clone(), "data-parley-target=\"#chat\"").await;
+    let b = Browser::launch(&chromium, &driver).await;
+    b.goto(&page).await;
+
+    // Inline: no launcher, the panel is in the page and the conversation has started.
+    b.wait(
+        "the inline chat",
+        "QA('[data-parley=choice]').length === 2 && !Q('[data-parley=launcher]')",
+    )
+    .await;
+    let inside = b
+        .js("return document.getElementById('chat').contains(document.querySelector('[data-parley-host]'));", json!([]))
+        .await;
+    assert_eq!(inside, json!(true));
+    b.click_choice("Sales").await;
+    b.wait("the email question", "QA('[data-parley=message]').some(m => m.textContent === 'What is your email?') && !Q('[data-parley=input]').disabled")
+        .await;
+
+    // The network goes away; meanwhile the conversation moves on (the visitor answers from
+    // another tab, say). When the network is back, the widget catches up from its last seq.
+    proxy.cut();
+    let saved = b
+        .js(
+            "return JSON.parse(localStorage.getItem('parley:' + arguments[0]));",
+            json!([bot]),
+        )
+        .await;
+    let conv = saved["conversationId"].as_str().expect("id");
+    let token = saved["visitorToken"].as_str().expect("token");
+    assert_ok(&app.send_answer(conv, token, "grace@example.com").await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let offline = b.messages().await;
+    assert_eq!(offline.len(), 4, "the socket was cut: {offline:?}");
+    proxy.restore();
+    b.wait("the events missed while offline", "QA('[data-parley=message]').some(m => m.textContent === 'Anything else?') && !Q('[data-parley=input]').disabled")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let texts: Vec<String> = b.messages().await.into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        texts,
+        [
+            "Welcome to Acme!",
+            "What brings you here?",
+            "Sales",
+            "What is your email?",
+            "grace@example.com",
+            "Ticket 42 is open for you.",
+            "Anything else?"
+        ],
+        "no gap, no repeat"
+    );
+    b.answer("Bye").await;
+    b.wait("the end", "shown(Q('[data-parley=ended]'))").await;
     site.stop(false).await;
 }
