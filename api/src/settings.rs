@@ -598,6 +598,26 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins_are_origins_or_a_star() {
+        use crate::edge::origin::CorsOrigins;
+        assert_eq!(
+            settings(&[]).expect("valid").cors_origins,
+            CorsOrigins::None
+        );
+        let s = settings(&[(
+            "PARLEY_CORS_ORIGINS",
+            "https://dash.example, http://localhost:3000",
+        )])
+        .expect("valid");
+        assert!(s.cors_origins.contains("https://dash.example"));
+        assert!(s.cors_origins.contains("http://localhost:3000"));
+        let s = settings(&[("PARLEY_CORS_ORIGINS", "*")]).expect("valid");
+        assert_eq!(s.cors_origins, CorsOrigins::Any);
+        let err = settings(&[("PARLEY_CORS_ORIGINS", "dash.example/app")]).expect_err("refused");
+        assert!(err.to_string().contains("PARLEY_CORS_ORIGINS"), "{err}");
+    }
+
+    #[test]
     fn a_retry_schedule_reads_units() {
         let s = settings(&[("PARLEY_WEBHOOK_RETRY_SCHEDULE", "10ms, 2s,1m,1h")]).expect("valid");
         assert_eq!(

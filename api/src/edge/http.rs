@@ -17,7 +17,7 @@ pub async fn graphql_http(
     req: HttpRequest,
     payload: web::Payload,
 ) -> HttpResponse {
-    let origin = RequestOrigin::of(&req);
+    let origin = RequestOrigin::of(&req, &state.settings.limits.trusted_proxies);
     let raw_origin = req
         .headers()
         .get(actix_web::http::header::ORIGIN)

@@ -21,8 +21,9 @@ pub struct RequestOrigin {
 }
 
 impl RequestOrigin {
-    /// The origin of `req`.
-    pub fn of(req: &HttpRequest) -> Self {
+    /// The origin of `req`. The server's own host is the `Host` header, or, when the peer is a
+    /// trusted proxy (`PARLEY_TRUSTED_PROXIES`), the `X-Forwarded-Host` it set.
+    pub fn of(req: &HttpRequest, trusted: &[ipnet::IpNet]) -> Self {
         let raw = req
             .headers()
             .get(header::ORIGIN)
@@ -38,10 +39,22 @@ impl RequestOrigin {
         // An origin that does not parse (such as "null" from a sandboxed frame) matches no
         // allowed origin.
         let origin = normalize(raw).unwrap_or_else(|_| raw.to_ascii_lowercase());
-        let host = req
-            .headers()
-            .get(header::HOST)
+        let via_proxy = req
+            .peer_addr()
+            .is_some_and(|peer| trusted.iter().any(|net| net.contains(&peer.ip())));
+        let forwarded = via_proxy
+            .then(|| req.headers().get("x-forwarded-host"))
+            .flatten()
             .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        let host = forwarded
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+            })
             .map(str::to_ascii_lowercase);
         let same_origin = match (&host, url::Url::parse(&origin)) {
             (Some(host), Ok(url)) => {

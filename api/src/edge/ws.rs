@@ -85,7 +85,7 @@ pub async fn graphql_ws(
     let socket = Socket {
         protocol,
         client,
-        origin: RequestOrigin::of(&req),
+        origin: RequestOrigin::of(&req, &limits.trusted_proxies),
         init_timeout: limits.ws_init_timeout,
         max_message: limits.ws_max_message_bytes,
         ping_interval: limits.ws_ping_interval,
