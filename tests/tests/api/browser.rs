@@ -262,6 +262,26 @@ impl Browser {
         .await;
     }
 
+    /// Presses keys on the real keyboard (WebDriver actions), into whatever has the focus.
+    async fn keys(&self, text: &str) {
+        let actions: Vec<Value> = text
+            .chars()
+            .flat_map(|c| {
+                let c = c.to_string();
+                [
+                    json!({ "type": "keyDown", "value": c }),
+                    json!({ "type": "keyUp", "value": c }),
+                ]
+            })
+            .collect();
+        self.cmd(
+            reqwest::Method::POST,
+            "/actions",
+            json!({ "actions": [ { "type": "key", "id": "keyboard", "actions": actions } ] }),
+        )
+        .await;
+    }
+
     async fn resize(&self, width: u32, height: u32) {
         self.cmd(
             reqwest::Method::POST,
@@ -456,8 +476,15 @@ async fn a_visitor_chats_on_another_website_resumes_after_a_reload_and_restarts(
     );
     b.screenshot("desktop-launcher").await;
 
-    // Open: the conversation starts; the choice, an invalid email, the sync webhook's text.
-    b.click("[data-parley=launcher]").await;
+    // Open from the keyboard: the conversation starts; the choice, an invalid email, the sync
+    // webhook's text.
+    b.keys("\u{E004}").await; // Tab
+    b.wait(
+        "the focused launcher",
+        "R().activeElement === Q('[data-parley=launcher]')",
+    )
+    .await;
+    b.keys("\u{E007}").await; // Enter
     b.wait(
         "the first message and choices",
         "QA('[data-parley=choice]').length === 2",
@@ -484,7 +511,10 @@ async fn a_visitor_chats_on_another_website_resumes_after_a_reload_and_restarts(
         "QA('[data-parley=invalid]').length === 1",
     )
     .await;
-    b.answer("ada@example.com").await;
+    // Typed on the keyboard into the focused field, and sent with Enter.
+    b.wait("the focused input", "R().activeElement === Q('[data-parley=input]') && !Q('[data-parley=input]').disabled && Q('[data-parley=input]').type === 'email'")
+        .await;
+    b.keys("ada@example.com\u{E007}").await;
     b.wait(
         "the webhook's text",
         "QA('[data-parley=message]').some(m => m.textContent === 'Ticket 42 is open for you.')",
