@@ -613,15 +613,13 @@ async fn a_bot_that_lists_other_origins_says_so_politely_and_the_hosted_page_wor
         )
         .await,
     );
-    let (page, site) = host_page(&app, bot.clone()).await;
+    // data-parley-open: the panel opens at once, and says why there is no chat.
+    let (page, site) = site(app.port, bot.clone(), "data-parley-open=\"true\"").await;
     let b = Browser::launch(&chromium, &driver).await;
     b.goto(&page).await;
-    b.wait("the launcher", "shown(Q('[data-parley=launcher]'))")
-        .await;
-    b.click("[data-parley=launcher]").await;
     b.wait(
         "the polite refusal",
-        "shown(Q('[data-parley=unavailable]'))",
+        "shown(Q('[data-parley=panel]')) && shown(Q('[data-parley=unavailable]'))",
     )
     .await;
     let text = b
@@ -777,5 +775,32 @@ async fn an_inline_chat_reconnects_after_a_network_loss_without_gap_or_repeat() 
     );
     b.answer("Bye").await;
     b.wait("the end", "shown(Q('[data-parley=ended]'))").await;
+
+    // window.Parley.init for pages that drive the widget themselves, with prefilled variables.
+    b.js(
+        "localStorage.clear(); window.Parley.init({ bot: arguments[0], target: '#chat', variables: { plan: 'pro' } });",
+        json!([bot]),
+    )
+    .await;
+    b.wait("a new inline chat", "QA('[data-parley=choice]').length === 2 && QA('[data-parley-host]').length === 0 && document.querySelectorAll('[data-parley-host]').length === 1")
+        .await;
+    let saved = b
+        .js(
+            "return JSON.parse(localStorage.getItem('parley:' + arguments[0]));",
+            json!([bot]),
+        )
+        .await;
+    let conv = app
+        .conversation(
+            Some(&owner.token),
+            saved["conversationId"].as_str().expect("id"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        conv["data"]["conversation"]["variables"]["visitor"]["plan"],
+        json!("pro"),
+        "{conv}"
+    );
     site.stop(false).await;
 }
