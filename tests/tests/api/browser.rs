@@ -515,6 +515,9 @@ async fn a_visitor_chats_on_another_website_resumes_after_a_reload_and_restarts(
     b.wait("the focused input", "R().activeElement === Q('[data-parley=input]') && !Q('[data-parley=input]').disabled && Q('[data-parley=input]').type === 'email'")
         .await;
     b.keys("ada@example.com\u{E007}").await;
+    // While the sync webhook works, the bot is typing.
+    b.wait("the typing indicator", "shown(Q('[data-parley=typing]'))")
+        .await;
     b.wait(
         "the webhook's text",
         "QA('[data-parley=message]').some(m => m.textContent === 'Ticket 42 is open for you.')",
@@ -532,6 +535,20 @@ async fn a_visitor_chats_on_another_website_resumes_after_a_reload_and_restarts(
         .await;
     assert_eq!(xss, json!({ "text": true, "imgs": 0, "pwned": false }));
     b.screenshot("desktop-conversation").await;
+    let a11y = b
+        .js(
+            "return { live: Q('[role=log]').getAttribute('aria-live'),\
+                      input: Q('[data-parley=input]').getAttribute('aria-label'),\
+                      send: Q('[data-parley=send]').textContent,\
+                      expanded: Q('[data-parley=launcher]').getAttribute('aria-expanded'),\
+                      typing: shown(Q('[data-parley=typing]')) };",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        a11y,
+        json!({ "live": "polite", "input": "Your answer", "send": "Send", "expanded": "true", "typing": false })
+    );
     let before = b.messages().await;
 
     // Reload: the transcript comes back once, and the pending question is live again.
