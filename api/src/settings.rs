@@ -210,6 +210,10 @@ pub struct Settings {
     /// must stay the same across restarts and differ between instances sharing a database.
     /// `None`: the host name and the bound address.
     pub instance_id: Option<String>,
+    /// Origins of dashboards that may call every operation of `/graphql` from a browser,
+    /// `Authorization` included (`PARLEY_CORS_ORIGINS`: comma-separated origins, or `*`).
+    /// Other origins may call the visitor operations only.
+    pub cors_origins: crate::edge::origin::CorsOrigins,
 }
 
 /// A setting that could not be used; its message names the variable and the value.
@@ -427,6 +431,11 @@ impl Settings {
                 None => true,
             },
             instance_id: get("PARLEY_INSTANCE_ID").map(|v| v.trim().to_owned()),
+            cors_origins: match get("PARLEY_CORS_ORIGINS") {
+                Some(v) => crate::edge::origin::CorsOrigins::parse(&v)
+                    .map_err(|r| bad("PARLEY_CORS_ORIGINS", &v, r))?,
+                None => crate::edge::origin::CorsOrigins::None,
+            },
         })
     }
 }
@@ -586,6 +595,26 @@ mod tests {
         assert!(err.to_string().contains("PARLEY_MAX_BATCH"), "{err}");
         let err = settings(&[("PARLEY_TRUSTED_PROXIES", "10.0.0.0/99")]).expect_err("bad CIDR");
         assert!(err.to_string().contains("PARLEY_TRUSTED_PROXIES"), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_origins_or_a_star() {
+        use crate::edge::origin::CorsOrigins;
+        assert_eq!(
+            settings(&[]).expect("valid").cors_origins,
+            CorsOrigins::None
+        );
+        let s = settings(&[(
+            "PARLEY_CORS_ORIGINS",
+            "https://dash.example, http://localhost:3000",
+        )])
+        .expect("valid");
+        assert!(s.cors_origins.contains("https://dash.example"));
+        assert!(s.cors_origins.contains("http://localhost:3000"));
+        let s = settings(&[("PARLEY_CORS_ORIGINS", "*")]).expect("valid");
+        assert_eq!(s.cors_origins, CorsOrigins::Any);
+        let err = settings(&[("PARLEY_CORS_ORIGINS", "dash.example/app")]).expect_err("refused");
+        assert!(err.to_string().contains("PARLEY_CORS_ORIGINS"), "{err}");
     }
 
     #[test]

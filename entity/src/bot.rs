@@ -15,6 +15,10 @@ pub struct Model {
     pub revision: i32,
     /// The latest published version, if any.
     pub published_version: Option<i32>,
+    /// How the chat widget looks (`Appearance` as a JSON object); null = the defaults.
+    pub appearance: Option<Json>,
+    /// Origins allowed to embed the bot (a JSON array of strings); null or empty = any.
+    pub allowed_origins: Option<Json>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

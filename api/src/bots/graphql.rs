@@ -5,10 +5,14 @@ use chrono::{DateTime, Utc};
 use entity::{Role, bot, bot_version};
 use uuid::Uuid;
 
-use super::service::{self, BotView};
+use super::{
+    appearance::{self, Appearance},
+    service::{self, BotView},
+};
 use crate::{
     accounts::{AccountAccess, graphql::Account, service as accounts},
     auth::viewer,
+    edge::origin::RequestOrigin,
     engine::model,
     error::{ApiError, Found as _, Problem},
     ids::{parse_id, to_id},
@@ -449,6 +453,73 @@ impl Bot {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.bot.updated_at
     }
+    /// How the chat widget looks.
+    async fn appearance(&self) -> AppearanceOut {
+        Appearance::of(&self.0.bot).into()
+    }
+    /// Websites (origins) allowed to use the bot's visitor operations; empty = any.
+    async fn allowed_origins(&self) -> Vec<String> {
+        appearance::allowed_origins(&self.0.bot)
+    }
+}
+
+/// How a bot looks in the chat widget; null fields take the widget's defaults.
+#[derive(SimpleObject)]
+#[graphql(name = "Appearance")]
+pub struct AppearanceOut {
+    title: Option<String>,
+    primary_color: Option<String>,
+    avatar_url: Option<String>,
+    launcher_text: Option<String>,
+}
+
+impl From<Appearance> for AppearanceOut {
+    fn from(a: Appearance) -> Self {
+        Self {
+            title: a.title,
+            primary_color: a.primary_color,
+            avatar_url: a.avatar_url,
+            launcher_text: a.launcher_text,
+        }
+    }
+}
+
+/// A new appearance: blank fields are cleared.
+#[derive(InputObject)]
+pub struct AppearanceInput {
+    title: Option<String>,
+    /// A hex colour such as `#2563eb`.
+    primary_color: Option<String>,
+    /// An http(s) URL.
+    avatar_url: Option<String>,
+    launcher_text: Option<String>,
+}
+
+impl From<AppearanceInput> for Appearance {
+    fn from(a: AppearanceInput) -> Self {
+        Self {
+            title: a.title,
+            primary_color: a.primary_color,
+            avatar_url: a.avatar_url,
+            launcher_text: a.launcher_text,
+        }
+    }
+}
+
+/// What anyone may read of a published bot: enough to draw the chat widget.
+pub struct PublicBot(pub bot::Model);
+
+#[Object]
+impl PublicBot {
+    async fn id(&self) -> ID {
+        to_id(self.0.id)
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn appearance(&self) -> AppearanceOut {
+        Appearance::of(&self.0).into()
+    }
 }
 
 /// A published, frozen flow.
@@ -495,6 +566,21 @@ impl BotsQuery {
             .await
             .found()?;
         Ok(view.map(Bot))
+    }
+
+    /// A published bot's name and appearance, without login (the chat widget); null unless
+    /// published. FORBIDDEN from a website the bot does not allow.
+    async fn public_bot(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<Option<PublicBot>> {
+        let st = state(ctx)?;
+        let Ok(id) = parse_id(&id, "bot") else {
+            return Ok(None);
+        };
+        let bot = appearance::public_bot(st.db.conn(), id, ctx.data_opt::<RequestOrigin>()).await?;
+        Ok(bot.map(PublicBot))
     }
 }
 
@@ -561,6 +647,43 @@ impl BotsMutation {
             bot_id,
             flow.into(),
             expected_revision,
+        )
+        .await?))
+    }
+
+    /// Replaces how the chat widget looks (ADMIN).
+    async fn update_bot_appearance(
+        &self,
+        ctx: &Context<'_>,
+        bot_id: ID,
+        appearance: AppearanceInput,
+    ) -> async_graphql::Result<Bot> {
+        let st = state(ctx)?;
+        let bot_id = parse_id(&bot_id, "bot")?;
+        Ok(Bot(appearance::update_appearance(
+            &st.db,
+            viewer(ctx)?,
+            bot_id,
+            appearance.into(),
+        )
+        .await?))
+    }
+
+    /// Replaces the websites allowed to embed the bot (ADMIN): origins as
+    /// `scheme://host[:port]`; `[]` = any origin.
+    async fn set_bot_allowed_origins(
+        &self,
+        ctx: &Context<'_>,
+        bot_id: ID,
+        origins: Vec<String>,
+    ) -> async_graphql::Result<Bot> {
+        let st = state(ctx)?;
+        let bot_id = parse_id(&bot_id, "bot")?;
+        Ok(Bot(appearance::set_allowed_origins(
+            &st.db,
+            viewer(ctx)?,
+            bot_id,
+            &origins,
         )
         .await?))
     }

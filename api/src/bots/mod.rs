@@ -1,4 +1,5 @@
 //! Bots, their draft flows (validated on save), and published versions.
+pub mod appearance;
 pub mod graphql;
 pub mod service;
 pub mod validate;

@@ -87,6 +87,8 @@ pub async fn create_bot(
         draft_flow: serde_json::to_value(Flow::default()).map_err(anyhow::Error::from)?,
         revision: 0,
         published_version: None,
+        appearance: None,
+        allowed_origins: None,
         created_at: now,
         updated_at: now,
     };

@@ -18,10 +18,11 @@ use crate::{
     accounts::AccountAccess,
     auth::{Auth, Viewer, viewer},
     bots::{
+        appearance::{bot_for_visitor, check_origin},
         graphql::{Bot, ChoiceOut, QuestionTypeGql},
         service as bots,
     },
-    edge::client::ClientAddr,
+    edge::{client::ClientAddr, origin::RequestOrigin},
     engine::model::QuestionType,
     error::{ApiError, ApiResult, Found as _},
     events::{Notice, SharedEvent},
@@ -256,15 +257,19 @@ pub struct VisitorSession {
     visitor_token: String,
 }
 
-/// The conversation if the caller is its visitor (by token) or a member of its account.
+/// The conversation if the caller is its visitor (by token, from a website the bot allows)
+/// or a member of its account.
 async fn authorize(
     st: &AppState,
     auth: &Auth,
+    origin: Option<&RequestOrigin>,
     id: Uuid,
     visitor_token: Option<&str>,
 ) -> ApiResult<conversation::Model> {
     if let Some(token) = visitor_token {
-        return st.runtime.find_for_visitor(id, token).await;
+        let conv = st.runtime.find_for_visitor(id, token).await?;
+        visitor_origin(st, origin, &conv).await?;
+        return Ok(conv);
     }
     let user = match auth {
         Auth::User(_) => auth.user_id()?,
@@ -283,6 +288,24 @@ async fn authorize(
         .await
         .map_err(|e| e.not_found_as("conversation"))?;
     Ok(conv)
+}
+
+/// `FORBIDDEN` when the conversation's bot does not allow the request's website.
+async fn visitor_origin(
+    st: &AppState,
+    origin: Option<&RequestOrigin>,
+    conv: &conversation::Model,
+) -> ApiResult<()> {
+    let Some(origin) = origin else {
+        return Ok(());
+    };
+    if let Some(bot) = entity::bot::Entity::find_by_id(conv.bot_id)
+        .one(st.db.conn())
+        .await?
+    {
+        check_origin(&bot, Some(origin))?;
+    }
+    Ok(())
 }
 
 /// The viewer of a team subscription, with its session checked now: a socket can outlive a
@@ -320,7 +343,8 @@ impl ConversationsQuery {
         } else {
             Reader::Team
         };
-        let conv = authorize(st, &auth, id, visitor_token.as_deref())
+        let origin = ctx.data_opt::<RequestOrigin>();
+        let conv = authorize(st, &auth, origin, id, visitor_token.as_deref())
             .await
             .found()?;
         Ok(conv.map(|c| Conversation(c, reader)))
@@ -343,6 +367,7 @@ impl ConversationsMutation {
     ) -> async_graphql::Result<VisitorSession> {
         let st = state(ctx)?;
         let bot_id = parse_id(&bot_id, "bot")?;
+        bot_for_visitor(st.db.conn(), bot_id, ctx.data_opt::<RequestOrigin>()).await?;
         st.limiters.start_from(ctx.data_opt::<ClientAddr>())?;
         let session = st.runtime.start(bot_id, variables.map(|v| v.0)).await?;
         Ok(VisitorSession {
@@ -361,6 +386,14 @@ impl ConversationsMutation {
     ) -> async_graphql::Result<ChatEvent> {
         let st = state(ctx)?;
         let id = parse_id(&conversation_id, "conversation")?;
+        // Only a browser on another website has anything to check (see `RequestOrigin::allows`).
+        if let Some(origin) = ctx
+            .data_opt::<RequestOrigin>()
+            .filter(|o| o.origin.is_some() && !o.same_origin)
+        {
+            let conv = st.runtime.find_for_visitor(id, &visitor_token).await?;
+            visitor_origin(st, Some(origin), &conv).await?;
+        }
         Ok(ChatEvent(
             st.runtime.answer(id, &visitor_token, &text).await?,
         ))
@@ -389,7 +422,8 @@ impl ConversationsSubscription {
             Some(_) => None,
             None => Some(active_viewer(&st, &auth).await?),
         };
-        let conv = authorize(&st, &auth, id, visitor_token.as_deref()).await?;
+        let origin = ctx.data_opt::<RequestOrigin>();
+        let conv = authorize(&st, &auth, origin, id, visitor_token.as_deref()).await?;
         // Subscribe before reading the stored events: whatever is committed in between shows
         // up in both, and `seq` drops the repeat.
         let mut live = st.runtime.bus().subscribe_conversation(id);

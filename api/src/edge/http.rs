@@ -2,7 +2,12 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures_util::StreamExt as _;
 
-use super::{authenticate, client::ClientAddr, request_error};
+use super::{
+    authenticate,
+    client::ClientAddr,
+    origin::{RequestOrigin, add_cors_headers},
+    request_error,
+};
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
 /// One GraphQL request or a JSON array of them.
@@ -10,7 +15,25 @@ pub async fn graphql_http(
     schema: web::Data<AppSchema>,
     state: web::Data<AppState>,
     req: HttpRequest,
+    payload: web::Payload,
+) -> HttpResponse {
+    let origin = RequestOrigin::of(&req, &state.settings.limits.trusted_proxies);
+    let raw_origin = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut response = execute(schema, state, req, payload, origin).await;
+    add_cors_headers(&mut response, raw_origin.as_deref());
+    response
+}
+
+async fn execute(
+    schema: web::Data<AppSchema>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
     mut payload: web::Payload,
+    origin: RequestOrigin,
 ) -> HttpResponse {
     let limits = &state.settings.limits;
     let limit = state.settings.max_body_bytes;
@@ -66,7 +89,7 @@ pub async fn graphql_http(
         // With GraphiQL off, strangers do not get the schema's map either.
         request = request.disable_introspection();
     }
-    let run = schema.execute_batch(request.data(auth).data(client));
+    let run = schema.execute_batch(request.data(auth).data(client).data(origin));
     match tokio::time::timeout(limits.request_timeout, run).await {
         Ok(response) => HttpResponse::Ok().json(response),
         Err(_) => {

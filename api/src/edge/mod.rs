@@ -3,11 +3,20 @@
 //! read HTTP headers themselves.
 pub mod client;
 pub mod http;
+pub mod origin;
+pub mod widget;
 pub mod ws;
 
 use std::net::TcpListener;
 
-use actix_web::{App, HttpResponse, HttpServer, dev::Server, guard, http::StatusCode, web};
+use actix_web::{
+    App, HttpResponse, HttpServer,
+    dev::Server,
+    guard,
+    http::{Method, StatusCode},
+    middleware::Compress,
+    web,
+};
 use async_graphql::http::GraphiQLSource;
 use tracing_actix_web::TracingLogger;
 
@@ -34,7 +43,18 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
                             .guard(guard::Header("upgrade", "websocket"))
                             .to(ws::graphql_ws),
                     )
-                    .route(web::post().to(http::graphql_http)),
+                    .route(web::post().to(http::graphql_http))
+                    .route(web::method(Method::OPTIONS).to(origin::preflight)),
+            )
+            .service(
+                web::resource("/widget.js")
+                    .wrap(Compress::default())
+                    .route(web::get().to(widget::widget_js)),
+            )
+            .service(
+                web::resource("/chat/{bot_id}")
+                    .wrap(Compress::default())
+                    .route(web::get().to(widget::chat_page)),
             )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz));

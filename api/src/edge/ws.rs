@@ -33,7 +33,7 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
-use super::{authenticate, client::ClientAddr, request_error};
+use super::{authenticate, client::ClientAddr, origin::RequestOrigin, request_error};
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
 /// Serves one socket: refuses the upgrade when the client already holds too many, otherwise
@@ -85,6 +85,7 @@ pub async fn graphql_ws(
     let socket = Socket {
         protocol,
         client,
+        origin: RequestOrigin::of(&req, &limits.trusted_proxies),
         init_timeout: limits.ws_init_timeout,
         max_message: limits.ws_max_message_bytes,
         ping_interval: limits.ws_ping_interval,
@@ -290,6 +291,7 @@ fn echo(reason: Option<CloseReason>) -> End {
 struct Socket {
     protocol: WebSocketProtocols,
     client: ClientAddr,
+    origin: RequestOrigin,
     init_timeout: Duration,
     max_message: usize,
     ping_interval: Duration,
@@ -324,6 +326,7 @@ impl Socket {
         mut stream: MessageStream,
     ) -> End {
         let client = self.client;
+        let origin = self.origin.clone();
         let protocol = self.protocol;
         // Messages for the state machine; a few at most wait here (the socket is not read while
         // one waits to be handed over).
@@ -331,6 +334,7 @@ impl Socket {
         let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         let machine = WebSocket::new(schema, incoming, protocol).on_connection_init(
             move |value: serde_json::Value| async move {
+                let origin = origin;
                 let header = value
                     .get("Authorization")
                     .or_else(|| value.get("authorization"))
@@ -343,6 +347,7 @@ impl Socket {
                 let mut data = Data::default();
                 data.insert(auth);
                 data.insert(client);
+                data.insert(origin);
                 Ok(data)
             },
         );

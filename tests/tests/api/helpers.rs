@@ -252,6 +252,26 @@ impl TestApp {
         resp.json().await.expect("JSON response")
     }
 
+    /// Runs a GraphQL operation from a browser page on `origin` (its `Origin` header).
+    pub async fn gql_from(
+        &self,
+        origin: &str,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> Value {
+        let mut req = self
+            .client
+            .post(format!("{}/graphql", self.addr))
+            .header("origin", origin)
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.expect("request sent");
+        resp.json().await.expect("JSON response")
+    }
+
     /// Runs a GraphQL operation as `token`.
     pub async fn gql(&self, token: &str, query: &str, variables: Value) -> Value {
         self.gql_with(Some(token), query, variables).await
@@ -675,6 +695,17 @@ impl Sub {
 impl TestApp {
     /// Opens a subscription, authenticated as `token` if given.
     pub async fn subscribe(&self, token: Option<&str>, query: &str, variables: Value) -> Sub {
+        self.subscribe_from(None, token, query, variables).await
+    }
+
+    /// Opens a subscription from a browser page on `origin` (its `Origin` header), if given.
+    pub async fn subscribe_from(
+        &self,
+        origin: Option<&str>,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> Sub {
         use futures_util::SinkExt as _;
         use tokio_tungstenite::tungstenite::{
             Message, client::IntoClientRequest as _, http::HeaderValue,
@@ -686,6 +717,10 @@ impl TestApp {
             "sec-websocket-protocol",
             HeaderValue::from_static("graphql-transport-ws"),
         );
+        if let Some(origin) = origin {
+            req.headers_mut()
+                .insert("origin", HeaderValue::from_str(origin).expect("origin"));
+        }
         let (ws, _) = tokio_tungstenite::connect_async(req)
             .await
             .expect("websocket connects");

@@ -2,6 +2,7 @@
 //! default, PostgreSQL when `PARLEY_TEST_DATABASE_URL` is set) and talks to it like a client.
 mod accounts;
 mod bots;
+mod browser;
 mod conversations;
 mod deliveries;
 mod flows;
@@ -15,3 +16,4 @@ mod sessions;
 mod transport;
 mod webhooks;
 mod websocket;
+mod widget;
