@@ -356,6 +356,7 @@ impl Socket {
         let init_deadline = tokio::time::sleep(self.init_timeout);
         let mut init_deadline = std::pin::pin!(init_deadline);
         let mut initialised = false;
+        let mut acked = false;
         let interval = self.ping_interval;
         // A peer that does not take what is sent for this long is dropped too.
         let stall = interval * 2;
@@ -429,11 +430,16 @@ impl Socket {
                 }
                 out = machine.next() => match out {
                     Some(WsMessage::Text(text)) => {
+                        acked |= text.starts_with(r#"{"type":"connection_ack""#);
                         self.on_server_message(&text);
                         if !deliver(session.text(text), stall).await {
                             break End::Gone;
                         }
                     }
+                    // The protocol's own codes where async-graphql uses generic ones: a refused
+                    // `connection_init` is 4403 Forbidden, an operation before the ack 4401.
+                    Some(WsMessage::Close(1002, reason)) if !acked => break close(4403, reason),
+                    Some(WsMessage::Close(1011, reason)) if !acked => break close(4401, reason),
                     Some(WsMessage::Close(code, reason)) => break close(code, reason),
                     // `connection_terminate`, or the end after a `connection_error`.
                     None => break close(CloseCode::Normal, ""),

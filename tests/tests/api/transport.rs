@@ -143,12 +143,25 @@ async fn websocket_clients_with_a_bad_token_are_turned_away() {
     ws.send(Message::text(json!({ "type": "connection_init", "payload": { "Authorization": "Bearer forged.token.here" } }).to_string()))
         .await
         .expect("send");
-    // async-graphql closes with 1002 and the reason (graphql-ws suggests 4403); either way
-    // the client is refused and told why.
+    // graphql-transport-ws: a refused connection_init closes with 4403 Forbidden, and says why.
     match next_text(&mut ws).await {
         Some(Message::Close(Some(frame))) => {
+            assert_eq!(u16::from(frame.code), 4403, "{frame:?}");
             assert!(frame.reason.contains("token"), "{frame:?}");
         }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_operation_before_the_acknowledgement_closes_with_4401() {
+    let app = spawn_app().await;
+    let mut ws = ws_connect(&app, "graphql-transport-ws").await;
+    ws.send(Message::text(json!({ "id": "1", "type": "subscribe", "payload": { "query": "subscription { accountEvents(accountId: \"x\") { seq } }" } }).to_string()))
+        .await
+        .expect("send");
+    match next_text(&mut ws).await {
+        Some(Message::Close(Some(frame))) => assert_eq!(u16::from(frame.code), 4401, "{frame:?}"),
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
