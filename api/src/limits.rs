@@ -18,10 +18,12 @@ const MAX_KEYS: usize = 100_000;
 /// How often idle keys are forgotten.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
-/// A budget of `per_minute` events per key; `None` when the setting turned it off.
+/// A budget of events per key and minute (or second); `None` when the setting turned it off.
 pub struct KeyedLimit<K: Hash + Eq + Clone> {
     limiter: Option<governor::DefaultKeyedRateLimiter<K>>,
-    per_minute: u32,
+    /// Events allowed per `unit`.
+    rate: u32,
+    unit: &'static str,
     /// What is limited and by which setting, for the refusal's message.
     what: &'static str,
     setting: &'static str,
@@ -32,7 +34,19 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     pub fn per_minute(per_minute: u32, what: &'static str, setting: &'static str) -> Self {
         Self {
             limiter: NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n))),
-            per_minute,
+            rate: per_minute,
+            unit: "minute",
+            what,
+            setting,
+        }
+    }
+
+    /// `per_second` events per key and second, in bursts of up to as many; 0 turns it off.
+    pub fn per_second(per_second: u32, what: &'static str, setting: &'static str) -> Self {
+        Self {
+            limiter: NonZeroU32::new(per_second).map(|n| RateLimiter::keyed(Quota::per_second(n))),
+            rate: per_second,
+            unit: "second",
             what,
             setting,
         }
@@ -55,9 +69,10 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
         limiter.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             ApiError::RateLimited(format!(
-                "too many {}: at most {} per minute ({}); retry in {} s",
+                "too many {}: at most {} per {} ({}); retry in {} s",
                 self.what,
-                self.per_minute,
+                self.rate,
+                self.unit,
                 self.setting,
                 wait.as_secs().max(1)
             ))
@@ -85,6 +100,8 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
 
 /// Every per-client and per-conversation limit of one instance.
 pub struct Limiters {
+    /// HTTP requests per client address, checked at the edge before any parsing.
+    pub requests_by_address: KeyedLimit<std::net::IpAddr>,
     /// Log-in and sign-up attempts per client address.
     pub logins_by_address: KeyedLimit<std::net::IpAddr>,
     /// Log-in attempts per (valid, normalised) email.
@@ -99,6 +116,11 @@ impl Limiters {
     /// The limiters the settings ask for.
     pub fn new(limits: &Limits) -> Arc<Self> {
         Arc::new(Self {
+            requests_by_address: KeyedLimit::per_second(
+                limits.request_rate_limit,
+                "requests from this address",
+                "PARLEY_REQUEST_RATE_LIMIT",
+            ),
             logins_by_address: KeyedLimit::per_minute(
                 limits.login_per_address,
                 "log-in and sign-up attempts from this address",
@@ -137,6 +159,7 @@ impl Limiters {
         let mut tick = tokio::time::interval(PRUNE_EVERY);
         loop {
             tick.tick().await;
+            self.requests_by_address.prune();
             self.logins_by_address.prune();
             self.logins_by_email.prune();
             self.starts_by_address.prune();

@@ -115,6 +115,9 @@ pub struct Limits {
     pub max_query_cost: usize,
     /// Addresses whose `X-Forwarded-For` names the client (`PARLEY_TRUSTED_PROXIES`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// HTTP requests per second per client address, refused with 429 before the body is read;
+    /// 0 = off (`PARLEY_REQUEST_RATE_LIMIT`).
+    pub request_rate_limit: u32,
     /// New conversations per minute per client address; 0 = off (`PARLEY_VISITOR_RATE_LIMIT`).
     pub visitor_rate_limit: u32,
     /// Answers per minute per conversation; 0 = off (`PARLEY_ANSWER_RATE_LIMIT`).
@@ -161,6 +164,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             max_query_cost: 20_000,
             trusted_proxies: Vec::new(),
+            request_rate_limit: 100,
             visitor_rate_limit: 30,
             answer_rate_limit: 60,
             max_conversation_events: 1000,
@@ -339,6 +343,11 @@ impl Settings {
                 false,
             )?),
             trusted_proxies,
+            request_rate_limit: small(count(
+                "PARLEY_REQUEST_RATE_LIMIT",
+                d.request_rate_limit.into(),
+                true,
+            )?),
             visitor_rate_limit: small(count(
                 "PARLEY_VISITOR_RATE_LIMIT",
                 d.visitor_rate_limit.into(),

@@ -36,6 +36,24 @@ async fn execute(
     origin: RequestOrigin,
 ) -> HttpResponse {
     let limits = &state.settings.limits;
+    let client = ClientAddr::of(&req, &limits.trusted_proxies);
+    // A flood is turned away before its body is read or parsed: the cheapest refusal.
+    if let Err(refused) = state
+        .limiters
+        .requests_by_address
+        .check(&client.limit_key())
+    {
+        let mut response = request_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            refused.code(),
+            refused.message(),
+        );
+        response.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from_static("1"),
+        );
+        return response;
+    }
     let limit = state.settings.max_body_bytes;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
@@ -83,7 +101,6 @@ async fn execute(
         .get("authorization")
         .and_then(|v| v.to_str().ok());
     let auth = authenticate(&state, header).await;
-    let client = ClientAddr::of(&req, &limits.trusted_proxies);
     let mut request = request;
     if !state.settings.graphiql && matches!(auth, Auth::Anonymous) {
         // With GraphiQL off, strangers do not get the schema's map either.

@@ -143,6 +143,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
     // Every test client comes from 127.0.0.1: per-address limits are turned off or raised
     // here, and the tests of those limits set them back.
     s.limits.visitor_rate_limit = 0;
+    s.limits.request_rate_limit = 0;
     s.limits.answer_rate_limit = 0;
     s.limits.login_per_address = 100_000;
     s.limits.login_per_email = 100_000;

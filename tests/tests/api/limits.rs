@@ -429,3 +429,47 @@ async fn a_request_past_its_deadline_is_cancelled_but_the_turn_it_began_complete
     );
     assert_eq!(events[2]["text"], "slow but sure");
 }
+
+#[tokio::test]
+async fn a_flood_of_requests_from_one_address_is_turned_away_before_parsing() {
+    let app = spawn_app_with(|s| {
+        s.limits.request_rate_limit = 5;
+        s.limits.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let resp = app
+            .client
+            .post(format!("{}/graphql", app.addr))
+            .header("x-forwarded-for", "198.51.100.9")
+            .header("content-type", "application/json")
+            // Not even JSON: a refusal by the limit never reads it.
+            .body("garbage")
+            .send()
+            .await
+            .expect("sent");
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert_eq!(resp.headers()["retry-after"], "1");
+            let body: Value = resp.json().await.expect("JSON");
+            assert_error(&body, "RATE_LIMITED");
+            assert!(
+                message(&body).contains("PARLEY_REQUEST_RATE_LIMIT"),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 400).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        3,
+        "{statuses:?}"
+    );
+    // Someone else is served meanwhile.
+    assert_ok(&post_as(&app, Some("203.0.113.1"), "{ __typename }", json!({})).await);
+}
