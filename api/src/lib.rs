@@ -1,5 +1,6 @@
 //! Parley: a multi-tenant chatbot builder backend.
 pub mod accounts;
+pub mod apikeys;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod events;
 pub mod graphql;
 pub mod ids;
 pub mod limits;
+pub mod opaque;
 pub mod pagination;
 pub mod settings;
 pub mod state;

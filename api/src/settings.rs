@@ -119,6 +119,8 @@ pub struct Limits {
     pub visitor_rate_limit: u32,
     /// Answers per minute per conversation; 0 = off (`PARLEY_ANSWER_RATE_LIMIT`).
     pub answer_rate_limit: u32,
+    /// Requests per minute per API key; 0 = off (`PARLEY_API_KEY_RATE_LIMIT`).
+    pub api_key_rate_limit: u32,
     /// Events one conversation may hold; past it the conversation ends
     /// (`PARLEY_MAX_CONVERSATION_EVENTS`).
     pub max_conversation_events: i32,
@@ -163,6 +165,7 @@ impl Default for Limits {
             trusted_proxies: Vec::new(),
             visitor_rate_limit: 30,
             answer_rate_limit: 60,
+            api_key_rate_limit: 600,
             max_conversation_events: 1000,
             login_per_address: 10,
             login_per_email: 30,
@@ -343,6 +346,11 @@ impl Settings {
             answer_rate_limit: small(count(
                 "PARLEY_ANSWER_RATE_LIMIT",
                 d.answer_rate_limit.into(),
+                true,
+            )?),
+            api_key_rate_limit: small(count(
+                "PARLEY_API_KEY_RATE_LIMIT",
+                d.api_key_rate_limit.into(),
                 true,
             )?),
             max_conversation_events: i32::try_from(count(

@@ -9,6 +9,7 @@ mod m20261126_040000_create_conversations;
 mod m20261128_010000_add_delivery_claimant;
 mod m20261128_120000_create_sessions;
 mod m20261128_120100_create_audit_log;
+mod m20261128_210000_create_api_keys;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_010000_add_delivery_claimant::Migration),
             Box::new(m20261128_120000_create_sessions::Migration),
             Box::new(m20261128_120100_create_audit_log::Migration),
+            Box::new(m20261128_210000_create_api_keys::Migration),
         ]
     }
 }

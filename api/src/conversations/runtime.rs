@@ -21,7 +21,6 @@ use uuid::Uuid;
 
 use super::payload::{self, kind};
 use crate::{
-    accounts::service::{random_token, token_hash},
     db::Db,
     engine::{
         self, ChatMessage, CompiledFlow, Input, Output, Position, State, StepError, WebhookOutcome,
@@ -29,6 +28,7 @@ use crate::{
     error::{ApiError, ApiResult},
     events::{EventBus, SharedEvent},
     limits::Limiters,
+    opaque::{random_token, token_hash},
     settings::{DatabaseKind, Settings},
     webhooks::delivery::{self as deliveries, Deliveries},
 };

@@ -2,7 +2,7 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures_util::StreamExt as _;
 
-use super::{authenticate, client::ClientAddr, request_error};
+use super::{api_key_budget, authenticate, client::ClientAddr, request_error};
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
 /// One GraphQL request or a JSON array of them.
@@ -60,6 +60,14 @@ pub async fn graphql_http(
         .get("authorization")
         .and_then(|v| v.to_str().ok());
     let auth = authenticate(&state, header).await;
+    if let Err(e) = api_key_budget(&state, &auth) {
+        let mut response = request_error(StatusCode::TOO_MANY_REQUESTS, e.code(), e.message());
+        response.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from_static("1"),
+        );
+        return response;
+    }
     let client = ClientAddr::of(&req, &limits.trusted_proxies);
     let mut request = request;
     if !state.settings.graphiql && matches!(auth, Auth::Anonymous) {

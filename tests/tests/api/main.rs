@@ -1,6 +1,7 @@
 //! Black-box tests: each spawns the real server on port 0 with a fresh database (SQLite by
 //! default, PostgreSQL when `PARLEY_TEST_DATABASE_URL` is set) and talks to it like a client.
 mod accounts;
+mod apikeys;
 mod bots;
 mod conversations;
 mod deliveries;
