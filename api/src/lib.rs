@@ -17,6 +17,7 @@ pub mod ids;
 pub mod limits;
 pub mod opaque;
 pub mod pagination;
+pub mod results;
 pub mod settings;
 pub mod state;
 pub mod telemetry;

@@ -301,7 +301,7 @@ impl Bot {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.bot.created_at
     }
-    /// The bot's conversations, newest first.
+    /// The bot's conversations, newest first; with `from`/`to`, those started in `[from, to)`.
     #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn conversations(
         &self,
@@ -309,11 +309,25 @@ impl Bot {
         first: Option<i32>,
         after: Option<String>,
         status: Option<crate::conversations::graphql::ConversationStatusGql>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
     ) -> async_graphql::Result<
         async_graphql::connection::Connection<String, crate::conversations::graphql::Conversation>,
     > {
-        crate::conversations::graphql::bot_conversations(ctx, self.0.bot.id, first, after, status)
+        let filter = crate::results::ResultsFilter {
+            from,
+            to,
+            status: status.map(Into::into),
+        };
+        crate::conversations::graphql::bot_conversations(ctx, self.0.bot.id, first, after, filter)
             .await
+    }
+    /// Every `saveAnswerTo` name across the bot's published versions: the oldest version's in
+    /// flow order first, then names that later versions added. The columns of the results
+    /// export after its fixed ones.
+    async fn result_fields(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
+        let st = state(ctx)?;
+        Ok(crate::results::result_fields(&st.db, self.0.bot.id).await?)
     }
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.bot.updated_at

@@ -3,6 +3,7 @@
 //! read HTTP headers themselves.
 pub mod client;
 pub mod http;
+pub mod results;
 pub mod ws;
 
 use std::net::TcpListener;
@@ -35,6 +36,10 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
                             .to(ws::graphql_ws),
                     )
                     .route(web::post().to(http::graphql_http)),
+            )
+            .route(
+                "/bots/{bot_id}/results.csv",
+                web::get().to(results::results_csv),
             )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz));

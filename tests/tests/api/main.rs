@@ -8,6 +8,7 @@ mod deliveries;
 mod helpers;
 mod limits;
 mod races;
+mod results;
 mod scaleout;
 mod schema;
 mod secrets;
