@@ -20,5 +20,6 @@ pub mod pagination;
 pub mod results;
 pub mod settings;
 pub mod state;
+pub mod stats;
 pub mod telemetry;
 pub mod webhooks;

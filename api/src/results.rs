@@ -69,6 +69,22 @@ impl ResultsFilter {
 /// start block (next, then choices, then conditions), then blocks no walk reaches, in the
 /// editor's order.
 pub fn flow_fields(flow: &Flow) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut taken = HashSet::new();
+    for i in flow_order(flow) {
+        if let Some(name) = &flow.blocks[i].save_answer_to
+            && taken.insert(name.clone())
+        {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// The indexes of a flow's blocks in the order a visitor meets them: a walk from the start
+/// block (next, then choices, then conditions), then blocks no walk reaches, in the editor's
+/// order.
+pub fn flow_order(flow: &Flow) -> Vec<usize> {
     let by_id: std::collections::HashMap<&str, usize> = flow
         .blocks
         .iter()
@@ -107,16 +123,7 @@ pub fn flow_fields(flow: &Flow) -> Vec<String> {
         }
     }
     order.extend((0..flow.blocks.len()).filter(|&i| !seen[i]));
-    let mut names = Vec::new();
-    let mut taken = HashSet::new();
-    for i in order {
-        if let Some(name) = &flow.blocks[i].save_answer_to
-            && taken.insert(name.clone())
-        {
-            names.push(name.clone());
-        }
-    }
-    names
+    order
 }
 
 /// Every `saveAnswerTo` name across the bot's published versions, oldest version first and in

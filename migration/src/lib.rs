@@ -10,6 +10,7 @@ mod m20261128_010000_add_delivery_claimant;
 mod m20261128_120000_create_sessions;
 mod m20261128_120100_create_audit_log;
 mod m20261128_210000_create_api_keys;
+mod m20261128_210100_add_event_block;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_120000_create_sessions::Migration),
             Box::new(m20261128_120100_create_audit_log::Migration),
             Box::new(m20261128_210000_create_api_keys::Migration),
+            Box::new(m20261128_210100_add_event_block::Migration),
         ]
     }
 }

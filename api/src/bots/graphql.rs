@@ -237,6 +237,30 @@ impl From<Problem> for FlowProblem {
     }
 }
 
+/// A bot's funnel.
+#[derive(SimpleObject)]
+pub struct BotStats {
+    started: i64,
+    completed: i64,
+    abandoned: i64,
+    /// `completed / started`, 0 when none started.
+    completion_rate: f64,
+    /// Conversations not completed whose events predate block tracking (their block is
+    /// unknown).
+    dropped_off_unknown: i64,
+    blocks: Vec<BlockStats>,
+}
+
+/// One block of a bot's funnel.
+#[derive(SimpleObject)]
+pub struct BlockStats {
+    block_id: String,
+    /// Conversations that reached this block.
+    reached: i64,
+    /// Conversations not completed that stopped at this block.
+    dropped_off: i64,
+}
+
 /// A bot, as seen by a member of its account.
 pub struct Bot(pub BotView);
 
@@ -321,6 +345,38 @@ impl Bot {
         };
         crate::conversations::graphql::bot_conversations(ctx, self.0.bot.id, first, after, filter)
             .await
+    }
+    /// The funnel of conversations started in `[from, to)`: started, completed, abandoned,
+    /// and per block (the latest version's in flow order, then older versions' blocks) how
+    /// many conversations reached it and how many not completed stopped there.
+    async fn stats(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<BotStats> {
+        let st = state(ctx)?;
+        let s = crate::stats::bot_stats(&st.db, self.0.bot.id, from, to).await?;
+        Ok(BotStats {
+            started: s.started,
+            completed: s.completed,
+            abandoned: s.abandoned,
+            completion_rate: if s.started == 0 {
+                0.0
+            } else {
+                s.completed as f64 / s.started as f64
+            },
+            dropped_off_unknown: s.dropped_off_unknown,
+            blocks: s
+                .blocks
+                .into_iter()
+                .map(|b| BlockStats {
+                    block_id: b.block_id,
+                    reached: b.reached,
+                    dropped_off: b.dropped_off,
+                })
+                .collect(),
+        })
     }
     /// Every `saveAnswerTo` name across the bot's published versions: the oldest version's in
     /// flow order first, then names that later versions added. The columns of the results

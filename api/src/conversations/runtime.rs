@@ -148,6 +148,7 @@ fn event_row(
     seq: i32,
     msg: ChatMessage,
     at: chrono::DateTime<Utc>,
+    block_id: Option<String>,
 ) -> conversation_event::Model {
     let (kind, text, input) = match msg {
         ChatMessage::BotMessage { text } => (kind::BOT_MESSAGE, Some(text), None),
@@ -177,6 +178,7 @@ fn event_row(
         text,
         input,
         at,
+        block_id,
     }
 }
 
@@ -447,11 +449,13 @@ impl Runtime {
         let mut bot_name: Option<String> = None;
         let mut queued = false;
         let mut sync = None;
+        let mut say_blocks = result.say_blocks.into_iter();
         for output in result.outputs {
             let (webhook_id, block_id, is_sync) = match output {
                 Output::Say(msg) => {
                     seq += 1;
-                    new_events.push(event_row(&conv, seq, msg, now));
+                    let block = say_blocks.next().flatten();
+                    new_events.push(event_row(&conv, seq, msg, now, block));
                     continue;
                 }
                 Output::QueueWebhook {
@@ -562,6 +566,7 @@ impl Runtime {
                     error: Some(reason),
                 },
                 now,
+                new_events.last().and_then(|e| e.block_id.clone()),
             ));
             state.position = Position::Ended;
             sync = None;

@@ -13,6 +13,7 @@ mod scaleout;
 mod schema;
 mod secrets;
 mod sessions;
+mod stats;
 mod transport;
 mod webhooks;
 mod websocket;
