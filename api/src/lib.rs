@@ -14,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod ids;
+pub mod lifecycle;
 pub mod limits;
 pub mod opaque;
 pub mod pagination;

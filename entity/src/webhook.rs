@@ -13,6 +13,9 @@ pub struct Model {
     /// `[{"name": …, "value": …}]`, sent with every call.
     pub headers: Json,
     pub created_at: DateTimeUtc,
+    /// Lifecycle events sent to it, by wire name (`["conversation.completed"]`); null means
+    /// none (only calls from flow blocks).
+    pub event_types: Option<Json>,
     pub updated_at: DateTimeUtc,
 }
 

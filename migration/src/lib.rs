@@ -11,6 +11,7 @@ mod m20261128_120000_create_sessions;
 mod m20261128_120100_create_audit_log;
 mod m20261128_210000_create_api_keys;
 mod m20261128_210100_add_event_block;
+mod m20261128_210200_add_webhook_event_types;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_120100_create_audit_log::Migration),
             Box::new(m20261128_210000_create_api_keys::Migration),
             Box::new(m20261128_210100_add_event_block::Migration),
+            Box::new(m20261128_210200_add_webhook_event_types::Migration),
         ]
     }
 }

@@ -669,6 +669,37 @@ impl Deliveries {
             })
             .exec(&tx.tx)
             .await?;
+            if d.status == DeliveryStatus::Failed
+                && d.delivery.mode == DeliveryMode::Async
+                && !(d.delivery.block_id.is_none()
+                    && d.delivery.payload.get("type").and_then(|t| t.as_str())
+                        == Some(crate::lifecycle::DELIVERY_FAILED))
+            {
+                let hooks = crate::lifecycle::subscribers(
+                    &tx.tx,
+                    d.delivery.account_id,
+                    crate::lifecycle::DELIVERY_FAILED,
+                )
+                .await?;
+                let data = serde_json::json!({
+                    "delivery_id": d.delivery.id,
+                    "webhook_id": d.delivery.webhook_id,
+                    "conversation_id": d.delivery.conversation_id,
+                    "event_type": d.delivery.payload.get("type"),
+                    "attempts": d.delivery.attempt_count + 1,
+                    "last_status": d.outcome.status,
+                    "last_error": d.outcome.error,
+                });
+                crate::lifecycle::enqueue(
+                    &tx.tx,
+                    d.delivery.account_id,
+                    &hooks,
+                    d.delivery.conversation_id,
+                    crate::lifecycle::DELIVERY_FAILED,
+                    data,
+                )
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())

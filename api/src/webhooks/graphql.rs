@@ -16,6 +16,7 @@ use crate::{
     auth::viewer,
     error::{ApiError, Found as _},
     ids::{parse_id, to_id},
+    lifecycle,
     state::state,
 };
 
@@ -36,12 +37,55 @@ pub struct HeaderInput {
     value: String,
 }
 
+/// A lifecycle event a webhook can be sent.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// `conversation.started`: a visitor started a conversation; `data` is the flow payload.
+    ConversationStarted,
+    /// `conversation.completed`: a conversation ended; `data` is the flow payload.
+    ConversationCompleted,
+    /// `conversation.abandoned`: a conversation idle for `PARLEY_ABANDON_AFTER_SECS`; `data`
+    /// is the flow payload.
+    ConversationAbandoned,
+    /// `delivery.failed`: a delivery failed its last attempt; `data` names it.
+    DeliveryFailed,
+    /// `webhook.disabled`: a webhook was disabled (not sent yet by this version).
+    WebhookDisabled,
+}
+
+impl EventType {
+    /// The wire name (the body's `type`).
+    pub fn wire(self) -> &'static str {
+        match self {
+            Self::ConversationStarted => lifecycle::CONVERSATION_STARTED,
+            Self::ConversationCompleted => lifecycle::CONVERSATION_COMPLETED,
+            Self::ConversationAbandoned => lifecycle::CONVERSATION_ABANDONED,
+            Self::DeliveryFailed => lifecycle::DELIVERY_FAILED,
+            Self::WebhookDisabled => lifecycle::WEBHOOK_DISABLED,
+        }
+    }
+
+    fn from_wire(name: &str) -> Option<Self> {
+        [
+            Self::ConversationStarted,
+            Self::ConversationCompleted,
+            Self::ConversationAbandoned,
+            Self::DeliveryFailed,
+            Self::WebhookDisabled,
+        ]
+        .into_iter()
+        .find(|t| t.wire() == name)
+    }
+}
+
 /// A webhook's configuration.
 #[derive(InputObject)]
 pub struct WebhookInput {
     name: String,
     url: String,
     headers: Option<Vec<HeaderInput>>,
+    /// Lifecycle events to send besides calls from flow blocks; none when absent.
+    event_types: Option<Vec<EventType>>,
 }
 
 impl From<WebhookInput> for WebhookSpec {
@@ -58,6 +102,12 @@ impl From<WebhookInput> for WebhookSpec {
                     value: h.value,
                 })
                 .collect(),
+            event_types: i
+                .event_types
+                .unwrap_or_default()
+                .into_iter()
+                .map(EventType::wire)
+                .collect(),
         }
     }
 }
@@ -73,6 +123,20 @@ impl Webhook {
 
 #[Object]
 impl Webhook {
+    /// Lifecycle events sent to this webhook besides calls from flow blocks.
+    async fn event_types(&self) -> Vec<EventType> {
+        self.0
+            .webhook
+            .event_types
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|t| t.as_str().and_then(EventType::from_wire))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
     async fn id(&self) -> ID {
         to_id(self.0.webhook.id)
     }

@@ -41,6 +41,16 @@ pub struct WebhookSpec {
     pub name: String,
     pub url: String,
     pub headers: Vec<HeaderEntry>,
+    /// Lifecycle events to send, by wire name.
+    pub event_types: Vec<&'static str>,
+}
+
+/// The stored form of a webhook's event types: null for none.
+fn event_types_json(types: &[&'static str]) -> Option<serde_json::Value> {
+    let mut list: Vec<&str> = types.to_vec();
+    list.sort_unstable();
+    list.dedup();
+    (!list.is_empty()).then(|| serde_json::json!(list))
 }
 
 /// A webhook with the viewer's role (which decides what is masked).
@@ -275,6 +285,7 @@ pub async fn create_webhook(
         headers: seal_headers(id, headers, secrets)?,
         created_at: now,
         updated_at: now,
+        event_types: event_types_json(&spec.event_types),
     };
     let tx = db.write().await?;
     webhook::Entity::insert(webhook::ActiveModel::from(webhook.clone()))
@@ -317,12 +328,14 @@ pub async fn update_webhook(
     let (name, url, headers) = validate(&spec, allow_private).await?;
     let headers = seal_headers(id, headers, secrets)?;
     let now = Utc::now();
+    let event_types = event_types_json(&spec.event_types);
     webhook::Entity::update(webhook::ActiveModel {
         id: Set(id),
         name: Set(name.clone()),
         url: Set(url.clone()),
         headers: Set(headers.clone()),
         updated_at: Set(now),
+        event_types: Set(event_types.clone()),
         ..Default::default()
     })
     .exec(db.writer())
@@ -332,6 +345,7 @@ pub async fn update_webhook(
         url,
         headers,
         updated_at: now,
+        event_types,
         ..view.webhook
     };
     Ok(WebhookView {

@@ -6,6 +6,7 @@ mod bots;
 mod conversations;
 mod deliveries;
 mod helpers;
+mod lifecycle;
 mod limits;
 mod races;
 mod results;

@@ -1,0 +1,136 @@
+//! Lifecycle events: each type delivered once to the webhooks that asked for it, signed like
+//! any delivery (checked with the `standardwebhooks` crate).
+use std::{collections::HashMap, time::Duration};
+
+use serde_json::{Value, json};
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{method, path},
+};
+
+use crate::helpers::*;
+
+async fn receiver(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(status))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn each_lifecycle_event_is_delivered_once_and_signed() {
+    let app = spawn_app_with(|s| s.abandon_after = Duration::from_secs(1)).await;
+    let owner = app.new_user().await;
+    let events = receiver(200).await;
+    let failing = receiver(500).await;
+    let body = app
+        .create_webhook(
+            &owner.token,
+            &owner.account_id,
+            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
+                    "eventTypes": ["CONVERSATION_STARTED", "CONVERSATION_COMPLETED", "CONVERSATION_ABANDONED", "DELIVERY_FAILED"] }),
+        )
+        .await;
+    assert_ok(&body);
+    let alerts = body["data"]["createWebhook"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let seen = app
+        .gql(
+            &owner.token,
+            "query($id: ID!) { webhook(id: $id) { eventTypes } }",
+            json!({ "id": alerts }),
+        )
+        .await;
+    assert_eq!(
+        seen["data"]["webhook"]["eventTypes"],
+        json!([
+            "CONVERSATION_ABANDONED",
+            "CONVERSATION_COMPLETED",
+            "CONVERSATION_STARTED",
+            "DELIVERY_FAILED"
+        ]),
+        "{seen}"
+    );
+    // A flow webhook that always fails: after its retries, DELIVERY_FAILED.
+    let broken = app
+        .new_webhook(&owner, &format!("{}/hook", failing.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "ask", "blocks": [
+        { "id": "ask", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "hook" },
+        { "id": "hook", "kind": "WEBHOOK", "webhookId": broken, "async": true, "next": "bye" },
+        { "id": "bye", "kind": "END" }
+    ]});
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+
+    let (completed, token) = app.new_conversation(&bot).await;
+    assert_ok(&app.send_answer(&completed, &token, "Jo").await);
+    let (abandoned, _) = app.new_conversation(&bot).await;
+
+    // started ×2, completed, abandoned, delivery.failed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = events.received_requests().await.unwrap_or_default();
+        if got.len() >= 5 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "got {} of 5 events",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing more comes (no duplicates, no DELIVERY_FAILED about DELIVERY_FAILED).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = events.received_requests().await.unwrap_or_default();
+    let secret = app.signing_secret(&owner.token, &alerts).await;
+    let verifier = standardwebhooks::Webhook::new(&secret).expect("secret");
+    let mut by_type: HashMap<String, Vec<Value>> = HashMap::new();
+    for req in &got {
+        verifier
+            .verify(&req.body, &req.headers)
+            .expect("the reference library accepts the signature");
+        let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
+        assert!(
+            body["timestamp"]
+                .as_str()
+                .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()),
+            "{body}"
+        );
+        by_type
+            .entry(body["type"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push(body["data"].clone());
+    }
+    let count = |t: &str| by_type.get(t).map_or(0, Vec::len);
+    assert_eq!(count("conversation.started"), 2, "{by_type:?}");
+    assert_eq!(count("conversation.completed"), 1, "{by_type:?}");
+    assert_eq!(count("conversation.abandoned"), 1, "{by_type:?}");
+    assert_eq!(count("delivery.failed"), 1, "{by_type:?}");
+    assert_eq!(got.len(), 5);
+
+    let done = &by_type["conversation.completed"][0];
+    assert_eq!(done["conversation"]["id"], json!(completed));
+    assert_eq!(done["conversation"]["bot_id"], json!(bot));
+    assert_eq!(done["name"], "Jo");
+    assert_eq!(done["conversation"]["answers"]["name"], "Jo");
+    let idle = &by_type["conversation.abandoned"][0];
+    assert_eq!(idle["conversation"]["id"], json!(abandoned));
+    let failed = &by_type["delivery.failed"][0];
+    assert_eq!(failed["webhook_id"], json!(broken));
+    assert_eq!(failed["conversation_id"], json!(completed));
+    assert_eq!(failed["last_status"], 500);
+
+    // The failing endpoint asked for nothing: it got only its flow calls.
+    for req in failing.received_requests().await.unwrap_or_default() {
+        let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
+        assert!(body.get("type").is_none(), "{body}");
+    }
+}
