@@ -1066,6 +1066,41 @@ impl Deliveries {
         self.record(&d, &outcome, status, next, None, false).await
     }
 
+    /// Puts every FAILED delivery of a webhook created at or after `since` back in the
+    /// outbox, due now (ADMIN); how many. A delivery that is pending (or held by a live call)
+    /// is left alone, so nothing is sent twice. Each gets one more attempt, or its remaining
+    /// retries.
+    pub async fn recover(
+        &self,
+        viewer: Uuid,
+        webhook_id: Uuid,
+        since: chrono::DateTime<Utc>,
+    ) -> ApiResult<u64> {
+        find_webhook(self.db.conn(), viewer, webhook_id, Role::Admin).await?;
+        let now = Utc::now();
+        let done = delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::Status,
+                sea_orm::sea_query::Expr::value(DeliveryStatus::Pending),
+            )
+            .col_expr(delivery::Column::NextAttemptAt, Some(now).into())
+            .col_expr(delivery::Column::UpdatedAt, now.into())
+            .filter(delivery::Column::WebhookId.eq(webhook_id))
+            .filter(delivery::Column::Status.eq(DeliveryStatus::Failed))
+            .filter(delivery::Column::CreatedAt.gte(since))
+            .filter(
+                Condition::any()
+                    .add(delivery::Column::ClaimedUntil.is_null())
+                    .add(delivery::Column::ClaimedUntil.lt(now)),
+            )
+            .exec(self.db.writer())
+            .await?;
+        if done.rows_affected > 0 {
+            self.wake();
+        }
+        Ok(done.rows_affected)
+    }
+
     /// Claims one delivery unless someone holds a live claim on it; the claimed row.
     async fn claim_one(&self, d: &delivery::Model) -> ApiResult<Option<delivery::Model>> {
         let now = Utc::now();

@@ -356,6 +356,20 @@ impl WebhooksMutation {
         }))
     }
 
+    /// Sends again every FAILED delivery of the webhook created at or after `since` (ADMIN);
+    /// how many were queued. One already pending is not doubled.
+    async fn recover_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        webhook_id: ID,
+        since: DateTime<Utc>,
+    ) -> async_graphql::Result<i32> {
+        let st = state(ctx)?;
+        let id = parse_id(&webhook_id, "webhook")?;
+        let n = st.deliveries.recover(viewer(ctx)?, id, since).await?;
+        Ok(i32::try_from(n).unwrap_or(i32::MAX))
+    }
+
     /// Sends a delivery again now, as a new attempt (ADMIN).
     async fn redeliver(
         &self,

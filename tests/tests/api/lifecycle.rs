@@ -134,3 +134,69 @@ async fn each_lifecycle_event_is_delivered_once_and_signed() {
         assert!(body.get("type").is_none(), "{body}");
     }
 }
+
+const RECOVER: &str =
+    "mutation($w: ID!, $s: DateTime!) { recoverDeliveries(webhookId: $w, since: $s) }";
+
+#[tokio::test]
+async fn recover_deliveries_sends_the_failed_ones_again_once() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let member = app.add_member(&owner, "MEMBER").await;
+    let stranger = app.new_user().await;
+    let hook = receiver(500).await;
+    let (bot, webhook) = app
+        .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
+        .await;
+    let before = chrono::Utc::now().to_rfc3339();
+    for email in ["a@example.com", "b@example.com"] {
+        let (id, token) = app.new_conversation(&bot).await;
+        assert_ok(&app.send_answer(&id, &token, email).await);
+        assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
+    }
+    let failed = |list: &[Value]| list.len() == 2 && list.iter().all(|d| d["status"] == "FAILED");
+    app.wait_deliveries(&owner.token, &webhook, failed).await;
+
+    // The receiver is back.
+    hook.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+
+    assert_error(
+        &app.gql(&member.token, RECOVER, json!({ "w": webhook, "s": before }))
+            .await,
+        "FORBIDDEN",
+    );
+    assert_error(
+        &app.gql(
+            &stranger.token,
+            RECOVER,
+            json!({ "w": webhook, "s": before }),
+        )
+        .await,
+        "NOT_FOUND",
+    );
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let body = app
+        .gql(&owner.token, RECOVER, json!({ "w": webhook, "s": later }))
+        .await;
+    assert_eq!(body["data"]["recoverDeliveries"], 0, "{body}");
+
+    let body = app
+        .gql(&owner.token, RECOVER, json!({ "w": webhook, "s": before }))
+        .await;
+    assert_eq!(body["data"]["recoverDeliveries"], 2, "{body}");
+    // Pending (or sent) already: not doubled.
+    let body = app
+        .gql(&owner.token, RECOVER, json!({ "w": webhook, "s": before }))
+        .await;
+    assert_eq!(body["data"]["recoverDeliveries"], 0, "{body}");
+    let succeeded =
+        |list: &[Value]| list.len() == 2 && list.iter().all(|d| d["status"] == "SUCCEEDED");
+    app.wait_deliveries(&owner.token, &webhook, succeeded).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.received_requests().await.unwrap_or_default().len(), 2);
+}
