@@ -75,6 +75,9 @@ pub struct DeliverySettings {
     pub lease: Duration,
     /// Deliveries older than this are pruned.
     pub retention: Duration,
+    /// A webhook whose async attempts have all failed for this long (and at least
+    /// `DISABLE_MIN_FAILURES` of them) is disabled (`PARLEY_WEBHOOK_DISABLE_AFTER`).
+    pub disable_after: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -98,6 +101,7 @@ impl Default for DeliverySettings {
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(60),
             retention: Duration::from_secs(30 * 24 * 3600),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }
@@ -300,6 +304,18 @@ impl Settings {
         if let Some(v) = get("PARLEY_WEBHOOK_RETRY_SCHEDULE") {
             delivery.retry_schedule =
                 parse_schedule(&v).map_err(|r| bad("PARLEY_WEBHOOK_RETRY_SCHEDULE", &v, r))?;
+        }
+        if let Some(v) = get("PARLEY_WEBHOOK_DISABLE_AFTER") {
+            delivery.disable_after = match parse_schedule(&v).as_deref() {
+                Ok([one]) if !one.is_zero() => *one,
+                _ => {
+                    return Err(bad(
+                        "PARLEY_WEBHOOK_DISABLE_AFTER",
+                        &v,
+                        "one positive duration such as 120h or 30m".into(),
+                    ));
+                }
+            };
         }
         delivery.sync_timeout = secs("PARLEY_WEBHOOK_SYNC_TIMEOUT_SECS", 10)?;
         delivery.retention = secs("PARLEY_DELIVERY_RETENTION_SECS", 30 * 24 * 3600)?;

@@ -17,6 +17,13 @@ pub struct Model {
     /// none (only calls from flow blocks).
     pub event_types: Option<Json>,
     pub updated_at: DateTimeUtc,
+    /// Since when its async attempts fail without a success in between.
+    pub failing_since: Option<DateTimeUtc>,
+    /// Async attempts failed since `failing_since`.
+    pub failed_attempts: i32,
+    /// When it was disabled (its deliveries are held until `enableWebhook`).
+    pub disabled_at: Option<DateTimeUtc>,
+    pub disabled_reason: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -12,6 +12,7 @@ mod m20261128_120100_create_audit_log;
 mod m20261128_210000_create_api_keys;
 mod m20261128_210100_add_event_block;
 mod m20261128_210200_add_webhook_event_types;
+mod m20261128_210300_add_webhook_disabling;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_210000_create_api_keys::Migration),
             Box::new(m20261128_210100_add_event_block::Migration),
             Box::new(m20261128_210200_add_webhook_event_types::Migration),
+            Box::new(m20261128_210300_add_webhook_disabling::Migration),
         ]
     }
 }

@@ -46,6 +46,9 @@ use crate::{
     settings::{DatabaseKind, DeliverySettings},
 };
 
+/// Failed async attempts (at least) before a failing webhook is disabled.
+pub const DISABLE_MIN_FAILURES: i32 = 3;
+
 /// Longest wait of a sync call or a test send for its slots, before it is refused.
 pub const MAX_SLOT_WAIT: Duration = Duration::from_secs(1);
 
@@ -669,6 +672,9 @@ impl Deliveries {
             })
             .exec(&tx.tx)
             .await?;
+            if d.delivery.mode == DeliveryMode::Async {
+                self.track_health(&tx.tx, d, now).await?;
+            }
             if d.status == DeliveryStatus::Failed
                 && d.delivery.mode == DeliveryMode::Async
                 && !(d.delivery.block_id.is_none()
@@ -705,6 +711,88 @@ impl Deliveries {
         Ok(())
     }
 
+    /// Notes an async attempt's result on its webhook, and disables a webhook whose attempts
+    /// have all failed for `PARLEY_WEBHOOK_DISABLE_AFTER` (and at least
+    /// `DISABLE_MIN_FAILURES` of them), with a `webhook.disabled` event to the account's
+    /// other webhooks that asked for it.
+    async fn track_health(
+        &self,
+        tx: &impl ConnectionTrait,
+        d: &Done,
+        now: chrono::DateTime<Utc>,
+    ) -> ApiResult<()> {
+        use sea_orm::sea_query::{Expr, ExprTrait as _, Func};
+        let hook = d.delivery.webhook_id;
+        if d.outcome.is_success() {
+            webhook::Entity::update_many()
+                .col_expr(
+                    webhook::Column::FailingSince,
+                    Option::<chrono::DateTime<Utc>>::None.into(),
+                )
+                .col_expr(webhook::Column::FailedAttempts, Expr::value(0))
+                .filter(webhook::Column::Id.eq(hook))
+                .filter(webhook::Column::FailingSince.is_not_null())
+                .exec(tx)
+                .await?;
+            return Ok(());
+        }
+        webhook::Entity::update_many()
+            .col_expr(
+                webhook::Column::FailingSince,
+                Func::coalesce([Expr::col(webhook::Column::FailingSince), Expr::value(now)]).into(),
+            )
+            .col_expr(
+                webhook::Column::FailedAttempts,
+                Expr::col(webhook::Column::FailedAttempts).add(1),
+            )
+            .filter(webhook::Column::Id.eq(hook))
+            .exec(tx)
+            .await?;
+        let window = chrono::Duration::from_std(self.settings.disable_after).unwrap_or_default();
+        let reason = format!(
+            "every attempt failed for {} s (PARLEY_WEBHOOK_DISABLE_AFTER); last: {}",
+            self.settings.disable_after.as_secs(),
+            d.outcome
+                .error
+                .clone()
+                .or_else(|| d.outcome.status.map(|s| format!("HTTP {s}")))
+                .unwrap_or_else(|| "failed".into())
+        );
+        let disabled = webhook::Entity::update_many()
+            .col_expr(webhook::Column::DisabledAt, Some(now).into())
+            .col_expr(webhook::Column::DisabledReason, Some(reason.clone()).into())
+            .filter(webhook::Column::Id.eq(hook))
+            .filter(webhook::Column::DisabledAt.is_null())
+            .filter(webhook::Column::FailingSince.lte(now - window))
+            .filter(webhook::Column::FailedAttempts.gte(DISABLE_MIN_FAILURES))
+            .exec(tx)
+            .await?
+            .rows_affected;
+        if disabled == 0 {
+            return Ok(());
+        }
+        tracing::warn!(webhook.id = %hook, account.id = %d.delivery.account_id, reason, "webhook disabled");
+        let hooks: Vec<Uuid> = crate::lifecycle::subscribers(
+            tx,
+            d.delivery.account_id,
+            crate::lifecycle::WEBHOOK_DISABLED,
+        )
+        .await?
+        .into_iter()
+        .filter(|h| *h != hook)
+        .collect();
+        crate::lifecycle::enqueue(
+            tx,
+            d.delivery.account_id,
+            &hooks,
+            None,
+            crate::lifecycle::WEBHOOK_DISABLED,
+            json!({ "webhook_id": hook, "disabled_at": now, "reason": reason }),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Claims due deliveries with a lease, so that concurrent workers (other instances) never
     /// take the same one while the lease runs, and a crashed worker's claims lapse.
     async fn claim(&self, limit: usize) -> ApiResult<Vec<delivery::Model>> {
@@ -725,6 +813,16 @@ impl Deliveries {
         // claiming deliveries of a saturated endpoint would only mean releasing them again.
         let candidates: Vec<(Uuid, Uuid)> = delivery::Entity::find()
             .filter(due())
+            // A disabled webhook's deliveries are held until `enableWebhook`.
+            .filter(
+                delivery::Column::WebhookId.not_in_subquery(
+                    sea_orm::sea_query::Query::select()
+                        .column(webhook::Column::Id)
+                        .from(webhook::Entity)
+                        .and_where(webhook::Column::DisabledAt.is_not_null())
+                        .to_owned(),
+                ),
+            )
             .order_by_asc(delivery::Column::NextAttemptAt)
             .select_only()
             .column(delivery::Column::Id)

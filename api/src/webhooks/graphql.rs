@@ -49,7 +49,8 @@ pub enum EventType {
     ConversationAbandoned,
     /// `delivery.failed`: a delivery failed its last attempt; `data` names it.
     DeliveryFailed,
-    /// `webhook.disabled`: a webhook was disabled (not sent yet by this version).
+    /// `webhook.disabled`: another webhook of the account was disabled for failing; `data`
+    /// has `webhook_id`, `disabled_at`, `reason`.
     WebhookDisabled,
 }
 
@@ -123,6 +124,15 @@ impl Webhook {
 
 #[Object]
 impl Webhook {
+    /// When the webhook was disabled for failing (its deliveries are held until
+    /// `enableWebhook`); null while enabled.
+    async fn disabled_at(&self) -> Option<DateTime<Utc>> {
+        self.0.webhook.disabled_at
+    }
+    /// Why it was disabled.
+    async fn disabled_reason(&self) -> Option<&str> {
+        self.0.webhook.disabled_reason.as_deref()
+    }
     /// Lifecycle events sent to this webhook besides calls from flow blocks.
     async fn event_types(&self) -> Vec<EventType> {
         self.0
@@ -354,6 +364,15 @@ impl WebhooksMutation {
             delivery: d,
             role: Role::Admin,
         }))
+    }
+
+    /// Turns a disabled webhook back on (ADMIN): the deliveries held meanwhile are sent.
+    async fn enable_webhook(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Webhook> {
+        let st = state(ctx)?;
+        let id = parse_id(&id, "webhook")?;
+        let view = service::enable_webhook(&st.db, viewer(ctx)?, id).await?;
+        st.deliveries.wake();
+        Ok(Webhook(view))
     }
 
     /// Sends again every FAILED delivery of the webhook created at or after `since` (ADMIN);

@@ -286,6 +286,10 @@ pub async fn create_webhook(
         created_at: now,
         updated_at: now,
         event_types: event_types_json(&spec.event_types),
+        failing_since: None,
+        failed_attempts: 0,
+        disabled_at: None,
+        disabled_reason: None,
     };
     let tx = db.write().await?;
     webhook::Entity::insert(webhook::ActiveModel::from(webhook.clone()))
@@ -313,6 +317,38 @@ async fn insert_secret(
     .exec_without_returning(tx)
     .await?;
     Ok(())
+}
+
+/// Turns a disabled webhook back on (ADMIN): its held deliveries are sent again. A webhook
+/// that is not disabled is left as it is.
+pub async fn enable_webhook(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<WebhookView> {
+    let view = find_webhook(db.conn(), viewer, id, Role::Admin).await?;
+    if view.webhook.disabled_at.is_none() {
+        return Ok(view);
+    }
+    let now = Utc::now();
+    webhook::Entity::update(webhook::ActiveModel {
+        id: Set(id),
+        disabled_at: Set(None),
+        disabled_reason: Set(None),
+        failing_since: Set(None),
+        failed_attempts: Set(0),
+        updated_at: Set(now),
+        ..Default::default()
+    })
+    .exec(db.writer())
+    .await?;
+    Ok(WebhookView {
+        webhook: webhook::Model {
+            disabled_at: None,
+            disabled_reason: None,
+            failing_since: None,
+            failed_attempts: 0,
+            updated_at: now,
+            ..view.webhook
+        },
+        role: view.role,
+    })
 }
 
 /// Replaces a webhook's name, URL and headers (ADMIN).

@@ -200,3 +200,123 @@ async fn recover_deliveries_sends_the_failed_ones_again_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(hook.received_requests().await.unwrap_or_default().len(), 2);
 }
+
+const WEBHOOK_STATE: &str = "query($id: ID!) { webhook(id: $id) { disabledAt disabledReason } }";
+
+#[tokio::test]
+async fn a_failing_webhook_is_disabled_holds_its_deliveries_and_resumes_when_enabled() {
+    let app = spawn_app_with(|s| s.delivery.disable_after = Duration::from_millis(200)).await;
+    let owner = app.new_user().await;
+    let member = app.add_member(&owner, "MEMBER").await;
+    let alerts_receiver = receiver(200).await;
+    let body = app
+        .create_webhook(
+            &owner.token,
+            &owner.account_id,
+            json!({ "name": "Alerts", "url": format!("{}/hook", alerts_receiver.uri()),
+                    "eventTypes": ["WEBHOOK_DISABLED"] }),
+        )
+        .await;
+    assert_ok(&body);
+    let alerts = body["data"]["createWebhook"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let hook = receiver(500).await;
+    let (bot, webhook) = app
+        .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
+        .await;
+    let converse = || async {
+        let (id, token) = app.new_conversation(&bot).await;
+        assert_ok(&app.send_answer(&id, &token, "jo@example.com").await);
+        assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
+        id
+    };
+    converse().await;
+
+    // Every attempt fails for longer than PARLEY_WEBHOOK_DISABLE_AFTER: disabled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let body = app
+            .gql(&owner.token, WEBHOOK_STATE, json!({ "id": webhook }))
+            .await;
+        assert_ok(&body);
+        if body["data"]["webhook"]["disabledAt"].is_string() {
+            break body["data"]["webhook"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never disabled: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        state["disabledReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("PARLEY_WEBHOOK_DISABLE_AFTER")),
+        "{state}"
+    );
+    // WEBHOOK_DISABLED reaches the account's other webhook that asked for it, signed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let req = loop {
+        if let Some(req) = alerts_receiver
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .pop()
+        {
+            break req;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no webhook.disabled event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let secret = app.signing_secret(&owner.token, &alerts).await;
+    standardwebhooks::Webhook::new(&secret)
+        .expect("secret")
+        .verify(&req.body, &req.headers)
+        .expect("signed");
+    let event: Value = serde_json::from_slice(&req.body).expect("JSON");
+    assert_eq!(event["type"], "webhook.disabled");
+    assert_eq!(event["data"]["webhook_id"], json!(webhook));
+
+    // New deliveries are held, not attempted.
+    let held = converse().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let list = app.deliveries(&owner.token, &webhook).await;
+    let pending = list
+        .iter()
+        .find(|d| d["conversationId"] == json!(held))
+        .expect("the held delivery");
+    assert_eq!(pending["status"], "PENDING", "{pending}");
+    assert_eq!(pending["attempts"], json!([]), "{pending}");
+
+    // Enabled again (ADMIN), with the receiver back: the held delivery is sent.
+    hook.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+    let enable = "mutation($id: ID!) { enableWebhook(id: $id) { disabledAt disabledReason } }";
+    assert_error(
+        &app.gql(&member.token, enable, json!({ "id": webhook }))
+            .await,
+        "FORBIDDEN",
+    );
+    let body = app
+        .gql(&owner.token, enable, json!({ "id": webhook }))
+        .await;
+    assert_ok(&body);
+    assert!(
+        body["data"]["enableWebhook"]["disabledAt"].is_null(),
+        "{body}"
+    );
+    app.wait_deliveries(&owner.token, &webhook, |list| {
+        list.iter()
+            .any(|d| d["conversationId"] == json!(held) && d["status"] == "SUCCEEDED")
+    })
+    .await;
+}
