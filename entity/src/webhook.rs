@@ -24,6 +24,8 @@ pub struct Model {
     /// When it was disabled (its deliveries are held until `enableWebhook`).
     pub disabled_at: Option<DateTimeUtc>,
     pub disabled_reason: Option<String>,
+    /// Most deliveries sent per second (per instance); none when null.
+    pub max_per_second: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,6 +13,7 @@ mod m20261128_210000_create_api_keys;
 mod m20261128_210100_add_event_block;
 mod m20261128_210200_add_webhook_event_types;
 mod m20261128_210300_add_webhook_disabling;
+mod m20261128_210400_add_webhook_rate;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_210100_add_event_block::Migration),
             Box::new(m20261128_210200_add_webhook_event_types::Migration),
             Box::new(m20261128_210300_add_webhook_disabling::Migration),
+            Box::new(m20261128_210400_add_webhook_rate::Migration),
         ]
     }
 }

@@ -46,6 +46,12 @@ use crate::{
     settings::{DatabaseKind, DeliverySettings},
 };
 
+/// A limiter of `per_second` sends per second, in bursts of up to as many.
+fn rate_limiter(per_second: u32) -> governor::DefaultDirectRateLimiter {
+    let n = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::direct(governor::Quota::per_second(n))
+}
+
 /// Failed async attempts (at least) before a failing webhook is disabled.
 pub const DISABLE_MIN_FAILURES: i32 = 3;
 
@@ -70,6 +76,8 @@ pub struct Deliveries {
     /// Sync calls in flight at once for one account.
     max_sync_calls_per_account: usize,
     per_account: std::sync::Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Webhooks with a `maxPerSecond`: their rate and its limiter on this instance.
+    rates: std::sync::Mutex<HashMap<Uuid, (u32, governor::DefaultDirectRateLimiter)>>,
     /// This instance's name in the claims it takes (`claimed_by`).
     instance_id: String,
     /// Opens the webhooks' stored header values and signing secrets.
@@ -333,6 +341,7 @@ impl Deliveries {
             per_webhook: std::sync::Mutex::new(HashMap::new()),
             max_sync_calls_per_account: max_sync_calls_per_account.max(1),
             per_account: std::sync::Mutex::new(HashMap::new()),
+            rates: std::sync::Mutex::new(HashMap::new()),
             instance_id,
             secrets,
         }))
@@ -793,6 +802,59 @@ impl Deliveries {
         Ok(())
     }
 
+    /// Of `(delivery, webhook)` candidates, the first `limit` deliveries that their webhook's
+    /// `maxPerSecond` lets go now on this instance (spending the rate's budget).
+    async fn within_rates(
+        &self,
+        candidates: Vec<(Uuid, Uuid)>,
+        limit: usize,
+    ) -> ApiResult<Vec<Uuid>> {
+        let hooks: std::collections::HashSet<Uuid> = candidates.iter().map(|(_, w)| *w).collect();
+        let limited: HashMap<Uuid, i32> = if hooks.is_empty() {
+            HashMap::new()
+        } else {
+            webhook::Entity::find()
+                .filter(webhook::Column::Id.is_in(hooks))
+                .filter(webhook::Column::MaxPerSecond.is_not_null())
+                .select_only()
+                .column(webhook::Column::Id)
+                .column(webhook::Column::MaxPerSecond)
+                .into_tuple::<(Uuid, i32)>()
+                .all(self.db.conn())
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let mut rates = self
+            .rates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rates.len() > 10_000 {
+            // Bounded memory: limiters of webhooks not seen lately start afresh.
+            rates.clear();
+        }
+        let mut out = Vec::with_capacity(limit);
+        for (id, hook) in candidates {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(&rate) = limited.get(&hook) {
+                let rate = u32::try_from(rate.max(1)).unwrap_or(1);
+                let entry = rates
+                    .entry(hook)
+                    .or_insert_with(|| (rate, rate_limiter(rate)));
+                if entry.0 != rate {
+                    *entry = (rate, rate_limiter(rate));
+                }
+                if entry.1.check().is_err() {
+                    continue;
+                }
+            }
+            out.push(id);
+        }
+        Ok(out)
+    }
+
     /// Claims due deliveries with a lease, so that concurrent workers (other instances) never
     /// take the same one while the lease runs, and a crashed worker's claims lapse.
     async fn claim(&self, limit: usize) -> ApiResult<Vec<delivery::Model>> {
@@ -832,7 +894,7 @@ impl Deliveries {
             .all(self.db.conn())
             .await?;
         let mut room: HashMap<Uuid, usize> = HashMap::new();
-        let ids: Vec<Uuid> = candidates
+        let ids = candidates
             .into_iter()
             .filter(|(_, webhook)| {
                 let left = room
@@ -842,9 +904,8 @@ impl Deliveries {
                 *left = left.saturating_sub(1);
                 fits
             })
-            .map(|(id, _)| id)
-            .take(limit)
-            .collect();
+            .collect::<Vec<(Uuid, Uuid)>>();
+        let ids = self.within_rates(ids, limit).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -87,6 +87,9 @@ pub struct WebhookInput {
     headers: Option<Vec<HeaderInput>>,
     /// Lifecycle events to send besides calls from flow blocks; none when absent.
     event_types: Option<Vec<EventType>>,
+    /// Most deliveries the worker sends to it per second (1 to 1000, per instance); no limit
+    /// when absent.
+    max_per_second: Option<i32>,
 }
 
 impl From<WebhookInput> for WebhookSpec {
@@ -109,6 +112,7 @@ impl From<WebhookInput> for WebhookSpec {
                 .into_iter()
                 .map(EventType::wire)
                 .collect(),
+            max_per_second: i.max_per_second,
         }
     }
 }
@@ -128,6 +132,10 @@ impl Webhook {
     /// `enableWebhook`); null while enabled.
     async fn disabled_at(&self) -> Option<DateTime<Utc>> {
         self.0.webhook.disabled_at
+    }
+    /// Most deliveries sent to it per second (per instance); null: no limit.
+    async fn max_per_second(&self) -> Option<i32> {
+        self.0.webhook.max_per_second
     }
     /// Why it was disabled.
     async fn disabled_reason(&self) -> Option<&str> {

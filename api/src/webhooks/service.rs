@@ -43,6 +43,20 @@ pub struct WebhookSpec {
     pub headers: Vec<HeaderEntry>,
     /// Lifecycle events to send, by wire name.
     pub event_types: Vec<&'static str>,
+    /// Most deliveries per second, if limited.
+    pub max_per_second: Option<i32>,
+}
+
+/// Most `maxPerSecond` a webhook may ask for.
+pub const MAX_PER_SECOND: i32 = 1000;
+
+fn check_rate(rate: Option<i32>) -> ApiResult<Option<i32>> {
+    match rate {
+        Some(n) if !(1..=MAX_PER_SECOND).contains(&n) => Err(ApiError::bad_input(format!(
+            "maxPerSecond must be between 1 and {MAX_PER_SECOND}, not {n}"
+        ))),
+        other => Ok(other),
+    }
 }
 
 /// The stored form of a webhook's event types: null for none.
@@ -290,6 +304,7 @@ pub async fn create_webhook(
         failed_attempts: 0,
         disabled_at: None,
         disabled_reason: None,
+        max_per_second: check_rate(spec.max_per_second)?,
     };
     let tx = db.write().await?;
     webhook::Entity::insert(webhook::ActiveModel::from(webhook.clone()))
@@ -365,6 +380,7 @@ pub async fn update_webhook(
     let headers = seal_headers(id, headers, secrets)?;
     let now = Utc::now();
     let event_types = event_types_json(&spec.event_types);
+    let max_per_second = check_rate(spec.max_per_second)?;
     webhook::Entity::update(webhook::ActiveModel {
         id: Set(id),
         name: Set(name.clone()),
@@ -372,6 +388,7 @@ pub async fn update_webhook(
         headers: Set(headers.clone()),
         updated_at: Set(now),
         event_types: Set(event_types.clone()),
+        max_per_second: Set(max_per_second),
         ..Default::default()
     })
     .exec(db.writer())
@@ -382,6 +399,7 @@ pub async fn update_webhook(
         headers,
         updated_at: now,
         event_types,
+        max_per_second,
         ..view.webhook
     };
     Ok(WebhookView {

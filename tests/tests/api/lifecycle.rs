@@ -320,3 +320,58 @@ async fn a_failing_webhook_is_disabled_holds_its_deliveries_and_resumes_when_ena
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_worker_honours_a_webhooks_max_per_second() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = receiver(200).await;
+    let (bot, webhook) = app
+        .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
+        .await;
+    let url = format!("{}/hook", hook.uri());
+    let set_rate = |rate: i64| {
+        let (app, token, webhook, url) = (&app, owner.token.clone(), webhook.clone(), url.clone());
+        async move {
+            app.update_webhook(
+                &token,
+                &webhook,
+                json!({ "name": "Rated", "url": url, "maxPerSecond": rate }),
+            )
+            .await
+        }
+    };
+    assert_error(&set_rate(0).await, "BAD_USER_INPUT");
+    assert_ok(&set_rate(2).await);
+    let seen = app
+        .gql(
+            &owner.token,
+            "query($id: ID!) { webhook(id: $id) { maxPerSecond } }",
+            json!({ "id": webhook }),
+        )
+        .await;
+    assert_eq!(seen["data"]["webhook"]["maxPerSecond"], 2, "{seen}");
+
+    let started = tokio::time::Instant::now();
+    for _ in 0..6 {
+        let (id, token) = app.new_conversation(&bot).await;
+        assert_ok(&app.send_answer(&id, &token, "jo@example.com").await);
+        assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
+    }
+    // 2 at once, then one every half second: the sixth no sooner than ~2 s.
+    tokio::time::sleep_until(started + Duration::from_millis(1000)).await;
+    let early = hook.received_requests().await.unwrap_or_default().len();
+    assert!(
+        early <= 4,
+        "{early} deliveries within a second at 2 per second"
+    );
+    app.wait_deliveries(&owner.token, &webhook, |list| {
+        list.len() == 6 && list.iter().all(|d| d["status"] == "SUCCEEDED")
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}
