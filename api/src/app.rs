@@ -93,6 +93,7 @@ impl Application {
             runtime,
             passwords,
             sessions: Arc::default(),
+            api_keys: Arc::default(),
             limiters,
             users: Arc::default(),
             sockets: Arc::default(),

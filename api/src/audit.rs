@@ -26,6 +26,8 @@ pub mod action {
     pub const WEBHOOK_DELETED: &str = "webhook.deleted";
     pub const WEBHOOK_SECRET_ROTATED: &str = "webhook.secret_rotated";
     pub const BOT_PUBLISHED: &str = "bot.published";
+    pub const API_KEY_CREATED: &str = "apiKey.created";
+    pub const API_KEY_REVOKED: &str = "apiKey.revoked";
 }
 
 /// One change to record.

@@ -20,6 +20,7 @@ use crate::{
         graphql::{AccountsMutation, AccountsQuery},
         loader::UserLoader,
     },
+    apikeys::graphql::ApiKeysMutation,
     bots::graphql::{BotsMutation, BotsQuery},
     conversations::graphql::{
         ConversationsMutation, ConversationsQuery, ConversationsSubscription,
@@ -46,6 +47,7 @@ pub struct Query(
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     AccountsMutation,
+    ApiKeysMutation,
     BotsMutation,
     WebhooksMutation,
     ConversationsMutation,

@@ -1,5 +1,6 @@
 //! Parley: a multi-tenant chatbot builder backend.
 pub mod accounts;
+pub mod apikeys;
 pub mod app;
 pub mod audit;
 pub mod auth;
@@ -13,9 +14,13 @@ pub mod error;
 pub mod events;
 pub mod graphql;
 pub mod ids;
+pub mod lifecycle;
 pub mod limits;
+pub mod opaque;
 pub mod pagination;
+pub mod results;
 pub mod settings;
 pub mod state;
+pub mod stats;
 pub mod telemetry;
 pub mod webhooks;

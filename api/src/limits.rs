@@ -110,6 +110,8 @@ pub struct Limiters {
     pub starts_by_address: KeyedLimit<std::net::IpAddr>,
     /// Answers per conversation.
     pub answers_by_conversation: KeyedLimit<uuid::Uuid>,
+    /// Requests (HTTP requests, WebSocket connections) per API key.
+    pub requests_by_api_key: KeyedLimit<uuid::Uuid>,
 }
 
 impl Limiters {
@@ -141,6 +143,11 @@ impl Limiters {
                 "answers in this conversation",
                 "PARLEY_ANSWER_RATE_LIMIT",
             ),
+            requests_by_api_key: KeyedLimit::per_minute(
+                limits.api_key_rate_limit,
+                "requests with this API key",
+                "PARLEY_API_KEY_RATE_LIMIT",
+            ),
         })
     }
 
@@ -164,6 +171,7 @@ impl Limiters {
             self.logins_by_email.prune();
             self.starts_by_address.prune();
             self.answers_by_conversation.prune();
+            self.requests_by_api_key.prune();
         }
     }
 }

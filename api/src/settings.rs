@@ -75,6 +75,9 @@ pub struct DeliverySettings {
     pub lease: Duration,
     /// Deliveries older than this are pruned.
     pub retention: Duration,
+    /// A webhook whose async attempts have all failed for this long (and at least
+    /// `DISABLE_MIN_FAILURES` of them) is disabled (`PARLEY_WEBHOOK_DISABLE_AFTER`).
+    pub disable_after: Duration,
 }
 
 impl Default for DeliverySettings {
@@ -98,6 +101,7 @@ impl Default for DeliverySettings {
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(60),
             retention: Duration::from_secs(30 * 24 * 3600),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }
@@ -122,6 +126,8 @@ pub struct Limits {
     pub visitor_rate_limit: u32,
     /// Answers per minute per conversation; 0 = off (`PARLEY_ANSWER_RATE_LIMIT`).
     pub answer_rate_limit: u32,
+    /// Requests per minute per API key; 0 = off (`PARLEY_API_KEY_RATE_LIMIT`).
+    pub api_key_rate_limit: u32,
     /// Events one conversation may hold; past it the conversation ends
     /// (`PARLEY_MAX_CONVERSATION_EVENTS`).
     pub max_conversation_events: i32,
@@ -167,6 +173,7 @@ impl Default for Limits {
             request_rate_limit: 100,
             visitor_rate_limit: 30,
             answer_rate_limit: 60,
+            api_key_rate_limit: 600,
             max_conversation_events: 1000,
             login_per_address: 10,
             login_per_email: 30,
@@ -306,6 +313,18 @@ impl Settings {
             delivery.retry_schedule =
                 parse_schedule(&v).map_err(|r| bad("PARLEY_WEBHOOK_RETRY_SCHEDULE", &v, r))?;
         }
+        if let Some(v) = get("PARLEY_WEBHOOK_DISABLE_AFTER") {
+            delivery.disable_after = match parse_schedule(&v).as_deref() {
+                Ok([one]) if !one.is_zero() => *one,
+                _ => {
+                    return Err(bad(
+                        "PARLEY_WEBHOOK_DISABLE_AFTER",
+                        &v,
+                        "one positive duration such as 120h or 30m".into(),
+                    ));
+                }
+            };
+        }
         delivery.sync_timeout = secs("PARLEY_WEBHOOK_SYNC_TIMEOUT_SECS", 10)?;
         delivery.retention = secs("PARLEY_DELIVERY_RETENTION_SECS", 30 * 24 * 3600)?;
         let count =
@@ -356,6 +375,11 @@ impl Settings {
             answer_rate_limit: small(count(
                 "PARLEY_ANSWER_RATE_LIMIT",
                 d.answer_rate_limit.into(),
+                true,
+            )?),
+            api_key_rate_limit: small(count(
+                "PARLEY_API_KEY_RATE_LIMIT",
+                d.api_key_rate_limit.into(),
                 true,
             )?),
             max_conversation_events: i32::try_from(count(

@@ -5,6 +5,7 @@ use async_graphql::Context;
 
 use crate::{
     accounts::service::UserCache,
+    apikeys::ApiKeys,
     auth::{password::Passwords, session::Sessions, token::TokenKeys},
     conversations::runtime::Runtime,
     db::Db,
@@ -25,6 +26,8 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     pub passwords: Arc<Passwords>,
     pub sessions: Arc<Sessions>,
+    /// API keys presented by callers.
+    pub api_keys: Arc<ApiKeys>,
     pub limiters: Arc<Limiters>,
     pub users: Arc<UserCache>,
     /// Open WebSockets per client address.

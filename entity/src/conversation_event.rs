@@ -16,6 +16,9 @@ pub struct Model {
     /// For a QUESTION: `{"type": …, "choices": […]}`.
     pub input: Option<Json>,
     pub at: DateTimeUtc,
+    /// The flow block the event came from; `None` for events stored before blocks were
+    /// recorded.
+    pub block_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,6 +1,7 @@
 //! sea-orm entities, one per table. Tenant-owned tables are read through the scoped finders
 //! (`find_in_account`) defined beside them, never through a bare `find()`.
 pub mod account;
+pub mod api_key;
 pub mod audit_log;
 pub mod bot;
 pub mod bot_version;

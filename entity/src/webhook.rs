@@ -13,7 +13,19 @@ pub struct Model {
     /// `[{"name": …, "value": …}]`, sent with every call.
     pub headers: Json,
     pub created_at: DateTimeUtc,
+    /// Lifecycle events sent to it, by wire name (`["conversation.completed"]`); null means
+    /// none (only calls from flow blocks).
+    pub event_types: Option<Json>,
     pub updated_at: DateTimeUtc,
+    /// Since when its async attempts fail without a success in between.
+    pub failing_since: Option<DateTimeUtc>,
+    /// Async attempts failed since `failing_since`.
+    pub failed_attempts: i32,
+    /// When it was disabled (its deliveries are held until `enableWebhook`).
+    pub disabled_at: Option<DateTimeUtc>,
+    pub disabled_reason: Option<String>,
+    /// Most deliveries sent per second (per instance); none when null.
+    pub max_per_second: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

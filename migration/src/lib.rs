@@ -10,6 +10,11 @@ mod m20261128_010000_add_delivery_claimant;
 mod m20261128_120000_create_sessions;
 mod m20261128_120100_create_audit_log;
 mod m20261128_200000_add_bot_appearance;
+mod m20261128_210000_create_api_keys;
+mod m20261128_210100_add_event_block;
+mod m20261128_210200_add_webhook_event_types;
+mod m20261128_210300_add_webhook_disabling;
+mod m20261128_210400_add_webhook_rate;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -26,6 +31,11 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_120000_create_sessions::Migration),
             Box::new(m20261128_120100_create_audit_log::Migration),
             Box::new(m20261128_200000_add_bot_appearance::Migration),
+            Box::new(m20261128_210000_create_api_keys::Migration),
+            Box::new(m20261128_210100_add_event_block::Migration),
+            Box::new(m20261128_210200_add_webhook_event_types::Migration),
+            Box::new(m20261128_210300_add_webhook_disabling::Migration),
+            Box::new(m20261128_210400_add_webhook_rate::Migration),
         ]
     }
 }

@@ -8,7 +8,7 @@ use super::{loader::UserLoader, service};
 use crate::{
     accounts::AccountAccess,
     audit::{self, AuditEntry},
-    auth::{viewer, viewer_session},
+    auth::{person, viewer, viewer_session},
     edge::client::ClientAddr,
     error::ApiError,
     error::ApiResult,
@@ -143,11 +143,22 @@ impl Account {
     )]
     async fn invitations(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Invitation>> {
         let st = state(ctx)?;
-        let list = service::pending_invitations(&st.db, viewer(ctx)?, self.0.id).await?;
+        let list = service::pending_invitations(&st.db, person(ctx)?, self.0.id).await?;
         Ok(list
             .into_iter()
             .map(|m| Invitation::new(m, String::new()))
             .collect())
+    }
+
+    /// The account's API keys that are not revoked (OWNER, ADMIN), oldest first.
+    #[graphql(
+        complexity = "crate::pagination::list_cost(crate::pagination::LIST_COST_ITEMS, child_complexity)"
+    )]
+    async fn api_keys(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::apikeys::graphql::ApiKey>> {
+        crate::apikeys::graphql::account_api_keys(ctx, self.0.id).await
     }
 
     /// Who did what, newest first (OWNER, ADMIN): members invited, joined, removed, role
@@ -259,7 +270,7 @@ impl AccountsQuery {
     /// The logged-in user.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
         let st = state(ctx)?;
-        let me = viewer(ctx)?;
+        let me = person(ctx)?;
         Ok(User {
             model: st.users.get(&st.db, me).await?,
             viewer: me,
@@ -331,7 +342,7 @@ impl AccountsMutation {
     ) -> async_graphql::Result<Account> {
         let st = state(ctx)?;
         Ok(Account(
-            service::create_account(&st.db, viewer(ctx)?, &name).await?,
+            service::create_account(&st.db, person(ctx)?, &name).await?,
         ))
     }
 
@@ -344,7 +355,7 @@ impl AccountsMutation {
         role: RoleGql,
     ) -> async_graphql::Result<Invitation> {
         let st = state(ctx)?;
-        let me = viewer(ctx)?;
+        let me = person(ctx)?;
         let account_id = parse_id(&account_id, "account")?;
         let new = service::invite_member(&st.db, me, account_id, &email, role.into()).await?;
         Ok(Invitation::new(new.invitation, new.token))
@@ -354,12 +365,13 @@ impl AccountsMutation {
     async fn revoke_invitation(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
         let st = state(ctx)?;
         let id = parse_id(&id, "invitation")?;
-        Ok(service::revoke_invitation(&st.db, viewer(ctx)?, id).await?)
+        Ok(service::revoke_invitation(&st.db, person(ctx)?, id).await?)
     }
 
     /// Ends this token's session: the token stops working, here and on every instance.
     async fn log_out(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
         let st = state(ctx)?;
+        person(ctx)?;
         let session = viewer_session(ctx)?;
         st.sessions.end(st.db.writer(), &session).await?;
         st.runtime.bus().publish_access(session.user_id).await;
@@ -369,7 +381,7 @@ impl AccountsMutation {
     /// Ends every session of the viewer: all their tokens stop working.
     async fn log_out_everywhere(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
         let st = state(ctx)?;
-        let me = viewer(ctx)?;
+        let me = person(ctx)?;
         st.sessions.end_all(st.db.writer(), me).await?;
         st.runtime.bus().publish_access(me).await;
         Ok(true)
@@ -384,7 +396,7 @@ impl AccountsMutation {
         new_password: String,
     ) -> async_graphql::Result<AuthPayload> {
         let st = state(ctx)?;
-        let me = viewer(ctx)?;
+        let me = person(ctx)?;
         // Password guesses cost like log-ins: the same per-address budget.
         st.limiters.login_from(ctx.data_opt::<ClientAddr>())?;
         service::change_password(
@@ -408,7 +420,7 @@ impl AccountsMutation {
         token: String,
     ) -> async_graphql::Result<Membership> {
         let st = state(ctx)?;
-        let me = viewer(ctx)?;
+        let me = person(ctx)?;
         Ok(Membership {
             model: service::accept_invitation(&st.db, &st.users, me, &token).await?,
             viewer: me,
@@ -423,7 +435,7 @@ impl AccountsMutation {
         user_id: ID,
     ) -> async_graphql::Result<bool> {
         let st = state(ctx)?;
-        let me = viewer(ctx)?;
+        let me = person(ctx)?;
         let account_id = parse_id(&account_id, "account")?;
         let user_id = parse_id(&user_id, "member")?;
         service::remove_member(&st.db, me, account_id, user_id).await?;
@@ -440,7 +452,7 @@ impl AccountsMutation {
         role: RoleGql,
     ) -> async_graphql::Result<Membership> {
         let st = state(ctx)?;
-        let me = viewer(ctx)?;
+        let me = person(ctx)?;
         let account_id = parse_id(&account_id, "account")?;
         let user_id = parse_id(&user_id, "member")?;
         let model =

@@ -1,12 +1,11 @@
 //! The accounts service: sign-up, log-in, teams and their members. Every read of an account
 //! goes through a membership, so a stranger's ids answer NOT_FOUND.
 use chrono::Utc;
-use entity::{Role, account, invitation, membership, user};
+use entity::{Role, account, api_key, invitation, membership, user};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, SqlErr,
 };
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{
@@ -17,6 +16,7 @@ use crate::{
     edge::client::ClientAddr,
     error::{ApiError, ApiResult},
     limits::Limiters,
+    opaque::{random_token, token_hash},
 };
 
 /// An email address, trimmed and lower-cased: the form that is stored and compared.
@@ -59,28 +59,40 @@ pub fn parse_name(what: &str, raw: &str) -> ApiResult<String> {
     Ok(name.to_owned())
 }
 
-/// SHA-256 hex of a secret token, the form in which tokens are stored.
-pub fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A random URL-safe token of 256 bits.
-pub fn random_token() -> String {
-    use base64::Engine as _;
-    use rand::RngCore as _;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// Role checks on an account, the gate of every tenant-owned operation.
 pub struct AccountAccess;
 
 impl AccountAccess {
     /// The viewer's role in `account_id`: NOT_FOUND when not a member, FORBIDDEN when the role
     /// is below `at_least`.
+    ///
+    /// `user_id` may be an API key's id (see [`crate::auth::Viewer`]): a key is a member of its
+    /// own account only, with its role, for as long as it is not revoked.
     pub async fn require(
+        db: &impl ConnectionTrait,
+        user_id: Uuid,
+        account_id: Uuid,
+        at_least: Role,
+    ) -> ApiResult<Role> {
+        let role = match membership::Entity::find_by_id((account_id, user_id))
+            .one(db)
+            .await?
+        {
+            Some(m) => m.role,
+            None => api_key::Entity::find_by_id(user_id)
+                .filter(api_key::Column::AccountId.eq(account_id))
+                .filter(api_key::Column::RevokedAt.is_null())
+                .one(db)
+                .await?
+                .map(|k| k.role)
+                .ok_or_else(|| ApiError::not_found("account"))?,
+        };
+        Self::at_least(role, at_least)
+    }
+
+    /// Like [`Self::require`], for people only: an API key is no member here. For managing
+    /// members and keys.
+    pub async fn require_person(
         db: &impl ConnectionTrait,
         user_id: Uuid,
         account_id: Uuid,
@@ -91,6 +103,10 @@ impl AccountAccess {
             .await?
             .map(|m| m.role)
             .ok_or_else(|| ApiError::not_found("account"))?;
+        Self::at_least(role, at_least)
+    }
+
+    fn at_least(role: Role, at_least: Role) -> ApiResult<Role> {
         if role < at_least {
             return Err(ApiError::Forbidden(format!(
                 "this needs the {} role or higher in the account",
@@ -262,9 +278,18 @@ pub async fn create_account(db: &Db, viewer: Uuid, name: &str) -> ApiResult<acco
 
 /// An account the viewer belongs to; `None` for any other id.
 pub async fn account_for(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<Option<account::Model>> {
-    Ok(account::Entity::find_for_member(id, viewer)
+    if let Some(account) = account::Entity::find_for_member(id, viewer)
         .one(db.conn())
-        .await?)
+        .await?
+    {
+        return Ok(Some(account));
+    }
+    // An API key (its id as `viewer`) reaches its own account only.
+    match AccountAccess::require(db.conn(), viewer, id, Role::Member).await {
+        Ok(_) => Ok(account::Entity::find_by_id(id).one(db.conn()).await?),
+        Err(ApiError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The members of an account the viewer belongs to.
@@ -299,6 +324,16 @@ pub async fn visible_memberships(
         .into_iter()
         .map(|m| m.account_id)
         .collect();
+    let mut mine = mine;
+    if mine.is_empty()
+        && let Some(key) = api_key::Entity::find_by_id(viewer)
+            .filter(api_key::Column::RevokedAt.is_null())
+            .one(db.conn())
+            .await?
+    {
+        // An API key shares its own account with its members.
+        mine.push(key.account_id);
+    }
     Ok(all
         .into_iter()
         .filter(|m| mine.contains(&m.account_id))
@@ -323,7 +358,7 @@ pub async fn invite_member(
     email: &str,
     role: Role,
 ) -> ApiResult<NewInvitation> {
-    let my_role = AccountAccess::require(db.conn(), viewer, account_id, Role::Admin).await?;
+    let my_role = AccountAccess::require_person(db.conn(), viewer, account_id, Role::Admin).await?;
     if role > my_role {
         return Err(ApiError::Forbidden(
             "only an OWNER can invite an OWNER".into(),
@@ -383,7 +418,7 @@ pub async fn pending_invitations(
     viewer: Uuid,
     account_id: Uuid,
 ) -> ApiResult<Vec<invitation::Model>> {
-    AccountAccess::require(db.conn(), viewer, account_id, Role::Admin).await?;
+    AccountAccess::require_person(db.conn(), viewer, account_id, Role::Admin).await?;
     Ok(invitation::Entity::find()
         .filter(invitation::Column::AccountId.eq(account_id))
         .filter(invitation::Column::AcceptedAt.is_null())
@@ -401,7 +436,7 @@ pub async fn revoke_invitation(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<boo
         .one(db.conn())
         .await?
         .ok_or_else(|| ApiError::not_found("invitation"))?;
-    let my_role = AccountAccess::require(db.conn(), viewer, inv.account_id, Role::Admin)
+    let my_role = AccountAccess::require_person(db.conn(), viewer, inv.account_id, Role::Admin)
         .await
         .map_err(|e| e.not_found_as("invitation"))?;
     if inv.role > my_role {
@@ -588,7 +623,7 @@ pub async fn remove_member(
     account_id: Uuid,
     user_id: Uuid,
 ) -> ApiResult<bool> {
-    AccountAccess::require(db.conn(), viewer, account_id, Role::Owner).await?;
+    AccountAccess::require_person(db.conn(), viewer, account_id, Role::Owner).await?;
     let tx = db.write().await?;
     let target = member_for_change(db, &tx.tx, account_id, user_id, true).await?;
     membership::Entity::delete_by_id((account_id, user_id))
@@ -619,7 +654,7 @@ pub async fn change_member_role(
     user_id: Uuid,
     role: Role,
 ) -> ApiResult<membership::Model> {
-    AccountAccess::require(db.conn(), viewer, account_id, Role::Owner).await?;
+    AccountAccess::require_person(db.conn(), viewer, account_id, Role::Owner).await?;
     let tx = db.write().await?;
     let target = member_for_change(db, &tx.tx, account_id, user_id, role != Role::Owner).await?;
     membership::Entity::update(membership::ActiveModel {

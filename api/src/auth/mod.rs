@@ -42,12 +42,36 @@ impl Auth {
     }
 }
 
-/// A logged-in user's session, as a verified token names it.
+/// A logged-in user's session, as a verified token names it; or an API key, which acts as a
+/// member of its one account: then `user_id` and `session_id` are both the key's id, and
+/// `key` says which account and role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Viewer {
     pub user_id: Uuid,
     pub session_id: Uuid,
     pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub key: Option<KeyScope>,
+}
+
+/// What an API key may reach: one account, with one role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyScope {
+    pub account_id: Uuid,
+    pub role: entity::Role,
+}
+
+/// The logged-in person (not an API key) of a GraphQL request: `FORBIDDEN` for a key, which
+/// never manages members, keys or anyone's login.
+pub fn person(ctx: &Context<'_>) -> ApiResult<Uuid> {
+    let viewer = viewer_session(ctx)?;
+    if viewer.key.is_some() {
+        return Err(ApiError::Forbidden(
+            "an API key cannot do this: it never manages members, keys or logins; use a \
+             team member's login token"
+                .into(),
+        ));
+    }
+    Ok(viewer.user_id)
 }
 
 /// The logged-in user's session of a GraphQL request, or `UNAUTHENTICATED`.

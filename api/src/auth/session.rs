@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use entity::session;
+use entity::{api_key, session};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, sea_query::Expr,
 };
@@ -64,6 +64,7 @@ impl Sessions {
             user_id,
             session_id: id,
             expires_at,
+            key: None,
         })
     }
 
@@ -75,8 +76,19 @@ impl Sessions {
         self.is_open_now(db, viewer).await
     }
 
-    /// Whether `viewer`'s session is still open, asking the database.
+    /// Whether `viewer`'s session is still open, asking the database. An API key's "session"
+    /// is the key itself: open until revoked.
     pub async fn is_open_now(&self, db: &Db, viewer: &Viewer) -> ApiResult<bool> {
+        if let Some(scope) = viewer.key {
+            let open = api_key::Entity::find_by_id(viewer.session_id)
+                .filter(api_key::Column::AccountId.eq(scope.account_id))
+                .filter(api_key::Column::RevokedAt.is_null())
+                .one(db.conn())
+                .await?
+                .is_some();
+            self.open.insert(viewer.session_id, open);
+            return Ok(open);
+        }
         let open = session::Entity::find_by_id(viewer.session_id)
             .filter(session::Column::UserId.eq(viewer.user_id))
             .filter(session::Column::RevokedAt.is_null())
@@ -98,6 +110,12 @@ impl Sessions {
             .await?;
         self.open.insert(viewer.session_id, false);
         Ok(())
+    }
+
+    /// Forgets what this instance knows of a session or key, so the next check asks the
+    /// database.
+    pub fn forget(&self, session_id: Uuid) {
+        self.open.insert(session_id, false);
     }
 
     /// Ends every open session of `user_id`.

@@ -124,6 +124,7 @@ impl TokenKeys {
             user_id: claims.sub,
             session_id: claims.sid,
             expires_at: chrono::DateTime::from_timestamp(claims.exp, 0)?,
+            key: None,
         })
     }
 }

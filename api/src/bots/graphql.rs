@@ -372,6 +372,30 @@ impl From<Problem> for FlowProblem {
     }
 }
 
+/// A bot's funnel.
+#[derive(SimpleObject)]
+pub struct BotStats {
+    started: i64,
+    completed: i64,
+    abandoned: i64,
+    /// `completed / started`, 0 when none started.
+    completion_rate: f64,
+    /// Conversations not completed whose events predate block tracking (their block is
+    /// unknown).
+    dropped_off_unknown: i64,
+    blocks: Vec<BlockStats>,
+}
+
+/// One block of a bot's funnel.
+#[derive(SimpleObject)]
+pub struct BlockStats {
+    block_id: String,
+    /// Conversations that reached this block.
+    reached: i64,
+    /// Conversations not completed that stopped at this block.
+    dropped_off: i64,
+}
+
 /// A bot, as seen by a member of its account.
 pub struct Bot(pub BotView);
 
@@ -436,7 +460,7 @@ impl Bot {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.bot.created_at
     }
-    /// The bot's conversations, newest first.
+    /// The bot's conversations, newest first; with `from`/`to`, those started in `[from, to)`.
     #[graphql(complexity = "crate::pagination::page_cost(first, child_complexity)")]
     async fn conversations(
         &self,
@@ -444,11 +468,57 @@ impl Bot {
         first: Option<i32>,
         after: Option<String>,
         status: Option<crate::conversations::graphql::ConversationStatusGql>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
     ) -> async_graphql::Result<
         async_graphql::connection::Connection<String, crate::conversations::graphql::Conversation>,
     > {
-        crate::conversations::graphql::bot_conversations(ctx, self.0.bot.id, first, after, status)
+        let filter = crate::results::ResultsFilter {
+            from,
+            to,
+            status: status.map(Into::into),
+        };
+        crate::conversations::graphql::bot_conversations(ctx, self.0.bot.id, first, after, filter)
             .await
+    }
+    /// The funnel of conversations started in `[from, to)`: started, completed, abandoned,
+    /// and per block (the latest version's in flow order, then older versions' blocks) how
+    /// many conversations reached it and how many not completed stopped there.
+    async fn stats(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<BotStats> {
+        let st = state(ctx)?;
+        let s = crate::stats::bot_stats(&st.db, self.0.bot.id, from, to).await?;
+        Ok(BotStats {
+            started: s.started,
+            completed: s.completed,
+            abandoned: s.abandoned,
+            completion_rate: if s.started == 0 {
+                0.0
+            } else {
+                s.completed as f64 / s.started as f64
+            },
+            dropped_off_unknown: s.dropped_off_unknown,
+            blocks: s
+                .blocks
+                .into_iter()
+                .map(|b| BlockStats {
+                    block_id: b.block_id,
+                    reached: b.reached,
+                    dropped_off: b.dropped_off,
+                })
+                .collect(),
+        })
+    }
+    /// Every `saveAnswerTo` name across the bot's published versions: the oldest version's in
+    /// flow order first, then names that later versions added. The columns of the results
+    /// export after its fixed ones.
+    async fn result_fields(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
+        let st = state(ctx)?;
+        Ok(crate::results::result_fields(&st.db, self.0.bot.id).await?)
     }
     async fn updated_at(&self) -> DateTime<Utc> {
         self.0.bot.updated_at

@@ -5,10 +5,7 @@ use async_graphql::{
     futures_util::{StreamExt as _, stream::BoxStream},
 };
 use chrono::{DateTime, Utc};
-use entity::{
-    Role,
-    conversation::{self, ConversationStatus},
-};
+use entity::{Role, conversation};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
@@ -220,19 +217,18 @@ pub async fn bot_conversations(
     bot_id: Uuid,
     first: Option<i32>,
     after: Option<String>,
-    status: Option<ConversationStatusGql>,
+    filter: crate::results::ResultsFilter,
 ) -> async_graphql::Result<Connection<String, Conversation>> {
     let st = state(ctx)?;
     let first = page_size(first)?;
     let after = parse_cursor(after.as_deref())?;
+    filter.check()?;
     let mut q = conversation::Entity::find()
         .filter(conversation::Column::BotId.eq(bot_id))
+        .filter(filter.condition())
         .order_by_desc(conversation::Column::Id);
     if let Some(after) = after {
         q = q.filter(conversation::Column::Id.lt(after));
-    }
-    if let Some(status) = status {
-        q = q.filter(conversation::Column::Status.eq(ConversationStatus::from(status)));
     }
     let mut rows = q
         .limit(first + 1)

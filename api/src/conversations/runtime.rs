@@ -21,14 +21,15 @@ use uuid::Uuid;
 
 use super::payload::{self, kind};
 use crate::{
-    accounts::service::{random_token, token_hash},
     db::Db,
     engine::{
         self, ChatMessage, CompiledFlow, Input, Output, Position, State, StepError, WebhookOutcome,
     },
     error::{ApiError, ApiResult},
     events::{EventBus, SharedEvent},
+    lifecycle,
     limits::Limiters,
+    opaque::{random_token, token_hash},
     settings::{DatabaseKind, Settings},
     webhooks::delivery::{self as deliveries, Deliveries},
 };
@@ -148,6 +149,7 @@ fn event_row(
     seq: i32,
     msg: ChatMessage,
     at: chrono::DateTime<Utc>,
+    block_id: Option<String>,
 ) -> conversation_event::Model {
     let (kind, text, input) = match msg {
         ChatMessage::BotMessage { text } => (kind::BOT_MESSAGE, Some(text), None),
@@ -178,6 +180,7 @@ fn event_row(
         text,
         input,
         at,
+        block_id,
     }
 }
 
@@ -397,6 +400,7 @@ impl Runtime {
             unless_in_flight,
         } = step;
         let tx = self.db.write().await?;
+        let created = create.is_some();
         if let Some(new) = create {
             conversation::Entity::insert(conversation::ActiveModel::from(new))
                 .exec_without_returning(&tx.tx)
@@ -448,11 +452,13 @@ impl Runtime {
         let mut bot_name: Option<String> = None;
         let mut queued = false;
         let mut sync = None;
+        let mut say_blocks = result.say_blocks.into_iter();
         for output in result.outputs {
             let (webhook_id, block_id, is_sync) = match output {
                 Output::Say(msg) => {
                     seq += 1;
-                    new_events.push(event_row(&conv, seq, msg, now));
+                    let block = say_blocks.next().flatten();
+                    new_events.push(event_row(&conv, seq, msg, now, block));
                     continue;
                 }
                 Output::QueueWebhook {
@@ -563,6 +569,7 @@ impl Runtime {
                     error: Some(reason),
                 },
                 now,
+                new_events.last().and_then(|e| e.block_id.clone()),
             ));
             state.position = Position::Ended;
             sync = None;
@@ -587,6 +594,36 @@ impl Runtime {
         })
         .exec(&tx.tx)
         .await?;
+        // Lifecycle events, in this transaction: the outbox never reports what did not happen.
+        if created
+            && lifecycle::conversation_event(
+                &tx.tx,
+                &conv,
+                &state,
+                &new_events,
+                lifecycle::CONVERSATION_STARTED,
+            )
+            .await?
+        {
+            queued = true;
+        }
+        if ended
+            && conv.status != ConversationStatus::Completed
+            && lifecycle::conversation_event(
+                &tx.tx,
+                &conversation::Model {
+                    status: ConversationStatus::Completed,
+                    ended_at: Some(conv.ended_at.unwrap_or(now)),
+                    ..conv.clone()
+                },
+                &state,
+                &new_events,
+                lifecycle::CONVERSATION_COMPLETED,
+            )
+            .await?
+        {
+            queued = true;
+        }
         if !new_events.is_empty() {
             conversation_event::Entity::insert_many(
                 new_events
@@ -607,20 +644,77 @@ impl Runtime {
         Ok((shared, sync))
     }
 
+    /// Marks conversations idle since `idle` abandoned, a batch at a time, each with its
+    /// `conversation.abandoned` event in the same transaction.
+    async fn abandon_idle(&self, idle: chrono::DateTime<Utc>) -> ApiResult<()> {
+        const BATCH: u64 = 200;
+        loop {
+            let tx = self.db.write().await?;
+            let batch = conversation::Entity::find()
+                .filter(conversation::Column::Status.eq(ConversationStatus::Active))
+                .filter(conversation::Column::UpdatedAt.lt(idle))
+                .limit(BATCH)
+                .all(&tx.tx)
+                .await?;
+            let full = batch.len() as u64 == BATCH;
+            let mut queued = false;
+            for conv in batch {
+                // Another instance may have swept it meanwhile: only the one that changed it
+                // reports it.
+                let changed = conversation::Entity::update_many()
+                    .col_expr(
+                        conversation::Column::Status,
+                        Expr::value(ConversationStatus::Abandoned),
+                    )
+                    .filter(conversation::Column::Id.eq(conv.id))
+                    .filter(conversation::Column::Status.eq(ConversationStatus::Active))
+                    .exec(&tx.tx)
+                    .await?
+                    .rows_affected;
+                if changed == 0 {
+                    continue;
+                }
+                let hooks = lifecycle::subscribers(
+                    &tx.tx,
+                    conv.account_id,
+                    lifecycle::CONVERSATION_ABANDONED,
+                )
+                .await?;
+                if hooks.is_empty() {
+                    continue;
+                }
+                let state: State = serde_json::from_value(conv.state.clone()).unwrap_or_default();
+                let conv = conversation::Model {
+                    status: ConversationStatus::Abandoned,
+                    ..conv
+                };
+                let data = lifecycle::conversation_data(&tx.tx, &conv, &state, &[]).await?;
+                queued |= lifecycle::enqueue(
+                    &tx.tx,
+                    conv.account_id,
+                    &hooks,
+                    Some(conv.id),
+                    lifecycle::CONVERSATION_ABANDONED,
+                    data,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            if queued {
+                self.deliveries.wake();
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
     /// Marks idle conversations abandoned, and resumes those whose sync call was cut off by a
     /// crash (the call is treated as failed: the conversation goes on to the next block).
     pub async fn sweep(&self) -> ApiResult<()> {
         let now = Utc::now();
         let idle = now - chrono::Duration::from_std(self.abandon_after).unwrap_or_default();
-        conversation::Entity::update_many()
-            .col_expr(
-                conversation::Column::Status,
-                Expr::value(ConversationStatus::Abandoned),
-            )
-            .filter(conversation::Column::Status.eq(ConversationStatus::Active))
-            .filter(conversation::Column::UpdatedAt.lt(idle))
-            .exec(self.db.writer())
-            .await?;
+        self.abandon_idle(idle).await?;
 
         // Well past any live call's deadline: only calls cut off by a crash are this old.
         let grace = self.sync_timeout + self.sync_timeout.max(Duration::from_secs(1));

@@ -3,7 +3,7 @@ use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use futures_util::StreamExt as _;
 
 use super::{
-    authenticate,
+    api_key_budget, authenticate,
     client::ClientAddr,
     origin::{RequestOrigin, add_cors_headers},
     request_error,
@@ -101,6 +101,14 @@ async fn execute(
         .get("authorization")
         .and_then(|v| v.to_str().ok());
     let auth = authenticate(&state, header).await;
+    if let Err(e) = api_key_budget(&state, &auth) {
+        let mut response = request_error(StatusCode::TOO_MANY_REQUESTS, e.code(), e.message());
+        response.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from_static("1"),
+        );
+        return response;
+    }
     let mut request = request;
     if !state.settings.graphiql && matches!(auth, Auth::Anonymous) {
         // With GraphiQL off, strangers do not get the schema's map either.

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod http;
 pub mod origin;
+pub mod results;
 pub mod widget;
 pub mod ws;
 
@@ -56,6 +57,10 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
                     .wrap(Compress::default())
                     .route(web::get().to(widget::chat_page)),
             )
+            .route(
+                "/bots/{bot_id}/results.csv",
+                web::get().to(results::results_csv),
+            )
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz));
         if graphiql_on {
@@ -92,7 +97,28 @@ pub fn auth_from_header(keys: &TokenKeys, value: Option<&str>) -> Auth {
 
 /// The caller named by an `Authorization` header value, with its session checked: a token
 /// of an ended session (log-out, password change) is refused like an invalid one.
+///
+/// An API key (`Bearer pk_…`) is looked up by its hash instead, and acts as a member of its
+/// account (see [`crate::apikeys`]).
 pub async fn authenticate(state: &AppState, value: Option<&str>) -> Auth {
+    if let Some(key) = value
+        .map(str::trim)
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|k| crate::apikeys::is_api_key(k))
+    {
+        return match state.api_keys.authenticate(&state.db, key).await {
+            Ok(Some(viewer)) => Auth::User(viewer),
+            Ok(None) => Auth::Invalid("this API key is unknown or has been revoked"),
+            Err(e) => {
+                tracing::error!(error.cause = ?e, "cannot check an API key");
+                Auth::Invalid("the API key could not be checked just now; retry in a moment")
+            }
+        };
+    }
     let auth = auth_from_header(&state.keys, value);
     let Auth::User(viewer) = &auth else {
         return auth;
@@ -106,6 +132,17 @@ pub async fn authenticate(state: &AppState, value: Option<&str>) -> Auth {
             tracing::error!(error.cause = ?e, user.id = %viewer.user_id, "cannot check a session");
             Auth::Invalid("the session could not be checked just now; retry in a moment")
         }
+    }
+}
+
+/// Spends one request of an API key's budget (`PARLEY_API_KEY_RATE_LIMIT`); login tokens
+/// and anonymous callers pass.
+pub fn api_key_budget(state: &AppState, auth: &Auth) -> crate::error::ApiResult<()> {
+    match auth {
+        Auth::User(viewer) if viewer.key.is_some() => {
+            state.limiters.requests_by_api_key.check(&viewer.session_id)
+        }
+        _ => Ok(()),
     }
 }
 

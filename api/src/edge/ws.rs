@@ -33,7 +33,9 @@ use tokio::{
     time::{Instant, MissedTickBehavior},
 };
 
-use super::{authenticate, client::ClientAddr, origin::RequestOrigin, request_error};
+use super::{
+    api_key_budget, authenticate, client::ClientAddr, origin::RequestOrigin, request_error,
+};
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
 /// Serves one socket: refuses the upgrade when the client already holds too many, otherwise
@@ -343,6 +345,9 @@ impl Socket {
                 let auth = authenticate(&state, header).await;
                 if let Auth::Invalid(why) = auth {
                     return Err(async_graphql::Error::new(why));
+                }
+                if let Err(e) = api_key_budget(&state, &auth) {
+                    return Err(async_graphql::Error::new(e.message()));
                 }
                 let mut data = Data::default();
                 data.insert(auth);

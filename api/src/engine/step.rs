@@ -111,6 +111,9 @@ pub struct StepResult {
     /// Things worth logging that the visitor does not see (skipped
     /// instructions, a goto to a missing block, a failed webhook call).
     pub notes: Vec<String>,
+    /// The block each `Output::Say` came from, in the same order (`None` when there was no
+    /// block, as for an empty flow's end).
+    pub say_blocks: Vec<Option<String>>,
 }
 
 /// Why an input was refused; the state is then unchanged.
@@ -174,6 +177,7 @@ pub fn step(flow: &CompiledFlow, state: &mut State, input: Input) -> Result<Step
         flow,
         state,
         result: StepResult::default(),
+        block: None,
     };
     match resume {
         Resume::Start => run.start(),
@@ -193,6 +197,8 @@ struct Run<'a> {
     flow: &'a CompiledFlow,
     state: &'a mut State,
     result: StepResult,
+    /// The block being run, which what is said now comes from.
+    block: Option<String>,
 }
 
 impl Run<'_> {
@@ -210,6 +216,7 @@ impl Run<'_> {
     }
 
     fn answer(&mut self, block_id: &str, text: String) {
+        self.block = Some(block_id.to_owned());
         let flow = self.flow;
         let Some(block) = flow.block(block_id) else {
             self.say(ChatMessage::VisitorMessage { text });
@@ -251,6 +258,7 @@ impl Run<'_> {
     }
 
     fn webhook_result(&mut self, block_id: &str, outcome: WebhookOutcome) {
+        self.block = Some(block_id.to_owned());
         let flow = self.flow;
         let Some(block) = flow.block(block_id) else {
             return self.end(Some(missing_block(block_id)));
@@ -310,6 +318,7 @@ impl Run<'_> {
             let Some(block) = flow.block(id) else {
                 return self.end(Some(missing_block(id)));
             };
+            self.block = Some(block.id.clone());
             ran += 1;
             if ran > MAX_BLOCKS_PER_STEP {
                 return self.end(Some(
@@ -452,6 +461,7 @@ impl Run<'_> {
 
     fn say(&mut self, message: ChatMessage) {
         self.result.outputs.push(Output::Say(message));
+        self.result.say_blocks.push(self.block.clone());
     }
 
     fn note(&mut self, note: String) {

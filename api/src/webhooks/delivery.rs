@@ -46,6 +46,15 @@ use crate::{
     settings::{DatabaseKind, DeliverySettings},
 };
 
+/// A limiter of `per_second` sends per second, in bursts of up to as many.
+fn rate_limiter(per_second: u32) -> governor::DefaultDirectRateLimiter {
+    let n = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::direct(governor::Quota::per_second(n))
+}
+
+/// Failed async attempts (at least) before a failing webhook is disabled.
+pub const DISABLE_MIN_FAILURES: i32 = 3;
+
 /// Longest wait of a sync call or a test send for its slots, before it is refused.
 pub const MAX_SLOT_WAIT: Duration = Duration::from_secs(1);
 
@@ -67,6 +76,8 @@ pub struct Deliveries {
     /// Sync calls in flight at once for one account.
     max_sync_calls_per_account: usize,
     per_account: std::sync::Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Webhooks with a `maxPerSecond`: their rate and its limiter on this instance.
+    rates: std::sync::Mutex<HashMap<Uuid, (u32, governor::DefaultDirectRateLimiter)>>,
     /// This instance's name in the claims it takes (`claimed_by`).
     instance_id: String,
     /// Opens the webhooks' stored header values and signing secrets.
@@ -330,6 +341,7 @@ impl Deliveries {
             per_webhook: std::sync::Mutex::new(HashMap::new()),
             max_sync_calls_per_account: max_sync_calls_per_account.max(1),
             per_account: std::sync::Mutex::new(HashMap::new()),
+            rates: std::sync::Mutex::new(HashMap::new()),
             instance_id,
             secrets,
         }))
@@ -669,9 +681,178 @@ impl Deliveries {
             })
             .exec(&tx.tx)
             .await?;
+            if d.delivery.mode == DeliveryMode::Async {
+                self.track_health(&tx.tx, d, now).await?;
+            }
+            if d.status == DeliveryStatus::Failed
+                && d.delivery.mode == DeliveryMode::Async
+                && !(d.delivery.block_id.is_none()
+                    && d.delivery.payload.get("type").and_then(|t| t.as_str())
+                        == Some(crate::lifecycle::DELIVERY_FAILED))
+            {
+                let hooks = crate::lifecycle::subscribers(
+                    &tx.tx,
+                    d.delivery.account_id,
+                    crate::lifecycle::DELIVERY_FAILED,
+                )
+                .await?;
+                let data = serde_json::json!({
+                    "delivery_id": d.delivery.id,
+                    "webhook_id": d.delivery.webhook_id,
+                    "conversation_id": d.delivery.conversation_id,
+                    "event_type": d.delivery.payload.get("type"),
+                    "attempts": d.delivery.attempt_count + 1,
+                    "last_status": d.outcome.status,
+                    "last_error": d.outcome.error,
+                });
+                crate::lifecycle::enqueue(
+                    &tx.tx,
+                    d.delivery.account_id,
+                    &hooks,
+                    d.delivery.conversation_id,
+                    crate::lifecycle::DELIVERY_FAILED,
+                    data,
+                )
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Notes an async attempt's result on its webhook, and disables a webhook whose attempts
+    /// have all failed for `PARLEY_WEBHOOK_DISABLE_AFTER` (and at least
+    /// `DISABLE_MIN_FAILURES` of them), with a `webhook.disabled` event to the account's
+    /// other webhooks that asked for it.
+    async fn track_health(
+        &self,
+        tx: &impl ConnectionTrait,
+        d: &Done,
+        now: chrono::DateTime<Utc>,
+    ) -> ApiResult<()> {
+        use sea_orm::sea_query::{Expr, ExprTrait as _, Func};
+        let hook = d.delivery.webhook_id;
+        if d.outcome.is_success() {
+            webhook::Entity::update_many()
+                .col_expr(
+                    webhook::Column::FailingSince,
+                    Option::<chrono::DateTime<Utc>>::None.into(),
+                )
+                .col_expr(webhook::Column::FailedAttempts, Expr::value(0))
+                .filter(webhook::Column::Id.eq(hook))
+                .filter(webhook::Column::FailingSince.is_not_null())
+                .exec(tx)
+                .await?;
+            return Ok(());
+        }
+        webhook::Entity::update_many()
+            .col_expr(
+                webhook::Column::FailingSince,
+                Func::coalesce([Expr::col(webhook::Column::FailingSince), Expr::value(now)]).into(),
+            )
+            .col_expr(
+                webhook::Column::FailedAttempts,
+                Expr::col(webhook::Column::FailedAttempts).add(1),
+            )
+            .filter(webhook::Column::Id.eq(hook))
+            .exec(tx)
+            .await?;
+        let window = chrono::Duration::from_std(self.settings.disable_after).unwrap_or_default();
+        let reason = format!(
+            "every attempt failed for {} s (PARLEY_WEBHOOK_DISABLE_AFTER); last: {}",
+            self.settings.disable_after.as_secs(),
+            d.outcome
+                .error
+                .clone()
+                .or_else(|| d.outcome.status.map(|s| format!("HTTP {s}")))
+                .unwrap_or_else(|| "failed".into())
+        );
+        let disabled = webhook::Entity::update_many()
+            .col_expr(webhook::Column::DisabledAt, Some(now).into())
+            .col_expr(webhook::Column::DisabledReason, Some(reason.clone()).into())
+            .filter(webhook::Column::Id.eq(hook))
+            .filter(webhook::Column::DisabledAt.is_null())
+            .filter(webhook::Column::FailingSince.lte(now - window))
+            .filter(webhook::Column::FailedAttempts.gte(DISABLE_MIN_FAILURES))
+            .exec(tx)
+            .await?
+            .rows_affected;
+        if disabled == 0 {
+            return Ok(());
+        }
+        tracing::warn!(webhook.id = %hook, account.id = %d.delivery.account_id, reason, "webhook disabled");
+        let hooks: Vec<Uuid> = crate::lifecycle::subscribers(
+            tx,
+            d.delivery.account_id,
+            crate::lifecycle::WEBHOOK_DISABLED,
+        )
+        .await?
+        .into_iter()
+        .filter(|h| *h != hook)
+        .collect();
+        crate::lifecycle::enqueue(
+            tx,
+            d.delivery.account_id,
+            &hooks,
+            None,
+            crate::lifecycle::WEBHOOK_DISABLED,
+            json!({ "webhook_id": hook, "disabled_at": now, "reason": reason }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Of `(delivery, webhook)` candidates, the first `limit` deliveries that their webhook's
+    /// `maxPerSecond` lets go now on this instance (spending the rate's budget).
+    async fn within_rates(
+        &self,
+        candidates: Vec<(Uuid, Uuid)>,
+        limit: usize,
+    ) -> ApiResult<Vec<Uuid>> {
+        let hooks: std::collections::HashSet<Uuid> = candidates.iter().map(|(_, w)| *w).collect();
+        let limited: HashMap<Uuid, i32> = if hooks.is_empty() {
+            HashMap::new()
+        } else {
+            webhook::Entity::find()
+                .filter(webhook::Column::Id.is_in(hooks))
+                .filter(webhook::Column::MaxPerSecond.is_not_null())
+                .select_only()
+                .column(webhook::Column::Id)
+                .column(webhook::Column::MaxPerSecond)
+                .into_tuple::<(Uuid, i32)>()
+                .all(self.db.conn())
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let mut rates = self
+            .rates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rates.len() > 10_000 {
+            // Bounded memory: limiters of webhooks not seen lately start afresh.
+            rates.clear();
+        }
+        let mut out = Vec::with_capacity(limit);
+        for (id, hook) in candidates {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(&rate) = limited.get(&hook) {
+                let rate = u32::try_from(rate.max(1)).unwrap_or(1);
+                let entry = rates
+                    .entry(hook)
+                    .or_insert_with(|| (rate, rate_limiter(rate)));
+                if entry.0 != rate {
+                    *entry = (rate, rate_limiter(rate));
+                }
+                if entry.1.check().is_err() {
+                    continue;
+                }
+            }
+            out.push(id);
+        }
+        Ok(out)
     }
 
     /// Claims due deliveries with a lease, so that concurrent workers (other instances) never
@@ -694,6 +875,16 @@ impl Deliveries {
         // claiming deliveries of a saturated endpoint would only mean releasing them again.
         let candidates: Vec<(Uuid, Uuid)> = delivery::Entity::find()
             .filter(due())
+            // A disabled webhook's deliveries are held until `enableWebhook`.
+            .filter(
+                delivery::Column::WebhookId.not_in_subquery(
+                    sea_orm::sea_query::Query::select()
+                        .column(webhook::Column::Id)
+                        .from(webhook::Entity)
+                        .and_where(webhook::Column::DisabledAt.is_not_null())
+                        .to_owned(),
+                ),
+            )
             .order_by_asc(delivery::Column::NextAttemptAt)
             .select_only()
             .column(delivery::Column::Id)
@@ -703,7 +894,7 @@ impl Deliveries {
             .all(self.db.conn())
             .await?;
         let mut room: HashMap<Uuid, usize> = HashMap::new();
-        let ids: Vec<Uuid> = candidates
+        let ids = candidates
             .into_iter()
             .filter(|(_, webhook)| {
                 let left = room
@@ -713,9 +904,8 @@ impl Deliveries {
                 *left = left.saturating_sub(1);
                 fits
             })
-            .map(|(id, _)| id)
-            .take(limit)
-            .collect();
+            .collect::<Vec<(Uuid, Uuid)>>();
+        let ids = self.within_rates(ids, limit).await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1033,6 +1223,41 @@ impl Deliveries {
             (DeliveryStatus::Failed, None)
         };
         self.record(&d, &outcome, status, next, None, false).await
+    }
+
+    /// Puts every FAILED delivery of a webhook created at or after `since` back in the
+    /// outbox, due now (ADMIN); how many. A delivery that is pending (or held by a live call)
+    /// is left alone, so nothing is sent twice. Each gets one more attempt, or its remaining
+    /// retries.
+    pub async fn recover(
+        &self,
+        viewer: Uuid,
+        webhook_id: Uuid,
+        since: chrono::DateTime<Utc>,
+    ) -> ApiResult<u64> {
+        find_webhook(self.db.conn(), viewer, webhook_id, Role::Admin).await?;
+        let now = Utc::now();
+        let done = delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::Status,
+                sea_orm::sea_query::Expr::value(DeliveryStatus::Pending),
+            )
+            .col_expr(delivery::Column::NextAttemptAt, Some(now).into())
+            .col_expr(delivery::Column::UpdatedAt, now.into())
+            .filter(delivery::Column::WebhookId.eq(webhook_id))
+            .filter(delivery::Column::Status.eq(DeliveryStatus::Failed))
+            .filter(delivery::Column::CreatedAt.gte(since))
+            .filter(
+                Condition::any()
+                    .add(delivery::Column::ClaimedUntil.is_null())
+                    .add(delivery::Column::ClaimedUntil.lt(now)),
+            )
+            .exec(self.db.writer())
+            .await?;
+        if done.rows_affected > 0 {
+            self.wake();
+        }
+        Ok(done.rows_affected)
     }
 
     /// Claims one delivery unless someone holds a live claim on it; the claimed row.

@@ -16,6 +16,7 @@ use crate::{
     auth::viewer,
     error::{ApiError, Found as _},
     ids::{parse_id, to_id},
+    lifecycle,
     state::state,
 };
 
@@ -36,12 +37,59 @@ pub struct HeaderInput {
     value: String,
 }
 
+/// A lifecycle event a webhook can be sent.
+#[derive(Enum, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// `conversation.started`: a visitor started a conversation; `data` is the flow payload.
+    ConversationStarted,
+    /// `conversation.completed`: a conversation ended; `data` is the flow payload.
+    ConversationCompleted,
+    /// `conversation.abandoned`: a conversation idle for `PARLEY_ABANDON_AFTER_SECS`; `data`
+    /// is the flow payload.
+    ConversationAbandoned,
+    /// `delivery.failed`: a delivery failed its last attempt; `data` names it.
+    DeliveryFailed,
+    /// `webhook.disabled`: another webhook of the account was disabled for failing; `data`
+    /// has `webhook_id`, `disabled_at`, `reason`.
+    WebhookDisabled,
+}
+
+impl EventType {
+    /// The wire name (the body's `type`).
+    pub fn wire(self) -> &'static str {
+        match self {
+            Self::ConversationStarted => lifecycle::CONVERSATION_STARTED,
+            Self::ConversationCompleted => lifecycle::CONVERSATION_COMPLETED,
+            Self::ConversationAbandoned => lifecycle::CONVERSATION_ABANDONED,
+            Self::DeliveryFailed => lifecycle::DELIVERY_FAILED,
+            Self::WebhookDisabled => lifecycle::WEBHOOK_DISABLED,
+        }
+    }
+
+    fn from_wire(name: &str) -> Option<Self> {
+        [
+            Self::ConversationStarted,
+            Self::ConversationCompleted,
+            Self::ConversationAbandoned,
+            Self::DeliveryFailed,
+            Self::WebhookDisabled,
+        ]
+        .into_iter()
+        .find(|t| t.wire() == name)
+    }
+}
+
 /// A webhook's configuration.
 #[derive(InputObject)]
 pub struct WebhookInput {
     name: String,
     url: String,
     headers: Option<Vec<HeaderInput>>,
+    /// Lifecycle events to send besides calls from flow blocks; none when absent.
+    event_types: Option<Vec<EventType>>,
+    /// Most deliveries the worker sends to it per second (1 to 1000, per instance); no limit
+    /// when absent.
+    max_per_second: Option<i32>,
 }
 
 impl From<WebhookInput> for WebhookSpec {
@@ -58,6 +106,13 @@ impl From<WebhookInput> for WebhookSpec {
                     value: h.value,
                 })
                 .collect(),
+            event_types: i
+                .event_types
+                .unwrap_or_default()
+                .into_iter()
+                .map(EventType::wire)
+                .collect(),
+            max_per_second: i.max_per_second,
         }
     }
 }
@@ -73,6 +128,33 @@ impl Webhook {
 
 #[Object]
 impl Webhook {
+    /// When the webhook was disabled for failing (its deliveries are held until
+    /// `enableWebhook`); null while enabled.
+    async fn disabled_at(&self) -> Option<DateTime<Utc>> {
+        self.0.webhook.disabled_at
+    }
+    /// Most deliveries sent to it per second (per instance); null: no limit.
+    async fn max_per_second(&self) -> Option<i32> {
+        self.0.webhook.max_per_second
+    }
+    /// Why it was disabled.
+    async fn disabled_reason(&self) -> Option<&str> {
+        self.0.webhook.disabled_reason.as_deref()
+    }
+    /// Lifecycle events sent to this webhook besides calls from flow blocks.
+    async fn event_types(&self) -> Vec<EventType> {
+        self.0
+            .webhook
+            .event_types
+            .as_ref()
+            .and_then(|v| v.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|t| t.as_str().and_then(EventType::from_wire))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
     async fn id(&self) -> ID {
         to_id(self.0.webhook.id)
     }
@@ -290,6 +372,29 @@ impl WebhooksMutation {
             delivery: d,
             role: Role::Admin,
         }))
+    }
+
+    /// Turns a disabled webhook back on (ADMIN): the deliveries held meanwhile are sent.
+    async fn enable_webhook(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Webhook> {
+        let st = state(ctx)?;
+        let id = parse_id(&id, "webhook")?;
+        let view = service::enable_webhook(&st.db, viewer(ctx)?, id).await?;
+        st.deliveries.wake();
+        Ok(Webhook(view))
+    }
+
+    /// Sends again every FAILED delivery of the webhook created at or after `since` (ADMIN);
+    /// how many were queued. One already pending is not doubled.
+    async fn recover_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        webhook_id: ID,
+        since: DateTime<Utc>,
+    ) -> async_graphql::Result<i32> {
+        let st = state(ctx)?;
+        let id = parse_id(&webhook_id, "webhook")?;
+        let n = st.deliveries.recover(viewer(ctx)?, id, since).await?;
+        Ok(i32::try_from(n).unwrap_or(i32::MAX))
     }
 
     /// Sends a delivery again now, as a new attempt (ADMIN).

@@ -42,6 +42,30 @@ pub struct WebhookSpec {
     pub name: String,
     pub url: String,
     pub headers: Vec<HeaderEntry>,
+    /// Lifecycle events to send, by wire name.
+    pub event_types: Vec<&'static str>,
+    /// Most deliveries per second, if limited.
+    pub max_per_second: Option<i32>,
+}
+
+/// Most `maxPerSecond` a webhook may ask for.
+pub const MAX_PER_SECOND: i32 = 1000;
+
+fn check_rate(rate: Option<i32>) -> ApiResult<Option<i32>> {
+    match rate {
+        Some(n) if !(1..=MAX_PER_SECOND).contains(&n) => Err(ApiError::bad_input(format!(
+            "maxPerSecond must be between 1 and {MAX_PER_SECOND}, not {n}"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// The stored form of a webhook's event types: null for none.
+fn event_types_json(types: &[&'static str]) -> Option<serde_json::Value> {
+    let mut list: Vec<&str> = types.to_vec();
+    list.sort_unstable();
+    list.dedup();
+    (!list.is_empty()).then(|| serde_json::json!(list))
 }
 
 /// A webhook with the viewer's role (which decides what is masked).
@@ -276,6 +300,12 @@ pub async fn create_webhook(
         headers: seal_headers(id, headers, secrets)?,
         created_at: now,
         updated_at: now,
+        event_types: event_types_json(&spec.event_types),
+        failing_since: None,
+        failed_attempts: 0,
+        disabled_at: None,
+        disabled_reason: None,
+        max_per_second: check_rate(spec.max_per_second)?,
     };
     let tx = db.write().await?;
     webhook::Entity::insert(webhook::ActiveModel::from(webhook.clone()))
@@ -306,6 +336,38 @@ async fn insert_secret(
     Ok(())
 }
 
+/// Turns a disabled webhook back on (ADMIN): its held deliveries are sent again. A webhook
+/// that is not disabled is left as it is.
+pub async fn enable_webhook(db: &Db, viewer: Uuid, id: Uuid) -> ApiResult<WebhookView> {
+    let view = find_webhook(db.conn(), viewer, id, Role::Admin).await?;
+    if view.webhook.disabled_at.is_none() {
+        return Ok(view);
+    }
+    let now = Utc::now();
+    webhook::Entity::update(webhook::ActiveModel {
+        id: Set(id),
+        disabled_at: Set(None),
+        disabled_reason: Set(None),
+        failing_since: Set(None),
+        failed_attempts: Set(0),
+        updated_at: Set(now),
+        ..Default::default()
+    })
+    .exec(db.writer())
+    .await?;
+    Ok(WebhookView {
+        webhook: webhook::Model {
+            disabled_at: None,
+            disabled_reason: None,
+            failing_since: None,
+            failed_attempts: 0,
+            updated_at: now,
+            ..view.webhook
+        },
+        role: view.role,
+    })
+}
+
 /// Replaces a webhook's name, URL and headers (ADMIN).
 pub async fn update_webhook(
     db: &Db,
@@ -319,6 +381,8 @@ pub async fn update_webhook(
     let (name, url, headers) = validate(&spec, allow_private).await?;
     let headers = seal_headers(id, headers, secrets)?;
     let now = Utc::now();
+    let event_types = event_types_json(&spec.event_types);
+    let max_per_second = check_rate(spec.max_per_second)?;
     let tx = db.write().await?;
     webhook::Entity::update(webhook::ActiveModel {
         id: Set(id),
@@ -326,6 +390,8 @@ pub async fn update_webhook(
         url: Set(url.clone()),
         headers: Set(headers.clone()),
         updated_at: Set(now),
+        event_types: Set(event_types.clone()),
+        max_per_second: Set(max_per_second),
         ..Default::default()
     })
     .exec(&tx.tx)
@@ -335,6 +401,8 @@ pub async fn update_webhook(
         url,
         headers,
         updated_at: now,
+        event_types,
+        max_per_second,
         ..view.webhook
     };
     audit_webhook(&tx.tx, &webhook, viewer, audit::action::WEBHOOK_UPDATED).await?;

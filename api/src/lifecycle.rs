@@ -1,0 +1,112 @@
+//! Lifecycle events: conversation started, completed, abandoned, and a delivery failed. Each
+//! is written to the outbox in the transaction of the change it reports, once per webhook of
+//! the account that asked for its type, and then signed and retried like any delivery.
+use chrono::{SecondsFormat, Utc};
+use entity::{bot, conversation, conversation_event, webhook};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::{conversations::payload, engine::state::State, error::ApiResult, webhooks::delivery};
+
+/// Wire names of the event types (the body's `type`).
+pub const CONVERSATION_STARTED: &str = "conversation.started";
+pub const CONVERSATION_COMPLETED: &str = "conversation.completed";
+pub const CONVERSATION_ABANDONED: &str = "conversation.abandoned";
+pub const DELIVERY_FAILED: &str = "delivery.failed";
+pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
+
+/// The webhooks of `account_id` that asked for `event`.
+pub async fn subscribers(
+    tx: &impl ConnectionTrait,
+    account_id: Uuid,
+    event: &str,
+) -> ApiResult<Vec<Uuid>> {
+    let hooks: Vec<(Uuid, Option<Value>)> = webhook::Entity::find_in_account(account_id)
+        .filter(webhook::Column::EventTypes.is_not_null())
+        .select_only()
+        .column(webhook::Column::Id)
+        .column(webhook::Column::EventTypes)
+        .into_tuple()
+        .all(tx)
+        .await?;
+    Ok(hooks
+        .into_iter()
+        .filter(|(_, types)| {
+            types
+                .as_ref()
+                .and_then(Value::as_array)
+                .is_some_and(|list| list.iter().any(|t| t.as_str() == Some(event)))
+        })
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// The body of an event.
+pub fn body(event: &str, data: Value) -> Value {
+    json!({
+        "type": event,
+        "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        "data": data,
+    })
+}
+
+/// Queues `event` for every webhook in `hooks`, inside the caller's transaction. Whether any
+/// was queued (then wake the worker after the commit).
+pub async fn enqueue(
+    tx: &impl ConnectionTrait,
+    account_id: Uuid,
+    hooks: &[Uuid],
+    conversation_id: Option<Uuid>,
+    event: &str,
+    data: Value,
+) -> ApiResult<bool> {
+    if hooks.is_empty() {
+        return Ok(false);
+    }
+    let body = body(event, data);
+    for &hook in hooks {
+        delivery::enqueue(tx, account_id, hook, conversation_id, None, body.clone()).await?;
+    }
+    Ok(true)
+}
+
+/// The flow payload of a conversation (as a webhook block sends it), from what is stored plus
+/// `new_events` not stored yet.
+pub async fn conversation_data(
+    tx: &impl ConnectionTrait,
+    conv: &conversation::Model,
+    state: &State,
+    new_events: &[conversation_event::Model],
+) -> ApiResult<Value> {
+    let mut recent = conversation_event::Entity::find()
+        .filter(conversation_event::Column::ConversationId.eq(conv.id))
+        .order_by_desc(conversation_event::Column::Seq)
+        .limit(payload::MAX_MESSAGES as u64)
+        .all(tx)
+        .await?;
+    recent.reverse();
+    recent.extend(new_events.iter().cloned());
+    let bot_name = bot::Entity::find_by_id(conv.bot_id)
+        .one(tx)
+        .await?
+        .map(|b| b.name)
+        .unwrap_or_default();
+    Ok(payload::build(conv, &bot_name, state, &recent))
+}
+
+/// Queues `event` about `conv` to the webhooks that asked for it.
+pub async fn conversation_event(
+    tx: &impl ConnectionTrait,
+    conv: &conversation::Model,
+    state: &State,
+    new_events: &[conversation_event::Model],
+    event: &str,
+) -> ApiResult<bool> {
+    let hooks = subscribers(tx, conv.account_id, event).await?;
+    if hooks.is_empty() {
+        return Ok(false);
+    }
+    let data = conversation_data(tx, conv, state, new_events).await?;
+    enqueue(tx, conv.account_id, &hooks, Some(conv.id), event, data).await
+}

@@ -1,0 +1,377 @@
+//! Lifecycle events: each type delivered once to the webhooks that asked for it, signed like
+//! any delivery (checked with the `standardwebhooks` crate).
+use std::{collections::HashMap, time::Duration};
+
+use serde_json::{Value, json};
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{method, path},
+};
+
+use crate::helpers::*;
+
+async fn receiver(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(status))
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test]
+async fn each_lifecycle_event_is_delivered_once_and_signed() {
+    let app = spawn_app_with(|s| s.abandon_after = Duration::from_secs(1)).await;
+    let owner = app.new_user().await;
+    let events = receiver(200).await;
+    let failing = receiver(500).await;
+    let body = app
+        .create_webhook(
+            &owner.token,
+            &owner.account_id,
+            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
+                    "eventTypes": ["CONVERSATION_STARTED", "CONVERSATION_COMPLETED", "CONVERSATION_ABANDONED", "DELIVERY_FAILED"] }),
+        )
+        .await;
+    assert_ok(&body);
+    let alerts = body["data"]["createWebhook"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let seen = app
+        .gql(
+            &owner.token,
+            "query($id: ID!) { webhook(id: $id) { eventTypes } }",
+            json!({ "id": alerts }),
+        )
+        .await;
+    assert_eq!(
+        seen["data"]["webhook"]["eventTypes"],
+        json!([
+            "CONVERSATION_ABANDONED",
+            "CONVERSATION_COMPLETED",
+            "CONVERSATION_STARTED",
+            "DELIVERY_FAILED"
+        ]),
+        "{seen}"
+    );
+    // A flow webhook that always fails: after its retries, DELIVERY_FAILED.
+    let broken = app
+        .new_webhook(&owner, &format!("{}/hook", failing.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "ask", "blocks": [
+        { "id": "ask", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "hook" },
+        { "id": "hook", "kind": "WEBHOOK", "webhookId": broken, "async": true, "next": "bye" },
+        { "id": "bye", "kind": "END" }
+    ]});
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+
+    let (completed, token) = app.new_conversation(&bot).await;
+    assert_ok(&app.send_answer(&completed, &token, "Jo").await);
+    let (abandoned, _) = app.new_conversation(&bot).await;
+
+    // started ×2, completed, abandoned, delivery.failed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = events.received_requests().await.unwrap_or_default();
+        if got.len() >= 5 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "got {} of 5 events",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing more comes (no duplicates, no DELIVERY_FAILED about DELIVERY_FAILED).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = events.received_requests().await.unwrap_or_default();
+    let secret = app.signing_secret(&owner.token, &alerts).await;
+    let verifier = standardwebhooks::Webhook::new(&secret).expect("secret");
+    let mut by_type: HashMap<String, Vec<Value>> = HashMap::new();
+    for req in &got {
+        verifier
+            .verify(&req.body, &req.headers)
+            .expect("the reference library accepts the signature");
+        let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
+        assert!(
+            body["timestamp"]
+                .as_str()
+                .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok()),
+            "{body}"
+        );
+        by_type
+            .entry(body["type"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .push(body["data"].clone());
+    }
+    let count = |t: &str| by_type.get(t).map_or(0, Vec::len);
+    assert_eq!(count("conversation.started"), 2, "{by_type:?}");
+    assert_eq!(count("conversation.completed"), 1, "{by_type:?}");
+    assert_eq!(count("conversation.abandoned"), 1, "{by_type:?}");
+    assert_eq!(count("delivery.failed"), 1, "{by_type:?}");
+    assert_eq!(got.len(), 5);
+
+    let done = &by_type["conversation.completed"][0];
+    assert_eq!(done["conversation"]["id"], json!(completed));
+    assert_eq!(done["conversation"]["bot_id"], json!(bot));
+    assert_eq!(done["name"], "Jo");
+    assert_eq!(done["conversation"]["answers"]["name"], "Jo");
+    let idle = &by_type["conversation.abandoned"][0];
+    assert_eq!(idle["conversation"]["id"], json!(abandoned));
+    let failed = &by_type["delivery.failed"][0];
+    assert_eq!(failed["webhook_id"], json!(broken));
+    assert_eq!(failed["conversation_id"], json!(completed));
+    assert_eq!(failed["last_status"], 500);
+
+    // The failing endpoint asked for nothing: it got only its flow calls.
+    for req in failing.received_requests().await.unwrap_or_default() {
+        let body: Value = serde_json::from_slice(&req.body).expect("JSON body");
+        assert!(body.get("type").is_none(), "{body}");
+    }
+}
+
+const RECOVER: &str =
+    "mutation($w: ID!, $s: DateTime!) { recoverDeliveries(webhookId: $w, since: $s) }";
+
+#[tokio::test]
+async fn recover_deliveries_sends_the_failed_ones_again_once() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let member = app.add_member(&owner, "MEMBER").await;
+    let stranger = app.new_user().await;
+    let hook = receiver(500).await;
+    let (bot, webhook) = app
+        .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
+        .await;
+    let before = chrono::Utc::now().to_rfc3339();
+    for email in ["a@example.com", "b@example.com"] {
+        let (id, token) = app.new_conversation(&bot).await;
+        assert_ok(&app.send_answer(&id, &token, email).await);
+        assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
+    }
+    let failed = |list: &[Value]| list.len() == 2 && list.iter().all(|d| d["status"] == "FAILED");
+    app.wait_deliveries(&owner.token, &webhook, failed).await;
+
+    // The receiver is back.
+    hook.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+
+    assert_error(
+        &app.gql(&member.token, RECOVER, json!({ "w": webhook, "s": before }))
+            .await,
+        "FORBIDDEN",
+    );
+    assert_error(
+        &app.gql(
+            &stranger.token,
+            RECOVER,
+            json!({ "w": webhook, "s": before }),
+        )
+        .await,
+        "NOT_FOUND",
+    );
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let body = app
+        .gql(&owner.token, RECOVER, json!({ "w": webhook, "s": later }))
+        .await;
+    assert_eq!(body["data"]["recoverDeliveries"], 0, "{body}");
+
+    let body = app
+        .gql(&owner.token, RECOVER, json!({ "w": webhook, "s": before }))
+        .await;
+    assert_eq!(body["data"]["recoverDeliveries"], 2, "{body}");
+    // Pending (or sent) already: not doubled.
+    let body = app
+        .gql(&owner.token, RECOVER, json!({ "w": webhook, "s": before }))
+        .await;
+    assert_eq!(body["data"]["recoverDeliveries"], 0, "{body}");
+    let succeeded =
+        |list: &[Value]| list.len() == 2 && list.iter().all(|d| d["status"] == "SUCCEEDED");
+    app.wait_deliveries(&owner.token, &webhook, succeeded).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.received_requests().await.unwrap_or_default().len(), 2);
+}
+
+const WEBHOOK_STATE: &str = "query($id: ID!) { webhook(id: $id) { disabledAt disabledReason } }";
+
+#[tokio::test]
+async fn a_failing_webhook_is_disabled_holds_its_deliveries_and_resumes_when_enabled() {
+    let app = spawn_app_with(|s| s.delivery.disable_after = Duration::from_millis(200)).await;
+    let owner = app.new_user().await;
+    let member = app.add_member(&owner, "MEMBER").await;
+    let alerts_receiver = receiver(200).await;
+    let body = app
+        .create_webhook(
+            &owner.token,
+            &owner.account_id,
+            json!({ "name": "Alerts", "url": format!("{}/hook", alerts_receiver.uri()),
+                    "eventTypes": ["WEBHOOK_DISABLED"] }),
+        )
+        .await;
+    assert_ok(&body);
+    let alerts = body["data"]["createWebhook"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let hook = receiver(500).await;
+    let (bot, webhook) = app
+        .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
+        .await;
+    let converse = || async {
+        let (id, token) = app.new_conversation(&bot).await;
+        assert_ok(&app.send_answer(&id, &token, "jo@example.com").await);
+        assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
+        id
+    };
+    converse().await;
+
+    // Every attempt fails for longer than PARLEY_WEBHOOK_DISABLE_AFTER: disabled.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let body = app
+            .gql(&owner.token, WEBHOOK_STATE, json!({ "id": webhook }))
+            .await;
+        assert_ok(&body);
+        if body["data"]["webhook"]["disabledAt"].is_string() {
+            break body["data"]["webhook"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never disabled: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        state["disabledReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("PARLEY_WEBHOOK_DISABLE_AFTER")),
+        "{state}"
+    );
+    // WEBHOOK_DISABLED reaches the account's other webhook that asked for it, signed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let req = loop {
+        if let Some(req) = alerts_receiver
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .pop()
+        {
+            break req;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no webhook.disabled event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let secret = app.signing_secret(&owner.token, &alerts).await;
+    standardwebhooks::Webhook::new(&secret)
+        .expect("secret")
+        .verify(&req.body, &req.headers)
+        .expect("signed");
+    let event: Value = serde_json::from_slice(&req.body).expect("JSON");
+    assert_eq!(event["type"], "webhook.disabled");
+    assert_eq!(event["data"]["webhook_id"], json!(webhook));
+
+    // New deliveries are held, not attempted.
+    let held = converse().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let list = app.deliveries(&owner.token, &webhook).await;
+    let pending = list
+        .iter()
+        .find(|d| d["conversationId"] == json!(held))
+        .expect("the held delivery");
+    assert_eq!(pending["status"], "PENDING", "{pending}");
+    assert_eq!(pending["attempts"], json!([]), "{pending}");
+
+    // Enabled again (ADMIN), with the receiver back: the held delivery is sent.
+    hook.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+    let enable = "mutation($id: ID!) { enableWebhook(id: $id) { disabledAt disabledReason } }";
+    assert_error(
+        &app.gql(&member.token, enable, json!({ "id": webhook }))
+            .await,
+        "FORBIDDEN",
+    );
+    let body = app
+        .gql(&owner.token, enable, json!({ "id": webhook }))
+        .await;
+    assert_ok(&body);
+    assert!(
+        body["data"]["enableWebhook"]["disabledAt"].is_null(),
+        "{body}"
+    );
+    app.wait_deliveries(&owner.token, &webhook, |list| {
+        list.iter()
+            .any(|d| d["conversationId"] == json!(held) && d["status"] == "SUCCEEDED")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_worker_honours_a_webhooks_max_per_second() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = receiver(200).await;
+    let (bot, webhook) = app
+        .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
+        .await;
+    let url = format!("{}/hook", hook.uri());
+    let set_rate = |rate: i64| {
+        let (app, token, webhook, url) = (&app, owner.token.clone(), webhook.clone(), url.clone());
+        async move {
+            app.update_webhook(
+                &token,
+                &webhook,
+                json!({ "name": "Rated", "url": url, "maxPerSecond": rate }),
+            )
+            .await
+        }
+    };
+    assert_error(&set_rate(0).await, "BAD_USER_INPUT");
+    assert_ok(&set_rate(2).await);
+    let seen = app
+        .gql(
+            &owner.token,
+            "query($id: ID!) { webhook(id: $id) { maxPerSecond } }",
+            json!({ "id": webhook }),
+        )
+        .await;
+    assert_eq!(seen["data"]["webhook"]["maxPerSecond"], 2, "{seen}");
+
+    let started = tokio::time::Instant::now();
+    for _ in 0..6 {
+        let (id, token) = app.new_conversation(&bot).await;
+        assert_ok(&app.send_answer(&id, &token, "jo@example.com").await);
+        assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
+    }
+    // 2 at once, then one every half second: the sixth no sooner than ~2 s.
+    tokio::time::sleep_until(started + Duration::from_millis(1000)).await;
+    let early = hook.received_requests().await.unwrap_or_default().len();
+    assert!(
+        early <= 4,
+        "{early} deliveries within a second at 2 per second"
+    );
+    app.wait_deliveries(&owner.token, &webhook, |list| {
+        list.len() == 6 && list.iter().all(|d| d["status"] == "SUCCEEDED")
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}
