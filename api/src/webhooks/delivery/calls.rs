@@ -1,0 +1,297 @@
+//! Calls made on request rather than by the worker: a visitor's sync call, a test send, a
+//! redelivery, a recovery. Each takes the same slots as the worker's sends.
+use entity::Role;
+
+use super::*;
+use crate::webhooks::service::find_webhook;
+
+impl Deliveries {
+    /// Calls a webhook now and waits (up to the sync deadline) for its reply, recording it as
+    /// a SYNC delivery. Failures are results, not errors: the conversation goes on. The call
+    /// first takes its slots (account, webhook, global), waiting [`Self::slot_wait`] at most
+    /// out of its deadline; refused, it is recorded as a failed delivery naming the limit.
+    pub async fn call_sync(
+        &self,
+        account_id: Uuid,
+        webhook_id: Uuid,
+        conversation_id: Option<Uuid>,
+        block_id: Option<String>,
+        payload: Value,
+    ) -> ApiResult<SyncResult> {
+        let started = tokio::time::Instant::now();
+        let slots = match self
+            .admit(Some(account_id), webhook_id, self.slot_wait())
+            .await
+        {
+            Ok(slots) => slots,
+            Err(refusal) => {
+                let d = self
+                    .record_refusal(
+                        account_id,
+                        webhook_id,
+                        conversation_id,
+                        block_id,
+                        DeliveryMode::Sync,
+                        payload,
+                        refusal,
+                        started.elapsed(),
+                    )
+                    .await?;
+                return Ok(SyncResult {
+                    delivery_id: d.id,
+                    outcome: WebhookOutcome::Failed(refusal.message()),
+                });
+            }
+        };
+        // The wait for a slot counts against the deadline: a visitor's turn is no longer for it.
+        let timeout = self
+            .settings
+            .sync_timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        let d = self
+            .insert_now(
+                account_id,
+                webhook_id,
+                conversation_id,
+                block_id,
+                DeliveryMode::Sync,
+                payload,
+            )
+            .await?;
+        let outcome = self.attempt(&d, timeout).await;
+        drop(slots);
+        let result =
+            if outcome.is_success() {
+                WebhookOutcome::from_body(&outcome.body)
+            } else {
+                WebhookOutcome::Failed(outcome.error.clone().unwrap_or_else(
+                    || match outcome.status {
+                        Some(s) => format!("the endpoint answered {s}"),
+                        None => "no response".into(),
+                    },
+                ))
+            };
+        let notes = notes_of(&result);
+        let status = match result {
+            WebhookOutcome::Failed(_) => DeliveryStatus::Failed,
+            _ => DeliveryStatus::Succeeded,
+        };
+        // The claim stays until the conversation's next step commits (and releases it): until
+        // then no sweeper resumes the conversation and no redelivery sends it again.
+        self.record(&d, &outcome, status, None, notes, true).await?;
+        Ok(SyncResult {
+            delivery_id: d.id,
+            outcome: result,
+        })
+    }
+
+    pub(super) async fn insert_now(
+        &self,
+        account_id: Uuid,
+        webhook_id: Uuid,
+        conversation_id: Option<Uuid>,
+        block_id: Option<String>,
+        mode: DeliveryMode,
+        payload: Value,
+    ) -> ApiResult<delivery::Model> {
+        let now = Utc::now();
+        let d = delivery::Model {
+            id: Uuid::now_v7(),
+            account_id,
+            webhook_id,
+            conversation_id,
+            block_id,
+            mode,
+            status: DeliveryStatus::Pending,
+            payload,
+            attempt_count: 0,
+            next_attempt_at: None,
+            // Claimed from the start: a call in flight is this instance's, not the worker's,
+            // a redelivery's or a sweeper's.
+            claimed_until: Some(self.claim_until(mode, now)),
+            claimed_by: Some(self.instance_id.clone()),
+            created_at: now,
+            updated_at: now,
+        };
+        delivery::Entity::insert(delivery::ActiveModel::from(d.clone()))
+            .exec_without_returning(self.db.writer())
+            .await?;
+        Ok(d)
+    }
+
+    /// Sends the sample payload to a webhook now (ADMIN) and returns the recorded delivery.
+    /// It takes the webhook's and the global slot like any call, waiting [`Self::slot_wait`]
+    /// at most; refused, it is recorded as a failed delivery naming the limit.
+    pub async fn test_webhook(&self, viewer: Uuid, webhook_id: Uuid) -> ApiResult<delivery::Model> {
+        let view = find_webhook(self.db.conn(), viewer, webhook_id, Role::Admin).await?;
+        let started = tokio::time::Instant::now();
+        let slots = match self.admit(None, webhook_id, self.slot_wait()).await {
+            Ok(slots) => slots,
+            Err(refusal) => {
+                return self
+                    .record_refusal(
+                        view.webhook.account_id,
+                        webhook_id,
+                        None,
+                        None,
+                        DeliveryMode::Test,
+                        sample_payload(&view.webhook),
+                        refusal,
+                        started.elapsed(),
+                    )
+                    .await;
+            }
+        };
+        let d = self
+            .insert_now(
+                view.webhook.account_id,
+                webhook_id,
+                None,
+                None,
+                DeliveryMode::Test,
+                sample_payload(&view.webhook),
+            )
+            .await?;
+        let outcome = self.attempt(&d, self.settings.async_timeout).await;
+        drop(slots);
+        let status = if outcome.is_success() {
+            DeliveryStatus::Succeeded
+        } else {
+            DeliveryStatus::Failed
+        };
+        self.record(&d, &outcome, status, None, None, false).await
+    }
+
+    /// Sends any delivery again now, as a new attempt (ADMIN); a success settles it, a failure
+    /// leaves a pending delivery on its schedule. When the webhook's or the global limit is
+    /// full, the delivery is queued instead: PENDING and due now, sent by the worker as soon as
+    /// a slot frees up (a queued SYNC or TEST delivery gets that one attempt, no retries).
+    pub async fn redeliver(&self, viewer: Uuid, delivery_id: Uuid) -> ApiResult<delivery::Model> {
+        let d = find_delivery(&self.db, viewer, delivery_id, Role::Admin)
+            .await?
+            .delivery;
+        // Claimed first, like the worker claims: a delivery that the worker, a sync call or
+        // another redelivery holds is in flight, and is never sent twice at once.
+        let d = self.claim_one(&d).await?.ok_or_else(|| {
+            ApiError::Conflict(
+                "this delivery is being sent right now; try again when it finishes".into(),
+            )
+        })?;
+        let slots = match self.admit(None, d.webhook_id, Duration::ZERO).await {
+            Ok(slots) => slots,
+            Err(refusal) => return self.queue_redelivery(d, refusal).await,
+        };
+        let outcome = self.attempt(&d, self.timeout_of(&d)).await;
+        drop(slots);
+        let (status, next) = if outcome.is_success() {
+            (DeliveryStatus::Succeeded, None)
+        } else if d.status == DeliveryStatus::Pending {
+            (DeliveryStatus::Pending, d.next_attempt_at)
+        } else {
+            (DeliveryStatus::Failed, None)
+        };
+        self.record(&d, &outcome, status, next, None, false).await
+    }
+
+    /// Puts every FAILED delivery of a webhook created at or after `since` back in the
+    /// outbox, due now (ADMIN); how many. A delivery that is pending (or held by a live call)
+    /// is left alone, so nothing is sent twice. Each gets one more attempt, or its remaining
+    /// retries.
+    pub async fn recover(
+        &self,
+        viewer: Uuid,
+        webhook_id: Uuid,
+        since: chrono::DateTime<Utc>,
+    ) -> ApiResult<u64> {
+        find_webhook(self.db.conn(), viewer, webhook_id, Role::Admin).await?;
+        let now = Utc::now();
+        let done = delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::Status,
+                sea_orm::sea_query::Expr::value(DeliveryStatus::Pending),
+            )
+            .col_expr(delivery::Column::NextAttemptAt, Some(now).into())
+            .col_expr(delivery::Column::UpdatedAt, now.into())
+            .filter(delivery::Column::WebhookId.eq(webhook_id))
+            .filter(delivery::Column::Status.eq(DeliveryStatus::Failed))
+            .filter(delivery::Column::CreatedAt.gte(since))
+            .filter(
+                Condition::any()
+                    .add(delivery::Column::ClaimedUntil.is_null())
+                    .add(delivery::Column::ClaimedUntil.lt(now)),
+            )
+            .exec(self.db.writer())
+            .await?;
+        if done.rows_affected > 0 {
+            self.wake();
+        }
+        Ok(done.rows_affected)
+    }
+
+    /// Claims one delivery unless someone holds a live claim on it; the claimed row.
+    pub(super) async fn claim_one(
+        &self,
+        d: &delivery::Model,
+    ) -> ApiResult<Option<delivery::Model>> {
+        let now = Utc::now();
+        let tx = self.db.write().await?;
+        let mut claimed = delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::ClaimedUntil,
+                Some(self.claim_until(d.mode, now)).into(),
+            )
+            .col_expr(
+                delivery::Column::ClaimedBy,
+                Some(self.instance_id.clone()).into(),
+            )
+            .filter(delivery::Column::Id.eq(d.id))
+            .filter(
+                Condition::any()
+                    .add(delivery::Column::ClaimedUntil.is_null())
+                    .add(delivery::Column::ClaimedUntil.lt(now)),
+            )
+            .exec_with_returning(&tx.tx)
+            .await?;
+        tx.commit().await?;
+        Ok(claimed.pop())
+    }
+
+    /// Puts a delivery back in the outbox, due now, for the worker to send when a slot frees.
+    pub(super) async fn queue_redelivery(
+        &self,
+        d: delivery::Model,
+        refusal: Refusal,
+    ) -> ApiResult<delivery::Model> {
+        let now = Utc::now();
+        delivery::Entity::update(delivery::ActiveModel {
+            id: Set(d.id),
+            status: Set(DeliveryStatus::Pending),
+            next_attempt_at: Set(Some(now)),
+            claimed_until: Set(None),
+            claimed_by: Set(None),
+            updated_at: Set(now),
+            ..Default::default()
+        })
+        .exec(self.db.writer())
+        .await?;
+        tracing::info!(
+            account.id = %d.account_id,
+            webhook.id = %d.webhook_id,
+            delivery.id = %d.id,
+            delivery.mode = ?d.mode,
+            limit.name = refusal.name(),
+            limit.value = refusal.value(),
+            "redelivery queued: a concurrency limit is full"
+        );
+        self.wake();
+        Ok(delivery::Model {
+            status: DeliveryStatus::Pending,
+            next_attempt_at: Some(now),
+            claimed_until: None,
+            claimed_by: None,
+            updated_at: now,
+            ..d
+        })
+    }
+}

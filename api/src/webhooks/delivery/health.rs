@@ -1,0 +1,145 @@
+//! A webhook's health and pace: failures that disable it, and its `maxPerSecond`.
+use super::*;
+
+/// A limiter of `per_second` sends per second, in bursts of up to as many.
+pub(super) fn rate_limiter(per_second: u32) -> governor::DefaultDirectRateLimiter {
+    let n = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::direct(governor::Quota::per_second(n))
+}
+
+impl Deliveries {
+    /// Notes an async attempt's result on its webhook, and disables a webhook whose attempts
+    /// have all failed for `PARLEY_WEBHOOK_DISABLE_AFTER` (and at least
+    /// `DISABLE_MIN_FAILURES` of them), with a `webhook.disabled` event to the account's
+    /// other webhooks that asked for it.
+    pub(super) async fn track_health(
+        &self,
+        tx: &impl ConnectionTrait,
+        d: &Done,
+        now: chrono::DateTime<Utc>,
+    ) -> ApiResult<()> {
+        use sea_orm::sea_query::{Expr, ExprTrait as _, Func};
+        let hook = d.delivery.webhook_id;
+        if d.outcome.is_success() {
+            webhook::Entity::update_many()
+                .col_expr(
+                    webhook::Column::FailingSince,
+                    Option::<chrono::DateTime<Utc>>::None.into(),
+                )
+                .col_expr(webhook::Column::FailedAttempts, Expr::value(0))
+                .filter(webhook::Column::Id.eq(hook))
+                .filter(webhook::Column::FailingSince.is_not_null())
+                .exec(tx)
+                .await?;
+            return Ok(());
+        }
+        webhook::Entity::update_many()
+            .col_expr(
+                webhook::Column::FailingSince,
+                Func::coalesce([Expr::col(webhook::Column::FailingSince), Expr::value(now)]).into(),
+            )
+            .col_expr(
+                webhook::Column::FailedAttempts,
+                Expr::col(webhook::Column::FailedAttempts).add(1),
+            )
+            .filter(webhook::Column::Id.eq(hook))
+            .exec(tx)
+            .await?;
+        let window = chrono::Duration::from_std(self.settings.disable_after).unwrap_or_default();
+        let reason = format!(
+            "every attempt failed for {} s (PARLEY_WEBHOOK_DISABLE_AFTER); last: {}",
+            self.settings.disable_after.as_secs(),
+            d.outcome
+                .error
+                .clone()
+                .or_else(|| d.outcome.status.map(|s| format!("HTTP {s}")))
+                .unwrap_or_else(|| "failed".into())
+        );
+        let disabled = webhook::Entity::update_many()
+            .col_expr(webhook::Column::DisabledAt, Some(now).into())
+            .col_expr(webhook::Column::DisabledReason, Some(reason.clone()).into())
+            .filter(webhook::Column::Id.eq(hook))
+            .filter(webhook::Column::DisabledAt.is_null())
+            .filter(webhook::Column::FailingSince.lte(now - window))
+            .filter(webhook::Column::FailedAttempts.gte(DISABLE_MIN_FAILURES))
+            .exec(tx)
+            .await?
+            .rows_affected;
+        if disabled == 0 {
+            return Ok(());
+        }
+        tracing::warn!(webhook.id = %hook, account.id = %d.delivery.account_id, reason, "webhook disabled");
+        let hooks: Vec<Uuid> = crate::lifecycle::subscribers(
+            tx,
+            d.delivery.account_id,
+            crate::lifecycle::WEBHOOK_DISABLED,
+        )
+        .await?
+        .into_iter()
+        .filter(|h| *h != hook)
+        .collect();
+        crate::lifecycle::enqueue(
+            tx,
+            d.delivery.account_id,
+            &hooks,
+            None,
+            crate::lifecycle::WEBHOOK_DISABLED,
+            json!({ "webhook_id": hook, "disabled_at": now, "reason": reason }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Of `(delivery, webhook)` candidates, the first `limit` deliveries that their webhook's
+    /// `maxPerSecond` lets go now on this instance (spending the rate's budget).
+    pub(super) async fn within_rates(
+        &self,
+        candidates: Vec<(Uuid, Uuid)>,
+        limit: usize,
+    ) -> ApiResult<Vec<Uuid>> {
+        let hooks: std::collections::HashSet<Uuid> = candidates.iter().map(|(_, w)| *w).collect();
+        let limited: HashMap<Uuid, i32> = if hooks.is_empty() {
+            HashMap::new()
+        } else {
+            webhook::Entity::find()
+                .filter(webhook::Column::Id.is_in(hooks))
+                .filter(webhook::Column::MaxPerSecond.is_not_null())
+                .select_only()
+                .column(webhook::Column::Id)
+                .column(webhook::Column::MaxPerSecond)
+                .into_tuple::<(Uuid, i32)>()
+                .all(self.db.conn())
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let mut rates = self
+            .rates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rates.len() > 10_000 {
+            // Bounded memory: limiters of webhooks not seen lately start afresh.
+            rates.clear();
+        }
+        let mut out = Vec::with_capacity(limit);
+        for (id, hook) in candidates {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(&rate) = limited.get(&hook) {
+                let rate = u32::try_from(rate.max(1)).unwrap_or(1);
+                let entry = rates
+                    .entry(hook)
+                    .or_insert_with(|| (rate, rate_limiter(rate)));
+                if entry.0 != rate {
+                    *entry = (rate, rate_limiter(rate));
+                }
+                if entry.1.check().is_err() {
+                    continue;
+                }
+            }
+            out.push(id);
+        }
+        Ok(out)
+    }
+}
