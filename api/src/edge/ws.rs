@@ -58,7 +58,9 @@ pub async fn graphql_ws(
     let client = ClientAddr::of(&req, &limits.trusted_proxies);
     let max = limits.ws_max_sockets_per_client;
     let Some(guard) = state.sockets.open(client.limit_key(), max) else {
-        tracing::warn!(
+        // Debug, not warn: under a flood, one line per refusal would turn the log into the
+        // attack's amplifier. The refusals are counted by the client (429).
+        tracing::debug!(
             client.addr = %client,
             ws.limit = max,
             "websocket refused: too many open sockets from this address"
