@@ -118,7 +118,10 @@ impl Deliveries {
 
     /// Records a request refused by a limit: a FAILED delivery with one attempt that says
     /// which limit, in one transaction; and logs it.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the delivery row's own fields, as `insert_now` takes them"
+    )]
     pub(super) async fn record_refusal(
         &self,
         account_id: Uuid,
