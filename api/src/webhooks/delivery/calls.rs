@@ -5,7 +5,42 @@ use entity::Role;
 use super::*;
 use crate::webhooks::service::find_webhook;
 
+/// A call made on request, before it has a row: what a sent call and a refused one record.
+pub(super) struct NewCall {
+    pub(super) account_id: Uuid,
+    pub(super) webhook_id: Uuid,
+    pub(super) conversation_id: Option<Uuid>,
+    pub(super) block_id: Option<String>,
+    pub(super) mode: DeliveryMode,
+    pub(super) payload: Value,
+}
+
 impl Deliveries {
+    /// The PENDING row of `call` at `now`; claimed by this instance when `claimed`.
+    pub(super) fn pending_row(
+        &self,
+        call: NewCall,
+        claimed: bool,
+        now: chrono::DateTime<Utc>,
+    ) -> delivery::Model {
+        delivery::Model {
+            id: Uuid::now_v7(),
+            account_id: call.account_id,
+            webhook_id: call.webhook_id,
+            conversation_id: call.conversation_id,
+            block_id: call.block_id,
+            mode: call.mode,
+            status: DeliveryStatus::Pending,
+            payload: call.payload,
+            attempt_count: 0,
+            next_attempt_at: None,
+            claimed_until: claimed.then(|| self.claim_until(call.mode, now)),
+            claimed_by: claimed.then(|| self.instance_id.clone()),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// Calls a webhook now and waits (up to the sync deadline) for its reply, recording it as
     /// a SYNC delivery. Failures are results, not errors: the conversation goes on. The call
     /// first takes its slots (account, webhook, global), waiting [`Self::slot_wait`] at most
@@ -18,6 +53,14 @@ impl Deliveries {
         block_id: Option<String>,
         payload: Value,
     ) -> ApiResult<SyncResult> {
+        let call = NewCall {
+            account_id,
+            webhook_id,
+            conversation_id,
+            block_id,
+            mode: DeliveryMode::Sync,
+            payload,
+        };
         let started = tokio::time::Instant::now();
         let slots = match self
             .admit(Some(account_id), webhook_id, self.slot_wait())
@@ -26,16 +69,7 @@ impl Deliveries {
             Ok(slots) => slots,
             Err(refusal) => {
                 let d = self
-                    .record_refusal(
-                        account_id,
-                        webhook_id,
-                        conversation_id,
-                        block_id,
-                        DeliveryMode::Sync,
-                        payload,
-                        refusal,
-                        started.elapsed(),
-                    )
+                    .record_refusal(call, refusal, started.elapsed())
                     .await?;
                 return Ok(SyncResult {
                     delivery_id: d.id,
@@ -49,16 +83,7 @@ impl Deliveries {
             .sync_timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        let d = self
-            .insert_now(
-                account_id,
-                webhook_id,
-                conversation_id,
-                block_id,
-                DeliveryMode::Sync,
-                payload,
-            )
-            .await?;
+        let d = self.insert_now(call).await?;
         let outcome = self.attempt(&d, timeout).await;
         drop(slots);
         let result =
@@ -86,34 +111,10 @@ impl Deliveries {
         })
     }
 
-    pub(super) async fn insert_now(
-        &self,
-        account_id: Uuid,
-        webhook_id: Uuid,
-        conversation_id: Option<Uuid>,
-        block_id: Option<String>,
-        mode: DeliveryMode,
-        payload: Value,
-    ) -> ApiResult<delivery::Model> {
-        let now = Utc::now();
-        let d = delivery::Model {
-            id: Uuid::now_v7(),
-            account_id,
-            webhook_id,
-            conversation_id,
-            block_id,
-            mode,
-            status: DeliveryStatus::Pending,
-            payload,
-            attempt_count: 0,
-            next_attempt_at: None,
-            // Claimed from the start: a call in flight is this instance's, not the worker's,
-            // a redelivery's or a sweeper's.
-            claimed_until: Some(self.claim_until(mode, now)),
-            claimed_by: Some(self.instance_id.clone()),
-            created_at: now,
-            updated_at: now,
-        };
+    /// The row of a call about to be made, claimed by this instance from the start: a call in
+    /// flight is this instance's, not the worker's, a redelivery's or a sweeper's.
+    pub(super) async fn insert_now(&self, call: NewCall) -> ApiResult<delivery::Model> {
+        let d = self.pending_row(call, true, Utc::now());
         delivery::Entity::insert(delivery::ActiveModel::from(d.clone()))
             .exec_without_returning(self.db.writer())
             .await?;
@@ -125,34 +126,20 @@ impl Deliveries {
     /// at most; refused, it is recorded as a failed delivery naming the limit.
     pub async fn test_webhook(&self, viewer: Uuid, webhook_id: Uuid) -> ApiResult<delivery::Model> {
         let view = find_webhook(self.db.conn(), viewer, webhook_id, Role::Admin).await?;
+        let call = NewCall {
+            account_id: view.webhook.account_id,
+            webhook_id,
+            conversation_id: None,
+            block_id: None,
+            mode: DeliveryMode::Test,
+            payload: sample_payload(&view.webhook),
+        };
         let started = tokio::time::Instant::now();
         let slots = match self.admit(None, webhook_id, self.slot_wait()).await {
             Ok(slots) => slots,
-            Err(refusal) => {
-                return self
-                    .record_refusal(
-                        view.webhook.account_id,
-                        webhook_id,
-                        None,
-                        None,
-                        DeliveryMode::Test,
-                        sample_payload(&view.webhook),
-                        refusal,
-                        started.elapsed(),
-                    )
-                    .await;
-            }
+            Err(refusal) => return self.record_refusal(call, refusal, started.elapsed()).await,
         };
-        let d = self
-            .insert_now(
-                view.webhook.account_id,
-                webhook_id,
-                None,
-                None,
-                DeliveryMode::Test,
-                sample_payload(&view.webhook),
-            )
-            .await?;
+        let d = self.insert_now(call).await?;
         let outcome = self.attempt(&d, self.settings.async_timeout).await;
         drop(slots);
         let status = if outcome.is_success() {

@@ -1,6 +1,6 @@
 //! The slots every request to a receiver holds (global, per webhook, and for sync calls per
 //! account), and what is recorded when a request cannot get them.
-use super::*;
+use super::{calls::NewCall, *};
 
 /// The slots a request holds while it is in flight; dropping them frees them.
 pub(super) struct Slots {
@@ -118,39 +118,16 @@ impl Deliveries {
 
     /// Records a request refused by a limit: a FAILED delivery with one attempt that says
     /// which limit, in one transaction; and logs it.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the delivery row's own fields, as `insert_now` takes them"
-    )]
     pub(super) async fn record_refusal(
         &self,
-        account_id: Uuid,
-        webhook_id: Uuid,
-        conversation_id: Option<Uuid>,
-        block_id: Option<String>,
-        mode: DeliveryMode,
-        payload: Value,
+        call: NewCall,
         refusal: Refusal,
         waited: Duration,
     ) -> ApiResult<delivery::Model> {
         let now = Utc::now();
-        let pending = delivery::Model {
-            id: Uuid::now_v7(),
-            account_id,
-            webhook_id,
-            conversation_id,
-            block_id,
-            mode,
-            status: DeliveryStatus::Pending,
-            payload,
-            attempt_count: 0,
-            next_attempt_at: None,
-            // A refused sync call is claimed like one made: until the conversation moves on.
-            claimed_until: (mode == DeliveryMode::Sync).then(|| self.claim_until(mode, now)),
-            claimed_by: (mode == DeliveryMode::Sync).then(|| self.instance_id.clone()),
-            created_at: now,
-            updated_at: now,
-        };
+        // A refused sync call is claimed like one made: until the conversation moves on.
+        let sync = call.mode == DeliveryMode::Sync;
+        let pending = self.pending_row(call, sync, now);
         let outcome = AttemptOutcome {
             status: None,
             duration: waited,
@@ -160,11 +137,11 @@ impl Deliveries {
             retry_after: None,
         };
         tracing::warn!(
-            account.id = %account_id,
-            webhook.id = %webhook_id,
+            account.id = %pending.account_id,
+            webhook.id = %pending.webhook_id,
             delivery.id = %pending.id,
-            delivery.mode = ?mode,
-            conversation.id = conversation_id.map(tracing::field::display),
+            delivery.mode = ?pending.mode,
+            conversation.id = pending.conversation_id.map(tracing::field::display),
             limit.name = refusal.name(),
             limit.value = refusal.value(),
             waited_ms = waited.as_millis() as u64,
