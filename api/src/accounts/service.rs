@@ -235,8 +235,10 @@ pub async fn log_in(
     }
 }
 
-/// Users recently looked up by id. Every authenticated request starts with the viewer; user
-/// rows never change once created, so a short-lived copy saves a query per request.
+/// Users recently looked up by id. Every authenticated request starts with the viewer; the
+/// fields read through this cache (email, name) never change once created, so a short-lived
+/// copy saves a query per request. The password hash, which `changePassword` does change, is
+/// never read from it: log-in and password checks read the database.
 pub struct UserCache(moka::sync::Cache<Uuid, user::Model>);
 
 impl Default for UserCache {

@@ -12,10 +12,17 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::Viewer;
-use crate::{db::Db, error::ApiResult};
+use crate::{
+    db::Db,
+    error::{ApiError, ApiResult},
+};
 
 /// How long a session's state is trusted without asking the database again.
 const CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// What the holder of a token of an ended session is told.
+pub const ENDED: &str =
+    "this session has ended (logged out, or the password changed); log in again";
 
 /// Opens, checks and ends sessions.
 pub struct Sessions {
@@ -74,6 +81,21 @@ impl Sessions {
             return Ok(open);
         }
         self.is_open_now(db, viewer).await
+    }
+
+    /// `UNAUTHENTICATED` unless `viewer`'s session is open; `fresh` asks the database rather
+    /// than the cache.
+    pub async fn require_open(&self, db: &Db, viewer: &Viewer, fresh: bool) -> ApiResult<()> {
+        let open = if fresh {
+            self.is_open_now(db, viewer).await?
+        } else {
+            self.is_open(db, viewer).await?
+        };
+        if open {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthenticated(ENDED.to_owned()))
+        }
     }
 
     /// Whether `viewer`'s session is still open, asking the database. An API key's "session"

@@ -308,11 +308,7 @@ async fn visitor_origin(
 /// log-out, and a new operation on it must not start.
 async fn active_viewer(st: &AppState, auth: &Auth) -> ApiResult<Viewer> {
     let viewer = *auth.viewer()?;
-    if !st.sessions.is_open(&st.db, &viewer).await? {
-        return Err(ApiError::Unauthenticated(
-            "this session has ended (logged out, or the password changed); log in again".into(),
-        ));
-    }
+    st.sessions.require_open(&st.db, &viewer, false).await?;
     Ok(viewer)
 }
 

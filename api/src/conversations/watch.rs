@@ -15,11 +15,7 @@ use crate::{
 
 /// Whether `viewer` may still watch `account_id`: session open and still a member.
 async fn still_allowed(st: &AppState, viewer: &Viewer, account_id: Uuid) -> ApiResult<()> {
-    if !st.sessions.is_open_now(&st.db, viewer).await? {
-        return Err(ApiError::Unauthenticated(
-            "this session has ended (logged out, or the password changed); log in again".into(),
-        ));
-    }
+    st.sessions.require_open(&st.db, viewer, true).await?;
     AccountAccess::require(st.db.conn(), viewer.user_id, account_id, Role::Member)
         .await
         .map_err(|e| match e {

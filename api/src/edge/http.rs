@@ -5,6 +5,7 @@ use futures_util::StreamExt as _;
 use super::{
     api_key_budget, authenticate,
     client::ClientAddr,
+    limit_refusal,
     origin::{RequestOrigin, add_cors_headers},
     request_error,
 };
@@ -43,16 +44,7 @@ async fn execute(
         .requests_by_address
         .check(&client.limit_key())
     {
-        let mut response = request_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            refused.code(),
-            refused.message(),
-        );
-        response.headers_mut().insert(
-            actix_web::http::header::RETRY_AFTER,
-            actix_web::http::header::HeaderValue::from_static("1"),
-        );
-        return response;
+        return limit_refusal(StatusCode::TOO_MANY_REQUESTS, refused.message(), "1");
     }
     let limit = state.settings.max_body_bytes;
     let mut body = web::BytesMut::new();
@@ -102,12 +94,7 @@ async fn execute(
         .and_then(|v| v.to_str().ok());
     let auth = authenticate(&state, header).await;
     if let Err(e) = api_key_budget(&state, &auth) {
-        let mut response = request_error(StatusCode::TOO_MANY_REQUESTS, e.code(), e.message());
-        response.headers_mut().insert(
-            actix_web::http::header::RETRY_AFTER,
-            actix_web::http::header::HeaderValue::from_static("1"),
-        );
-        return response;
+        return limit_refusal(StatusCode::TOO_MANY_REQUESTS, e.message(), "1");
     }
     let mut request = request;
     if !state.settings.graphiql && matches!(auth, Auth::Anonymous) {
@@ -120,19 +107,14 @@ async fn execute(
         Err(_) => {
             tracing::warn!(client.addr = %client, "request cancelled at its deadline");
             let secs = limits.request_timeout.as_secs();
-            let mut response = request_error(
+            limit_refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "RATE_LIMITED",
                 &format!(
                     "the request ran longer than {secs} s (PARLEY_REQUEST_TIMEOUT_SECS) and was \
                      cancelled; nothing it had not committed was kept. Ask for less, or retry later"
                 ),
-            );
-            response.headers_mut().insert(
-                actix_web::http::header::RETRY_AFTER,
-                actix_web::http::header::HeaderValue::from_static("1"),
-            );
-            response
+                "1",
+            )
         }
     }
 }

@@ -125,9 +125,7 @@ pub async fn authenticate(state: &AppState, value: Option<&str>) -> Auth {
     };
     match state.sessions.is_open(&state.db, viewer).await {
         Ok(true) => auth,
-        Ok(false) => Auth::Invalid(
-            "this session has ended (logged out, or the password changed); log in again",
-        ),
+        Ok(false) => Auth::Invalid(crate::auth::session::ENDED),
         Err(e) => {
             tracing::error!(error.cause = ?e, user.id = %viewer.user_id, "cannot check a session");
             Auth::Invalid("the session could not be checked just now; retry in a moment")
@@ -144,6 +142,17 @@ pub fn api_key_budget(state: &AppState, auth: &Auth) -> crate::error::ApiResult<
         }
         _ => Ok(()),
     }
+}
+
+/// A refusal by a limit where no GraphQL response can be made: `RATE_LIMITED` with `status`,
+/// and `Retry-After` seconds.
+pub fn limit_refusal(status: StatusCode, message: &str, retry_after: &'static str) -> HttpResponse {
+    let mut response = request_error(status, "RATE_LIMITED", message);
+    response.headers_mut().insert(
+        actix_web::http::header::RETRY_AFTER,
+        actix_web::http::header::HeaderValue::from_static(retry_after),
+    );
+    response
 }
 
 /// A GraphQL-shaped error body for requests that never reached the executor.

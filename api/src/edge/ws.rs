@@ -34,7 +34,8 @@ use tokio::{
 };
 
 use super::{
-    api_key_budget, authenticate, client::ClientAddr, origin::RequestOrigin, request_error,
+    api_key_budget, authenticate, client::ClientAddr, limit_refusal, origin::RequestOrigin,
+    request_error,
 };
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
@@ -59,24 +60,20 @@ pub async fn graphql_ws(
     let max = limits.ws_max_sockets_per_client;
     let Some(guard) = state.sockets.open(client.limit_key(), max) else {
         // Debug, not warn: under a flood, one line per refusal would turn the log into the
-        // attack's amplifier. The refusals are counted by the client (429).
+        // attack's amplifier; the client is told by its 429.
         tracing::debug!(
             client.addr = %client,
             ws.limit = max,
             "websocket refused: too many open sockets from this address"
         );
-        let mut response = request_error(
+        return limit_refusal(
             StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
             &format!(
                 "too many open sockets from this address (PARLEY_WS_MAX_SOCKETS_PER_CLIENT={max}); \
                  close one and retry"
             ),
+            "5",
         );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return response;
     };
     let (mut response, session, stream) = match actix_ws::handle(&req, payload) {
         Ok(parts) => parts,
