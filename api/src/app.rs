@@ -31,6 +31,8 @@ impl Application {
     /// Connects to and migrates the database, binds `settings.addr` (port 0 picks a free port)
     /// and prepares the server.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // Before anything is counted: what is recorded without a recorder is lost.
+        crate::metrics::handle();
         let db = Db::connect(&settings.database_url).await?;
         db.migrate().await?;
         // After the migrations: the key check and the encryption of stored secrets need them.

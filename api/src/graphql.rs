@@ -75,6 +75,7 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
     .limit_complexity(max_cost)
     .limit_recursive_depth(64)
     .limit_directives(16)
+    .extension(ParsedDocuments::default())
     .extension(ErrorCodes { max_cost });
     if let Some(state) = state {
         builder = builder
@@ -87,6 +88,57 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
 /// The SDL that `schema.graphql` must equal.
 pub fn sdl() -> String {
     build_schema(None).sdl()
+}
+
+/// Bytes of query text (a proxy for their parsed size) whose documents are kept.
+const PARSED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// Longer queries are parsed every time: they are rare, and would crowd out the rest.
+const MAX_CACHED_QUERY: usize = 16 * 1024;
+
+/// Parsed documents by query text. Clients send the same few operations again and again
+/// (every visitor's `sendAnswer` is one text), and parsing is the largest part of a small
+/// request's cost; a clone of the parsed document is far cheaper. Only documents that parsed
+/// and passed the parse-time limits are kept, so a cached text passes them again unchanged;
+/// validation still runs on every request, since it depends on the variables.
+#[derive(Clone)]
+struct ParsedDocuments(moka::sync::Cache<String, ExecutableDocument>);
+
+impl Default for ParsedDocuments {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(PARSED_CACHE_BYTES)
+                .weigher(|query: &String, _| u32::try_from(query.len()).unwrap_or(u32::MAX))
+                .build(),
+        )
+    }
+}
+
+impl ExtensionFactory for ParsedDocuments {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(self.clone())
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for ParsedDocuments {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        if query.len() > MAX_CACHED_QUERY {
+            return next.run(ctx, query, variables).await;
+        }
+        if let Some(document) = self.0.get(query) {
+            return Ok(document);
+        }
+        let document = next.run(ctx, query, variables).await?;
+        self.0.insert(query.to_owned(), document.clone());
+        Ok(document)
+    }
 }
 
 /// Puts `extensions.code` on errors raised by async-graphql itself, and makes its refusals

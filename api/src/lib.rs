@@ -16,6 +16,7 @@ pub mod graphql;
 pub mod ids;
 pub mod lifecycle;
 pub mod limits;
+pub mod metrics;
 pub mod opaque;
 pub mod pagination;
 pub mod results;

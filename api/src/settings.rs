@@ -225,6 +225,10 @@ pub struct Settings {
     /// `Authorization` included (`PARLEY_CORS_ORIGINS`: comma-separated origins, or `*`).
     /// Other origins may call the visitor operations only.
     pub cors_origins: crate::edge::origin::CorsOrigins,
+    /// The hash of the bearer token that `GET /metrics` asks for (`PARLEY_METRICS_TOKEN`);
+    /// `None`: metrics are not served. Only the hash is kept, so no log of the settings
+    /// shows the token.
+    pub metrics_token_hash: Option<String>,
 }
 
 /// A setting that could not be used; its message names the variable and the value.
@@ -468,6 +472,17 @@ impl Settings {
                 Some(v) => crate::edge::origin::CorsOrigins::parse(&v)
                     .map_err(|r| bad("PARLEY_CORS_ORIGINS", &v, r))?,
                 None => crate::edge::origin::CorsOrigins::None,
+            },
+            metrics_token_hash: match get("PARLEY_METRICS_TOKEN") {
+                Some(v) if v.trim().len() < 16 => {
+                    return Err(bad(
+                        "PARLEY_METRICS_TOKEN",
+                        "(hidden)",
+                        "use at least 16 characters".into(),
+                    ));
+                }
+                Some(v) => Some(crate::opaque::token_hash(v.trim())),
+                None => None,
             },
         })
     }

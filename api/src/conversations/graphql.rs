@@ -421,6 +421,7 @@ impl ConversationsSubscription {
         let mut live = st.runtime.bus().subscribe_conversation(id);
         let runtime = st.runtime.clone();
         let events = async_stream::stream! {
+            let _open = crate::metrics::Open::new("parley_subscriptions_open");
             let mut last = after_seq.max(0);
             // First the stored events, then whenever notices show a gap (or were missed), the
             // database again from the last `seq` sent: nothing is skipped or sent twice.
@@ -482,6 +483,7 @@ impl ConversationsSubscription {
         AccountAccess::require(st.db.conn(), viewer.user_id, account_id, Role::Member).await?;
         let mut live = st.runtime.bus().subscribe_account(account_id);
         let events = async_stream::stream! {
+            let _open = crate::metrics::Open::new("parley_subscriptions_open");
             loop {
                 match live.recv().await {
                     Ok(Notice::Event(event)) => yield Ok(ChatEvent(event)),

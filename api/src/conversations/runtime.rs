@@ -13,8 +13,8 @@ use entity::{
     webhook,
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -97,9 +97,9 @@ struct SyncCall {
 
 /// What one step may do besides running the engine.
 #[derive(Default)]
-struct Step<'a> {
+struct Step {
     /// Refuse a conversation whose token hash is not this one.
-    visitor: Option<&'a str>,
+    visitor: Option<String>,
     /// Insert this new conversation first, in the step's transaction: a conversation never
     /// exists without the events of its first step.
     create: Option<conversation::Model>,
@@ -222,7 +222,11 @@ impl Runtime {
         tokio::spawn(async move { this.start_now(bot_id, variables).await }).await?
     }
 
-    async fn start_now(&self, bot_id: Uuid, variables: Option<Value>) -> ApiResult<VisitorSession> {
+    async fn start_now(
+        self: &Arc<Self>,
+        bot_id: Uuid,
+        variables: Option<Value>,
+    ) -> ApiResult<VisitorSession> {
         let prefilled = match variables {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(map)) => map,
@@ -300,7 +304,7 @@ impl Runtime {
     }
 
     async fn answer_now(
-        &self,
+        self: &Arc<Self>,
         conversation_id: Uuid,
         visitor_token: &str,
         text: &str,
@@ -312,7 +316,7 @@ impl Runtime {
         }
         let visitor = token_hash(visitor_token.trim());
         let step = Step {
-            visitor: Some(&visitor),
+            visitor: Some(visitor),
             ..Step::default()
         };
         let events = self
@@ -327,10 +331,10 @@ impl Runtime {
     /// Runs one input, then any sync webhook calls it leads to; returns every event emitted.
     /// `first` says what the first step may do besides (see [`Step`]).
     async fn drive(
-        &self,
+        self: &Arc<Self>,
         conversation_id: Uuid,
         input: Input,
-        first: Step<'_>,
+        first: Step,
     ) -> ApiResult<Vec<SharedEvent>> {
         let (mut events, mut call) = self.advance(conversation_id, input, first).await?;
         let mut calls = 0;
@@ -385,25 +389,56 @@ impl Runtime {
         }
     }
 
-    /// One engine step in one transaction; the visitor's token (hash) is checked in it too,
-    /// which saves a turn its own read.
+    /// One engine step in one transaction (grouped with others on SQLite), then its events
+    /// published.
     async fn advance(
-        &self,
+        self: &Arc<Self>,
         conversation_id: Uuid,
         input: Input,
-        step: Step<'_>,
+        step: Step,
     ) -> ApiResult<(Vec<SharedEvent>, Option<SyncCall>)> {
+        let this = self.clone();
+        let kind = match &input {
+            Input::Start => "start",
+            Input::Answer(_) => "answer",
+            Input::WebhookResult(_) => "webhook_result",
+        };
+        let began = std::time::Instant::now();
+        let (new_events, sync, queued) = self
+            .db
+            .write_grouped(move |tx| {
+                Box::pin(async move { this.advance_in(tx, conversation_id, input, step).await })
+            })
+            .await?;
+        crate::metrics::turn(kind, began.elapsed());
+        let shared: Vec<SharedEvent> = new_events.into_iter().map(Arc::new).collect();
+        self.bus.publish(&shared).await;
+        if queued {
+            self.deliveries.wake();
+        }
+        Ok((shared, sync))
+    }
+
+    /// One engine step in `tx`; the visitor's token (hash) is checked in it too, which saves
+    /// a turn its own read. Returns the new events, the sync call to make, and whether the
+    /// outbox got work.
+    async fn advance_in(
+        &self,
+        tx: &DatabaseTransaction,
+        conversation_id: Uuid,
+        input: Input,
+        step: Step,
+    ) -> ApiResult<(Vec<conversation_event::Model>, Option<SyncCall>, bool)> {
         let Step {
             visitor,
             create,
             release,
             unless_in_flight,
         } = step;
-        let tx = self.db.write().await?;
         let created = create.is_some();
         if let Some(new) = create {
             conversation::Entity::insert(conversation::ActiveModel::from(new))
-                .exec_without_returning(&tx.tx)
+                .exec_without_returning(tx)
                 .await?;
         }
         let mut query = conversation::Entity::find_by_id(conversation_id);
@@ -414,30 +449,26 @@ impl Runtime {
         }
         // `.all()` rather than `.one()`: `.one()` binds `LIMIT ?`, which makes SQLite re-plan
         // the cached statement on every run; the primary key yields one row at most anyway.
-        let conv = query
-            .all(&tx.tx)
-            .await?
-            .pop()
-            .ok_or_else(visitor_not_found)?;
+        let conv = query.all(tx).await?.pop().ok_or_else(visitor_not_found)?;
         if visitor.is_some_and(|hash| hash != conv.visitor_token_hash) {
             return Err(visitor_not_found());
         }
         if unless_in_flight
-            && deliveries::conversations_with_calls_in_flight(&tx.tx, &[conv.id])
+            && deliveries::conversations_with_calls_in_flight(tx, &[conv.id])
                 .await?
                 .contains(&conv.id)
         {
             // The call was not cut off after all: whoever makes it takes its result.
-            return Ok((Vec::new(), None));
+            return Ok((Vec::new(), None, false));
         }
         if let Some(delivery_id) = release {
-            deliveries::release_claim(&tx.tx, delivery_id).await?;
+            deliveries::release_claim(tx, delivery_id).await?;
         }
         if matches!(input, Input::Answer(_)) {
             // Counted only once the token matched: a stranger cannot spend a visitor's budget.
             self.limiters.answers_by_conversation.check(&conv.id)?;
         }
-        let flow = self.flows.get(&tx.tx, conv.bot_id, conv.version).await?;
+        let flow = self.flows.get(tx, conv.bot_id, conv.version).await?;
         let mut state: State = serde_json::from_value(conv.state.clone())
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored state does not parse: {e}")))?;
         let result = engine::step(&flow, &mut state, input).map_err(step_error)?;
@@ -478,7 +509,7 @@ impl Runtime {
                     .select_only()
                     .column(webhook::Column::Id)
                     .into_tuple::<Uuid>()
-                    .all(&tx.tx)
+                    .all(tx)
                     .await?
                     .pop(),
                 Err(_) => None,
@@ -510,14 +541,14 @@ impl Runtime {
                     .filter(conversation_event::Column::ConversationId.eq(conv.id))
                     .order_by_desc(conversation_event::Column::Seq)
                     .limit(payload::MAX_MESSAGES as u64)
-                    .all(&tx.tx)
+                    .all(tx)
                     .await?;
                 recent.reverse();
                 transcript = Some(recent);
             }
             if bot_name.is_none() {
                 bot_name = bot::Entity::find_by_id(conv.bot_id)
-                    .one(&tx.tx)
+                    .one(tx)
                     .await?
                     .map(|b| b.name);
             }
@@ -539,7 +570,7 @@ impl Runtime {
                 });
             } else {
                 deliveries::enqueue(
-                    &tx.tx,
+                    tx,
                     conv.account_id,
                     hook_id,
                     Some(conv.id),
@@ -592,12 +623,12 @@ impl Runtime {
             updated_at: Set(now),
             ..Default::default()
         })
-        .exec(&tx.tx)
+        .exec(tx)
         .await?;
         // Lifecycle events, in this transaction: the outbox never reports what did not happen.
         if created
             && lifecycle::conversation_event(
-                &tx.tx,
+                tx,
                 &conv,
                 &state,
                 &new_events,
@@ -610,7 +641,7 @@ impl Runtime {
         if ended
             && conv.status != ConversationStatus::Completed
             && lifecycle::conversation_event(
-                &tx.tx,
+                tx,
                 &conversation::Model {
                     status: ConversationStatus::Completed,
                     ended_at: Some(conv.ended_at.unwrap_or(now)),
@@ -631,17 +662,10 @@ impl Runtime {
                     .cloned()
                     .map(conversation_event::ActiveModel::from),
             )
-            .exec_without_returning(&tx.tx)
+            .exec_without_returning(tx)
             .await?;
         }
-        tx.commit().await?;
-
-        let shared: Vec<SharedEvent> = new_events.into_iter().map(Arc::new).collect();
-        self.bus.publish(&shared).await;
-        if queued {
-            self.deliveries.wake();
-        }
-        Ok((shared, sync))
+        Ok((new_events, sync, queued))
     }
 
     /// Marks conversations idle since `idle` abandoned, a batch at a time, each with its
@@ -711,7 +735,7 @@ impl Runtime {
 
     /// Marks idle conversations abandoned, and resumes those whose sync call was cut off by a
     /// crash (the call is treated as failed: the conversation goes on to the next block).
-    pub async fn sweep(&self) -> ApiResult<()> {
+    pub async fn sweep(self: &Arc<Self>) -> ApiResult<()> {
         let now = Utc::now();
         let idle = now - chrono::Duration::from_std(self.abandon_after).unwrap_or_default();
         self.abandon_idle(idle).await?;

@@ -61,6 +61,7 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
                 "/bots/{bot_id}/results.csv",
                 web::get().to(results::results_csv),
             )
+            .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz));
         if graphiql_on {
@@ -175,6 +176,45 @@ async fn graphiql() -> HttpResponse {
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Prometheus metrics, for a scraper that holds `PARLEY_METRICS_TOKEN`: they count every
+/// tenant's traffic, which is nobody else's business.
+async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let Some(expected) = &state.settings.metrics_token_hash else {
+        return request_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "metrics are off: set PARLEY_METRICS_TOKEN and scrape with \
+             `Authorization: Bearer <that token>`",
+        );
+    };
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(|t| crate::opaque::token_hash(t.trim()));
+    if given.as_ref() != Some(expected) {
+        return request_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "metrics need `Authorization: Bearer <PARLEY_METRICS_TOKEN>`",
+        );
+    }
+    match crate::metrics::render(&state.db).await {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text),
+        Err(e) => {
+            tracing::error!(error = e.message(), "cannot read the metrics");
+            request_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "INTERNAL_SERVER_ERROR",
+                "the metrics could not be read just now",
+            )
+        }
+    }
 }
 
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {

@@ -127,6 +127,7 @@ impl SocketCounter {
         Some(SocketGuard {
             counter: Arc::clone(self),
             key,
+            _open: crate::metrics::Open::new("parley_websockets_open"),
         })
     }
 
@@ -150,6 +151,7 @@ impl SocketCounter {
 pub struct SocketGuard {
     counter: Arc<SocketCounter>,
     key: IpAddr,
+    _open: crate::metrics::Open,
 }
 
 impl Drop for SocketGuard {

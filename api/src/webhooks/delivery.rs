@@ -346,6 +346,7 @@ impl Deliveries {
                 Ok(request) => self.client.send(&request, timeout).await,
                 Err(error) => AttemptOutcome::refused(error),
             };
+            crate::metrics::attempt(outcome.error.is_none(), outcome.duration);
             let span = tracing::Span::current();
             span.record("status", outcome.status.unwrap_or(0));
             if let Some(error) = &outcome.error {

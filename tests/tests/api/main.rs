@@ -10,6 +10,7 @@ mod flows;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod races;
 mod results;
 mod scaleout;

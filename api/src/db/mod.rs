@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
 use migration::MigratorTrait as _;
 use sea_orm::{
     ConnectOptions, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait,
@@ -10,6 +11,8 @@ use sea_orm::{
 };
 
 use crate::settings::{DatabaseKind, DatabaseUrl};
+
+mod group;
 
 /// Connection pools for reading and for writing.
 ///
@@ -23,6 +26,8 @@ pub struct Db {
     conn: DatabaseConnection,
     writer: DatabaseConnection,
     kind: DatabaseKind,
+    /// SQLite only: the thread that commits grouped writes.
+    group: Option<group::GroupWriter>,
 }
 
 /// A write transaction.
@@ -48,14 +53,20 @@ impl Db {
     /// Connects and tunes each connection for the engine.
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
         let conn = Self::pool(url, 8).await?;
-        let writer = match url.kind() {
-            DatabaseKind::Sqlite => Self::pool(url, 1).await?,
-            DatabaseKind::Postgres => conn.clone(),
+        let (writer, group) = match url.kind() {
+            DatabaseKind::Sqlite => {
+                let writer = Self::pool(url, 1).await?;
+                let group = group::GroupWriter::start(writer.clone())
+                    .context("cannot start the database writer thread")?;
+                (writer, Some(group))
+            }
+            DatabaseKind::Postgres => (conn.clone(), None),
         };
         Ok(Self {
             conn,
             writer,
             kind: url.kind(),
+            group,
         })
     }
 
@@ -125,6 +136,47 @@ impl Db {
         Ok(WriteTx {
             tx: self.writer.begin().await?,
         })
+    }
+
+    /// Runs `f` in a write transaction and commits. On SQLite the transaction is shared with
+    /// the other grouped writes waiting at that moment (see [`group`]), `f` running under a
+    /// savepoint of its own: its failure undoes only its own writes. `f` must not wait for
+    /// another write, which would wait for it.
+    pub async fn write_grouped<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbErr> + Send + 'static,
+        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+    {
+        let began = std::time::Instant::now();
+        let result = if let Some(group) = &self.group {
+            group.run(f).await
+        } else {
+            let tx = self.writer.begin().await?;
+            let value = f(&tx).await?;
+            tx.commit().await?;
+            Ok(value)
+        };
+        crate::metrics::write_wait(began.elapsed());
+        result
+    }
+
+    /// Each pool's name, size and idle connections.
+    pub fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
+        match self.kind {
+            DatabaseKind::Sqlite => {
+                let read = self.conn.get_sqlite_connection_pool();
+                let write = self.writer.get_sqlite_connection_pool();
+                vec![
+                    ("read", read.size(), read.num_idle()),
+                    ("write", write.size(), write.num_idle()),
+                ]
+            }
+            DatabaseKind::Postgres => {
+                let pool = self.conn.get_postgres_connection_pool();
+                vec![("shared", pool.size(), pool.num_idle())]
+            }
+        }
     }
 
     /// Whether the database answers.

@@ -1,0 +1,180 @@
+//! Prometheus metrics, served at `GET /metrics` by the edge. Counters and histograms are
+//! recorded where things happen, in this process; gauges of stored state (conversations and
+//! deliveries by status, the outbox) are read from the database at each scrape, so they are
+//! true for every instance sharing it.
+use std::{sync::OnceLock, time::Duration};
+
+use chrono::Utc;
+use entity::{
+    conversation::{self, ConversationStatus},
+    delivery::{self, DeliveryStatus},
+};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::{Expr, Func},
+};
+
+use crate::{db::Db, error::ApiResult};
+
+/// Seconds: from a tenth of a millisecond (a turn with nothing to wait for) to a minute (a
+/// webhook attempt at its deadline).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's recorder, installed on first use (tests run many servers in one process,
+/// and a process has one recorder). `None` if another recorder was installed first.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("parley_db_write_batch_jobs".into()),
+                        BATCH_BUCKETS,
+                    )
+                });
+            match builder.and_then(PrometheusBuilder::install_recorder) {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    tracing::warn!(error.cause = %e, "metrics are off: no recorder");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// A conversation step (`start`, `answer`, `webhook_result`, `resume`) and how long its
+/// transaction took, queueing for the writer included.
+pub fn turn(kind: &'static str, took: Duration) {
+    counter!("parley_turns_total", "kind" => kind).increment(1);
+    histogram!("parley_turn_duration_seconds").record(took.as_secs_f64());
+}
+
+/// One webhook attempt: its outcome and how long the customer's endpoint took.
+pub fn attempt(succeeded: bool, took: Duration) {
+    let outcome = if succeeded { "succeeded" } else { "failed" };
+    counter!("parley_delivery_attempts_total", "outcome" => outcome).increment(1);
+    histogram!("parley_delivery_attempt_duration_seconds").record(took.as_secs_f64());
+}
+
+/// One batch of SQLite's group commit: how many writes shared its transaction.
+pub fn write_batch(jobs: usize) {
+    histogram!("parley_db_write_batch_jobs").record(jobs as f64);
+}
+
+/// How long a write waited for its commit, queueing included.
+pub fn write_wait(took: Duration) {
+    histogram!("parley_db_write_wait_seconds").record(took.as_secs_f64());
+}
+
+/// Counts one open thing (a socket, a subscription) while it lives.
+#[derive(Debug)]
+pub struct Open(&'static str);
+
+impl Open {
+    /// `name` goes up by one now and down by one when this is dropped.
+    pub fn new(name: &'static str) -> Self {
+        gauge!(name).increment(1.0);
+        Self(name)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        gauge!(self.0).decrement(1.0);
+    }
+}
+
+/// The Prometheus text: stored state read now, then everything recorded.
+pub async fn render(db: &Db) -> ApiResult<String> {
+    let Some(handle) = handle() else {
+        return Ok(String::new());
+    };
+    let conversations: Vec<(ConversationStatus, i64)> = conversation::Entity::find()
+        .select_only()
+        .column(conversation::Column::Status)
+        .column_as(conversation::Column::Id.count(), "n")
+        .group_by(conversation::Column::Status)
+        .into_tuple()
+        .all(db.conn())
+        .await?;
+    for (status, name) in [
+        (ConversationStatus::Active, "ACTIVE"),
+        (ConversationStatus::Completed, "COMPLETED"),
+        (ConversationStatus::Abandoned, "ABANDONED"),
+    ] {
+        let n = conversations
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n);
+        gauge!("parley_conversations", "status" => name).set(n as f64);
+    }
+    let deliveries: Vec<(DeliveryStatus, i64)> = delivery::Entity::find()
+        .select_only()
+        .column(delivery::Column::Status)
+        .column_as(delivery::Column::Id.count(), "n")
+        .group_by(delivery::Column::Status)
+        .into_tuple()
+        .all(db.conn())
+        .await?;
+    for (status, name) in [
+        (DeliveryStatus::Pending, "PENDING"),
+        (DeliveryStatus::Succeeded, "SUCCEEDED"),
+        (DeliveryStatus::Failed, "FAILED"),
+    ] {
+        let n = deliveries
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n);
+        gauge!("parley_deliveries", "status" => name).set(n as f64);
+    }
+    // Due: pending, past its time (or sent at once), and nobody's claim is holding it.
+    let now = Utc::now();
+    let due = Condition::all()
+        .add(delivery::Column::Status.eq(DeliveryStatus::Pending))
+        .add(
+            Condition::any()
+                .add(delivery::Column::NextAttemptAt.is_null())
+                .add(delivery::Column::NextAttemptAt.lte(now)),
+        )
+        .add(
+            Condition::any()
+                .add(delivery::Column::ClaimedUntil.is_null())
+                .add(delivery::Column::ClaimedUntil.lt(now)),
+        );
+    let (depth, oldest): (i64, Option<chrono::DateTime<Utc>>) = delivery::Entity::find()
+        .select_only()
+        .column_as(delivery::Column::Id.count(), "n")
+        .column_as(
+            Expr::expr(Func::min(Func::coalesce([
+                Expr::col(delivery::Column::NextAttemptAt),
+                Expr::col(delivery::Column::CreatedAt),
+            ]))),
+            "oldest",
+        )
+        .filter(due)
+        .into_tuple()
+        .one(db.conn())
+        .await?
+        .unwrap_or((0, None));
+    gauge!("parley_outbox_due").set(depth as f64);
+    let age = oldest.map_or(0.0, |at| {
+        (now - at).num_milliseconds().max(0) as f64 / 1000.0
+    });
+    gauge!("parley_outbox_oldest_due_age_seconds").set(age);
+    for (pool, size, idle) in db.pool_stats() {
+        gauge!("parley_db_pool_connections", "pool" => pool, "state" => "idle").set(idle as f64);
+        gauge!("parley_db_pool_connections", "pool" => pool, "state" => "busy")
+            .set((size as usize).saturating_sub(idle) as f64);
+    }
+    Ok(handle.render())
+}

@@ -1,0 +1,95 @@
+//! `GET /metrics`: Prometheus text for a scraper holding `PARLEY_METRICS_TOKEN`.
+use serde_json::json;
+
+use crate::helpers::*;
+
+const TOKEN: &str = "scrape-me-please-0123456789";
+
+async fn scrape(app: &TestApp, token: Option<&str>) -> reqwest::Response {
+    let mut request = app.client.get(format!("{}/metrics", app.addr));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("metrics request")
+}
+
+/// The value of the sample `name` (with its labels, exactly as printed), if present.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test]
+async fn metrics_are_not_served_without_a_configured_token() {
+    let app = spawn_app().await;
+    let response = scrape(&app, Some(TOKEN)).await;
+    assert_eq!(response.status(), 404);
+    let body: serde_json::Value = response.json().await.expect("a JSON error");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .expect("an error message")
+            .contains("PARLEY_METRICS_TOKEN")
+    );
+}
+
+#[tokio::test]
+async fn metrics_refuse_a_missing_or_wrong_token() {
+    let app = spawn_app_with(|s| {
+        s.metrics_token_hash = Some(parley::opaque::token_hash(TOKEN));
+    })
+    .await;
+    assert_eq!(scrape(&app, None).await.status(), 401);
+    assert_eq!(
+        scrape(&app, Some("not-the-token-at-all")).await.status(),
+        401
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_conversations_turns_and_the_outbox() {
+    let app = spawn_app_with(|s| {
+        s.metrics_token_hash = Some(parley::opaque::token_hash(TOKEN));
+    })
+    .await;
+    let user = app.new_user().await;
+    let (bot, _) = app
+        .published_seed_bot(&user, "http://127.0.0.1:9/hook", true)
+        .await;
+    for _ in 0..3 {
+        let started = app.start_conversation(&bot, json!(null)).await;
+        assert_ok(&started);
+    }
+    let response = scrape(&app, Some(TOKEN)).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("a content type")
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.expect("the metrics text");
+    // Stored state is this database's own: exact.
+    assert_eq!(
+        sample(&text, "parley_conversations{status=\"ACTIVE\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, "parley_conversations{status=\"COMPLETED\"}"),
+        Some(0.0)
+    );
+    assert_eq!(sample(&text, "parley_outbox_due"), Some(0.0));
+    // Counters are the process's (other tests' servers share it): at least ours.
+    let starts = sample(&text, "parley_turns_total{kind=\"start\"}").expect("turn counter");
+    assert!(starts >= 3.0, "{starts}");
+    assert!(
+        text.contains("parley_turn_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("parley_db_pool_connections{"), "{text}");
+}
