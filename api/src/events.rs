@@ -48,8 +48,13 @@ pub type AccessChange = Uuid;
 /// Publishes committed events and hands out live subscriptions.
 #[async_trait]
 pub trait EventBus: Send + Sync {
-    /// Announces events that were just committed, in `seq` order.
-    async fn publish(&self, events: &[SharedEvent]);
+    /// A statement that tells the other instances of `events`, to run in the transaction that
+    /// commits them: PostgreSQL delivers a NOTIFY at commit, so the announcement costs no
+    /// round trip or commit of its own and never announces what was rolled back. `None` when
+    /// there are no other instances to tell.
+    fn announcement(&self, events: &[conversation_event::Model]) -> Option<Statement>;
+    /// Hands events that were just committed, in `seq` order, to this instance's subscribers.
+    fn publish(&self, events: &[SharedEvent]);
     /// Notices of one conversation from now on.
     fn subscribe_conversation(&self, conversation_id: Uuid) -> Subscription;
     /// Notices of every conversation of an account from now on.
@@ -181,7 +186,11 @@ impl LocalBus {
 
 #[async_trait]
 impl EventBus for LocalBus {
-    async fn publish(&self, events: &[SharedEvent]) {
+    fn announcement(&self, _: &[conversation_event::Model]) -> Option<Statement> {
+        None
+    }
+
+    fn publish(&self, events: &[SharedEvent]) {
         self.dispatch(events);
     }
 
@@ -329,11 +338,8 @@ impl PgBus {
 
 #[async_trait]
 impl EventBus for PgBus {
-    async fn publish(&self, events: &[SharedEvent]) {
-        self.local.dispatch(events);
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
-            return;
-        };
+    fn announcement(&self, events: &[conversation_event::Model]) -> Option<Statement> {
+        let (first, last) = (events.first()?, events.last()?);
         let announcement = Announcement {
             c: first.conversation_id,
             a: first.account_id,
@@ -341,18 +347,16 @@ impl EventBus for PgBus {
             t: last.seq,
             i: self.instance,
         };
-        let Ok(payload) = serde_json::to_string(&announcement) else {
-            return;
-        };
-        let statement = Statement::from_sql_and_values(
+        let payload = serde_json::to_string(&announcement).ok()?;
+        Some(Statement::from_sql_and_values(
             self.db.conn().get_database_backend(),
             "SELECT pg_notify($1, $2)",
             [PG_CHANNEL.into(), payload.into()],
-        );
-        if let Err(e) = self.db.conn().execute_raw(statement).await {
-            // Other instances' subscribers fill the gap at their next event or resync.
-            tracing::warn!(error = %e, conversation.id = %first.conversation_id, "NOTIFY failed");
-        }
+        ))
+    }
+
+    fn publish(&self, events: &[SharedEvent]) {
+        self.local.dispatch(events);
     }
 
     fn subscribe_conversation(&self, conversation_id: Uuid) -> Subscription {

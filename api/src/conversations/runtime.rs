@@ -412,7 +412,7 @@ impl Runtime {
             .await?;
         crate::metrics::turn(kind, began.elapsed());
         let shared: Vec<SharedEvent> = new_events.into_iter().map(Arc::new).collect();
-        self.bus.publish(&shared).await;
+        self.bus.publish(&shared);
         if queued {
             self.deliveries.wake();
         }
@@ -664,6 +664,9 @@ impl Runtime {
             )
             .exec_without_returning(tx)
             .await?;
+        }
+        if let Some(announce) = self.bus.announcement(&new_events) {
+            tx.execute_raw(announce).await?;
         }
         Ok((new_events, sync, queued))
     }
