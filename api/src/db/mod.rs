@@ -13,6 +13,7 @@ use sea_orm::{
 use crate::settings::{DatabaseKind, DatabaseUrl};
 
 mod group;
+mod turns;
 
 /// Connection pools for reading and for writing.
 ///
@@ -28,6 +29,8 @@ pub struct Db {
     kind: DatabaseKind,
     /// SQLite only: the thread that commits grouped writes.
     group: Option<group::GroupWriter>,
+    /// PostgreSQL only: the thread that runs conversation steps.
+    steps: Option<turns::StepRuntime>,
 }
 
 /// A write transaction.
@@ -52,28 +55,30 @@ impl WriteTx {
 impl Db {
     /// Connects and tunes each connection for the engine.
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
-        let conn = Self::pool(url, 8).await?;
-        let (writer, group) = match url.kind() {
+        let (conn, writer, group, steps) = match url.kind() {
             DatabaseKind::Sqlite => {
+                let conn = Self::pool(url, 8).await?;
                 let writer = Self::pool(url, 1).await?;
                 let group = group::GroupWriter::start(writer.clone())
                     .context("cannot start the database writer thread")?;
-                (writer, Some(group))
+                (conn, writer, Some(group), None)
             }
-            DatabaseKind::Postgres => (conn.clone(), None),
+            DatabaseKind::Postgres => {
+                let conn = Self::pool(url, 32).await?;
+                let steps = turns::StepRuntime::start(url).await?;
+                (conn.clone(), conn, None, Some(steps))
+            }
         };
         Ok(Self {
             conn,
             writer,
             kind: url.kind(),
             group,
+            steps,
         })
     }
 
-    async fn pool(
-        url: &DatabaseUrl,
-        sqlite_connections: u32,
-    ) -> anyhow::Result<DatabaseConnection> {
+    async fn pool(url: &DatabaseUrl, connections: u32) -> anyhow::Result<DatabaseConnection> {
         let mut opts = ConnectOptions::new(url.as_str());
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
@@ -82,7 +87,7 @@ impl Db {
             DatabaseKind::Sqlite => {
                 // A local file cannot go stale under us: skip the ping sqlx would otherwise send
                 // on every checkout, a round trip per transaction on the hot path.
-                opts.max_connections(sqlite_connections)
+                opts.max_connections(connections)
                     .min_connections(1)
                     .test_before_acquire(false)
                     .map_sqlx_sqlite_opts(|o| {
@@ -96,7 +101,7 @@ impl Db {
             DatabaseKind::Postgres => {
                 // Ping only connections idle long enough to have been dropped by the server or
                 // a proxy; hot connections skip the round trip.
-                opts.max_connections(32)
+                opts.max_connections(connections)
                     .min_connections(1)
                     .test_before_acquire_if_idle_for(Duration::from_secs(30));
             }
@@ -138,10 +143,12 @@ impl Db {
         })
     }
 
-    /// Runs `f` in a write transaction and commits. On SQLite the transaction is shared with
-    /// the other grouped writes waiting at that moment (see [`group`]), `f` running under a
-    /// savepoint of its own: its failure undoes only its own writes. `f` must not wait for
-    /// another write, which would wait for it.
+    /// Runs `f` in a write transaction and commits, on a thread that does nothing else (the
+    /// hot path of conversation steps). On SQLite the transaction is shared with the other
+    /// grouped writes waiting at that moment (see [`group`]), `f` running under a savepoint
+    /// of its own: its failure undoes only its own writes. On PostgreSQL each `f` has its own
+    /// transaction (see [`turns`]). `f` must not wait for another write, which would wait
+    /// for it.
     pub async fn write_grouped<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -151,6 +158,8 @@ impl Db {
         let began = std::time::Instant::now();
         let result = if let Some(group) = &self.group {
             group.run(f).await
+        } else if let Some(steps) = &self.steps {
+            steps.run(f).await
         } else {
             let tx = self.writer.begin().await?;
             let value = f(&tx).await?;
@@ -174,7 +183,12 @@ impl Db {
             }
             DatabaseKind::Postgres => {
                 let pool = self.conn.get_postgres_connection_pool();
-                vec![("shared", pool.size(), pool.num_idle())]
+                let mut stats = vec![("shared", pool.size(), pool.num_idle())];
+                if let Some(steps) = &self.steps {
+                    let pool = steps.pool().get_postgres_connection_pool();
+                    stats.push(("steps", pool.size(), pool.num_idle()));
+                }
+                stats
             }
         }
     }
