@@ -260,7 +260,11 @@ pub async fn export_page(
         .filter(conversation::Column::BotId.eq(bot_id))
         .filter(filter.condition());
     if let Some((at, id)) = after {
-        q = q.filter(
+        // The `>=` bound repeats what the disjunction implies so that PostgreSQL starts the
+        // page at `at` in the (bot_id, started_at) index: with the disjunction alone it walks
+        // the bot's index from its first entry on every page (a filter, not an index bound),
+        // and the export grows as n² (SQLite finds the bound either way).
+        q = q.filter(conversation::Column::StartedAt.gte(at)).filter(
             Condition::any()
                 .add(conversation::Column::StartedAt.gt(at))
                 .add(

@@ -33,6 +33,9 @@ enum Scenario {
     /// Attacks a stranger can make (huge batch, deep query, idle sockets, conversation
     /// flood) against the default limits: time to answer, RSS growth, honest latency.
     Abuse,
+    /// The results CSV of a bot with N conversations (seeded in the database): time, rows,
+    /// server RSS growth; then once filtered by status and time.
+    Export,
     /// Every scenario, one after the other, each on its own server and database.
     All,
 }
@@ -46,6 +49,7 @@ impl Scenario {
             Scenario::Graphql => "graphql",
             Scenario::SyncWebhook => "sync-webhook",
             Scenario::Abuse => "abuse",
+            Scenario::Export => "export",
             Scenario::All => "all",
         }
     }
@@ -61,9 +65,9 @@ struct Cli {
     /// Database engine of the server under test.
     #[arg(long, value_enum, default_value_t = DbKind::Sqlite)]
     db: DbKind,
-    /// Visitors (chat), subscriptions (subscribers), deliveries (deliveries), or sockets and
-    /// conversations (abuse); defaults 1,000, 10,000, 20,000, and 10,000 sockets with 100
-    /// conversations.
+    /// Visitors (chat), subscriptions (subscribers), deliveries (deliveries), sockets and
+    /// conversations (abuse), or conversations exported (export); defaults 1,000, 10,000,
+    /// 20,000, 10,000 sockets with 100 conversations, and 100,000.
     #[arg(long)]
     size: Option<usize>,
     /// Clients in parallel: HTTP clients (graphql, default 64), starters (deliveries and
@@ -177,6 +181,7 @@ async fn run_one(scenario: Scenario, cli: &Cli, opts: &Opts) -> anyhow::Result<R
         Scenario::Graphql => scenarios::graphql::run(&server, opts).await,
         Scenario::SyncWebhook => scenarios::sync_webhook::run(&server, opts).await,
         Scenario::Abuse => scenarios::abuse::run(&server, opts).await,
+        Scenario::Export => scenarios::export::run(&server, opts).await,
         Scenario::All => Err(anyhow::anyhow!("`all` is not a single scenario")),
     };
     server.stop().await;
@@ -240,6 +245,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::Graphql,
             Scenario::SyncWebhook,
             Scenario::Abuse,
+            Scenario::Export,
         ],
         one => vec![one],
     };

@@ -16,7 +16,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -28,12 +28,12 @@ use tokio_tungstenite::tungstenite::{
     self, Message, client::IntoClientRequest as _, http::HeaderValue,
 };
 
-use super::question_flow;
+use super::{RssWatch, question_flow};
 use crate::{
     Opts,
     client::{Api, RawHttp, SEND_ANSWER, START_CONVERSATION, data},
     report::{Latency, Report},
-    server::{Server, mb, memory_kb, round3},
+    server::{Server, mb, round3},
 };
 
 /// The server's environment: the defaults but for a trusted proxy (so the bench can speak
@@ -53,6 +53,8 @@ pub const DEFAULT_FLOODERS: usize = 8;
 /// the honest visitor's p99 at most twice the quiet one.
 const ANSWER_GOAL_MS: f64 = 1000.0;
 const RSS_GOAL_MB: f64 = 50.0;
+/// How often the server's RSS is read during an attack.
+const RSS_POLL: Duration = Duration::from_millis(20);
 const HONEST_RATIO_GOAL: f64 = 2.0;
 
 /// How long the bench waits for one attack's answer before it calls it unanswered.
@@ -121,113 +123,6 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
          the sockets from 127.0.0.1 itself, the honest visitor from a new address per conversation",
     );
     Ok(report)
-}
-
-/// The server's RSS over an attack: VmHWM reset before it (when the kernel allows) and
-/// VmRSS polled every 20 ms, so that the peak is the attack's own.
-struct RssWatch {
-    pid: String,
-    before_kb: u64,
-    hwm_reset: bool,
-    stop: Arc<AtomicBool>,
-    max_kb: Arc<AtomicU64>,
-    poller: tokio::task::JoinHandle<()>,
-}
-
-/// What [`RssWatch`] saw.
-struct Memory {
-    before_kb: u64,
-    after_kb: u64,
-    peak_kb: u64,
-    hwm_reset: bool,
-}
-
-impl RssWatch {
-    fn start(server: &Server) -> Self {
-        let hwm_reset = server.reset_peak();
-        let pid = server.pid();
-        let (before_kb, _) = memory_kb(&pid);
-        let stop = Arc::new(AtomicBool::new(false));
-        let max_kb = Arc::new(AtomicU64::new(before_kb));
-        let poller = tokio::spawn({
-            let (pid, stop, max_kb) = (pid.clone(), stop.clone(), max_kb.clone());
-            async move {
-                while !stop.load(Ordering::Relaxed) {
-                    max_kb.fetch_max(memory_kb(&pid).0, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        });
-        Self {
-            pid,
-            before_kb,
-            hwm_reset,
-            stop,
-            max_kb,
-            poller,
-        }
-    }
-
-    /// RSS now, during the attack.
-    fn now_kb(&self) -> u64 {
-        memory_kb(&self.pid).0
-    }
-
-    async fn finish(self) -> Memory {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.poller.await;
-        let (after_kb, hwm_kb) = memory_kb(&self.pid);
-        let polled = self.max_kb.load(Ordering::Relaxed);
-        let peak_kb = if self.hwm_reset {
-            polled.max(hwm_kb)
-        } else {
-            polled
-        }
-        .max(after_kb);
-        Memory {
-            before_kb: self.before_kb,
-            after_kb,
-            peak_kb,
-            hwm_reset: self.hwm_reset,
-        }
-    }
-}
-
-impl Memory {
-    fn growth_mb(&self) -> f64 {
-        mb(self.peak_kb.saturating_sub(self.before_kb))
-    }
-
-    fn retained_mb(&self) -> f64 {
-        mb(self.after_kb.saturating_sub(self.before_kb))
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "rss_before_mb": mb(self.before_kb),
-            "rss_after_mb": mb(self.after_kb),
-            "rss_peak_mb": mb(self.peak_kb),
-            "rss_growth_mb": self.growth_mb(),
-            "rss_retained_mb": self.retained_mb(),
-            "peak_from_vmhwm_reset": self.hwm_reset,
-        })
-    }
-
-    /// The two memory lines of an attack in the table.
-    fn report(&self, attack: &str, report: &mut Report) {
-        report.target(
-            format!("{attack}: server RSS growth (peak)"),
-            self.growth_mb(),
-            "MB",
-            "<=",
-            RSS_GOAL_MB,
-        );
-        report.metric(
-            format!("{attack}: server RSS retained after"),
-            self.retained_mb(),
-            "MB",
-        );
-    }
 }
 
 /// The first `errors[].message` of a GraphQL response (or of the first item of a batch
@@ -304,7 +199,7 @@ async fn body(server: &Server, report: &mut Report) -> anyhow::Result<()> {
         .header("content-type", "application/json")
         .header("x-forwarded-for", BODY_ADDR)
         .body(batch);
-    let watch = RssWatch::start(server);
+    let watch = RssWatch::start(server, RSS_POLL);
     let (elapsed, result) = timed_post(request).await;
     let memory = watch.finish().await;
     let ms = elapsed.as_secs_f64() * 1000.0;
@@ -344,7 +239,7 @@ async fn body(server: &Server, report: &mut Report) -> anyhow::Result<()> {
             detail["error"] = json!(e);
         }
     }
-    memory.report("body", report);
+    memory.report("body", RSS_GOAL_MB, report);
     report.detail("body", detail);
     Ok(())
 }
@@ -394,7 +289,7 @@ async fn deep(
         .post(format!("{}/graphql", server.base))
         .bearer_auth(&api.token)
         .json(&json!({ "query": deep_query(), "variables": { "b": bot } }));
-    let watch = RssWatch::start(server);
+    let watch = RssWatch::start(server, RSS_POLL);
     let (elapsed, result) = timed_post(request).await;
     let memory = watch.finish().await;
     let ms = elapsed.as_secs_f64() * 1000.0;
@@ -435,7 +330,7 @@ async fn deep(
             detail["error"] = json!(e);
         }
     }
-    memory.report("deep", report);
+    memory.report("deep", RSS_GOAL_MB, report);
     report.detail("deep", detail);
     Ok(())
 }
@@ -593,7 +488,7 @@ async fn flood(
     for _ in 0..flooders {
         tasks.spawn(flooder(server.port, bot.to_owned(), stop.clone()));
     }
-    let watch = RssWatch::start(server);
+    let watch = RssWatch::start(server, RSS_POLL);
     let before = server.sample();
     let loaded = honest_visitor(server.port, bot, duration, &mut next_conversation).await;
     stop.store(true, Ordering::Relaxed);
@@ -660,7 +555,7 @@ async fn flood(
         super::cores(&before, &after),
         "cores",
     );
-    memory.report("flood", report);
+    memory.report("flood", RSS_GOAL_MB, report);
     if let Some(e) = quiet.first_error.as_ref().or(loaded.first_error.as_ref()) {
         report.note(format!("flood: honest visitor's first error: {e}"));
     }
@@ -767,7 +662,7 @@ async fn sockets(server: &Server, wanted: usize, report: &mut Report) -> anyhow:
             "sockets: {n} opened instead of {wanted}: the open-files limit is {nofile}"
         ));
     }
-    let watch = RssWatch::start(server);
+    let watch = RssWatch::start(server, RSS_POLL);
     let started = Instant::now();
     let upgrades: Vec<(Upgrade, Duration, Instant)> = futures_util::stream::iter(0..n)
         .map(|_| open_idle(server.port))
@@ -839,7 +734,7 @@ async fn sockets(server: &Server, wanted: usize, report: &mut Report) -> anyhow:
         "",
     );
     report.metric("sockets: server RSS growth while held", held_growth, "MB");
-    memory.report("sockets", report);
+    memory.report("sockets", RSS_GOAL_MB, report);
     report.metric(
         "sockets: closed by the server with 4408",
         closed_4408 as f64,

@@ -2,19 +2,26 @@
 pub mod abuse;
 pub mod chat;
 pub mod deliveries;
+pub mod export;
 pub mod graphql;
 pub mod subscribers;
 pub mod sync_webhook;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 use crate::{
     client::{RawHttp, Session, Ws, send_answer, start_conversation},
-    report::Latency,
-    server::{ProcSample, proc_delta, proc_sample},
+    report::{Latency, Report},
+    server::{ProcSample, Server, mb, memory_kb, proc_delta, proc_sample},
 };
 
 /// A visitor's two connections: the WebSocket of its subscriptions and the keep-alive HTTP
@@ -331,4 +338,125 @@ pub fn question_flow(questions: usize, webhook: Option<&str>) -> Value {
     }
     blocks.push(json!({ "id": "end", "kind": "END" }));
     json!({ "startBlockId": "q1", "blocks": blocks })
+}
+
+/// The server's RSS over one operation (an attack, an export): VmHWM reset before it (when
+/// the kernel allows) and VmRSS polled meanwhile, so that the peak is the operation's own.
+pub struct RssWatch {
+    pid: String,
+    before_kb: u64,
+    hwm_reset: bool,
+    stop: Arc<AtomicBool>,
+    max_kb: Arc<AtomicU64>,
+    polls: Arc<AtomicU64>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+/// What [`RssWatch`] saw.
+pub struct Memory {
+    pub before_kb: u64,
+    pub after_kb: u64,
+    pub peak_kb: u64,
+    pub hwm_reset: bool,
+    /// How many times VmRSS was read.
+    pub polls: u64,
+}
+
+impl RssWatch {
+    /// Starts polling the server's VmRSS every `every`.
+    pub fn start(server: &Server, every: Duration) -> Self {
+        let hwm_reset = server.reset_peak();
+        let pid = server.pid();
+        let (before_kb, _) = memory_kb(&pid);
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_kb = Arc::new(AtomicU64::new(before_kb));
+        let polls = Arc::new(AtomicU64::new(0));
+        let poller = tokio::spawn({
+            let (pid, stop, max_kb, polls) =
+                (pid.clone(), stop.clone(), max_kb.clone(), polls.clone());
+            async move {
+                // A tick missed while the runtime was busy is taken late, not twice.
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    max_kb.fetch_max(memory_kb(&pid).0, Ordering::Relaxed);
+                    polls.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Self {
+            pid,
+            before_kb,
+            hwm_reset,
+            stop,
+            max_kb,
+            polls,
+            poller,
+        }
+    }
+
+    /// RSS now, during the operation.
+    pub fn now_kb(&self) -> u64 {
+        memory_kb(&self.pid).0
+    }
+
+    pub async fn finish(self) -> Memory {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.poller.await;
+        let (after_kb, hwm_kb) = memory_kb(&self.pid);
+        let polled = self.max_kb.load(Ordering::Relaxed);
+        let peak_kb = if self.hwm_reset {
+            polled.max(hwm_kb)
+        } else {
+            polled
+        }
+        .max(after_kb);
+        Memory {
+            before_kb: self.before_kb,
+            after_kb,
+            peak_kb,
+            hwm_reset: self.hwm_reset,
+            polls: self.polls.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Memory {
+    pub fn growth_mb(&self) -> f64 {
+        mb(self.peak_kb.saturating_sub(self.before_kb))
+    }
+
+    pub fn retained_mb(&self) -> f64 {
+        mb(self.after_kb.saturating_sub(self.before_kb))
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "rss_before_mb": mb(self.before_kb),
+            "rss_after_mb": mb(self.after_kb),
+            "rss_peak_mb": mb(self.peak_kb),
+            "rss_growth_mb": self.growth_mb(),
+            "rss_retained_mb": self.retained_mb(),
+            "peak_from_vmhwm_reset": self.hwm_reset,
+            "rss_polls": self.polls,
+        })
+    }
+
+    /// The two memory lines of an operation in the table: the growth against `goal_mb`, and
+    /// what stayed after.
+    pub fn report(&self, what: &str, goal_mb: f64, report: &mut Report) {
+        report.target(
+            format!("{what}: server RSS growth (peak)"),
+            self.growth_mb(),
+            "MB",
+            "<=",
+            goal_mb,
+        );
+        report.metric(
+            format!("{what}: server RSS retained after"),
+            self.retained_mb(),
+            "MB",
+        );
+    }
 }
