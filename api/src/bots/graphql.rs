@@ -188,7 +188,56 @@ pub struct ConditionOut {
     variable: String,
     operator: ConditionOperatorGql,
     value: Option<String>,
+    /// Further tests that must all hold too.
+    all: Option<Vec<ConditionRule>>,
+    /// Further tests of which at least one must hold too.
+    any: Option<Vec<ConditionRule>>,
     next: String,
+}
+
+/// A test inside a condition's `all` or `any` group: a comparison (`variable`, `operator`,
+/// `value`), a nested group (`all`, `any`, at most 5 levels deep), or both (then all must
+/// hold).
+#[derive(SimpleObject, InputObject, Clone)]
+#[graphql(name = "ConditionRule", input_name = "ConditionRuleInput")]
+pub struct ConditionRule {
+    variable: Option<String>,
+    operator: Option<ConditionOperatorGql>,
+    value: Option<String>,
+    all: Option<Vec<ConditionRule>>,
+    any: Option<Vec<ConditionRule>>,
+}
+
+impl From<model::Rule> for ConditionRule {
+    fn from(r: model::Rule) -> Self {
+        Self {
+            variable: r.variable,
+            operator: r.operator.map(Into::into),
+            value: r.value,
+            all: rules_out(r.all),
+            any: rules_out(r.any),
+        }
+    }
+}
+
+impl From<ConditionRule> for model::Rule {
+    fn from(r: ConditionRule) -> Self {
+        Self {
+            variable: r.variable,
+            operator: r.operator.map(Into::into),
+            value: r.value,
+            all: rules_in(r.all),
+            any: rules_in(r.any),
+        }
+    }
+}
+
+fn rules_out(rules: Option<Vec<model::Rule>>) -> Option<Vec<ConditionRule>> {
+    rules.map(|rs| rs.into_iter().map(Into::into).collect())
+}
+
+fn rules_in(rules: Option<Vec<ConditionRule>>) -> Option<Vec<model::Rule>> {
+    rules.map(|rs| rs.into_iter().map(Into::into).collect())
 }
 
 impl From<model::Choice> for ChoiceOut {
@@ -238,6 +287,8 @@ impl From<model::Flow> for FlowOut {
                                 variable: c.variable,
                                 operator: c.operator.into(),
                                 value: c.value,
+                                all: rules_out(c.all),
+                                any: rules_out(c.any),
                                 next: c.next,
                             })
                             .collect()
@@ -294,6 +345,10 @@ pub struct ConditionInput {
     variable: String,
     operator: ConditionOperatorGql,
     value: Option<String>,
+    /// Further tests that must all hold too.
+    all: Option<Vec<ConditionRule>>,
+    /// Further tests of which at least one must hold too.
+    any: Option<Vec<ConditionRule>>,
     next: String,
 }
 
@@ -343,6 +398,8 @@ impl From<FlowInput> for model::Flow {
                                 variable: c.variable,
                                 operator: c.operator.into(),
                                 value: c.value,
+                                all: rules_in(c.all),
+                                any: rules_in(c.any),
                                 next: c.next,
                             })
                             .collect()

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::model::{Block, BlockKind, ConditionOperator, Flow, QuestionType};
 
+mod conditions;
 mod graph;
 
 use graph::{Graph, strongly_connected};
@@ -578,66 +579,6 @@ impl<'a> Checker<'a> {
                 format!("The webhook \"{id}\" does not exist."),
             ),
             Some(_) => {}
-        }
-    }
-
-    fn conditions(&mut self, block: &Block) {
-        let conditions = block.conditions.as_deref().unwrap_or_default();
-        if conditions.is_empty() {
-            self.report(
-                Some(block),
-                "conditions",
-                "A condition block needs at least one condition.".to_owned(),
-            );
-        }
-        if conditions.len() > self.limits.max_conditions {
-            let (count, max) = (conditions.len(), self.limits.max_conditions);
-            self.report(
-                Some(block),
-                "conditions",
-                format!("The block has {count} conditions; at most {max} are allowed."),
-            );
-        }
-        for (i, condition) in conditions.iter().enumerate() {
-            if condition.variable.trim().is_empty() {
-                self.report(
-                    Some(block),
-                    format!("conditions[{i}].variable"),
-                    "Every condition needs a variable.".to_owned(),
-                );
-            }
-            let operator = condition.operator;
-            let needs_value = !matches!(
-                operator,
-                ConditionOperator::IsSet | ConditionOperator::IsNotSet | ConditionOperator::IsEmpty
-            );
-            if operator == ConditionOperator::Matches
-                && let Some(pattern) = condition.value.as_deref()
-                && let Err(why) = crate::engine::pattern::compile(pattern)
-            {
-                self.report(Some(block), format!("conditions[{i}].value"), why);
-            }
-            let numeric = matches!(
-                operator,
-                ConditionOperator::GreaterThan | ConditionOperator::LessThan
-            );
-            let operator_name = operator_name(operator);
-            match condition.value.as_deref() {
-                None if needs_value => self.report(
-                    Some(block),
-                    format!("conditions[{i}].value"),
-                    format!("A {operator_name} condition needs a value."),
-                ),
-                // Such a condition could never hold: the runtime compares
-                // numbers only.
-                Some(value) if numeric && !is_number(value) => self.report(
-                    Some(block),
-                    format!("conditions[{i}].value"),
-                    format!("{operator_name} compares numbers, but \"{value}\" is not a number."),
-                ),
-                _ => {}
-            }
-            self.target(block, format!("conditions[{i}].next"), &condition.next);
         }
     }
 

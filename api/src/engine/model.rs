@@ -223,9 +223,79 @@ pub struct Condition {
     /// What the variable is compared with (unused by IS_SET / IS_NOT_SET).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// Further tests that must all hold too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<Vec<Rule>>,
+    /// Further tests of which at least one must hold too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any: Option<Vec<Rule>>,
     /// Where the flow goes when this condition holds.
     pub next: String,
 }
+
+impl Condition {
+    /// A single test with no groups.
+    pub fn test(
+        variable: impl Into<String>,
+        operator: ConditionOperator,
+        value: Option<&str>,
+        next: impl Into<String>,
+    ) -> Self {
+        Self {
+            variable: variable.into(),
+            operator,
+            value: value.map(str::to_owned),
+            all: None,
+            any: None,
+            next: next.into(),
+        }
+    }
+
+    /// Every rule nested in this condition's groups, at any depth, with its depth (1 for a
+    /// rule of the condition's own `all`/`any`).
+    pub fn nested_rules(&self) -> Vec<(&Rule, usize)> {
+        let mut found = Vec::new();
+        let mut stack: Vec<(&Rule, usize)> = groups(self.all.as_deref(), self.any.as_deref())
+            .map(|rule| (rule, 1))
+            .collect();
+        while let Some((rule, depth)) = stack.pop() {
+            found.push((rule, depth));
+            stack.extend(
+                groups(rule.all.as_deref(), rule.any.as_deref()).map(|inner| (inner, depth + 1)),
+            );
+        }
+        found
+    }
+}
+
+fn groups<'a>(all: Option<&'a [Rule]>, any: Option<&'a [Rule]>) -> impl Iterator<Item = &'a Rule> {
+    all.into_iter().flatten().chain(any.into_iter().flatten())
+}
+
+/// One test inside a condition's `all` or `any` group: a comparison (`variable`, `operator`,
+/// `value`), a nested group (`all`, `any`), or both, which must then all hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// The context variable tested; dotted paths read into objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variable: Option<String>,
+    /// How the variable is compared; absent for a pure group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<ConditionOperator>,
+    /// What the variable is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Tests that must all hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<Vec<Rule>>,
+    /// Tests of which at least one must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any: Option<Vec<Rule>>,
+}
+
+/// How deep `all`/`any` groups may nest (a condition's own groups are depth 1).
+pub const MAX_RULE_DEPTH: usize = 5;
 
 /// What a block does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -369,12 +439,12 @@ mod tests {
                     next: None,
                 },
             ]),
-            conditions: Some(vec![Condition {
-                variable: "v".into(),
-                operator: ConditionOperator::IsSet,
-                value: None,
-                next: "y".into(),
-            }]),
+            conditions: Some(vec![Condition::test(
+                "v",
+                ConditionOperator::IsSet,
+                None,
+                "y",
+            )]),
             next: Some("z".into()),
             ..Block::new("b", kind)
         }

@@ -141,6 +141,8 @@ fn arb_condition() -> impl Strategy<Value = Condition> {
             variable,
             operator,
             value,
+            all: None,
+            any: None,
             next,
         })
 }
@@ -256,6 +258,8 @@ fn arb_shaped_block(count: usize) -> impl Strategy<Value = Block> {
                 variable: variable.to_owned(),
                 operator,
                 value: Some("1".to_owned()),
+                all: None,
+                any: None,
                 next,
             })
             .collect::<Vec<_>>()
