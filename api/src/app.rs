@@ -59,7 +59,7 @@ impl Application {
             settings.delivery.clone(),
             settings.limits.max_sync_calls_per_account,
             settings.allow_private_webhooks,
-            instance_id,
+            instance_id.clone(),
             secrets,
         )?;
         // What this instance was sending when it last stopped is sent again now, not when
@@ -84,6 +84,7 @@ impl Application {
             bus,
             limiters.clone(),
             &settings,
+            instance_id,
         );
         let state = AppState {
             db,
@@ -129,6 +130,7 @@ impl Application {
         let mut workers = vec![
             AbortOnDrop(tokio::spawn(self.state.deliveries.clone().run_worker())),
             AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_sweeper())),
+            AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_scheduler())),
             AbortOnDrop(tokio::spawn(self.state.limiters.clone().run_pruner())),
         ];
         if let Some(bus) = self.pg_bus {

@@ -35,6 +35,12 @@ pub struct Model {
     pub ended_at: Option<DateTimeUtc>,
     /// Last activity.
     pub updated_at: DateTimeUtc,
+    /// When a pausing conversation goes on (its engine state is `waiting`); null otherwise.
+    pub resume_at: Option<DateTimeUtc>,
+    /// The instance (`PARLEY_INSTANCE_ID`) that claimed the continuation.
+    pub resume_claimed_by: Option<String>,
+    /// Until when that claim holds; a lapsed claim (a crashed instance) may be taken again.
+    pub resume_claimed_until: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

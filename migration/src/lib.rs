@@ -16,6 +16,7 @@ mod m20261128_210200_add_webhook_event_types;
 mod m20261128_210300_add_webhook_disabling;
 mod m20261128_210400_add_webhook_rate;
 mod m20261128_220000_add_bot_typing_delay;
+mod m20261128_220100_add_conversation_resume;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_210300_add_webhook_disabling::Migration),
             Box::new(m20261128_210400_add_webhook_rate::Migration),
             Box::new(m20261128_220000_add_bot_typing_delay::Migration),
+            Box::new(m20261128_220100_add_conversation_resume::Migration),
         ]
     }
 }

@@ -16,6 +16,7 @@ pub enum BlockKindGql {
     SetVariable,
     Split,
     Redirect,
+    Wait,
 }
 
 /// How a question's answer is checked.
@@ -85,6 +86,8 @@ pub struct BlockOut {
     branches: Option<Vec<BranchOut>>,
     /// Where a REDIRECT block sends the visitor (a template).
     url: Option<String>,
+    /// How long a WAIT block pauses (1 to 60 seconds).
+    seconds: Option<i32>,
     conditions: Option<Vec<ConditionOut>>,
     next: Option<String>,
 }
@@ -266,6 +269,7 @@ impl From<model::Flow> for FlowOut {
                             .collect()
                     }),
                     url: b.url,
+                    seconds: b.seconds.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
                     conditions: b.conditions.map(|cs| {
                         cs.into_iter()
                             .map(|c| ConditionOut {
@@ -312,6 +316,7 @@ pub struct BlockInput {
     value: Option<String>,
     branches: Option<Vec<BranchOut>>,
     url: Option<String>,
+    seconds: Option<i32>,
     conditions: Option<Vec<ConditionInput>>,
     next: Option<String>,
 }
@@ -377,6 +382,7 @@ impl From<FlowInput> for model::Flow {
                             .collect()
                     }),
                     url: b.url,
+                    seconds: count_in(b.seconds),
                     conditions: b.conditions.map(|cs| {
                         cs.into_iter()
                             .map(|c| model::Condition {

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::model::{Block, BlockKind, ConditionOperator, Flow, QuestionType};
+use crate::engine::model::{
+    Block, BlockKind, ConditionOperator, Flow, MAX_WAIT_SECONDS, QuestionType,
+};
 
 mod conditions;
 mod graph;
@@ -237,6 +239,11 @@ impl<'a> Checker<'a> {
         } else {
             self.unused_if(block, is_present(block.url.as_deref()), "url");
         }
+        if kind == BlockKind::Wait {
+            self.wait(block);
+        } else {
+            self.unused_if(block, block.seconds.is_some(), "seconds");
+        }
         if matches!(kind, BlockKind::End | BlockKind::Split) {
             self.unused_if(block, is_present(block.next.as_deref()), "next");
         } else if let Some(next) = &block.next {
@@ -310,6 +317,19 @@ impl<'a> Checker<'a> {
                 );
             }
             self.target(block, format!("branches[{i}].next"), &branch.next);
+        }
+    }
+
+    fn wait(&mut self, block: &Block) {
+        if !block
+            .seconds
+            .is_some_and(|s| (1..=MAX_WAIT_SECONDS).contains(&s))
+        {
+            self.report(
+                Some(block),
+                "seconds",
+                format!("A WAIT block needs seconds, from 1 to {MAX_WAIT_SECONDS}."),
+            );
         }
     }
 
@@ -662,6 +682,7 @@ fn kind_name(kind: BlockKind) -> &'static str {
         BlockKind::SetVariable => "SET_VARIABLE",
         BlockKind::Split => "SPLIT",
         BlockKind::Redirect => "REDIRECT",
+        BlockKind::Wait => "WAIT",
     }
 }
 

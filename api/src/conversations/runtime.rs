@@ -8,13 +8,11 @@ use chrono::Utc;
 use entity::{
     bot, bot_version,
     conversation::{self, ConversationStatus},
-    conversation_event,
-    delivery::{self, DeliveryMode, DeliveryStatus},
-    webhook,
+    conversation_event, webhook,
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -33,6 +31,10 @@ use crate::{
     settings::{DatabaseKind, Settings},
     webhooks::delivery::{self as deliveries, Deliveries},
 };
+
+mod background;
+
+use background::Timers;
 
 /// Longest visitor answer.
 pub const MAX_ANSWER_CHARS: usize = 4000;
@@ -107,6 +109,8 @@ struct Step<'a> {
     release: Option<Uuid>,
     /// Do nothing if a sync call of the conversation is still in flight (the sweeper).
     unless_in_flight: bool,
+    /// The scheduler ends a pause: do nothing unless the conversation is pausing and due.
+    resume: bool,
 }
 
 /// Drives conversations.
@@ -120,6 +124,10 @@ pub struct Runtime {
     sync_timeout: Duration,
     /// Events one conversation may hold; the last one is the ENDED that says so.
     max_events: i32,
+    /// This instance's name on the continuation claims it takes (`PARLEY_INSTANCE_ID`).
+    instance_id: String,
+    /// Local timers that end pauses on time (the database poll is the fallback).
+    timers: Timers,
 }
 
 /// A new conversation's id and the visitor's secret token.
@@ -192,6 +200,7 @@ impl Runtime {
         bus: Arc<dyn EventBus>,
         limiters: Arc<Limiters>,
         settings: &Settings,
+        instance_id: String,
     ) -> Arc<Self> {
         Arc::new(Self {
             db,
@@ -202,6 +211,8 @@ impl Runtime {
             abandon_after: settings.abandon_after,
             sync_timeout: settings.delivery.sync_timeout,
             max_events: settings.limits.max_conversation_events.max(2),
+            instance_id,
+            timers: Timers::default(),
         })
     }
 
@@ -257,6 +268,9 @@ impl Runtime {
             started_at: now,
             ended_at: None,
             updated_at: now,
+            resume_at: None,
+            resume_claimed_by: None,
+            resume_claimed_until: None,
         };
         let id = conv.id;
         let first = Step {
@@ -398,6 +412,7 @@ impl Runtime {
             create,
             release,
             unless_in_flight,
+            resume,
         } = step;
         let tx = self.db.write().await?;
         let created = create.is_some();
@@ -428,6 +443,10 @@ impl Runtime {
                 .contains(&conv.id)
         {
             // The call was not cut off after all: whoever makes it takes its result.
+            return Ok((Vec::new(), None));
+        }
+        if resume && conv.resume_at.is_none_or(|due| due > Utc::now()) {
+            // Continued already (another timer, another instance), or pausing again.
             return Ok((Vec::new(), None));
         }
         if let Some(delivery_id) = release {
@@ -575,6 +594,14 @@ impl Runtime {
             sync = None;
         }
         let ended = state.is_ended();
+        // A step that ends pausing has just begun the pause (a pause only takes `Resume`,
+        // which leaves it): it is due `seconds` from now. Every step drops the claim.
+        let resume_at = match &state.position {
+            Position::Waiting { seconds, .. } => {
+                Some(now + chrono::Duration::seconds(i64::from(*seconds)))
+            }
+            _ => None,
+        };
         conversation::Entity::update(conversation::ActiveModel {
             id: Set(conv.id),
             state: Set(serde_json::to_value(&state).map_err(anyhow::Error::from)?),
@@ -590,6 +617,9 @@ impl Runtime {
                 None
             }),
             updated_at: Set(now),
+            resume_at: Set(resume_at),
+            resume_claimed_by: Set(None),
+            resume_claimed_until: Set(None),
             ..Default::default()
         })
         .exec(&tx.tx)
@@ -638,151 +668,13 @@ impl Runtime {
 
         let shared: Vec<SharedEvent> = new_events.into_iter().map(Arc::new).collect();
         self.bus.publish(&shared).await;
+        if let Some(due) = resume_at {
+            self.timers.arm(conv.id, due);
+        }
         if queued {
             self.deliveries.wake();
         }
         Ok((shared, sync))
-    }
-
-    /// Marks conversations idle since `idle` abandoned, a batch at a time, each with its
-    /// `conversation.abandoned` event in the same transaction.
-    async fn abandon_idle(&self, idle: chrono::DateTime<Utc>) -> ApiResult<()> {
-        const BATCH: u64 = 200;
-        loop {
-            let tx = self.db.write().await?;
-            let batch = conversation::Entity::find()
-                .filter(conversation::Column::Status.eq(ConversationStatus::Active))
-                .filter(conversation::Column::UpdatedAt.lt(idle))
-                .limit(BATCH)
-                .all(&tx.tx)
-                .await?;
-            let full = batch.len() as u64 == BATCH;
-            let mut queued = false;
-            for conv in batch {
-                // Another instance may have swept it meanwhile: only the one that changed it
-                // reports it.
-                let changed = conversation::Entity::update_many()
-                    .col_expr(
-                        conversation::Column::Status,
-                        Expr::value(ConversationStatus::Abandoned),
-                    )
-                    .filter(conversation::Column::Id.eq(conv.id))
-                    .filter(conversation::Column::Status.eq(ConversationStatus::Active))
-                    .exec(&tx.tx)
-                    .await?
-                    .rows_affected;
-                if changed == 0 {
-                    continue;
-                }
-                let hooks = lifecycle::subscribers(
-                    &tx.tx,
-                    conv.account_id,
-                    lifecycle::CONVERSATION_ABANDONED,
-                )
-                .await?;
-                if hooks.is_empty() {
-                    continue;
-                }
-                let state: State = serde_json::from_value(conv.state.clone()).unwrap_or_default();
-                let conv = conversation::Model {
-                    status: ConversationStatus::Abandoned,
-                    ..conv
-                };
-                let data = lifecycle::conversation_data(&tx.tx, &conv, &state, &[]).await?;
-                queued |= lifecycle::enqueue(
-                    &tx.tx,
-                    conv.account_id,
-                    &hooks,
-                    Some(conv.id),
-                    lifecycle::CONVERSATION_ABANDONED,
-                    data,
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            if queued {
-                self.deliveries.wake();
-            }
-            if !full {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Marks idle conversations abandoned, and resumes those whose sync call was cut off by a
-    /// crash (the call is treated as failed: the conversation goes on to the next block).
-    pub async fn sweep(&self) -> ApiResult<()> {
-        let now = Utc::now();
-        let idle = now - chrono::Duration::from_std(self.abandon_after).unwrap_or_default();
-        self.abandon_idle(idle).await?;
-
-        // Well past any live call's deadline: only calls cut off by a crash are this old.
-        let grace = self.sync_timeout + self.sync_timeout.max(Duration::from_secs(1));
-        let stale = now - chrono::Duration::from_std(grace).unwrap_or_default();
-        delivery::Entity::update_many()
-            .col_expr(
-                delivery::Column::Status,
-                Expr::value(DeliveryStatus::Failed),
-            )
-            .filter(delivery::Column::Mode.eq(DeliveryMode::Sync))
-            .filter(delivery::Column::Status.eq(DeliveryStatus::Pending))
-            // A queued redelivery (due at some time) is the worker's, not a cut-off call.
-            .filter(delivery::Column::NextAttemptAt.is_null())
-            .filter(delivery::Column::CreatedAt.lt(stale))
-            // A call still in flight holds a live claim, however old (another instance may
-            // wait longer than this one's deadline); a crashed call's claim lapses, or is
-            // released when its instance restarts.
-            .filter(
-                Condition::any()
-                    .add(delivery::Column::ClaimedUntil.is_null())
-                    .add(delivery::Column::ClaimedUntil.lt(now)),
-            )
-            .exec(self.db.writer())
-            .await?;
-        let awaiting = match self.db.kind() {
-            DatabaseKind::Postgres => {
-                Expr::cust("state -> 'position' ->> 'type' = 'awaitingWebhook'")
-            }
-            DatabaseKind::Sqlite => {
-                Expr::cust("json_extract(state, '$.position.type') = 'awaitingWebhook'")
-            }
-        };
-        let stuck: Vec<Uuid> = conversation::Entity::find()
-            .filter(conversation::Column::Status.eq(ConversationStatus::Active))
-            .filter(conversation::Column::UpdatedAt.lt(stale))
-            .filter(awaiting)
-            .select_only()
-            .column(conversation::Column::Id)
-            .limit(100)
-            .into_tuple()
-            .all(self.db.conn())
-            .await?;
-        let in_flight =
-            deliveries::conversations_with_calls_in_flight(self.db.conn(), &stuck).await?;
-        for id in stuck.into_iter().filter(|id| !in_flight.contains(id)) {
-            let outcome = WebhookOutcome::Failed("the call was interrupted by a restart".into());
-            let step = Step {
-                unless_in_flight: true,
-                ..Step::default()
-            };
-            if let Err(e) = self.drive(id, Input::WebhookResult(outcome), step).await {
-                tracing::warn!(conversation.id = %id, error = e.message(), "cannot resume a conversation");
-            }
-        }
-        Ok(())
-    }
-
-    /// Sweeps now and then, until dropped.
-    pub async fn run_sweeper(self: Arc<Self>) {
-        let every = (self.abandon_after / 4)
-            .min(self.sync_timeout)
-            .clamp(Duration::from_millis(200), Duration::from_secs(30));
-        loop {
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = e.message(), "conversation sweep failed");
-            }
-            tokio::time::sleep(every).await;
-        }
     }
 
     /// The stored events of a conversation after `after_seq`, in order.

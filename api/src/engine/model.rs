@@ -64,6 +64,9 @@ pub struct Block {
     /// Where a REDIRECT block sends the visitor: a template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// How long a WAIT block pauses, in seconds (1 to 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u32>,
     /// The tests of a CONDITION block, tried in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
@@ -92,6 +95,7 @@ impl Block {
             value: None,
             branches: None,
             url: None,
+            seconds: None,
             conditions: None,
             next: None,
         }
@@ -317,7 +321,12 @@ pub enum BlockKind {
     Split,
     /// Sends the visitor to a web address.
     Redirect,
+    /// Pauses for `seconds` before going on (the runtime schedules the rest).
+    Wait,
 }
+
+/// The longest pause of a WAIT block or a webhook's `wait` instruction, in seconds.
+pub const MAX_WAIT_SECONDS: u32 = 60;
 
 /// How a question's answer is checked and stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -55,6 +55,17 @@ pub enum Position {
         /// The webhook block being run.
         block_id: String,
     },
+    /// Pausing (a WAIT block, or a webhook reply's `wait`) for `seconds`; the runtime
+    /// steps again with `Input::Resume` when they are over.
+    Waiting {
+        /// The block that paused.
+        block_id: String,
+        /// How long the pause lasts, from the step that began it.
+        seconds: u32,
+        /// Where the flow goes on; `None` ends it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+    },
     /// Finished; every further input is refused.
     Ended,
 }

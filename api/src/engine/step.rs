@@ -9,7 +9,7 @@ use super::compiled::CompiledFlow;
 use super::condition::holds;
 use serde_json::Value;
 
-use super::model::{Block, BlockKind, Branch, Choice, QuestionType};
+use super::model::{Block, BlockKind, Branch, Choice, MAX_WAIT_SECONDS, QuestionType};
 use super::state::{Position, State};
 use super::template::render;
 use super::webhook::{Instruction, WebhookOutcome};
@@ -27,6 +27,8 @@ pub enum Input {
     Answer(String),
     /// The result of the sync webhook call the conversation waits for.
     WebhookResult(WebhookOutcome),
+    /// The pause the conversation is in is over.
+    Resume,
 }
 
 /// One thing a step produced, in order.
@@ -130,6 +132,10 @@ pub enum StepError {
     NotAwaitingWebhook,
     /// `Start` on a conversation that already started.
     AlreadyStarted,
+    /// An answer while the bot pauses (a WAIT block): no question is asked yet.
+    Pausing,
+    /// `Resume` while the conversation is not pausing.
+    NotPausing,
 }
 
 impl fmt::Display for StepError {
@@ -140,6 +146,10 @@ impl fmt::Display for StepError {
             StepError::NoPendingQuestion => "there is no question waiting for an answer",
             StepError::NotAwaitingWebhook => "the conversation is not waiting for a webhook result",
             StepError::AlreadyStarted => "the conversation has already started",
+            StepError::Pausing => {
+                "the bot is pausing before it goes on: answer once it asks its next question"
+            }
+            StepError::NotPausing => "the conversation is not pausing",
         })
     }
 }
@@ -149,8 +159,8 @@ impl std::error::Error for StepError {}
 /// Advances the conversation by one input. Mutates `state` only on `Ok`.
 ///
 /// On `Ok`, the state is `AwaitingAnswer` (and the last output is a
-/// `Question`), `AwaitingWebhook` (last output `CallWebhook`) or `Ended`
-/// (last output `Ended`).
+/// `Question`), `AwaitingWebhook` (last output `CallWebhook`), `Waiting` (the runtime resumes
+/// it with `Input::Resume` after its seconds) or `Ended` (last output `Ended`).
 ///
 /// # Errors
 ///
@@ -166,7 +176,12 @@ pub fn step(flow: &CompiledFlow, state: &mut State, input: Input) -> Result<Step
         (Position::AwaitingAnswer { block_id }, Input::Answer(text)) => {
             Resume::Answer(block_id.clone(), text)
         }
+        (Position::Waiting { .. }, Input::Answer(_)) => return Err(StepError::Pausing),
         (_, Input::Answer(_)) => return Err(StepError::NoPendingQuestion),
+        (Position::Waiting { block_id, next, .. }, Input::Resume) => {
+            Resume::Pause(block_id.clone(), next.clone())
+        }
+        (_, Input::Resume) => return Err(StepError::NotPausing),
         (Position::AwaitingWebhook { block_id }, Input::WebhookResult(outcome)) => {
             Resume::Webhook(block_id.clone(), outcome)
         }
@@ -183,6 +198,10 @@ pub fn step(flow: &CompiledFlow, state: &mut State, input: Input) -> Result<Step
         Resume::Start => run.start(),
         Resume::Answer(block_id, text) => run.answer(&block_id, text),
         Resume::Webhook(block_id, outcome) => run.webhook_result(&block_id, outcome),
+        Resume::Pause(block_id, next) => {
+            run.block = Some(block_id);
+            run.run_from(next.as_deref());
+        }
     }
     Ok(run.result)
 }
@@ -191,6 +210,7 @@ enum Resume {
     Start,
     Answer(String, String),
     Webhook(String, WebhookOutcome),
+    Pause(String, Option<String>),
 }
 
 struct Run<'a> {
@@ -411,6 +431,15 @@ impl Run<'_> {
                     );
                     self.say(ChatMessage::Redirect { url });
                     block.next.as_deref()
+                }
+                BlockKind::Wait => {
+                    let seconds = block.seconds.unwrap_or(1).clamp(1, MAX_WAIT_SECONDS);
+                    self.state.position = Position::Waiting {
+                        block_id: block.id.clone(),
+                        seconds,
+                        next: block.next.clone(),
+                    };
+                    return;
                 }
             };
         }

@@ -1100,3 +1100,78 @@ fn set_variable_stores_json_when_it_reads_as_json_and_text_otherwise() {
         })
     );
 }
+
+fn wait(id: &str, seconds: u32, next: Option<&str>) -> Block {
+    Block {
+        seconds: Some(seconds),
+        next: next.map(str::to_owned),
+        ..Block::new(id, BlockKind::Wait)
+    }
+}
+
+#[test]
+fn a_wait_block_pauses_until_resumed_then_goes_on() {
+    let flow = compile(
+        "hi",
+        vec![
+            message("hi", "One moment…", Some("w")),
+            wait("w", 3, Some("done")),
+            message("done", "Here it is.", None),
+        ],
+    );
+    let (mut state, result) = start(&flow);
+    assert_eq!(result.outputs, [bot("One moment…")]);
+    assert_eq!(
+        state.position,
+        Position::Waiting {
+            block_id: "w".into(),
+            seconds: 3,
+            next: Some("done".into())
+        }
+    );
+    let resumed = run(&flow, &mut state, Input::Resume);
+    assert_eq!(resumed.outputs, [bot("Here it is."), ended()]);
+    assert!(state.is_ended());
+}
+
+#[test]
+fn an_answer_during_a_wait_is_refused_and_changes_nothing() {
+    let flow = compile(
+        "w",
+        vec![
+            wait("w", 5, Some("q")),
+            question("q", QuestionType::Text, "name", None),
+        ],
+    );
+    let (mut state, _) = start(&flow);
+    let before = state.clone();
+    assert_eq!(
+        step(&flow, &mut state, Input::Answer("hello".into())),
+        Err(StepError::Pausing)
+    );
+    assert_eq!(state, before);
+    let asked = run(&flow, &mut state, Input::Resume);
+    assert_eq!(asked.outputs, [asks("Your name?", QuestionType::Text)]);
+    // Resuming twice (two timers, two instances) is refused the second time.
+    assert_eq!(
+        step(&flow, &mut state, Input::Resume),
+        Err(StepError::NotPausing)
+    );
+}
+
+#[test]
+fn a_wait_is_bounded_and_consecutive_waits_each_pause() {
+    let flow = compile("a", vec![wait("a", 600, Some("b")), wait("b", 0, None)]);
+    let (mut state, _) = start(&flow);
+    assert!(matches!(
+        state.position,
+        Position::Waiting { seconds: 60, .. }
+    ));
+    run(&flow, &mut state, Input::Resume);
+    assert!(matches!(
+        state.position,
+        Position::Waiting { seconds: 1, .. }
+    ));
+    let last = run(&flow, &mut state, Input::Resume);
+    assert_eq!(last.outputs, [ended()]);
+}

@@ -10,6 +10,7 @@ mod flows;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod pauses;
 mod races;
 mod results;
 mod scaleout;
