@@ -337,6 +337,13 @@ fn arb_instruction() -> impl Strategy<Value = Instruction> {
         arb_string(TARGETS).prop_map(Instruction::Goto),
         Just(Instruction::End),
         Just(Instruction::Unknown("unknown type \"x\"".into())),
+        Just(Instruction::Choices(vec![Choice {
+            label: "Pro".into(),
+            value: Some("pro".into()),
+            next: None,
+        }])),
+        (1u32..=MAX_WAIT_SECONDS).prop_map(Instruction::Wait),
+        Just(Instruction::Redirect("https://example.com/{{v}}".into())),
     ]
 }
 

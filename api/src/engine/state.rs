@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::model::Choice;
+
 /// Where a conversation is and what it has collected; stored as JSON
 /// between steps.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -28,6 +30,13 @@ pub struct State {
     /// again goes the same way.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub splits: std::collections::BTreeMap<String, usize>,
+    /// Buttons a sync webhook reply offered (`choices`) for the next CHOICE question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_choices: Option<Vec<Choice>>,
+    /// The buttons the pending CHOICE question offers instead of its own (from
+    /// `next_choices`), until it is answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<Choice>>,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -96,6 +105,8 @@ impl State {
             attempts: 0,
             seed: 0,
             splits: std::collections::BTreeMap::new(),
+            next_choices: None,
+            choices: None,
         }
     }
 

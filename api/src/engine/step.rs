@@ -247,6 +247,18 @@ impl Run<'_> {
             .as_ref()
             .and_then(|v| v.pattern.as_deref())
             .and_then(|p| flow.pattern(p));
+        // Buttons a webhook reply offered stand in for the block's own choices.
+        let offered;
+        let block = match &self.state.choices {
+            Some(choices) => {
+                offered = Block {
+                    choices: Some(choices.clone()),
+                    ..block.clone()
+                };
+                &offered
+            }
+            None => block,
+        };
         let checked = check_answer(block, &text, pattern);
         self.say(ChatMessage::VisitorMessage { text });
         match checked {
@@ -258,12 +270,14 @@ impl Run<'_> {
                 {
                     // An endless loop of wrong answers ends where the author said.
                     self.state.attempts = 0;
+                    self.state.choices = None;
                     return self.run_from(block.on_max_attempts.as_deref());
                 }
                 self.ask(block);
             }
             Ok((value, choice_next)) => {
                 self.state.attempts = 0;
+                self.state.choices = None;
                 let name = block
                     .save_answer_to
                     .as_deref()
@@ -284,6 +298,7 @@ impl Run<'_> {
             return self.end(Some(missing_block(block_id)));
         };
         let mut target = block.next.as_deref();
+        let mut wait: Option<u32> = None;
         match outcome {
             WebhookOutcome::Responses(instructions) => {
                 let count = instructions.len();
@@ -315,6 +330,19 @@ impl Run<'_> {
                         Instruction::Unknown(description) => {
                             self.note(format!("Skipped a webhook instruction: {description}."));
                         }
+                        Instruction::Choices(choices) => self.state.next_choices = Some(choices),
+                        // Several waits add up, to the most one pause may last.
+                        Instruction::Wait(seconds) => {
+                            wait = Some(
+                                wait.unwrap_or(0)
+                                    .saturating_add(seconds)
+                                    .min(MAX_WAIT_SECONDS),
+                            );
+                        }
+                        Instruction::Redirect(url) => {
+                            let url = render(&url, &self.state.variables);
+                            self.say(ChatMessage::Redirect { url });
+                        }
                     }
                 }
             }
@@ -322,6 +350,15 @@ impl Run<'_> {
             WebhookOutcome::Failed(reason) => {
                 self.note(format!("The webhook call failed: {reason}"));
             }
+        }
+        if let Some(seconds) = wait {
+            // The reply's other instructions ran at once; the flow goes on after the pause.
+            self.state.position = Position::Waiting {
+                block_id: block_id.to_owned(),
+                seconds,
+                next: target.map(str::to_owned),
+            };
+            return;
         }
         self.run_from(target);
     }
@@ -355,6 +392,12 @@ impl Run<'_> {
                 }
                 BlockKind::Question => {
                     self.state.attempts = 0;
+                    // A reply's buttons are for the next CHOICE question, whichever it is.
+                    self.state.choices = if block.question_type == Some(QuestionType::Choice) {
+                        self.state.next_choices.take()
+                    } else {
+                        None
+                    };
                     self.ask(block);
                     self.state.position = Position::AwaitingAnswer {
                         block_id: block.id.clone(),
@@ -471,7 +514,11 @@ impl Run<'_> {
 
     fn ask(&mut self, block: &Block) {
         let question_type = block.question_type.unwrap_or(QuestionType::Text);
-        let choices = block.offered_choices();
+        let choices = self
+            .state
+            .choices
+            .clone()
+            .or_else(|| block.offered_choices());
         let text = render(
             block.text.as_deref().unwrap_or_default(),
             &self.state.variables,

@@ -3,6 +3,7 @@
 use serde_json::{Map, Value, json};
 
 use super::*;
+use crate::engine::model::MAX_WAIT_SECONDS;
 
 fn object(value: Value) -> Map<String, Value> {
     match value {
@@ -1174,4 +1175,102 @@ fn a_wait_is_bounded_and_consecutive_waits_each_pause() {
     ));
     let last = run(&flow, &mut state, Input::Resume);
     assert_eq!(last.outputs, [ended()]);
+}
+
+/// A sync webhook, then a CHOICE question with its own choices, then the end.
+fn webhook_then_choice() -> (CompiledFlow, State) {
+    let flow = compile(
+        "w",
+        vec![
+            webhook("w", "wh_1", Some(false), Some("size")),
+            Block {
+                choices: Some(vec![Choice {
+                    label: "Default".into(),
+                    value: None,
+                    next: None,
+                }]),
+                ..question("size", QuestionType::Choice, "size", Some("done"))
+            },
+            message("done", "Size {{size}}", None),
+        ],
+    );
+    let (state, _) = start(&flow);
+    (flow, state)
+}
+
+fn offered(labels: &[(&str, Option<&str>)]) -> Vec<Choice> {
+    labels
+        .iter()
+        .map(|(label, value)| Choice {
+            label: (*label).into(),
+            value: value.map(str::to_owned),
+            next: None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_choices_instruction_replaces_the_next_choice_questions_buttons_once() {
+    let (flow, mut state) = webhook_then_choice();
+    let choices = offered(&[("Small", Some("s")), ("Large", None)]);
+    let outcome = WebhookOutcome::Responses(vec![Instruction::Choices(choices.clone())]);
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(
+        result.outputs,
+        [Output::Say(ChatMessage::Question {
+            text: "Your size?".into(),
+            question_type: QuestionType::Choice,
+            choices: Some(choices),
+        })]
+    );
+    // The block's own choice is not offered, so not accepted; the reply's are.
+    let refused = run(&flow, &mut state, Input::Answer("Default".into()));
+    assert!(matches!(
+        refused.outputs.get(1),
+        Some(Output::Say(ChatMessage::InvalidAnswer { .. }))
+    ));
+    let asked_again = refused.outputs.last();
+    assert!(
+        matches!(asked_again, Some(Output::Say(ChatMessage::Question { choices: Some(c), .. })) if c.len() == 2),
+        "{asked_again:?}"
+    );
+    let done = run(&flow, &mut state, Input::Answer("small".into()));
+    assert_eq!(done.outputs[1], bot("Size s"));
+    assert_eq!(state.choices, None);
+    assert_eq!(state.next_choices, None);
+}
+
+#[test]
+fn a_wait_instruction_pauses_before_going_on_and_redirects_are_said() {
+    let (flow, mut state) = webhook_then_choice();
+    state.variables.insert("plan".into(), json!("pro"));
+    let outcome = WebhookOutcome::Responses(vec![
+        Instruction::Redirect("https://example.com/{{plan}}".into()),
+        Instruction::Wait(40),
+        Instruction::Text("One moment".into()),
+        Instruction::Wait(40),
+    ]);
+    let result = run(&flow, &mut state, Input::WebhookResult(outcome));
+    assert_eq!(
+        result.outputs,
+        [
+            Output::Say(ChatMessage::Redirect {
+                url: "https://example.com/pro".into()
+            }),
+            bot("One moment"),
+        ]
+    );
+    assert_eq!(
+        state.position,
+        Position::Waiting {
+            block_id: "w".into(),
+            seconds: MAX_WAIT_SECONDS,
+            next: Some("size".into())
+        }
+    );
+    let resumed = run(&flow, &mut state, Input::Resume);
+    assert!(matches!(
+        resumed.outputs.last(),
+        Some(Output::Say(ChatMessage::Question { .. }))
+    ));
 }

@@ -12,6 +12,7 @@ mod lifecycle;
 mod limits;
 mod pauses;
 mod races;
+mod replies;
 mod results;
 mod scaleout;
 mod schema;
