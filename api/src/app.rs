@@ -54,6 +54,17 @@ impl Application {
                     .map_or_else(|_| settings.addr.to_string(), |a| a.to_string())
             )
         });
+        // Callback URLs need an address the customer's system can reach: without
+        // PARLEY_PUBLIC_URL, the bound address (loopback when bound to every interface).
+        let public_url = settings.public_url.clone().unwrap_or_else(|| {
+            let bound = listener.local_addr().unwrap_or(settings.addr);
+            let host = if bound.ip().is_unspecified() {
+                std::net::SocketAddr::from(([127, 0, 0, 1], bound.port()))
+            } else {
+                bound
+            };
+            format!("http://{host}")
+        });
         let deliveries = Deliveries::new(
             db.clone(),
             settings.delivery.clone(),
@@ -85,6 +96,7 @@ impl Application {
             limiters.clone(),
             &settings,
             instance_id,
+            public_url,
         );
         let state = AppState {
             db,

@@ -225,6 +225,21 @@ pub struct Settings {
     /// `Authorization` included (`PARLEY_CORS_ORIGINS`: comma-separated origins, or `*`).
     /// Other origins may call the visitor operations only.
     pub cors_origins: crate::edge::origin::CorsOrigins,
+    /// Where this server is reached from outside (`PARLEY_PUBLIC_URL`), without a trailing
+    /// slash: the base of callback URLs. `None`: `http://` and the bound address.
+    pub public_url: Option<String>,
+}
+
+/// An http(s) base URL with no query or fragment, its trailing slash removed.
+fn parse_public_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| format!("{e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("expected an http or https URL such as https://chat.example.com".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the URL must not have a query or a fragment".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// A setting that could not be used; its message names the variable and the value.
@@ -468,6 +483,10 @@ impl Settings {
                 Some(v) => crate::edge::origin::CorsOrigins::parse(&v)
                     .map_err(|r| bad("PARLEY_CORS_ORIGINS", &v, r))?,
                 None => crate::edge::origin::CorsOrigins::None,
+            },
+            public_url: match get("PARLEY_PUBLIC_URL") {
+                Some(v) => Some(parse_public_url(&v).map_err(|r| bad("PARLEY_PUBLIC_URL", &v, r))?),
+                None => None,
             },
         })
     }

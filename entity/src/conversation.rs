@@ -41,6 +41,9 @@ pub struct Model {
     pub resume_claimed_by: Option<String>,
     /// Until when that claim holds; a lapsed claim (a crashed instance) may be taken again.
     pub resume_claimed_until: Option<DateTimeUtc>,
+    /// SHA-256 of the one-time token of the callback URL given out for a CALLBACK block;
+    /// cleared when used, and when the conversation leaves the CALLBACK (timeout).
+    pub callback_token_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -17,6 +17,7 @@ pub enum BlockKindGql {
     Split,
     Redirect,
     Wait,
+    Callback,
 }
 
 /// How a question's answer is checked.
@@ -88,6 +89,10 @@ pub struct BlockOut {
     url: Option<String>,
     /// How long a WAIT block pauses (1 to 60 seconds).
     seconds: Option<i32>,
+    /// How long a CALLBACK block waits for the customer's system (1 to 86,400 seconds).
+    timeout_seconds: Option<i32>,
+    /// Where a CALLBACK block goes when nothing came in time.
+    on_timeout: Option<String>,
     conditions: Option<Vec<ConditionOut>>,
     next: Option<String>,
 }
@@ -270,6 +275,10 @@ impl From<model::Flow> for FlowOut {
                     }),
                     url: b.url,
                     seconds: b.seconds.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+                    timeout_seconds: b
+                        .timeout_seconds
+                        .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+                    on_timeout: b.on_timeout,
                     conditions: b.conditions.map(|cs| {
                         cs.into_iter()
                             .map(|c| ConditionOut {
@@ -317,6 +326,8 @@ pub struct BlockInput {
     branches: Option<Vec<BranchOut>>,
     url: Option<String>,
     seconds: Option<i32>,
+    timeout_seconds: Option<i32>,
+    on_timeout: Option<String>,
     conditions: Option<Vec<ConditionInput>>,
     next: Option<String>,
 }
@@ -383,6 +394,8 @@ impl From<FlowInput> for model::Flow {
                     }),
                     url: b.url,
                     seconds: count_in(b.seconds),
+                    timeout_seconds: count_in(b.timeout_seconds),
+                    on_timeout: b.on_timeout,
                     conditions: b.conditions.map(|cs| {
                         cs.into_iter()
                             .map(|c| model::Condition {

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::model::{
-    Block, BlockKind, ConditionOperator, Flow, MAX_WAIT_SECONDS, QuestionType,
+    Block, BlockKind, ConditionOperator, Flow, MAX_CALLBACK_TIMEOUT_SECONDS, MAX_WAIT_SECONDS,
+    QuestionType,
 };
 
 mod conditions;
@@ -244,6 +245,12 @@ impl<'a> Checker<'a> {
         } else {
             self.unused_if(block, block.seconds.is_some(), "seconds");
         }
+        if kind == BlockKind::Callback {
+            self.callback(block);
+        } else {
+            self.unused_if(block, block.timeout_seconds.is_some(), "timeoutSeconds");
+            self.unused_if(block, is_present(block.on_timeout.as_deref()), "onTimeout");
+        }
         if matches!(kind, BlockKind::End | BlockKind::Split) {
             self.unused_if(block, is_present(block.next.as_deref()), "next");
         } else if let Some(next) = &block.next {
@@ -330,6 +337,34 @@ impl<'a> Checker<'a> {
                 "seconds",
                 format!("A WAIT block needs seconds, from 1 to {MAX_WAIT_SECONDS}."),
             );
+        }
+    }
+
+    fn callback(&mut self, block: &Block) {
+        if !block
+            .timeout_seconds
+            .is_some_and(|s| (1..=MAX_CALLBACK_TIMEOUT_SECONDS).contains(&s))
+        {
+            self.report(
+                Some(block),
+                "timeoutSeconds",
+                format!(
+                    "A CALLBACK block needs timeoutSeconds, from 1 to \
+                     {MAX_CALLBACK_TIMEOUT_SECONDS} (a day)."
+                ),
+            );
+        }
+        match block.on_timeout.as_deref() {
+            Some(target) if !target.is_empty() => {
+                self.target(block, "onTimeout".to_owned(), target);
+            }
+            _ => self.report(
+                Some(block),
+                "onTimeout",
+                "A CALLBACK block needs onTimeout: the block to go to when no callback comes in \
+                 time."
+                    .to_owned(),
+            ),
         }
     }
 
@@ -683,6 +718,7 @@ fn kind_name(kind: BlockKind) -> &'static str {
         BlockKind::Split => "SPLIT",
         BlockKind::Redirect => "REDIRECT",
         BlockKind::Wait => "WAIT",
+        BlockKind::Callback => "CALLBACK",
     }
 }
 

@@ -111,6 +111,8 @@ struct Step<'a> {
     unless_in_flight: bool,
     /// The scheduler ends a pause: do nothing unless the conversation is pausing and due.
     resume: bool,
+    /// A callback with a token of this hash: refuse it unless it is the conversation's.
+    callback: Option<&'a str>,
 }
 
 /// Drives conversations.
@@ -124,6 +126,8 @@ pub struct Runtime {
     sync_timeout: Duration,
     /// Events one conversation may hold; the last one is the ENDED that says so.
     max_events: i32,
+    /// Where this server is reached from outside, for callback URLs (`PARLEY_PUBLIC_URL`).
+    public_url: String,
     /// This instance's name on the continuation claims it takes (`PARLEY_INSTANCE_ID`).
     instance_id: String,
     /// Local timers that end pauses on time (the database poll is the fallback).
@@ -134,6 +138,13 @@ pub struct Runtime {
 pub struct VisitorSession {
     pub conversation_id: Uuid,
     pub visitor_token: String,
+}
+
+/// The one answer for a token that is unknown, used, or spent by a timeout.
+fn callback_not_found() -> ApiError {
+    ApiError::NotFound(
+        "this callback URL is unknown, was already used, or its wait timed out".into(),
+    )
 }
 
 /// The one answer for a missing conversation and a wrong visitor token: it reveals nothing.
@@ -201,6 +212,7 @@ impl Runtime {
         limiters: Arc<Limiters>,
         settings: &Settings,
         instance_id: String,
+        public_url: String,
     ) -> Arc<Self> {
         Arc::new(Self {
             db,
@@ -212,6 +224,7 @@ impl Runtime {
             sync_timeout: settings.delivery.sync_timeout,
             max_events: settings.limits.max_conversation_events.max(2),
             instance_id,
+            public_url: public_url.trim_end_matches('/').to_owned(),
             timers: Timers::default(),
         })
     }
@@ -271,6 +284,7 @@ impl Runtime {
             resume_at: None,
             resume_claimed_by: None,
             resume_claimed_until: None,
+            callback_token_hash: None,
         };
         let id = conv.id;
         let first = Step {
@@ -282,6 +296,37 @@ impl Runtime {
             conversation_id: id,
             visitor_token: token,
         })
+    }
+
+    /// Takes a call of a callback URL: the posted object's keys become variables and the
+    /// conversation goes on from its CALLBACK block. The token works once. Like `answer`, the
+    /// turn runs to its end even if the caller goes away.
+    pub async fn callback(
+        self: &Arc<Self>,
+        token: &str,
+        posted: Map<String, Value>,
+    ) -> ApiResult<Uuid> {
+        let this = self.clone();
+        let token = token.to_owned();
+        tokio::spawn(async move {
+            let hash = token_hash(token.trim());
+            let id: Uuid = conversation::Entity::find()
+                .filter(conversation::Column::CallbackTokenHash.eq(hash.as_str()))
+                .select_only()
+                .column(conversation::Column::Id)
+                .into_tuple()
+                .all(this.db.conn())
+                .await?
+                .pop()
+                .ok_or_else(callback_not_found)?;
+            let step = Step {
+                callback: Some(&hash),
+                ..Step::default()
+            };
+            this.drive(id, Input::Callback(posted), step).await?;
+            Ok(id)
+        })
+        .await?
     }
 
     /// A conversation, if `visitor_token` is its token.
@@ -413,6 +458,7 @@ impl Runtime {
             release,
             unless_in_flight,
             resume,
+            callback,
         } = step;
         let tx = self.db.write().await?;
         let created = create.is_some();
@@ -445,6 +491,10 @@ impl Runtime {
             // The call was not cut off after all: whoever makes it takes its result.
             return Ok((Vec::new(), None));
         }
+        if callback.is_some() && conv.callback_token_hash.as_deref() != callback {
+            // Used meanwhile by a concurrent request, or spent by a timeout.
+            return Err(callback_not_found());
+        }
         if resume && conv.resume_at.is_none_or(|due| due > Utc::now()) {
             // Continued already (another timer, another instance), or pausing again.
             return Ok((Vec::new(), None));
@@ -472,6 +522,16 @@ impl Runtime {
         let mut queued = false;
         let mut sync = None;
         let mut say_blocks = result.say_blocks.into_iter();
+        // What to store as the callback token's hash, if it changes: a step that leaves a
+        // CALLBACK (called back, or timed out) spends its token; a webhook before a CALLBACK
+        // mints a new one (below).
+        let was_awaiting_callback = matches!(
+            serde_json::from_value::<State>(conv.state.clone()).map(|s| s.position),
+            Ok(Position::AwaitingCallback { .. })
+        );
+        let mut callback_hash: Option<Option<String>> = (was_awaiting_callback
+            && !matches!(state.position, Position::AwaitingCallback { .. }))
+        .then_some(None);
         for output in result.outputs {
             let (webhook_id, block_id, is_sync) = match output {
                 Output::Say(msg) => {
@@ -542,11 +602,26 @@ impl Runtime {
             }
             let mut messages = transcript.clone().unwrap_or_default();
             messages.extend(new_events.iter().cloned());
+            // The rule for `conversation.callback_url`: a WEBHOOK block whose `next` is a
+            // CALLBACK block sends that CALLBACK's one-time URL. The token is minted now and
+            // its hash stored in this step; the URL works once the conversation waits at a
+            // CALLBACK, until it is used or the CALLBACK times out.
+            let goes_to_callback = flow
+                .block(&block_id)
+                .and_then(|b| b.next.as_deref())
+                .and_then(|next| flow.block(next))
+                .is_some_and(|b| b.kind == engine::BlockKind::Callback);
+            let callback_url = goes_to_callback.then(|| {
+                let token = random_token();
+                callback_hash = Some(Some(token_hash(&token)));
+                format!("{}/callbacks/{token}", self.public_url)
+            });
             let body = payload::build(
                 &conv,
                 bot_name.as_deref().unwrap_or_default(),
                 &state,
                 &messages,
+                callback_url.as_deref(),
             );
             if is_sync {
                 sync = Some(SyncCall {
@@ -600,6 +675,10 @@ impl Runtime {
             Position::Waiting { seconds, .. } => {
                 Some(now + chrono::Duration::seconds(i64::from(*seconds)))
             }
+            // A CALLBACK's timeout is a pause like any other for the scheduler.
+            Position::AwaitingCallback {
+                timeout_seconds, ..
+            } => Some(now + chrono::Duration::seconds(i64::from(*timeout_seconds))),
             _ => None,
         };
         conversation::Entity::update(conversation::ActiveModel {
@@ -620,6 +699,10 @@ impl Runtime {
             resume_at: Set(resume_at),
             resume_claimed_by: Set(None),
             resume_claimed_until: Set(None),
+            callback_token_hash: match callback_hash {
+                Some(hash) => Set(hash),
+                None => sea_orm::ActiveValue::NotSet,
+            },
             ..Default::default()
         })
         .exec(&tx.tx)

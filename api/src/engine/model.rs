@@ -67,6 +67,12 @@ pub struct Block {
     /// How long a WAIT block pauses, in seconds (1 to 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds: Option<u32>,
+    /// How long a CALLBACK block waits for the customer's system, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+    /// Where a CALLBACK block goes when no callback came in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<String>,
     /// The tests of a CONDITION block, tried in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
@@ -96,6 +102,8 @@ impl Block {
             branches: None,
             url: None,
             seconds: None,
+            timeout_seconds: None,
+            on_timeout: None,
             conditions: None,
             next: None,
         }
@@ -149,6 +157,10 @@ impl Block {
             .flatten()
             .filter(|_| self.kind == BlockKind::Split)
             .map(|branch| branch.next.as_str());
+        let on_timeout = self
+            .on_timeout
+            .as_deref()
+            .filter(|_| self.kind == BlockKind::Callback);
         let on_max = self
             .on_max_attempts
             .as_deref()
@@ -161,6 +173,7 @@ impl Block {
             .chain(condition_targets)
             .chain(branch_targets)
             .chain(on_max)
+            .chain(on_timeout)
             .chain(next)
     }
 }
@@ -323,7 +336,13 @@ pub enum BlockKind {
     Redirect,
     /// Pauses for `seconds` before going on (the runtime schedules the rest).
     Wait,
+    /// Waits until the customer's system posts to a one-time callback URL, or
+    /// `timeoutSeconds` pass (then goes to `onTimeout`).
+    Callback,
 }
+
+/// The longest a CALLBACK block may wait, in seconds (a day).
+pub const MAX_CALLBACK_TIMEOUT_SECONDS: u32 = 86_400;
 
 /// The longest pause of a WAIT block or a webhook's `wait` instruction, in seconds.
 pub const MAX_WAIT_SECONDS: u32 = 60;

@@ -9,7 +9,7 @@ use proptest::sample::select;
 use serde_json::{Map, Value, json};
 
 use super::*;
-use crate::engine::model::{Branch, MAX_WAIT_SECONDS, Validation};
+use crate::engine::model::{Branch, MAX_CALLBACK_TIMEOUT_SECONDS, MAX_WAIT_SECONDS, Validation};
 
 const BLOCK_IDS: &[&str] = &["a", "b", "c", "d", "e", ""];
 const TARGETS: &[&str] = &["a", "b", "c", "d", "e", "ghost", "", "b0", "b1"];
@@ -65,6 +65,7 @@ fn arb_kind() -> impl Strategy<Value = BlockKind> {
         BlockKind::Split,
         BlockKind::Redirect,
         BlockKind::Wait,
+        BlockKind::Callback,
     ])
 }
 
@@ -191,6 +192,8 @@ fn arb_block() -> impl Strategy<Value = Block> {
                 url: None,
                 // A WAIT without seconds (or with too many) still pauses, at 1 to 60 s.
                 seconds: (kind == BlockKind::Wait).then_some(90),
+                timeout_seconds: None,
+                on_timeout: (kind == BlockKind::Callback).then(|| "a".to_owned()),
                 id,
                 kind,
                 text,
@@ -316,6 +319,10 @@ fn arb_shaped_block(count: usize) -> impl Strategy<Value = Block> {
                         block.url = Some("https://example.com/{{v}}".to_owned());
                     }
                     BlockKind::Wait => block.seconds = Some(2),
+                    BlockKind::Callback => {
+                        block.timeout_seconds = Some(30);
+                        block.on_timeout = Some("b0".to_owned());
+                    }
                 }
                 if !matches!(kind, BlockKind::End | BlockKind::Split) {
                     block.next = next;
@@ -357,6 +364,8 @@ fn arb_input() -> impl Strategy<Value = Input> {
             .prop_map(|v| Input::WebhookResult(WebhookOutcome::Variables(object(v)))),
         1 => Just(Input::WebhookResult(WebhookOutcome::Failed("timeout".into()))),
         2 => Just(Input::Resume),
+        1 => select(vec![json!({"v": "called back"}), json!({})])
+            .prop_map(|v| Input::Callback(object(v))),
     ]
 }
 
@@ -442,6 +451,19 @@ pub(crate) fn drive(
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let resumed = step(flow, &mut restarted, Input::Resume);
                 prop_assert!(resumed.is_ok(), "a paused conversation refused Resume");
+            }
+            Position::AwaitingCallback {
+                block_id,
+                timeout_seconds,
+            } => {
+                prop_assert!((1..=MAX_CALLBACK_TIMEOUT_SECONDS).contains(timeout_seconds));
+                prop_assert!(
+                    flow.block(block_id)
+                        .is_some_and(|b| b.kind == BlockKind::Callback)
+                );
+                // Its timeout goes through the same scheduler: a restart never strands it.
+                let mut restarted = state.clone();
+                prop_assert!(step(flow, &mut restarted, Input::Resume).is_ok());
             }
             Position::Ended => prop_assert!(
                 matches!(last, Some(Output::Say(ChatMessage::Ended { .. }))),

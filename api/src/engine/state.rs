@@ -75,6 +75,14 @@ pub enum Position {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
+    /// Waiting for the customer's system to post to this CALLBACK block's one-time URL; the
+    /// runtime steps with `Input::Resume` after `timeout_seconds` (the timeout).
+    AwaitingCallback {
+        /// The CALLBACK block.
+        block_id: String,
+        /// How long it waits, from the step that reached it.
+        timeout_seconds: u32,
+    },
     /// Finished; every further input is refused.
     Ended,
 }

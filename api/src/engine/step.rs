@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use super::answer::check_answer;
 use super::compiled::CompiledFlow;
 use super::condition::holds;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::model::{Block, BlockKind, Branch, Choice, MAX_WAIT_SECONDS, QuestionType};
+use super::model::{
+    Block, BlockKind, Branch, Choice, MAX_CALLBACK_TIMEOUT_SECONDS, MAX_WAIT_SECONDS, QuestionType,
+};
 use super::state::{Position, State};
 use super::template::render;
 use super::webhook::{Instruction, WebhookOutcome};
@@ -27,8 +29,10 @@ pub enum Input {
     Answer(String),
     /// The result of the sync webhook call the conversation waits for.
     WebhookResult(WebhookOutcome),
-    /// The pause the conversation is in is over.
+    /// The pause the conversation is in is over (for a CALLBACK: its timeout).
     Resume,
+    /// The customer's system posted to the callback URL: these keys become variables.
+    Callback(Map<String, Value>),
 }
 
 /// One thing a step produced, in order.
@@ -136,6 +140,8 @@ pub enum StepError {
     Pausing,
     /// `Resume` while the conversation is not pausing.
     NotPausing,
+    /// A callback while the conversation is not at a CALLBACK block.
+    NotAwaitingCallback,
 }
 
 impl fmt::Display for StepError {
@@ -150,6 +156,9 @@ impl fmt::Display for StepError {
                 "the bot is pausing before it goes on: answer once it asks its next question"
             }
             StepError::NotPausing => "the conversation is not pausing",
+            StepError::NotAwaitingCallback => {
+                "the conversation is not waiting for a callback (not yet, or no longer)"
+            }
         })
     }
 }
@@ -176,12 +185,21 @@ pub fn step(flow: &CompiledFlow, state: &mut State, input: Input) -> Result<Step
         (Position::AwaitingAnswer { block_id }, Input::Answer(text)) => {
             Resume::Answer(block_id.clone(), text)
         }
-        (Position::Waiting { .. }, Input::Answer(_)) => return Err(StepError::Pausing),
+        (Position::Waiting { .. } | Position::AwaitingCallback { .. }, Input::Answer(_)) => {
+            return Err(StepError::Pausing);
+        }
         (_, Input::Answer(_)) => return Err(StepError::NoPendingQuestion),
         (Position::Waiting { block_id, next, .. }, Input::Resume) => {
             Resume::Pause(block_id.clone(), next.clone())
         }
+        (Position::AwaitingCallback { block_id, .. }, Input::Resume) => {
+            Resume::CallbackTimeout(block_id.clone())
+        }
         (_, Input::Resume) => return Err(StepError::NotPausing),
+        (Position::AwaitingCallback { block_id, .. }, Input::Callback(variables)) => {
+            Resume::Callback(block_id.clone(), variables)
+        }
+        (_, Input::Callback(_)) => return Err(StepError::NotAwaitingCallback),
         (Position::AwaitingWebhook { block_id }, Input::WebhookResult(outcome)) => {
             Resume::Webhook(block_id.clone(), outcome)
         }
@@ -202,6 +220,8 @@ pub fn step(flow: &CompiledFlow, state: &mut State, input: Input) -> Result<Step
             run.block = Some(block_id);
             run.run_from(next.as_deref());
         }
+        Resume::Callback(block_id, variables) => run.callback(&block_id, Some(variables)),
+        Resume::CallbackTimeout(block_id) => run.callback(&block_id, None),
     }
     Ok(run.result)
 }
@@ -211,6 +231,8 @@ enum Resume {
     Answer(String, String),
     Webhook(String, WebhookOutcome),
     Pause(String, Option<String>),
+    Callback(String, Map<String, Value>),
+    CallbackTimeout(String),
 }
 
 struct Run<'a> {
@@ -363,6 +385,29 @@ impl Run<'_> {
         self.run_from(target);
     }
 
+    /// Goes on from a CALLBACK block: to `next` with the posted keys as variables, or to
+    /// `onTimeout` when nothing came (`None`).
+    fn callback(&mut self, block_id: &str, posted: Option<Map<String, Value>>) {
+        self.block = Some(block_id.to_owned());
+        let flow = self.flow;
+        let Some(block) = flow.block(block_id) else {
+            return self.end(Some(missing_block(block_id)));
+        };
+        match posted {
+            Some(variables) => {
+                self.state.variables.extend(variables);
+                self.run_from(block.next.as_deref());
+            }
+            None => {
+                self.note(format!(
+                    "No callback came for block \"{block_id}\" in time; the flow goes to its \
+                     onTimeout."
+                ));
+                self.run_from(block.on_timeout.as_deref());
+            }
+        }
+    }
+
     /// Runs blocks from `first` until one waits or the conversation ends.
     fn run_from(&mut self, first: Option<&str>) {
         let flow = self.flow;
@@ -474,6 +519,17 @@ impl Run<'_> {
                     );
                     self.say(ChatMessage::Redirect { url });
                     block.next.as_deref()
+                }
+                BlockKind::Callback => {
+                    let timeout_seconds = block
+                        .timeout_seconds
+                        .unwrap_or(MAX_CALLBACK_TIMEOUT_SECONDS)
+                        .clamp(1, MAX_CALLBACK_TIMEOUT_SECONDS);
+                    self.state.position = Position::AwaitingCallback {
+                        block_id: block.id.clone(),
+                        timeout_seconds,
+                    };
+                    return;
                 }
                 BlockKind::Wait => {
                     let seconds = block.seconds.unwrap_or(1).clamp(1, MAX_WAIT_SECONDS);

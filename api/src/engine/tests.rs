@@ -1274,3 +1274,57 @@ fn a_wait_instruction_pauses_before_going_on_and_redirects_are_said() {
         Some(Output::Say(ChatMessage::Question { .. }))
     ));
 }
+
+fn callback_flow() -> CompiledFlow {
+    compile(
+        "cb",
+        vec![
+            Block {
+                timeout_seconds: Some(120),
+                on_timeout: Some("late".into()),
+                next: Some("paid".into()),
+                ..Block::new("cb", BlockKind::Callback)
+            },
+            message("paid", "Paid: {{status}}", None),
+            message("late", "Still waiting for the payment.", None),
+        ],
+    )
+}
+
+#[test]
+fn a_callback_block_waits_then_takes_the_posted_keys_as_variables() {
+    let flow = callback_flow();
+    let (mut state, result) = start(&flow);
+    assert_eq!(result.outputs, []);
+    assert_eq!(
+        state.position,
+        Position::AwaitingCallback {
+            block_id: "cb".into(),
+            timeout_seconds: 120
+        }
+    );
+    assert_eq!(
+        step(&flow, &mut state, Input::Answer("hi".into())),
+        Err(StepError::Pausing)
+    );
+    let posted = object(json!({"status": "paid"}));
+    let result = run(&flow, &mut state, Input::Callback(posted));
+    assert_eq!(result.outputs, [bot("Paid: paid"), ended()]);
+    assert_eq!(state.variables["status"], "paid");
+}
+
+#[test]
+fn a_callback_that_never_comes_times_out_to_on_timeout() {
+    let flow = callback_flow();
+    let (mut state, _) = start(&flow);
+    let result = run(&flow, &mut state, Input::Resume);
+    assert_eq!(
+        result.outputs,
+        [bot("Still waiting for the payment."), ended()]
+    );
+    // Too late now: the conversation is no longer at the CALLBACK.
+    assert_eq!(
+        step(&flow, &mut state, Input::Callback(Map::new())),
+        Err(StepError::AlreadyEnded)
+    );
+}

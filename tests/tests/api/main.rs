@@ -4,6 +4,7 @@ mod accounts;
 mod apikeys;
 mod bots;
 mod browser;
+mod callbacks;
 mod conversations;
 mod deliveries;
 mod flows;
