@@ -509,6 +509,7 @@ impl Runtime {
         let flow = self.flows.get(&tx.tx, conv.bot_id, conv.version).await?;
         let mut state: State = serde_json::from_value(conv.state.clone())
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored state does not parse: {e}")))?;
+        let was_awaiting_callback = matches!(state.position, Position::AwaitingCallback { .. });
         let result = engine::step(&flow, &mut state, input).map_err(step_error)?;
         for note in &result.notes {
             tracing::info!(conversation.id = %conv.id, note, "engine note");
@@ -525,10 +526,6 @@ impl Runtime {
         // What to store as the callback token's hash, if it changes: a step that leaves a
         // CALLBACK (called back, or timed out) spends its token; a webhook before a CALLBACK
         // mints a new one (below).
-        let was_awaiting_callback = matches!(
-            serde_json::from_value::<State>(conv.state.clone()).map(|s| s.position),
-            Ok(Position::AwaitingCallback { .. })
-        );
         let mut callback_hash: Option<Option<String>> = (was_awaiting_callback
             && !matches!(state.position, Position::AwaitingCallback { .. }))
         .then_some(None);
