@@ -162,3 +162,46 @@ async fn save_flow_checks_a_callbacks_timeout_and_on_timeout() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_sync_webhook_before_a_callback_carries_the_url_too() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "order": "A-1" })))
+        .mount(&hook)
+        .await;
+    let webhook = app
+        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "hi", "blocks": [
+        { "id": "hi", "kind": "MESSAGE", "text": "Hi", "next": "ask" },
+        { "id": "ask", "kind": "WEBHOOK", "webhookId": webhook, "async": false, "next": "cb" },
+        { "id": "cb", "kind": "CALLBACK", "timeoutSeconds": 30, "onTimeout": "late", "next": "done" },
+        { "id": "done", "kind": "MESSAGE", "text": "Order {{order}} is {{state}}." },
+        { "id": "late", "kind": "END" }
+    ]});
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    let (conv, token) = app.new_conversation(&bot).await;
+    let url = callback_url(&hook).await;
+    // Until the reply's step is stored the conversation is not at the CALLBACK yet: 409, and
+    // the token stays good.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = post(&app, &url, r#"{"state": "shipped"}"#).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 409, "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["code"], "CONFLICT");
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut sub = app.watch(&conv, Some(&token), None, 0).await;
+    let said = sub.events(3).await;
+    assert_eq!(said[1]["text"], "Order A-1 is shipped.");
+}
