@@ -9,7 +9,9 @@ use proptest::sample::select;
 use serde_json::{Map, Value, json};
 
 use super::*;
-use crate::engine::model::{Branch, MAX_CALLBACK_TIMEOUT_SECONDS, MAX_WAIT_SECONDS, Validation};
+use crate::engine::model::{
+    Branch, MAX_CALLBACK_TIMEOUT_SECONDS, MAX_WAIT_SECONDS, Rule, Validation,
+};
 
 const BLOCK_IDS: &[&str] = &["a", "b", "c", "d", "e", ""];
 const TARGETS: &[&str] = &["a", "b", "c", "d", "e", "ghost", "", "b0", "b1"];
@@ -147,6 +149,45 @@ fn arb_condition() -> impl Strategy<Value = Condition> {
             any: None,
             next,
         })
+        .prop_flat_map(|condition| {
+            (
+                option::of(vec(arb_rule(), 0..3)),
+                option::of(vec(arb_rule(), 0..3)),
+            )
+                .prop_map(move |(all, any)| Condition {
+                    all,
+                    any,
+                    ..condition.clone()
+                })
+        })
+}
+
+/// A rule of a condition's group: a test, a one-level group, both, or (broken) neither.
+fn arb_rule() -> impl Strategy<Value = Rule> {
+    let test = || {
+        (
+            option::of(arb_string(VARIABLES)),
+            option::of(arb_operator()),
+            option::of(arb_string(VALUES)),
+        )
+    };
+    (test(), option::of(vec(test(), 0..2))).prop_map(|((variable, operator, value), inner)| Rule {
+        variable,
+        operator,
+        value,
+        any: inner.map(|tests| {
+            tests
+                .into_iter()
+                .map(|(variable, operator, value)| Rule {
+                    variable,
+                    operator,
+                    value,
+                    ..Rule::default()
+                })
+                .collect()
+        }),
+        all: None,
+    })
 }
 
 /// Any block at all, most of them broken in some way.
