@@ -6,7 +6,7 @@ use crate::engine::model::{Choice, Condition};
 use crate::engine::proptests::{arb_flow, arb_inputs, arb_prefilled, arb_shaped_flow, drive};
 use crate::engine::{ChatMessage, CompiledFlow, Output};
 
-mod groups;
+mod richer;
 
 fn flow(start: &str, blocks: Vec<Block>) -> Flow {
     Flow {

@@ -1,4 +1,5 @@
-//! Validation of a condition's nested `all`/`any` groups.
+//! Validation of the richer-flows additions: a condition's nested `all`/`any` groups, and
+//! loops through pauses.
 
 use super::*;
 use crate::engine::model::{MAX_RULE_DEPTH, Rule};
@@ -107,4 +108,15 @@ fn a_pattern_nested_in_a_group_is_compiled_at_save() {
     };
     let problem = only_problem(&with_end("c", vec![condition_block(vec![grouped])]));
     assert_eq!(spot(&problem), [(Some("c"), "conditions[0].any[0].value")]);
+}
+
+#[test]
+fn a_loop_through_a_wait_is_still_a_loop() {
+    let wait = Block {
+        seconds: Some(1),
+        next: Some("w".into()),
+        ..Block::new("w", BlockKind::Wait)
+    };
+    let problem = only_problem(&flow("w", vec![wait]));
+    assert_eq!(spot(&problem), [(Some("w"), "next")]);
 }
