@@ -10,7 +10,7 @@
   var BASE = script && script.src ? new URL(script.src, location.href).origin : location.origin;
   var WS_URL = BASE.replace(/^http/, "ws") + "/graphql";
 
-  var Q_PUBLIC = "query($id: ID!) { publicBot(id: $id) { id name appearance { title primaryColor avatarUrl launcherText } } }";
+  var Q_PUBLIC = "query($id: ID!) { publicBot(id: $id) { id name typingDelayMs appearance { title primaryColor avatarUrl launcherText } } }";
   var Q_START = "mutation($b: ID!, $v: JSON) { startConversation(botId: $b, variables: $v) { conversationId visitorToken } }";
   var Q_ANSWER = "mutation($c: ID!, $t: String!, $x: String!) { sendAnswer(conversationId: $c, visitorToken: $t, text: $x) { seq } }";
   var Q_EVENTS = "subscription($c: ID!, $t: String, $a: Int) { conversationEvents(conversationId: $c, visitorToken: $t, afterSeq: $a) { seq kind text input { type choices { label value } } } }";
@@ -221,6 +221,8 @@
       var b = d.publicBot;
       if (!b) { self.unavailable = "This chat is not available right now."; self.showUnavailable(); return; }
       var a = b.appearance || {};
+      // The bot's own pace between two bot messages; 0 keeps the widget's default.
+      if (b.typingDelayMs > 0) self.typingDelay = Math.min(b.typingDelayMs, 10000);
       self.title.textContent = a.title || b.name;
       if (self.launcher && a.launcherText) self.launcher.textContent = a.launcherText;
       if (a.primaryColor && /^#[0-9a-f]{3}([0-9a-f]{3})?$/i.test(a.primaryColor)) self.host.style.setProperty("--p", a.primaryColor);
@@ -303,15 +305,16 @@
     this.scroll();
   };
 
-  /* Shows queued events one by one, with a short pause between consecutive bot messages of a
-   * live exchange (a replay after a reload shows at once). */
+  /* Shows queued events one by one, with a pause between consecutive bot messages of a live
+   * exchange (a replay after a reload shows at once): the bot's typingDelayMs, else a short
+   * default. */
   Widget.prototype.pump = function () {
     if (this.busy) return;
     var ev = this.queue.shift();
     if (!ev) return;
     var self = this;
     var botSide = ev.kind !== "VISITOR_MESSAGE";
-    var pause = this.live && botSide && this.lastShown && this.lastShown !== "VISITOR_MESSAGE" && ev.kind !== "ENDED" ? PAUSE : 0;
+    var pause = this.live && botSide && this.lastShown && this.lastShown !== "VISITOR_MESSAGE" && ev.kind !== "ENDED" ? (this.typingDelay || PAUSE) : 0;
     if (!pause) { this.show(ev); this.pump(); return; }
     this.busy = true;
     this.showTyping();

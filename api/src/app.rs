@@ -56,12 +56,23 @@ impl Application {
                     .map_or_else(|_| settings.addr.to_string(), |a| a.to_string())
             )
         });
+        // Callback URLs need an address the customer's system can reach: without
+        // PARLEY_PUBLIC_URL, the bound address (loopback when bound to every interface).
+        let public_url = settings.public_url.clone().unwrap_or_else(|| {
+            let bound = listener.local_addr().unwrap_or(settings.addr);
+            let host = if bound.ip().is_unspecified() {
+                std::net::SocketAddr::from(([127, 0, 0, 1], bound.port()))
+            } else {
+                bound
+            };
+            format!("http://{host}")
+        });
         let deliveries = Deliveries::new(
             db.clone(),
             settings.delivery.clone(),
             settings.limits.max_sync_calls_per_account,
             settings.allow_private_webhooks,
-            instance_id,
+            instance_id.clone(),
             secrets,
         )?;
         // What this instance was sending when it last stopped is sent again now, not when
@@ -86,6 +97,8 @@ impl Application {
             bus,
             limiters.clone(),
             &settings,
+            instance_id,
+            public_url,
         );
         let state = AppState {
             db,
@@ -131,6 +144,7 @@ impl Application {
         let mut workers = vec![
             AbortOnDrop(tokio::spawn(self.state.deliveries.clone().run_worker())),
             AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_sweeper())),
+            AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_scheduler())),
             AbortOnDrop(tokio::spawn(self.state.limiters.clone().run_pruner())),
         ];
         if let Some(bus) = self.pg_bus {

@@ -92,7 +92,7 @@ pub async fn conversation_data(
         .await?
         .map(|b| b.name)
         .unwrap_or_default();
-    Ok(payload::build(conv, &bot_name, state, &recent))
+    Ok(payload::build(conv, &bot_name, state, &recent, None))
 }
 
 /// Queues `event` about `conv` to the webhooks that asked for it.

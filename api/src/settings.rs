@@ -229,6 +229,21 @@ pub struct Settings {
     /// `None`: metrics are not served. Only the hash is kept, so no log of the settings
     /// shows the token.
     pub metrics_token_hash: Option<String>,
+    /// Where this server is reached from outside (`PARLEY_PUBLIC_URL`), without a trailing
+    /// slash: the base of callback URLs. `None`: `http://` and the bound address.
+    pub public_url: Option<String>,
+}
+
+/// An http(s) base URL with no query or fragment, its trailing slash removed.
+fn parse_public_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| format!("{e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("expected an http or https URL such as https://chat.example.com".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the URL must not have a query or a fragment".into());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// A setting that could not be used; its message names the variable and the value.
@@ -482,6 +497,10 @@ impl Settings {
                     ));
                 }
                 Some(v) => Some(crate::opaque::token_hash(v.trim())),
+                None => None,
+            },
+            public_url: match get("PARLEY_PUBLIC_URL") {
+                Some(v) => Some(parse_public_url(&v).map_err(|r| bad("PARLEY_PUBLIC_URL", &v, r))?),
                 None => None,
             },
         })

@@ -19,6 +19,8 @@ pub struct Model {
     pub appearance: Option<Json>,
     /// Origins allowed to embed the bot (a JSON array of strings); null or empty = any.
     pub allowed_origins: Option<Json>,
+    /// Milliseconds the chat widget waits between two consecutive bot messages (0 to 10,000).
+    pub typing_delay_ms: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

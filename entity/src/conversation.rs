@@ -35,6 +35,15 @@ pub struct Model {
     pub ended_at: Option<DateTimeUtc>,
     /// Last activity.
     pub updated_at: DateTimeUtc,
+    /// When a pausing conversation goes on (its engine state is `waiting`); null otherwise.
+    pub resume_at: Option<DateTimeUtc>,
+    /// The instance (`PARLEY_INSTANCE_ID`) that claimed the continuation.
+    pub resume_claimed_by: Option<String>,
+    /// Until when that claim holds; a lapsed claim (a crashed instance) may be taken again.
+    pub resume_claimed_until: Option<DateTimeUtc>,
+    /// SHA-256 of the one-time token of the callback URL given out for a CALLBACK block;
+    /// cleared when used, and when the conversation leaves the CALLBACK (timeout).
+    pub callback_token_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

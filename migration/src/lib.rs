@@ -15,6 +15,9 @@ mod m20261128_210100_add_event_block;
 mod m20261128_210200_add_webhook_event_types;
 mod m20261128_210300_add_webhook_disabling;
 mod m20261128_210400_add_webhook_rate;
+mod m20261128_220000_add_bot_typing_delay;
+mod m20261128_220100_add_conversation_resume;
+mod m20261128_220200_add_conversation_callback;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -36,6 +39,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_210200_add_webhook_event_types::Migration),
             Box::new(m20261128_210300_add_webhook_disabling::Migration),
             Box::new(m20261128_210400_add_webhook_rate::Migration),
+            Box::new(m20261128_220000_add_bot_typing_delay::Migration),
+            Box::new(m20261128_220100_add_conversation_resume::Migration),
+            Box::new(m20261128_220200_add_conversation_callback::Migration),
         ]
     }
 }

@@ -146,6 +146,38 @@ pub async fn set_allowed_origins(
     Ok(view)
 }
 
+/// Longest pause the widget may make between two bot messages: longer reads as a broken bot.
+pub const MAX_TYPING_DELAY_MS: i32 = 10_000;
+
+/// Sets the widget's pause between consecutive bot messages (ADMIN), 0 to
+/// [`MAX_TYPING_DELAY_MS`].
+pub async fn set_typing_delay(
+    db: &Db,
+    viewer: Uuid,
+    bot_id: Uuid,
+    typing_delay_ms: i32,
+) -> ApiResult<BotView> {
+    let mut view = find_bot(db.conn(), viewer, bot_id, Role::Admin).await?;
+    if !(0..=MAX_TYPING_DELAY_MS).contains(&typing_delay_ms) {
+        return Err(ApiError::bad_input(format!(
+            "typingDelayMs must be from 0 to {MAX_TYPING_DELAY_MS} (milliseconds), not \
+             {typing_delay_ms}"
+        )));
+    }
+    let now = Utc::now();
+    bot::Entity::update(bot::ActiveModel {
+        id: Set(bot_id),
+        typing_delay_ms: Set(typing_delay_ms),
+        updated_at: Set(now),
+        ..Default::default()
+    })
+    .exec(db.writer())
+    .await?;
+    view.bot.typing_delay_ms = typing_delay_ms;
+    view.bot.updated_at = now;
+    Ok(view)
+}
+
 /// `FORBIDDEN` unless `bot` may be used from the request's origin (absent = not a browser).
 pub fn check_origin(bot: &bot::Model, origin: Option<&RequestOrigin>) -> ApiResult<()> {
     let allowed = allowed_origins(bot);

@@ -89,6 +89,7 @@ pub async fn create_bot(
         published_version: None,
         appearance: None,
         allowed_origins: None,
+        typing_delay_ms: 0,
         created_at: now,
         updated_at: now,
     };

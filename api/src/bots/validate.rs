@@ -6,8 +6,12 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::model::{Block, BlockKind, ConditionOperator, Flow, QuestionType};
+use crate::engine::model::{
+    Block, BlockKind, ConditionOperator, Flow, MAX_CALLBACK_TIMEOUT_SECONDS, MAX_WAIT_SECONDS,
+    QuestionType,
+};
 
+mod conditions;
 mod graph;
 
 use graph::{Graph, strongly_connected};
@@ -236,6 +240,17 @@ impl<'a> Checker<'a> {
         } else {
             self.unused_if(block, is_present(block.url.as_deref()), "url");
         }
+        if kind == BlockKind::Wait {
+            self.wait(block);
+        } else {
+            self.unused_if(block, block.seconds.is_some(), "seconds");
+        }
+        if kind == BlockKind::Callback {
+            self.callback(block);
+        } else {
+            self.unused_if(block, block.timeout_seconds.is_some(), "timeoutSeconds");
+            self.unused_if(block, is_present(block.on_timeout.as_deref()), "onTimeout");
+        }
         if matches!(kind, BlockKind::End | BlockKind::Split) {
             self.unused_if(block, is_present(block.next.as_deref()), "next");
         } else if let Some(next) = &block.next {
@@ -309,6 +324,47 @@ impl<'a> Checker<'a> {
                 );
             }
             self.target(block, format!("branches[{i}].next"), &branch.next);
+        }
+    }
+
+    fn wait(&mut self, block: &Block) {
+        if !block
+            .seconds
+            .is_some_and(|s| (1..=MAX_WAIT_SECONDS).contains(&s))
+        {
+            self.report(
+                Some(block),
+                "seconds",
+                format!("A WAIT block needs seconds, from 1 to {MAX_WAIT_SECONDS}."),
+            );
+        }
+    }
+
+    fn callback(&mut self, block: &Block) {
+        if !block
+            .timeout_seconds
+            .is_some_and(|s| (1..=MAX_CALLBACK_TIMEOUT_SECONDS).contains(&s))
+        {
+            self.report(
+                Some(block),
+                "timeoutSeconds",
+                format!(
+                    "A CALLBACK block needs timeoutSeconds, from 1 to \
+                     {MAX_CALLBACK_TIMEOUT_SECONDS} (a day)."
+                ),
+            );
+        }
+        match block.on_timeout.as_deref() {
+            Some(target) if !target.is_empty() => {
+                self.target(block, "onTimeout".to_owned(), target);
+            }
+            _ => self.report(
+                Some(block),
+                "onTimeout",
+                "A CALLBACK block needs onTimeout: the block to go to when no callback comes in \
+                 time."
+                    .to_owned(),
+            ),
         }
     }
 
@@ -581,66 +637,6 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn conditions(&mut self, block: &Block) {
-        let conditions = block.conditions.as_deref().unwrap_or_default();
-        if conditions.is_empty() {
-            self.report(
-                Some(block),
-                "conditions",
-                "A condition block needs at least one condition.".to_owned(),
-            );
-        }
-        if conditions.len() > self.limits.max_conditions {
-            let (count, max) = (conditions.len(), self.limits.max_conditions);
-            self.report(
-                Some(block),
-                "conditions",
-                format!("The block has {count} conditions; at most {max} are allowed."),
-            );
-        }
-        for (i, condition) in conditions.iter().enumerate() {
-            if condition.variable.trim().is_empty() {
-                self.report(
-                    Some(block),
-                    format!("conditions[{i}].variable"),
-                    "Every condition needs a variable.".to_owned(),
-                );
-            }
-            let operator = condition.operator;
-            let needs_value = !matches!(
-                operator,
-                ConditionOperator::IsSet | ConditionOperator::IsNotSet | ConditionOperator::IsEmpty
-            );
-            if operator == ConditionOperator::Matches
-                && let Some(pattern) = condition.value.as_deref()
-                && let Err(why) = crate::engine::pattern::compile(pattern)
-            {
-                self.report(Some(block), format!("conditions[{i}].value"), why);
-            }
-            let numeric = matches!(
-                operator,
-                ConditionOperator::GreaterThan | ConditionOperator::LessThan
-            );
-            let operator_name = operator_name(operator);
-            match condition.value.as_deref() {
-                None if needs_value => self.report(
-                    Some(block),
-                    format!("conditions[{i}].value"),
-                    format!("A {operator_name} condition needs a value."),
-                ),
-                // Such a condition could never hold: the runtime compares
-                // numbers only.
-                Some(value) if numeric && !is_number(value) => self.report(
-                    Some(block),
-                    format!("conditions[{i}].value"),
-                    format!("{operator_name} compares numbers, but \"{value}\" is not a number."),
-                ),
-                _ => {}
-            }
-            self.target(block, format!("conditions[{i}].next"), &condition.next);
-        }
-    }
-
     /// Reports loops a visitor could never leave. Questions are taken out of
     /// the graph first, so a loop that bypasses the question of a larger
     /// loop is found too; each strongly connected component left that still
@@ -721,6 +717,8 @@ fn kind_name(kind: BlockKind) -> &'static str {
         BlockKind::SetVariable => "SET_VARIABLE",
         BlockKind::Split => "SPLIT",
         BlockKind::Redirect => "REDIRECT",
+        BlockKind::Wait => "WAIT",
+        BlockKind::Callback => "CALLBACK",
     }
 }
 

@@ -16,7 +16,8 @@ use crate::{
     auth::{Auth, Viewer, viewer},
     bots::{
         appearance::{bot_for_visitor, check_origin},
-        graphql::{Bot, ChoiceOut, QuestionTypeGql},
+        flow_gql::{ChoiceOut, QuestionTypeGql},
+        graphql::Bot,
         service as bots,
     },
     edge::{client::ClientAddr, origin::RequestOrigin},

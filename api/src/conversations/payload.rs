@@ -28,6 +28,7 @@ pub fn build(
     bot_name: &str,
     state: &State,
     transcript: &[conversation_event::Model],
+    callback_url: Option<&str>,
 ) -> Value {
     let mut messages: Vec<Value> = transcript
         .iter()
@@ -66,5 +67,10 @@ pub fn build(
             "messages_truncated": truncated,
         }),
     );
+    if let (Some(url), Some(Value::Object(conversation))) =
+        (callback_url, body.get_mut("conversation"))
+    {
+        conversation.insert("callback_url".into(), Value::String(url.to_owned()));
+    }
     Value::Object(body)
 }

@@ -8,13 +8,11 @@ use chrono::Utc;
 use entity::{
     bot, bot_version,
     conversation::{self, ConversationStatus},
-    conversation_event,
-    delivery::{self, DeliveryMode, DeliveryStatus},
-    webhook,
+    conversation_event, webhook,
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -33,6 +31,10 @@ use crate::{
     settings::{DatabaseKind, Settings},
     webhooks::delivery::{self as deliveries, Deliveries},
 };
+
+mod background;
+
+use background::Timers;
 
 /// Longest visitor answer.
 pub const MAX_ANSWER_CHARS: usize = 4000;
@@ -95,6 +97,15 @@ struct SyncCall {
     failed: Option<String>,
 }
 
+/// What a step's transaction leaves to do once committed: its events, the sync call to
+/// make, whether the outbox got work, and when the pause it began (if any) is due.
+type StepDone = (
+    Vec<conversation_event::Model>,
+    Option<SyncCall>,
+    bool,
+    Option<chrono::DateTime<Utc>>,
+);
+
 /// What one step may do besides running the engine.
 #[derive(Default)]
 struct Step {
@@ -107,6 +118,10 @@ struct Step {
     release: Option<Uuid>,
     /// Do nothing if a sync call of the conversation is still in flight (the sweeper).
     unless_in_flight: bool,
+    /// The scheduler ends a pause: do nothing unless the conversation is pausing and due.
+    resume: bool,
+    /// A callback with a token of this hash: refuse it unless it is the conversation's.
+    callback: Option<String>,
 }
 
 /// Drives conversations.
@@ -120,12 +135,25 @@ pub struct Runtime {
     sync_timeout: Duration,
     /// Events one conversation may hold; the last one is the ENDED that says so.
     max_events: i32,
+    /// Where this server is reached from outside, for callback URLs (`PARLEY_PUBLIC_URL`).
+    public_url: String,
+    /// This instance's name on the continuation claims it takes (`PARLEY_INSTANCE_ID`).
+    instance_id: String,
+    /// Local timers that end pauses on time (the database poll is the fallback).
+    timers: Timers,
 }
 
 /// A new conversation's id and the visitor's secret token.
 pub struct VisitorSession {
     pub conversation_id: Uuid,
     pub visitor_token: String,
+}
+
+/// The one answer for a token that is unknown, used, or spent by a timeout.
+fn callback_not_found() -> ApiError {
+    ApiError::NotFound(
+        "this callback URL is unknown, was already used, or its wait timed out".into(),
+    )
 }
 
 /// The one answer for a missing conversation and a wrong visitor token: it reveals nothing.
@@ -192,6 +220,8 @@ impl Runtime {
         bus: Arc<dyn EventBus>,
         limiters: Arc<Limiters>,
         settings: &Settings,
+        instance_id: String,
+        public_url: String,
     ) -> Arc<Self> {
         Arc::new(Self {
             db,
@@ -202,6 +232,9 @@ impl Runtime {
             abandon_after: settings.abandon_after,
             sync_timeout: settings.delivery.sync_timeout,
             max_events: settings.limits.max_conversation_events.max(2),
+            instance_id,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            timers: Timers::default(),
         })
     }
 
@@ -261,6 +294,10 @@ impl Runtime {
             started_at: now,
             ended_at: None,
             updated_at: now,
+            resume_at: None,
+            resume_claimed_by: None,
+            resume_claimed_until: None,
+            callback_token_hash: None,
         };
         let id = conv.id;
         let first = Step {
@@ -272,6 +309,37 @@ impl Runtime {
             conversation_id: id,
             visitor_token: token,
         })
+    }
+
+    /// Takes a call of a callback URL: the posted object's keys become variables and the
+    /// conversation goes on from its CALLBACK block. The token works once. Like `answer`, the
+    /// turn runs to its end even if the caller goes away.
+    pub async fn callback(
+        self: &Arc<Self>,
+        token: &str,
+        posted: Map<String, Value>,
+    ) -> ApiResult<Uuid> {
+        let this = self.clone();
+        let token = token.to_owned();
+        tokio::spawn(async move {
+            let hash = token_hash(token.trim());
+            let id: Uuid = conversation::Entity::find()
+                .filter(conversation::Column::CallbackTokenHash.eq(hash.as_str()))
+                .select_only()
+                .column(conversation::Column::Id)
+                .into_tuple()
+                .all(this.db.conn())
+                .await?
+                .pop()
+                .ok_or_else(callback_not_found)?;
+            let step = Step {
+                callback: Some(hash),
+                ..Step::default()
+            };
+            this.drive(id, Input::Callback(posted), step).await?;
+            Ok(id)
+        })
+        .await?
     }
 
     /// A conversation, if `visitor_token` is its token.
@@ -402,9 +470,11 @@ impl Runtime {
             Input::Start => "start",
             Input::Answer(_) => "answer",
             Input::WebhookResult(_) => "webhook_result",
+            Input::Resume => "resume",
+            Input::Callback(_) => "callback",
         };
         let began = std::time::Instant::now();
-        let (new_events, sync, queued) = self
+        let (new_events, sync, queued, resume_at) = self
             .db
             .write_grouped(move |tx| {
                 Box::pin(async move { this.advance_in(tx, conversation_id, input, step).await })
@@ -413,6 +483,9 @@ impl Runtime {
         crate::metrics::turn(kind, began.elapsed());
         let shared: Vec<SharedEvent> = new_events.into_iter().map(Arc::new).collect();
         self.bus.publish(&shared);
+        if let Some(due) = resume_at {
+            self.timers.arm(conversation_id, due);
+        }
         if queued {
             self.deliveries.wake();
         }
@@ -420,20 +493,22 @@ impl Runtime {
     }
 
     /// One engine step in `tx`; the visitor's token (hash) is checked in it too, which saves
-    /// a turn its own read. Returns the new events, the sync call to make, and whether the
-    /// outbox got work.
+    /// a turn its own read. Returns the new events, the sync call to make, whether the outbox
+    /// got work, and when the pause it began (if any) is due.
     async fn advance_in(
         &self,
         tx: &DatabaseTransaction,
         conversation_id: Uuid,
         input: Input,
         step: Step,
-    ) -> ApiResult<(Vec<conversation_event::Model>, Option<SyncCall>, bool)> {
+    ) -> ApiResult<StepDone> {
         let Step {
             visitor,
             create,
             release,
             unless_in_flight,
+            resume,
+            callback,
         } = step;
         let created = create.is_some();
         if let Some(new) = create {
@@ -459,7 +534,15 @@ impl Runtime {
                 .contains(&conv.id)
         {
             // The call was not cut off after all: whoever makes it takes its result.
-            return Ok((Vec::new(), None, false));
+            return Ok((Vec::new(), None, false, None));
+        }
+        if callback.is_some() && conv.callback_token_hash.as_deref() != callback.as_deref() {
+            // Used meanwhile by a concurrent request, or spent by a timeout.
+            return Err(callback_not_found());
+        }
+        if resume && conv.resume_at.is_none_or(|due| due > Utc::now()) {
+            // Continued already (another timer, another instance), or pausing again.
+            return Ok((Vec::new(), None, false, None));
         }
         if let Some(delivery_id) = release {
             deliveries::release_claim(tx, delivery_id).await?;
@@ -471,6 +554,7 @@ impl Runtime {
         let flow = self.flows.get(tx, conv.bot_id, conv.version).await?;
         let mut state: State = serde_json::from_value(conv.state.clone())
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored state does not parse: {e}")))?;
+        let was_awaiting_callback = matches!(state.position, Position::AwaitingCallback { .. });
         let result = engine::step(&flow, &mut state, input).map_err(step_error)?;
         for note in &result.notes {
             tracing::info!(conversation.id = %conv.id, note, "engine note");
@@ -484,6 +568,12 @@ impl Runtime {
         let mut queued = false;
         let mut sync = None;
         let mut say_blocks = result.say_blocks.into_iter();
+        // What to store as the callback token's hash, if it changes: a step that leaves a
+        // CALLBACK (called back, or timed out) spends its token; a webhook before a CALLBACK
+        // mints a new one (below).
+        let mut callback_hash: Option<Option<String>> = (was_awaiting_callback
+            && !matches!(state.position, Position::AwaitingCallback { .. }))
+        .then_some(None);
         for output in result.outputs {
             let (webhook_id, block_id, is_sync) = match output {
                 Output::Say(msg) => {
@@ -554,11 +644,26 @@ impl Runtime {
             }
             let mut messages = transcript.clone().unwrap_or_default();
             messages.extend(new_events.iter().cloned());
+            // The rule for `conversation.callback_url`: a WEBHOOK block whose `next` is a
+            // CALLBACK block sends that CALLBACK's one-time URL. The token is minted now and
+            // its hash stored in this step; the URL works once the conversation waits at a
+            // CALLBACK, until it is used or the CALLBACK times out.
+            let goes_to_callback = flow
+                .block(&block_id)
+                .and_then(|b| b.next.as_deref())
+                .and_then(|next| flow.block(next))
+                .is_some_and(|b| b.kind == engine::BlockKind::Callback);
+            let callback_url = goes_to_callback.then(|| {
+                let token = random_token();
+                callback_hash = Some(Some(token_hash(&token)));
+                format!("{}/callbacks/{token}", self.public_url)
+            });
             let body = payload::build(
                 &conv,
                 bot_name.as_deref().unwrap_or_default(),
                 &state,
                 &messages,
+                callback_url.as_deref(),
             );
             if is_sync {
                 sync = Some(SyncCall {
@@ -606,6 +711,18 @@ impl Runtime {
             sync = None;
         }
         let ended = state.is_ended();
+        // A step that ends pausing has just begun the pause (a pause only takes `Resume`,
+        // which leaves it): it is due `seconds` from now. Every step drops the claim.
+        let resume_at = match &state.position {
+            Position::Waiting { seconds, .. } => {
+                Some(now + chrono::Duration::seconds(i64::from(*seconds)))
+            }
+            // A CALLBACK's timeout is a pause like any other for the scheduler.
+            Position::AwaitingCallback {
+                timeout_seconds, ..
+            } => Some(now + chrono::Duration::seconds(i64::from(*timeout_seconds))),
+            _ => None,
+        };
         conversation::Entity::update(conversation::ActiveModel {
             id: Set(conv.id),
             state: Set(serde_json::to_value(&state).map_err(anyhow::Error::from)?),
@@ -621,6 +738,13 @@ impl Runtime {
                 None
             }),
             updated_at: Set(now),
+            resume_at: Set(resume_at),
+            resume_claimed_by: Set(None),
+            resume_claimed_until: Set(None),
+            callback_token_hash: match callback_hash {
+                Some(hash) => Set(hash),
+                None => sea_orm::ActiveValue::NotSet,
+            },
             ..Default::default()
         })
         .exec(tx)
@@ -668,148 +792,7 @@ impl Runtime {
         if let Some(announce) = self.bus.announcement(&new_events) {
             tx.execute_raw(announce).await?;
         }
-        Ok((new_events, sync, queued))
-    }
-
-    /// Marks conversations idle since `idle` abandoned, a batch at a time, each with its
-    /// `conversation.abandoned` event in the same transaction.
-    async fn abandon_idle(&self, idle: chrono::DateTime<Utc>) -> ApiResult<()> {
-        const BATCH: u64 = 200;
-        loop {
-            let tx = self.db.write().await?;
-            let batch = conversation::Entity::find()
-                .filter(conversation::Column::Status.eq(ConversationStatus::Active))
-                .filter(conversation::Column::UpdatedAt.lt(idle))
-                .limit(BATCH)
-                .all(&tx.tx)
-                .await?;
-            let full = batch.len() as u64 == BATCH;
-            let mut queued = false;
-            for conv in batch {
-                // Another instance may have swept it meanwhile: only the one that changed it
-                // reports it.
-                let changed = conversation::Entity::update_many()
-                    .col_expr(
-                        conversation::Column::Status,
-                        Expr::value(ConversationStatus::Abandoned),
-                    )
-                    .filter(conversation::Column::Id.eq(conv.id))
-                    .filter(conversation::Column::Status.eq(ConversationStatus::Active))
-                    .exec(&tx.tx)
-                    .await?
-                    .rows_affected;
-                if changed == 0 {
-                    continue;
-                }
-                let hooks = lifecycle::subscribers(
-                    &tx.tx,
-                    conv.account_id,
-                    lifecycle::CONVERSATION_ABANDONED,
-                )
-                .await?;
-                if hooks.is_empty() {
-                    continue;
-                }
-                let state: State = serde_json::from_value(conv.state.clone()).unwrap_or_default();
-                let conv = conversation::Model {
-                    status: ConversationStatus::Abandoned,
-                    ..conv
-                };
-                let data = lifecycle::conversation_data(&tx.tx, &conv, &state, &[]).await?;
-                queued |= lifecycle::enqueue(
-                    &tx.tx,
-                    conv.account_id,
-                    &hooks,
-                    Some(conv.id),
-                    lifecycle::CONVERSATION_ABANDONED,
-                    data,
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            if queued {
-                self.deliveries.wake();
-            }
-            if !full {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Marks idle conversations abandoned, and resumes those whose sync call was cut off by a
-    /// crash (the call is treated as failed: the conversation goes on to the next block).
-    pub async fn sweep(self: &Arc<Self>) -> ApiResult<()> {
-        let now = Utc::now();
-        let idle = now - chrono::Duration::from_std(self.abandon_after).unwrap_or_default();
-        self.abandon_idle(idle).await?;
-
-        // Well past any live call's deadline: only calls cut off by a crash are this old.
-        let grace = self.sync_timeout + self.sync_timeout.max(Duration::from_secs(1));
-        let stale = now - chrono::Duration::from_std(grace).unwrap_or_default();
-        delivery::Entity::update_many()
-            .col_expr(
-                delivery::Column::Status,
-                Expr::value(DeliveryStatus::Failed),
-            )
-            .filter(delivery::Column::Mode.eq(DeliveryMode::Sync))
-            .filter(delivery::Column::Status.eq(DeliveryStatus::Pending))
-            // A queued redelivery (due at some time) is the worker's, not a cut-off call.
-            .filter(delivery::Column::NextAttemptAt.is_null())
-            .filter(delivery::Column::CreatedAt.lt(stale))
-            // A call still in flight holds a live claim, however old (another instance may
-            // wait longer than this one's deadline); a crashed call's claim lapses, or is
-            // released when its instance restarts.
-            .filter(
-                Condition::any()
-                    .add(delivery::Column::ClaimedUntil.is_null())
-                    .add(delivery::Column::ClaimedUntil.lt(now)),
-            )
-            .exec(self.db.writer())
-            .await?;
-        let awaiting = match self.db.kind() {
-            DatabaseKind::Postgres => {
-                Expr::cust("state -> 'position' ->> 'type' = 'awaitingWebhook'")
-            }
-            DatabaseKind::Sqlite => {
-                Expr::cust("json_extract(state, '$.position.type') = 'awaitingWebhook'")
-            }
-        };
-        let stuck: Vec<Uuid> = conversation::Entity::find()
-            .filter(conversation::Column::Status.eq(ConversationStatus::Active))
-            .filter(conversation::Column::UpdatedAt.lt(stale))
-            .filter(awaiting)
-            .select_only()
-            .column(conversation::Column::Id)
-            .limit(100)
-            .into_tuple()
-            .all(self.db.conn())
-            .await?;
-        let in_flight =
-            deliveries::conversations_with_calls_in_flight(self.db.conn(), &stuck).await?;
-        for id in stuck.into_iter().filter(|id| !in_flight.contains(id)) {
-            let outcome = WebhookOutcome::Failed("the call was interrupted by a restart".into());
-            let step = Step {
-                unless_in_flight: true,
-                ..Step::default()
-            };
-            if let Err(e) = self.drive(id, Input::WebhookResult(outcome), step).await {
-                tracing::warn!(conversation.id = %id, error = e.message(), "cannot resume a conversation");
-            }
-        }
-        Ok(())
-    }
-
-    /// Sweeps now and then, until dropped.
-    pub async fn run_sweeper(self: Arc<Self>) {
-        let every = (self.abandon_after / 4)
-            .min(self.sync_timeout)
-            .clamp(Duration::from_millis(200), Duration::from_secs(30));
-        loop {
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = e.message(), "conversation sweep failed");
-            }
-            tokio::time::sleep(every).await;
-        }
+        Ok((new_events, sync, queued, resume_at))
     }
 
     /// The stored events of a conversation after `after_seq`, in order.

@@ -1,6 +1,7 @@
 //! The edge: everything between a socket and the schema. Routes, the client's address,
 //! credentials, request limits and the WebSocket transport live here, so that domains never
 //! read HTTP headers themselves.
+pub mod callback;
 pub mod client;
 pub mod http;
 pub mod origin;
@@ -62,6 +63,7 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
                 web::get().to(results::results_csv),
             )
             .route("/metrics", web::get().to(metrics))
+            .route("/callbacks/{token}", web::post().to(callback::callback))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz));
         if graphiql_on {

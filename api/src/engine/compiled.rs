@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use regex::Regex;
 
 use super::{
-    model::{Block, ConditionOperator, Flow},
+    model::{Block, Condition, ConditionOperator, Flow},
     pattern,
 };
 
@@ -28,12 +28,17 @@ impl CompiledFlow {
         for (position, block) in flow.blocks.iter().enumerate() {
             index.entry(block.id.clone()).or_insert(position);
             let validation = block.validation.iter().filter_map(|v| v.pattern.as_deref());
-            let matches = block
-                .conditions
-                .iter()
-                .flatten()
+            let conditions = block.conditions.iter().flatten();
+            let own = conditions
+                .clone()
                 .filter(|c| c.operator == ConditionOperator::Matches)
                 .filter_map(|c| c.value.as_deref());
+            let nested: Vec<&str> = conditions
+                .flat_map(Condition::nested_rules)
+                .filter(|(rule, _)| rule.operator == Some(ConditionOperator::Matches))
+                .filter_map(|(rule, _)| rule.value.as_deref())
+                .collect();
+            let matches = own.chain(nested);
             for text in validation.chain(matches) {
                 // Validation refuses broken patterns; one that slipped through matches nothing.
                 patterns

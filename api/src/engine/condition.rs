@@ -3,17 +3,85 @@
 use serde_json::{Map, Value};
 
 use super::compiled::CompiledFlow;
-use super::model::{Condition, ConditionOperator};
+use super::model::{Condition, ConditionOperator, MAX_RULE_DEPTH, Rule};
 use super::template::{display, lookup};
 
-/// Whether `condition` holds on the context variables; MATCHES reads its compiled pattern
+/// Whether `condition` holds on the context variables: its own test, every rule of its `all`
+/// group and at least one of its `any` group (when given). MATCHES reads its compiled pattern
 /// from `flow`.
 pub fn holds(condition: &Condition, variables: &Map<String, Value>, flow: &CompiledFlow) -> bool {
+    let own = test(
+        &condition.variable,
+        condition.operator,
+        condition.value.as_deref(),
+        variables,
+        flow,
+    );
+    own && groups_hold(
+        condition.all.as_deref(),
+        condition.any.as_deref(),
+        variables,
+        flow,
+        1,
+    )
+}
+
+/// Whether the `all` and `any` groups at `depth` hold. Rules nested deeper than
+/// [`MAX_RULE_DEPTH`] never hold: validation refuses them, and a stored flow that slipped
+/// through must not recurse without bound.
+fn groups_hold(
+    all: Option<&[Rule]>,
+    any: Option<&[Rule]>,
+    variables: &Map<String, Value>,
+    flow: &CompiledFlow,
+    depth: usize,
+) -> bool {
+    let rule_holds =
+        |rule: &Rule| depth <= MAX_RULE_DEPTH && rule_holds(rule, variables, flow, depth);
+    let all_hold = all.is_none_or(|rules| rules.iter().all(rule_holds));
+    // An empty `any` is refused at save; were one stored, it constrains nothing.
+    let any_holds = any.is_none_or(|rules| rules.is_empty() || rules.iter().any(rule_holds));
+    all_hold && any_holds
+}
+
+fn rule_holds(
+    rule: &Rule,
+    variables: &Map<String, Value>,
+    flow: &CompiledFlow,
+    depth: usize,
+) -> bool {
+    let own = match rule.operator {
+        Some(operator) => test(
+            rule.variable.as_deref().unwrap_or_default(),
+            operator,
+            rule.value.as_deref(),
+            variables,
+            flow,
+        ),
+        None => true,
+    };
+    own && groups_hold(
+        rule.all.as_deref(),
+        rule.any.as_deref(),
+        variables,
+        flow,
+        depth + 1,
+    )
+}
+
+/// One comparison of a variable with a value.
+fn test(
+    variable: &str,
+    operator: ConditionOperator,
+    value: Option<&str>,
+    variables: &Map<String, Value>,
+    flow: &CompiledFlow,
+) -> bool {
     // A null variable is treated as missing: a webhook that clears a value
     // usually sends null rather than deleting the key.
-    let variable = lookup(variables, condition.variable.trim()).filter(|value| !value.is_null());
-    let expected = condition.value.as_deref().unwrap_or_default();
-    match condition.operator {
+    let variable = lookup(variables, variable.trim()).filter(|value| !value.is_null());
+    let expected = value.unwrap_or_default();
+    match operator {
         ConditionOperator::Equals => variable.is_some_and(|value| equals(value, expected)),
         ConditionOperator::NotEquals => !variable.is_some_and(|value| equals(value, expected)),
         ConditionOperator::Contains => variable.is_some_and(|value| contains(value, expected)),
@@ -106,12 +174,10 @@ mod tests {
     }
 
     fn check(variable: &str, operator: ConditionOperator, value: Option<&str>) -> bool {
-        let condition = Condition {
-            variable: variable.into(),
-            operator,
-            value: value.map(str::to_owned),
-            next: "n".into(),
-        };
+        check_condition(Condition::test(variable, operator, value, "n"))
+    }
+
+    fn check_condition(condition: Condition) -> bool {
         let flow = CompiledFlow::new(crate::engine::model::Flow {
             start_block_id: None,
             blocks: vec![crate::engine::model::Block {
@@ -229,5 +295,107 @@ mod tests {
         assert!(!check("missing", Matches, Some(".*")));
         // A pattern that does not compile matches nothing.
         assert!(!check("name", Matches, Some("(")));
+    }
+
+    fn rule(variable: &str, operator: ConditionOperator, value: Option<&str>) -> Rule {
+        Rule {
+            variable: Some(variable.into()),
+            operator: Some(operator),
+            value: value.map(str::to_owned),
+            ..Rule::default()
+        }
+    }
+
+    fn with_groups(all: Option<Vec<Rule>>, any: Option<Vec<Rule>>) -> Condition {
+        Condition {
+            all,
+            any,
+            ..Condition::test("name", IsSet, None, "n")
+        }
+    }
+
+    #[test]
+    fn an_all_group_needs_every_rule_to_hold() {
+        let both = vec![
+            rule("age", GreaterThan, Some("30")),
+            rule("tags", Contains, Some("vip")),
+        ];
+        assert!(check_condition(with_groups(Some(both), None)));
+        let one_fails = vec![
+            rule("age", GreaterThan, Some("30")),
+            rule("tags", Contains, Some("gold")),
+        ];
+        assert!(!check_condition(with_groups(Some(one_fails), None)));
+    }
+
+    #[test]
+    fn an_any_group_needs_one_rule_to_hold() {
+        let one = vec![
+            rule("age", LessThan, Some("18")),
+            rule("order.status", Equals, Some("shipped")),
+        ];
+        assert!(check_condition(with_groups(None, Some(one))));
+        let none = vec![
+            rule("age", LessThan, Some("18")),
+            rule("missing", IsSet, None),
+        ];
+        assert!(!check_condition(with_groups(None, Some(none))));
+    }
+
+    #[test]
+    fn the_own_test_and_the_groups_must_all_hold() {
+        let holds_alone = vec![rule("age", Equals, Some("36"))];
+        let condition = Condition {
+            all: Some(holds_alone),
+            ..Condition::test("missing", IsSet, None, "n")
+        };
+        assert!(!check_condition(condition));
+    }
+
+    #[test]
+    fn groups_nest() {
+        // name is set AND (age < 18 OR (score > 7 AND order.total > 100))
+        let inner = Rule {
+            all: Some(vec![
+                rule("score", GreaterThan, Some("7")),
+                rule("order.total", GreaterThan, Some("100")),
+            ]),
+            ..Rule::default()
+        };
+        let any = vec![rule("age", LessThan, Some("18")), inner.clone()];
+        assert!(check_condition(with_groups(None, Some(any))));
+        let failing_inner = Rule {
+            all: Some(vec![
+                rule("score", GreaterThan, Some("8")),
+                rule("order.total", GreaterThan, Some("100")),
+            ]),
+            ..Rule::default()
+        };
+        let any = vec![rule("age", LessThan, Some("18")), failing_inner];
+        assert!(!check_condition(with_groups(None, Some(any))));
+    }
+
+    #[test]
+    fn rules_nested_past_the_depth_limit_never_hold() {
+        let mut deepest = Rule {
+            all: Some(vec![rule("name", IsSet, None)]),
+            ..Rule::default()
+        };
+        // A chain of MAX_RULE_DEPTH groups holds; one more level does not.
+        for _ in 1..MAX_RULE_DEPTH - 1 {
+            deepest = Rule {
+                all: Some(vec![deepest]),
+                ..Rule::default()
+            };
+        }
+        assert!(check_condition(with_groups(
+            Some(vec![deepest.clone()]),
+            None
+        )));
+        let too_deep = Rule {
+            all: Some(vec![deepest]),
+            ..Rule::default()
+        };
+        assert!(!check_condition(with_groups(Some(vec![too_deep]), None)));
     }
 }

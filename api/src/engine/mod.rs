@@ -22,7 +22,7 @@ mod tests;
 pub use self::answer::check_answer;
 pub use self::compiled::CompiledFlow;
 pub use self::model::{
-    Block, BlockKind, Branch, Choice, Condition, ConditionOperator, Flow, QuestionType,
+    Block, BlockKind, Branch, Choice, Condition, ConditionOperator, Flow, QuestionType, Rule,
 };
 pub use self::state::{Position, State};
 pub use self::step::{

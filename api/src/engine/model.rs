@@ -64,6 +64,15 @@ pub struct Block {
     /// Where a REDIRECT block sends the visitor: a template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// How long a WAIT block pauses, in seconds (1 to 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u32>,
+    /// How long a CALLBACK block waits for the customer's system, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+    /// Where a CALLBACK block goes when no callback came in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<String>,
     /// The tests of a CONDITION block, tried in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
@@ -92,6 +101,9 @@ impl Block {
             value: None,
             branches: None,
             url: None,
+            seconds: None,
+            timeout_seconds: None,
+            on_timeout: None,
             conditions: None,
             next: None,
         }
@@ -145,6 +157,10 @@ impl Block {
             .flatten()
             .filter(|_| self.kind == BlockKind::Split)
             .map(|branch| branch.next.as_str());
+        let on_timeout = self
+            .on_timeout
+            .as_deref()
+            .filter(|_| self.kind == BlockKind::Callback);
         let on_max = self
             .on_max_attempts
             .as_deref()
@@ -157,6 +173,7 @@ impl Block {
             .chain(condition_targets)
             .chain(branch_targets)
             .chain(on_max)
+            .chain(on_timeout)
             .chain(next)
     }
 }
@@ -223,9 +240,79 @@ pub struct Condition {
     /// What the variable is compared with (unused by IS_SET / IS_NOT_SET).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// Further tests that must all hold too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<Vec<Rule>>,
+    /// Further tests of which at least one must hold too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any: Option<Vec<Rule>>,
     /// Where the flow goes when this condition holds.
     pub next: String,
 }
+
+impl Condition {
+    /// A single test with no groups.
+    pub fn test(
+        variable: impl Into<String>,
+        operator: ConditionOperator,
+        value: Option<&str>,
+        next: impl Into<String>,
+    ) -> Self {
+        Self {
+            variable: variable.into(),
+            operator,
+            value: value.map(str::to_owned),
+            all: None,
+            any: None,
+            next: next.into(),
+        }
+    }
+
+    /// Every rule nested in this condition's groups, at any depth, with its depth (1 for a
+    /// rule of the condition's own `all`/`any`).
+    pub fn nested_rules(&self) -> Vec<(&Rule, usize)> {
+        let mut found = Vec::new();
+        let mut stack: Vec<(&Rule, usize)> = groups(self.all.as_deref(), self.any.as_deref())
+            .map(|rule| (rule, 1))
+            .collect();
+        while let Some((rule, depth)) = stack.pop() {
+            found.push((rule, depth));
+            stack.extend(
+                groups(rule.all.as_deref(), rule.any.as_deref()).map(|inner| (inner, depth + 1)),
+            );
+        }
+        found
+    }
+}
+
+fn groups<'a>(all: Option<&'a [Rule]>, any: Option<&'a [Rule]>) -> impl Iterator<Item = &'a Rule> {
+    all.into_iter().flatten().chain(any.into_iter().flatten())
+}
+
+/// One test inside a condition's `all` or `any` group: a comparison (`variable`, `operator`,
+/// `value`), a nested group (`all`, `any`), or both, which must then all hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// The context variable tested; dotted paths read into objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variable: Option<String>,
+    /// How the variable is compared; absent for a pure group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<ConditionOperator>,
+    /// What the variable is compared with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Tests that must all hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<Vec<Rule>>,
+    /// Tests of which at least one must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any: Option<Vec<Rule>>,
+}
+
+/// How deep `all`/`any` groups may nest (a condition's own groups are depth 1).
+pub const MAX_RULE_DEPTH: usize = 5;
 
 /// What a block does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -247,7 +334,18 @@ pub enum BlockKind {
     Split,
     /// Sends the visitor to a web address.
     Redirect,
+    /// Pauses for `seconds` before going on (the runtime schedules the rest).
+    Wait,
+    /// Waits until the customer's system posts to a one-time callback URL, or
+    /// `timeoutSeconds` pass (then goes to `onTimeout`).
+    Callback,
 }
+
+/// The longest a CALLBACK block may wait, in seconds (a day).
+pub const MAX_CALLBACK_TIMEOUT_SECONDS: u32 = 86_400;
+
+/// The longest pause of a WAIT block or a webhook's `wait` instruction, in seconds.
+pub const MAX_WAIT_SECONDS: u32 = 60;
 
 /// How a question's answer is checked and stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -369,12 +467,12 @@ mod tests {
                     next: None,
                 },
             ]),
-            conditions: Some(vec![Condition {
-                variable: "v".into(),
-                operator: ConditionOperator::IsSet,
-                value: None,
-                next: "y".into(),
-            }]),
+            conditions: Some(vec![Condition::test(
+                "v",
+                ConditionOperator::IsSet,
+                None,
+                "y",
+            )]),
             next: Some("z".into()),
             ..Block::new("b", kind)
         }

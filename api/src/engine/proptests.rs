@@ -9,7 +9,9 @@ use proptest::sample::select;
 use serde_json::{Map, Value, json};
 
 use super::*;
-use crate::engine::model::{Branch, Validation};
+use crate::engine::model::{
+    Branch, MAX_CALLBACK_TIMEOUT_SECONDS, MAX_WAIT_SECONDS, Rule, Validation,
+};
 
 const BLOCK_IDS: &[&str] = &["a", "b", "c", "d", "e", ""];
 const TARGETS: &[&str] = &["a", "b", "c", "d", "e", "ghost", "", "b0", "b1"];
@@ -64,6 +66,8 @@ fn arb_kind() -> impl Strategy<Value = BlockKind> {
         BlockKind::SetVariable,
         BlockKind::Split,
         BlockKind::Redirect,
+        BlockKind::Wait,
+        BlockKind::Callback,
     ])
 }
 
@@ -141,8 +145,49 @@ fn arb_condition() -> impl Strategy<Value = Condition> {
             variable,
             operator,
             value,
+            all: None,
+            any: None,
             next,
         })
+        .prop_flat_map(|condition| {
+            (
+                option::of(vec(arb_rule(), 0..3)),
+                option::of(vec(arb_rule(), 0..3)),
+            )
+                .prop_map(move |(all, any)| Condition {
+                    all,
+                    any,
+                    ..condition.clone()
+                })
+        })
+}
+
+/// A rule of a condition's group: a test, a one-level group, both, or (broken) neither.
+fn arb_rule() -> impl Strategy<Value = Rule> {
+    let test = || {
+        (
+            option::of(arb_string(VARIABLES)),
+            option::of(arb_operator()),
+            option::of(arb_string(VALUES)),
+        )
+    };
+    (test(), option::of(vec(test(), 0..2))).prop_map(|((variable, operator, value), inner)| Rule {
+        variable,
+        operator,
+        value,
+        any: inner.map(|tests| {
+            tests
+                .into_iter()
+                .map(|(variable, operator, value)| Rule {
+                    variable,
+                    operator,
+                    value,
+                    ..Rule::default()
+                })
+                .collect()
+        }),
+        all: None,
+    })
 }
 
 /// Any block at all, most of them broken in some way.
@@ -186,6 +231,10 @@ fn arb_block() -> impl Strategy<Value = Block> {
                 value: None,
                 branches: None,
                 url: None,
+                // A WAIT without seconds (or with too many) still pauses, at 1 to 60 s.
+                seconds: (kind == BlockKind::Wait).then_some(90),
+                timeout_seconds: None,
+                on_timeout: (kind == BlockKind::Callback).then(|| "a".to_owned()),
                 id,
                 kind,
                 text,
@@ -256,6 +305,8 @@ fn arb_shaped_block(count: usize) -> impl Strategy<Value = Block> {
                 variable: variable.to_owned(),
                 operator,
                 value: Some("1".to_owned()),
+                all: None,
+                any: None,
                 next,
             })
             .collect::<Vec<_>>()
@@ -308,6 +359,11 @@ fn arb_shaped_block(count: usize) -> impl Strategy<Value = Block> {
                     BlockKind::Redirect => {
                         block.url = Some("https://example.com/{{v}}".to_owned());
                     }
+                    BlockKind::Wait => block.seconds = Some(2),
+                    BlockKind::Callback => {
+                        block.timeout_seconds = Some(30);
+                        block.on_timeout = Some("b0".to_owned());
+                    }
                 }
                 if !matches!(kind, BlockKind::End | BlockKind::Split) {
                     block.next = next;
@@ -329,6 +385,13 @@ fn arb_instruction() -> impl Strategy<Value = Instruction> {
         arb_string(TARGETS).prop_map(Instruction::Goto),
         Just(Instruction::End),
         Just(Instruction::Unknown("unknown type \"x\"".into())),
+        Just(Instruction::Choices(vec![Choice {
+            label: "Pro".into(),
+            value: Some("pro".into()),
+            next: None,
+        }])),
+        (1u32..=MAX_WAIT_SECONDS).prop_map(Instruction::Wait),
+        Just(Instruction::Redirect("https://example.com/{{v}}".into())),
     ]
 }
 
@@ -341,6 +404,9 @@ fn arb_input() -> impl Strategy<Value = Input> {
         1 => select(vec![json!({"v": "x"}), json!({"age": 20, "tags": ["a"]}), json!({})])
             .prop_map(|v| Input::WebhookResult(WebhookOutcome::Variables(object(v)))),
         1 => Just(Input::WebhookResult(WebhookOutcome::Failed("timeout".into()))),
+        2 => Just(Input::Resume),
+        1 => select(vec![json!({"v": "called back"}), json!({})])
+            .prop_map(|v| Input::Callback(object(v))),
     ]
 }
 
@@ -401,6 +467,44 @@ pub(crate) fn drive(
                     "awaiting a webhook after {:?}",
                     last
                 );
+            }
+            Position::Waiting {
+                block_id, seconds, ..
+            } => {
+                prop_assert!((1..=MAX_WAIT_SECONDS).contains(seconds));
+                prop_assert!(flow.block(block_id).is_some());
+                prop_assert!(
+                    !matches!(
+                        last,
+                        Some(
+                            Output::CallWebhook { .. } | Output::Say(ChatMessage::Question { .. })
+                        )
+                    ),
+                    "waiting after {:?}",
+                    last
+                );
+                // No conversation is stuck in a pause after a restart: the state as stored
+                // reads back and takes the scheduler's `Resume` (a WAIT that loops onto
+                // itself pauses again, which validation refuses as a loop).
+                let stored =
+                    serde_json::to_value(&state).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let mut restarted: State = serde_json::from_value(stored)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let resumed = step(flow, &mut restarted, Input::Resume);
+                prop_assert!(resumed.is_ok(), "a paused conversation refused Resume");
+            }
+            Position::AwaitingCallback {
+                block_id,
+                timeout_seconds,
+            } => {
+                prop_assert!((1..=MAX_CALLBACK_TIMEOUT_SECONDS).contains(timeout_seconds));
+                prop_assert!(
+                    flow.block(block_id)
+                        .is_some_and(|b| b.kind == BlockKind::Callback)
+                );
+                // Its timeout goes through the same scheduler: a restart never strands it.
+                let mut restarted = state.clone();
+                prop_assert!(step(flow, &mut restarted, Input::Resume).is_ok());
             }
             Position::Ended => prop_assert!(
                 matches!(last, Some(Output::Say(ChatMessage::Ended { .. }))),

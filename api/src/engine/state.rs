@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::model::Choice;
+
 /// Where a conversation is and what it has collected; stored as JSON
 /// between steps.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -28,6 +30,13 @@ pub struct State {
     /// again goes the same way.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub splits: std::collections::BTreeMap<String, usize>,
+    /// Buttons a sync webhook reply offered (`choices`) for the next CHOICE question.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_choices: Option<Vec<Choice>>,
+    /// The buttons the pending CHOICE question offers instead of its own (from
+    /// `next_choices`), until it is answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<Choice>>,
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -54,6 +63,25 @@ pub enum Position {
     AwaitingWebhook {
         /// The webhook block being run.
         block_id: String,
+    },
+    /// Pausing (a WAIT block, or a webhook reply's `wait`) for `seconds`; the runtime
+    /// steps again with `Input::Resume` when they are over.
+    Waiting {
+        /// The block that paused.
+        block_id: String,
+        /// How long the pause lasts, from the step that began it.
+        seconds: u32,
+        /// Where the flow goes on; `None` ends it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+    },
+    /// Waiting for the customer's system to post to this CALLBACK block's one-time URL; the
+    /// runtime steps with `Input::Resume` after `timeout_seconds` (the timeout).
+    AwaitingCallback {
+        /// The CALLBACK block.
+        block_id: String,
+        /// How long it waits, from the step that reached it.
+        timeout_seconds: u32,
     },
     /// Finished; every further input is refused.
     Ended,
@@ -85,6 +113,8 @@ impl State {
             attempts: 0,
             seed: 0,
             splits: std::collections::BTreeMap::new(),
+            next_choices: None,
+            choices: None,
         }
     }
 

@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 use super::answer::check_answer;
 use super::compiled::CompiledFlow;
 use super::condition::holds;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use super::model::{Block, BlockKind, Branch, Choice, QuestionType};
+use super::model::{
+    Block, BlockKind, Branch, Choice, MAX_CALLBACK_TIMEOUT_SECONDS, MAX_WAIT_SECONDS, QuestionType,
+};
 use super::state::{Position, State};
 use super::template::render;
 use super::webhook::{Instruction, WebhookOutcome};
@@ -27,6 +29,10 @@ pub enum Input {
     Answer(String),
     /// The result of the sync webhook call the conversation waits for.
     WebhookResult(WebhookOutcome),
+    /// The pause the conversation is in is over (for a CALLBACK: its timeout).
+    Resume,
+    /// The customer's system posted to the callback URL: these keys become variables.
+    Callback(Map<String, Value>),
 }
 
 /// One thing a step produced, in order.
@@ -130,6 +136,12 @@ pub enum StepError {
     NotAwaitingWebhook,
     /// `Start` on a conversation that already started.
     AlreadyStarted,
+    /// An answer while the bot pauses (a WAIT block): no question is asked yet.
+    Pausing,
+    /// `Resume` while the conversation is not pausing.
+    NotPausing,
+    /// A callback while the conversation is not at a CALLBACK block.
+    NotAwaitingCallback,
 }
 
 impl fmt::Display for StepError {
@@ -140,6 +152,13 @@ impl fmt::Display for StepError {
             StepError::NoPendingQuestion => "there is no question waiting for an answer",
             StepError::NotAwaitingWebhook => "the conversation is not waiting for a webhook result",
             StepError::AlreadyStarted => "the conversation has already started",
+            StepError::Pausing => {
+                "the bot is pausing before it goes on: answer once it asks its next question"
+            }
+            StepError::NotPausing => "the conversation is not pausing",
+            StepError::NotAwaitingCallback => {
+                "the conversation is not waiting for a callback (not yet, or no longer)"
+            }
         })
     }
 }
@@ -149,8 +168,8 @@ impl std::error::Error for StepError {}
 /// Advances the conversation by one input. Mutates `state` only on `Ok`.
 ///
 /// On `Ok`, the state is `AwaitingAnswer` (and the last output is a
-/// `Question`), `AwaitingWebhook` (last output `CallWebhook`) or `Ended`
-/// (last output `Ended`).
+/// `Question`), `AwaitingWebhook` (last output `CallWebhook`), `Waiting` (the runtime resumes
+/// it with `Input::Resume` after its seconds) or `Ended` (last output `Ended`).
 ///
 /// # Errors
 ///
@@ -166,7 +185,21 @@ pub fn step(flow: &CompiledFlow, state: &mut State, input: Input) -> Result<Step
         (Position::AwaitingAnswer { block_id }, Input::Answer(text)) => {
             Resume::Answer(block_id.clone(), text)
         }
+        (Position::Waiting { .. } | Position::AwaitingCallback { .. }, Input::Answer(_)) => {
+            return Err(StepError::Pausing);
+        }
         (_, Input::Answer(_)) => return Err(StepError::NoPendingQuestion),
+        (Position::Waiting { block_id, next, .. }, Input::Resume) => {
+            Resume::Pause(block_id.clone(), next.clone())
+        }
+        (Position::AwaitingCallback { block_id, .. }, Input::Resume) => {
+            Resume::CallbackTimeout(block_id.clone())
+        }
+        (_, Input::Resume) => return Err(StepError::NotPausing),
+        (Position::AwaitingCallback { block_id, .. }, Input::Callback(variables)) => {
+            Resume::Callback(block_id.clone(), variables)
+        }
+        (_, Input::Callback(_)) => return Err(StepError::NotAwaitingCallback),
         (Position::AwaitingWebhook { block_id }, Input::WebhookResult(outcome)) => {
             Resume::Webhook(block_id.clone(), outcome)
         }
@@ -183,6 +216,12 @@ pub fn step(flow: &CompiledFlow, state: &mut State, input: Input) -> Result<Step
         Resume::Start => run.start(),
         Resume::Answer(block_id, text) => run.answer(&block_id, text),
         Resume::Webhook(block_id, outcome) => run.webhook_result(&block_id, outcome),
+        Resume::Pause(block_id, next) => {
+            run.block = Some(block_id);
+            run.run_from(next.as_deref());
+        }
+        Resume::Callback(block_id, variables) => run.callback(&block_id, Some(variables)),
+        Resume::CallbackTimeout(block_id) => run.callback(&block_id, None),
     }
     Ok(run.result)
 }
@@ -191,6 +230,9 @@ enum Resume {
     Start,
     Answer(String, String),
     Webhook(String, WebhookOutcome),
+    Pause(String, Option<String>),
+    Callback(String, Map<String, Value>),
+    CallbackTimeout(String),
 }
 
 struct Run<'a> {
@@ -227,6 +269,18 @@ impl Run<'_> {
             .as_ref()
             .and_then(|v| v.pattern.as_deref())
             .and_then(|p| flow.pattern(p));
+        // Buttons a webhook reply offered stand in for the block's own choices.
+        let offered;
+        let block = match &self.state.choices {
+            Some(choices) => {
+                offered = Block {
+                    choices: Some(choices.clone()),
+                    ..block.clone()
+                };
+                &offered
+            }
+            None => block,
+        };
         let checked = check_answer(block, &text, pattern);
         self.say(ChatMessage::VisitorMessage { text });
         match checked {
@@ -238,12 +292,14 @@ impl Run<'_> {
                 {
                     // An endless loop of wrong answers ends where the author said.
                     self.state.attempts = 0;
+                    self.state.choices = None;
                     return self.run_from(block.on_max_attempts.as_deref());
                 }
                 self.ask(block);
             }
             Ok((value, choice_next)) => {
                 self.state.attempts = 0;
+                self.state.choices = None;
                 let name = block
                     .save_answer_to
                     .as_deref()
@@ -264,6 +320,7 @@ impl Run<'_> {
             return self.end(Some(missing_block(block_id)));
         };
         let mut target = block.next.as_deref();
+        let mut wait: Option<u32> = None;
         match outcome {
             WebhookOutcome::Responses(instructions) => {
                 let count = instructions.len();
@@ -295,6 +352,19 @@ impl Run<'_> {
                         Instruction::Unknown(description) => {
                             self.note(format!("Skipped a webhook instruction: {description}."));
                         }
+                        Instruction::Choices(choices) => self.state.next_choices = Some(choices),
+                        // Several waits add up, to the most one pause may last.
+                        Instruction::Wait(seconds) => {
+                            wait = Some(
+                                wait.unwrap_or(0)
+                                    .saturating_add(seconds)
+                                    .min(MAX_WAIT_SECONDS),
+                            );
+                        }
+                        Instruction::Redirect(url) => {
+                            let url = render(&url, &self.state.variables);
+                            self.say(ChatMessage::Redirect { url });
+                        }
                     }
                 }
             }
@@ -303,7 +373,39 @@ impl Run<'_> {
                 self.note(format!("The webhook call failed: {reason}"));
             }
         }
+        if let Some(seconds) = wait {
+            // The reply's other instructions ran at once; the flow goes on after the pause.
+            self.state.position = Position::Waiting {
+                block_id: block_id.to_owned(),
+                seconds,
+                next: target.map(str::to_owned),
+            };
+            return;
+        }
         self.run_from(target);
+    }
+
+    /// Goes on from a CALLBACK block: to `next` with the posted keys as variables, or to
+    /// `onTimeout` when nothing came (`None`).
+    fn callback(&mut self, block_id: &str, posted: Option<Map<String, Value>>) {
+        self.block = Some(block_id.to_owned());
+        let flow = self.flow;
+        let Some(block) = flow.block(block_id) else {
+            return self.end(Some(missing_block(block_id)));
+        };
+        match posted {
+            Some(variables) => {
+                self.state.variables.extend(variables);
+                self.run_from(block.next.as_deref());
+            }
+            None => {
+                self.note(format!(
+                    "No callback came for block \"{block_id}\" in time; the flow goes to its \
+                     onTimeout."
+                ));
+                self.run_from(block.on_timeout.as_deref());
+            }
+        }
     }
 
     /// Runs blocks from `first` until one waits or the conversation ends.
@@ -335,6 +437,12 @@ impl Run<'_> {
                 }
                 BlockKind::Question => {
                     self.state.attempts = 0;
+                    // A reply's buttons are for the next CHOICE question, whichever it is.
+                    self.state.choices = if block.question_type == Some(QuestionType::Choice) {
+                        self.state.next_choices.take()
+                    } else {
+                        None
+                    };
                     self.ask(block);
                     self.state.position = Position::AwaitingAnswer {
                         block_id: block.id.clone(),
@@ -412,6 +520,26 @@ impl Run<'_> {
                     self.say(ChatMessage::Redirect { url });
                     block.next.as_deref()
                 }
+                BlockKind::Callback => {
+                    let timeout_seconds = block
+                        .timeout_seconds
+                        .unwrap_or(MAX_CALLBACK_TIMEOUT_SECONDS)
+                        .clamp(1, MAX_CALLBACK_TIMEOUT_SECONDS);
+                    self.state.position = Position::AwaitingCallback {
+                        block_id: block.id.clone(),
+                        timeout_seconds,
+                    };
+                    return;
+                }
+                BlockKind::Wait => {
+                    let seconds = block.seconds.unwrap_or(1).clamp(1, MAX_WAIT_SECONDS);
+                    self.state.position = Position::Waiting {
+                        block_id: block.id.clone(),
+                        seconds,
+                        next: block.next.clone(),
+                    };
+                    return;
+                }
             };
         }
     }
@@ -442,7 +570,11 @@ impl Run<'_> {
 
     fn ask(&mut self, block: &Block) {
         let question_type = block.question_type.unwrap_or(QuestionType::Text);
-        let choices = block.offered_choices();
+        let choices = self
+            .state
+            .choices
+            .clone()
+            .or_else(|| block.offered_choices());
         let text = render(
             block.text.as_deref().unwrap_or_default(),
             &self.state.variables,

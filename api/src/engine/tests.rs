@@ -4,6 +4,8 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 
+mod pauses;
+
 fn object(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,
@@ -653,18 +655,24 @@ fn a_condition_block_takes_the_first_condition_that_holds() {
                 variable: "age".into(),
                 operator: ConditionOperator::LessThan,
                 value: Some("18".into()),
+                all: None,
+                any: None,
                 next: "young".into(),
             },
             Condition {
                 variable: "age".into(),
                 operator: ConditionOperator::GreaterThan,
                 value: Some("10".into()),
+                all: None,
+                any: None,
                 next: "adult".into(),
             },
             Condition {
                 variable: "age".into(),
                 operator: ConditionOperator::IsSet,
                 value: None,
+                all: None,
+                any: None,
                 next: "young".into(),
             },
         ]),
@@ -711,6 +719,8 @@ fn prefilled_variables_are_used_by_templates_and_conditions() {
                     variable: "customer.tier".into(),
                     operator: ConditionOperator::Equals,
                     value: Some("GOLD".into()),
+                    all: None,
+                    any: None,
                     next: "gold".into(),
                 }]),
                 ..Block::new("c", BlockKind::Condition)

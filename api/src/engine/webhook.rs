@@ -2,6 +2,13 @@
 
 use serde_json::{Map, Value};
 
+use super::model::{Choice, MAX_WAIT_SECONDS};
+
+/// Most buttons a reply's `choices` instruction may offer.
+pub const MAX_REPLY_CHOICES: usize = 50;
+/// Longest label or value of a reply's choice, in characters.
+pub const MAX_REPLY_CHOICE_CHARS: usize = 200;
+
 /// What a synchronous webhook call came back with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WebhookOutcome {
@@ -24,6 +31,12 @@ pub enum Instruction {
     Goto(String),
     /// End the conversation.
     End,
+    /// Offer these buttons at the next CHOICE question instead of its own choices.
+    Choices(Vec<Choice>),
+    /// Pause this many seconds (1 to 60) before going on.
+    Wait(u32),
+    /// Send the visitor to this address (a template): a REDIRECT chat event.
+    Redirect(String),
     /// Not understood; skipped. Holds a description for the notes.
     Unknown(String),
 }
@@ -64,9 +77,70 @@ impl Instruction {
                 None => missing("blockId", "a string"),
             },
             "end" => Instruction::End,
+            "choices" => match field("choices").and_then(Value::as_array) {
+                Some(items) => parse_choices(items),
+                None => missing("choices", "an array"),
+            },
+            "wait" => match field("seconds").and_then(Value::as_u64) {
+                Some(seconds @ 1..) if seconds <= u64::from(MAX_WAIT_SECONDS) => {
+                    Instruction::Wait(u32::try_from(seconds).unwrap_or(MAX_WAIT_SECONDS))
+                }
+                _ => Instruction::Unknown(format!(
+                    "\"wait\" needs whole \"seconds\" from 1 to {MAX_WAIT_SECONDS}"
+                )),
+            },
+            "redirect" => match field("url").and_then(Value::as_str).map(str::trim) {
+                Some(url) if is_web_address(url) => Instruction::Redirect(url.to_owned()),
+                _ => Instruction::Unknown(
+                    "\"redirect\" needs a \"url\" starting with https:// or http://".to_owned(),
+                ),
+            },
             _ => Instruction::Unknown(format!("unknown type \"{}\"", excerpt_str(kind))),
         }
     }
+}
+
+/// The buttons of a `choices` instruction, or `Unknown` saying what is wrong with them: each
+/// needs a non-blank `label` (and may have a string `value`), both at most
+/// [`MAX_REPLY_CHOICE_CHARS`] long, and there are 1 to [`MAX_REPLY_CHOICES`] of them.
+fn parse_choices(items: &[Value]) -> Instruction {
+    if items.is_empty() || items.len() > MAX_REPLY_CHOICES {
+        return Instruction::Unknown(format!(
+            "\"choices\" with {} choices (1 to {MAX_REPLY_CHOICES} allowed)",
+            items.len()
+        ));
+    }
+    let mut choices = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let label = item.get("label").and_then(Value::as_str).map(str::trim);
+        let value = match item.get("value") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(value)) => Ok(Some(value.trim().to_owned())),
+            Some(_) => Err(()),
+        };
+        let (Some(label), Ok(value)) = (label, value) else {
+            return Instruction::Unknown(format!(
+                "\"choices\" item {i} needs a string \"label\" (and a string \"value\" if any)"
+            ));
+        };
+        let too_long = |text: &str| text.chars().count() > MAX_REPLY_CHOICE_CHARS;
+        if label.is_empty() || too_long(label) || value.as_deref().is_some_and(too_long) {
+            return Instruction::Unknown(format!(
+                "\"choices\" item {i} needs a label of 1 to {MAX_REPLY_CHOICE_CHARS} characters"
+            ));
+        }
+        choices.push(Choice {
+            label: label.to_owned(),
+            value: value.filter(|v| !v.is_empty()),
+            next: None,
+        });
+    }
+    Instruction::Choices(choices)
+}
+
+fn is_web_address(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    (lower.starts_with("https://") || lower.starts_with("http://")) && url.len() > 8
 }
 
 impl WebhookOutcome {
@@ -221,6 +295,62 @@ mod tests {
                 matches!(WebhookOutcome::from_body(body), WebhookOutcome::Failed(_)),
                 "{}",
                 String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn choices_wait_and_redirect_instructions_are_parsed() {
+        assert_eq!(
+            Instruction::from_json(&json!({"type": "choices", "choices": [
+                {"label": " Small ", "value": "s"}, {"label": "Large"}
+            ]})),
+            Instruction::Choices(vec![
+                Choice {
+                    label: "Small".into(),
+                    value: Some("s".into()),
+                    next: None
+                },
+                Choice {
+                    label: "Large".into(),
+                    value: None,
+                    next: None
+                },
+            ])
+        );
+        assert_eq!(
+            Instruction::from_json(&json!({"type": "wait", "seconds": 3})),
+            Instruction::Wait(3)
+        );
+        assert_eq!(
+            Instruction::from_json(&json!({"type": "redirect", "url": "https://example.com/x"})),
+            Instruction::Redirect("https://example.com/x".into())
+        );
+    }
+
+    #[test]
+    fn malformed_choices_wait_and_redirect_are_unknown() {
+        let too_many: Vec<Value> = (0..=MAX_REPLY_CHOICES)
+            .map(|i| json!({"label": format!("c{i}")}))
+            .collect();
+        for bad in [
+            json!({"type": "choices", "choices": []}),
+            json!({"type": "choices", "choices": too_many}),
+            json!({"type": "choices", "choices": [{"label": "  "}]}),
+            json!({"type": "choices", "choices": [{"value": "x"}]}),
+            json!({"type": "choices", "choices": [{"label": "x", "value": 3}]}),
+            json!({"type": "choices", "choices": [{"label": "x".repeat(201)}]}),
+            json!({"type": "choices"}),
+            json!({"type": "wait", "seconds": 0}),
+            json!({"type": "wait", "seconds": 61}),
+            json!({"type": "wait", "seconds": 1.5}),
+            json!({"type": "wait"}),
+            json!({"type": "redirect", "url": "javascript:alert(1)"}),
+            json!({"type": "redirect"}),
+        ] {
+            assert!(
+                matches!(Instruction::from_json(&bad), Instruction::Unknown(_)),
+                "{bad}"
             );
         }
     }

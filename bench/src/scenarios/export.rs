@@ -221,6 +221,11 @@ impl Plan {
             started_at: Set(started),
             ended_at: Set(ended),
             updated_at: Set(ended.unwrap_or(self.now)),
+            // Not pausing, no callback given out.
+            resume_at: Set(None),
+            resume_claimed_by: Set(None),
+            resume_claimed_until: Set(None),
+            callback_token_hash: Set(None),
         }
     }
 }

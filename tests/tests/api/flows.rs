@@ -216,3 +216,75 @@ async fn set_variable_split_and_redirect_blocks_run_and_are_checked_at_save() {
         );
     }
 }
+
+#[tokio::test]
+async fn conditions_group_tests_with_all_and_any() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    // plan is pro AND (seats > 10 OR (region is eu AND seats > 5)).
+    let flow = json!({ "startBlockId": "plan", "blocks": [
+        { "id": "plan", "kind": "QUESTION", "text": "Plan?", "saveAnswerTo": "plan", "next": "seats" },
+        { "id": "seats", "kind": "QUESTION", "text": "Seats?", "questionType": "NUMBER", "saveAnswerTo": "seats", "next": "region" },
+        { "id": "region", "kind": "QUESTION", "text": "Region?", "saveAnswerTo": "region", "next": "route" },
+        { "id": "route", "kind": "CONDITION", "conditions": [
+            { "variable": "plan", "operator": "EQUALS", "value": "pro", "next": "big", "any": [
+                { "variable": "seats", "operator": "GREATER_THAN", "value": "10" },
+                { "all": [
+                    { "variable": "region", "operator": "EQUALS", "value": "eu" },
+                    { "variable": "seats", "operator": "GREATER_THAN", "value": "5" } ] } ] } ],
+          "next": "small" },
+        { "id": "big", "kind": "MESSAGE", "text": "big" },
+        { "id": "small", "kind": "MESSAGE", "text": "small" }
+    ]});
+    let saved = app
+        .gql(
+            &owner.token,
+            "mutation($b: ID!, $f: FlowInput!) { saveFlow(botId: $b, flow: $f) { flow { blocks { conditions { any { variable all { variable value } } } } } } }",
+            json!({ "b": bot, "f": flow }),
+        )
+        .await;
+    assert_ok(&saved);
+    assert_eq!(
+        saved["data"]["saveFlow"]["flow"]["blocks"][3]["conditions"][0]["any"][1]["all"][0],
+        json!({ "variable": "region", "value": "eu" })
+    );
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    for (answers, said) in [
+        (["pro", "12", "us"], "big"),
+        (["pro", "7", "EU"], "big"),
+        (["pro", "7", "us"], "small"),
+        (["free", "50", "eu"], "small"),
+    ] {
+        let (conv, token) = app.new_conversation(&bot).await;
+        for answer in answers {
+            assert_ok(&app.send_answer(&conv, &token, answer).await);
+        }
+        let seen = app.conversation(Some(&owner.token), &conv, None).await;
+        let events = seen["data"]["conversation"]["events"]
+            .as_array()
+            .expect("events")
+            .clone();
+        assert!(
+            events.iter().any(|e| e["text"] == said),
+            "{answers:?} should say {said}: {events:?}"
+        );
+    }
+
+    let bad = json!({ "startBlockId": "c", "blocks": [
+        { "id": "c", "kind": "CONDITION", "conditions": [
+            { "variable": "v", "operator": "IS_SET", "next": "e", "all": [ {} ], "any": [] } ] },
+        { "id": "e", "kind": "END" }
+    ]});
+    let body = save(&app, &owner, &bot, bad).await;
+    assert_error(&body, "BAD_USER_INPUT");
+    let found = problems(&body);
+    for expected in ["conditions[0].all[0].operator", "conditions[0].any"] {
+        assert!(
+            found
+                .iter()
+                .any(|(b, f)| b.as_deref() == Some("c") && f == expected),
+            "{expected:?} not in {found:?}"
+        );
+    }
+}

@@ -510,3 +510,72 @@ async fn the_hosted_chat_page_loads_the_widget_under_a_strict_policy() {
         .expect("get");
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn admins_set_the_typing_delay_and_the_widget_reads_it_without_login() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = published_bot(&app, &owner).await;
+    let set = |token: String, ms: i64| {
+        let app = &app;
+        let bot = bot.clone();
+        async move {
+            app.gql(
+                &token,
+                "mutation($b: ID!, $ms: Int!) { setBotTypingDelay(botId: $b, typingDelayMs: $ms) { id typingDelayMs } }",
+                json!({ "b": bot, "ms": ms }),
+            )
+            .await
+        }
+    };
+    let public = || {
+        app.gql_anon(
+            "query($id: ID!) { publicBot(id: $id) { typingDelayMs } }",
+            json!({ "id": bot }),
+        )
+    };
+    assert_eq!(public().await["data"]["publicBot"]["typingDelayMs"], 0);
+
+    let body = set(owner.token.clone(), 1200).await;
+    assert_ok(&body);
+    assert_eq!(body["data"]["setBotTypingDelay"]["typingDelayMs"], 1200);
+    assert_eq!(public().await["data"]["publicBot"]["typingDelayMs"], 1200);
+    let read = app
+        .gql(
+            &owner.token,
+            "query($id: ID!) { bot(id: $id) { typingDelayMs } }",
+            json!({ "id": bot }),
+        )
+        .await;
+    assert_eq!(read["data"]["bot"]["typingDelayMs"], 1200);
+
+    for bad in [-1, 10_001] {
+        let body = set(owner.token.clone(), bad).await;
+        assert_error(&body, "BAD_USER_INPUT");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("typingDelayMs"),
+            "{body}"
+        );
+    }
+    assert_eq!(public().await["data"]["publicBot"]["typingDelayMs"], 1200);
+    let member = app.add_member(&owner, "MEMBER").await;
+    assert_error(&set(member.token.clone(), 0).await, "FORBIDDEN");
+
+    // The served widget asks for the delay and paces bot messages with it.
+    let script = app
+        .client
+        .get(format!("{}/widget.js", app.addr))
+        .send()
+        .await
+        .expect("widget.js")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        script.contains("typingDelayMs"),
+        "the widget reads the delay"
+    );
+}

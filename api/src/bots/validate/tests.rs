@@ -6,6 +6,8 @@ use crate::engine::model::{Choice, Condition};
 use crate::engine::proptests::{arb_flow, arb_inputs, arb_prefilled, arb_shaped_flow, drive};
 use crate::engine::{ChatMessage, CompiledFlow, Output};
 
+mod richer;
+
 fn flow(start: &str, blocks: Vec<Block>) -> Flow {
     Flow {
         start_block_id: Some(start.to_owned()),
@@ -69,12 +71,7 @@ fn choice_question(id: &str, choices: Vec<Choice>) -> Block {
 }
 
 fn condition(variable: &str, operator: ConditionOperator, value: Option<&str>) -> Condition {
-    Condition {
-        variable: variable.into(),
-        operator,
-        value: value.map(str::to_owned),
-        next: "end".into(),
-    }
+    Condition::test(variable, operator, value, "end")
 }
 
 fn condition_block(conditions: Vec<Condition>) -> Block {
