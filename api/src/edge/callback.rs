@@ -1,11 +1,10 @@
 //! `POST /callbacks/{token}`: the customer's system continues a conversation that waits at a
 //! CALLBACK block. The token is the only credential (one-time, stored hashed); the body is a
 //! JSON object whose keys become context variables.
-use actix_web::{HttpResponse, http::StatusCode, web};
-use futures_util::StreamExt as _;
+use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use serde_json::{Value, json};
 
-use super::request_error;
+use super::{client::ClientAddr, limit_refusal, read_body, request_error};
 use crate::{error::ApiError, state::AppState};
 
 /// Largest callback body: enough for a handful of variables, not a way to grow a
@@ -25,28 +24,24 @@ fn error_response(e: &ApiError) -> HttpResponse {
 
 /// Takes one callback.
 pub async fn callback(
+    req: HttpRequest,
     state: web::Data<AppState>,
     token: web::Path<String>,
     mut payload: web::Payload,
 ) -> HttpResponse {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return request_error(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                "the request body could not be read",
-            );
-        };
-        if body.len() + chunk.len() > MAX_CALLBACK_BYTES {
-            return request_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BAD_USER_INPUT",
-                &format!("a callback body must be at most {MAX_CALLBACK_BYTES} bytes"),
-            );
-        }
-        body.extend_from_slice(&chunk);
+    // Tokens are guessed at no cost: a stranger's guesses are counted like any request.
+    let client = ClientAddr::of(&req, &state.settings.limits.trusted_proxies);
+    if let Err(refused) = state
+        .limiters
+        .requests_by_address
+        .check(&client.limit_key())
+    {
+        return limit_refusal(StatusCode::TOO_MANY_REQUESTS, refused.message(), "1");
     }
+    let body = match read_body(&mut payload, MAX_CALLBACK_BYTES, "a callback body").await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let posted = if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::Map::new()
     } else {

@@ -1,13 +1,12 @@
 //! `POST /graphql`: body and batch limits, the request's deadline, then the schema.
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
-use futures_util::StreamExt as _;
 
 use super::{
     api_key_budget, authenticate,
     client::ClientAddr,
     limit_refusal,
     origin::{RequestOrigin, add_cors_headers},
-    request_error,
+    read_body, request_error,
 };
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
@@ -47,24 +46,10 @@ async fn execute(
         return limit_refusal(StatusCode::TOO_MANY_REQUESTS, refused.message(), "1");
     }
     let limit = state.settings.max_body_bytes;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return request_error(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                "the request body could not be read",
-            );
-        };
-        if body.len() + chunk.len() > limit {
-            return request_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BAD_USER_INPUT",
-                &format!("the request body is larger than {limit} bytes"),
-            );
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = match read_body(&mut payload, limit, "the request body").await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let request: async_graphql::BatchRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

@@ -158,6 +158,35 @@ pub fn limit_refusal(status: StatusCode, message: &str, retry_after: &'static st
     response
 }
 
+/// A request's body, refused (with the answer to send) past `limit` bytes; `what` names the
+/// body in the refusal.
+pub async fn read_body(
+    payload: &mut web::Payload,
+    limit: usize,
+    what: &str,
+) -> Result<web::BytesMut, HttpResponse> {
+    use futures_util::StreamExt as _;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(request_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                "the request body could not be read",
+            ));
+        };
+        if body.len() + chunk.len() > limit {
+            return Err(request_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BAD_USER_INPUT",
+                &format!("{what} must be at most {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// A GraphQL-shaped error body for requests that never reached the executor.
 pub fn request_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({
