@@ -11,10 +11,7 @@ use entity::{
 };
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect,
-    sea_query::{Expr, Func},
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use crate::{db::Db, error::ApiResult};
 
@@ -137,31 +134,13 @@ pub async fn render(db: &Db) -> ApiResult<String> {
             .map_or(0, |(_, n)| *n);
         gauge!("parley_deliveries", "status" => name).set(n as f64);
     }
-    // Due: pending, past its time (or sent at once), and nobody's claim is holding it.
     let now = Utc::now();
-    let due = Condition::all()
-        .add(delivery::Column::Status.eq(DeliveryStatus::Pending))
-        .add(
-            Condition::any()
-                .add(delivery::Column::NextAttemptAt.is_null())
-                .add(delivery::Column::NextAttemptAt.lte(now)),
-        )
-        .add(
-            Condition::any()
-                .add(delivery::Column::ClaimedUntil.is_null())
-                .add(delivery::Column::ClaimedUntil.lt(now)),
-        );
     let (depth, oldest): (i64, Option<chrono::DateTime<Utc>>) = delivery::Entity::find()
         .select_only()
         .column_as(delivery::Column::Id.count(), "n")
-        .column_as(
-            Expr::expr(Func::min(Func::coalesce([
-                Expr::col(delivery::Column::NextAttemptAt),
-                Expr::col(delivery::Column::CreatedAt),
-            ]))),
-            "oldest",
-        )
-        .filter(due)
+        .column_as(delivery::Column::NextAttemptAt.min(), "oldest")
+        // Due by the worker's own test; a disabled webhook's held deliveries count too: they wait.
+        .filter(crate::webhooks::delivery::due(now))
         .into_tuple()
         .one(db.conn())
         .await?

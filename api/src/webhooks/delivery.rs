@@ -83,6 +83,20 @@ pub struct SyncResult {
     pub outcome: WebhookOutcome,
 }
 
+/// Deliveries the worker may take at `now`: pending, their time come, and nobody's claim
+/// holding them. Any mode: a SYNC or TEST delivery is due only when a redelivery was queued
+/// (sync calls and test sends in flight have no `next_attempt_at`).
+pub fn due(now: chrono::DateTime<Utc>) -> Condition {
+    Condition::all()
+        .add(delivery::Column::Status.eq(DeliveryStatus::Pending))
+        .add(delivery::Column::NextAttemptAt.lte(now))
+        .add(
+            Condition::any()
+                .add(delivery::Column::ClaimedUntil.is_null())
+                .add(delivery::Column::ClaimedUntil.lt(now)),
+        )
+}
+
 /// Inserts an async delivery into the outbox, inside the caller's transaction; call
 /// [`Deliveries::wake`] after the commit so the worker sends it at once.
 pub async fn enqueue(
@@ -537,18 +551,7 @@ impl Deliveries {
     /// take the same one while the lease runs, and a crashed worker's claims lapse.
     async fn claim(&self, limit: usize) -> ApiResult<Vec<delivery::Model>> {
         let now = Utc::now();
-        let due = || {
-            Condition::all()
-                // Any mode: a SYNC or TEST delivery is due here only when a redelivery was
-                // queued (sync calls and test sends in flight have no `next_attempt_at`).
-                .add(delivery::Column::Status.eq(DeliveryStatus::Pending))
-                .add(delivery::Column::NextAttemptAt.lte(now))
-                .add(
-                    Condition::any()
-                        .add(delivery::Column::ClaimedUntil.is_null())
-                        .add(delivery::Column::ClaimedUntil.lt(now)),
-                )
-        };
+        let due = || due(now);
         // Look further than `limit`, then keep only what the per-webhook limits let run now:
         // claiming deliveries of a saturated endpoint would only mean releasing them again.
         let candidates: Vec<(Uuid, Uuid)> = delivery::Entity::find()
