@@ -81,18 +81,24 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
     Ok(server)
 }
 
+/// The token of an `Authorization: Bearer <token>` value (`Bearer` or `bearer`), trimmed.
+fn bearer_token(value: &str) -> Option<&str> {
+    let value = value.trim();
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 /// The caller named by an `Authorization` header value.
 pub fn auth_from_header(keys: &TokenKeys, value: Option<&str>) -> Auth {
     let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return Auth::Anonymous;
     };
-    let Some(token) = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-    else {
+    let Some(token) = bearer_token(value) else {
         return Auth::Invalid("the Authorization header must be \"Bearer <token>\"");
     };
-    match keys.verify(token.trim()) {
+    match keys.verify(token) {
         Some(user) => Auth::User(user),
         None => Auth::Invalid("the token is invalid or has expired; log in again"),
     }
@@ -105,12 +111,7 @@ pub fn auth_from_header(keys: &TokenKeys, value: Option<&str>) -> Auth {
 /// account (see [`crate::apikeys`]).
 pub async fn authenticate(state: &AppState, value: Option<&str>) -> Auth {
     if let Some(key) = value
-        .map(str::trim)
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(bearer_token)
         .filter(|k| crate::apikeys::is_api_key(k))
     {
         return match state.api_keys.authenticate(&state.db, key).await {
@@ -224,8 +225,8 @@ async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>) -> Htt
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .map(|t| crate::opaque::token_hash(t.trim()));
+        .and_then(bearer_token)
+        .map(crate::opaque::token_hash);
     if given.as_ref() != Some(expected) {
         return request_error(
             StatusCode::UNAUTHORIZED,
