@@ -27,10 +27,16 @@ pub struct Db {
     conn: DatabaseConnection,
     writer: DatabaseConnection,
     kind: DatabaseKind,
-    /// SQLite only: the thread that commits grouped writes.
-    group: Option<group::GroupWriter>,
-    /// PostgreSQL only: the thread that runs conversation steps.
-    steps: Option<turns::StepRuntime>,
+    /// The thread that runs conversation steps.
+    steps: Steps,
+}
+
+/// Where conversation steps run: on SQLite, grouped into the writer thread's transactions;
+/// on PostgreSQL, each in its own transaction on a runtime of their own.
+#[derive(Clone)]
+enum Steps {
+    Grouped(group::GroupWriter),
+    Own(turns::StepRuntime),
 }
 
 /// A write transaction.
@@ -55,25 +61,24 @@ impl WriteTx {
 impl Db {
     /// Connects and tunes each connection for the engine.
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
-        let (conn, writer, group, steps) = match url.kind() {
+        let (conn, writer, steps) = match url.kind() {
             DatabaseKind::Sqlite => {
                 let conn = Self::pool(url, 8).await?;
                 let writer = Self::pool(url, 1).await?;
                 let group = group::GroupWriter::start(writer.clone())
                     .context("cannot start the database writer thread")?;
-                (conn, writer, Some(group), None)
+                (conn, writer, Steps::Grouped(group))
             }
             DatabaseKind::Postgres => {
                 let conn = Self::pool(url, 32).await?;
                 let steps = turns::StepRuntime::start(url).await?;
-                (conn.clone(), conn, None, Some(steps))
+                (conn.clone(), conn, Steps::Own(steps))
             }
         };
         Ok(Self {
             conn,
             writer,
             kind: url.kind(),
-            group,
             steps,
         })
     }
@@ -156,15 +161,9 @@ impl Db {
         F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
     {
         let began = std::time::Instant::now();
-        let result = if let Some(group) = &self.group {
-            group.run(f).await
-        } else if let Some(steps) = &self.steps {
-            steps.run(f).await
-        } else {
-            let tx = self.writer.begin().await?;
-            let value = f(&tx).await?;
-            tx.commit().await?;
-            Ok(value)
+        let result = match &self.steps {
+            Steps::Grouped(group) => group.run(f).await,
+            Steps::Own(steps) => steps.run(f).await,
         };
         crate::metrics::write_wait(began.elapsed());
         result
@@ -184,7 +183,7 @@ impl Db {
             DatabaseKind::Postgres => {
                 let pool = self.conn.get_postgres_connection_pool();
                 let mut stats = vec![("shared", pool.size(), pool.num_idle())];
-                if let Some(steps) = &self.steps {
+                if let Steps::Own(steps) = &self.steps {
                     let pool = steps.pool().get_postgres_connection_pool();
                     stats.push(("steps", pool.size(), pool.num_idle()));
                 }
