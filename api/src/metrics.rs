@@ -63,6 +63,11 @@ pub fn attempt(succeeded: bool, took: Duration) {
     histogram!("parley_delivery_attempt_duration_seconds").record(took.as_secs_f64());
 }
 
+/// A delivery committed with this instance's claim and handed to its worker in memory.
+pub fn handed_over() {
+    counter!("parley_deliveries_handed_over_total").increment(1);
+}
+
 /// One batch of SQLite's group commit: how many writes shared its transaction.
 pub fn write_batch(jobs: usize) {
     histogram!("parley_db_write_batch_jobs").record(jobs as f64);

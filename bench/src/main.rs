@@ -2,6 +2,7 @@
 //! one) on a fresh database, drives it over real sockets, reads its memory and CPU time from
 //! `/proc`, prints a table and writes the figures as JSON. See BENCHMARKS.md.
 mod client;
+mod direct;
 mod receiver;
 mod report;
 mod scenarios;

@@ -18,7 +18,9 @@ pub enum DeliveryMode {
 }
 
 /// Where the delivery stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, Serialize, Deserialize,
+)]
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(12))")]
 pub enum DeliveryStatus {
     #[sea_orm(string_value = "PENDING")]

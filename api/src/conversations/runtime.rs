@@ -98,11 +98,11 @@ struct SyncCall {
 }
 
 /// What a step's transaction leaves to do once committed: its events, the sync call to
-/// make, whether the outbox got work, and when the pause it began (if any) is due.
+/// make, the deliveries it queued, and when the pause it began (if any) is due.
 type StepDone = (
     Vec<conversation_event::Model>,
     Option<SyncCall>,
-    bool,
+    deliveries::Queued,
     Option<chrono::DateTime<Utc>>,
 );
 
@@ -486,9 +486,7 @@ impl Runtime {
         if let Some(due) = resume_at {
             self.timers.arm(conversation_id, due);
         }
-        if queued {
-            self.deliveries.wake();
-        }
+        self.deliveries.queued(queued);
         Ok((shared, sync))
     }
 
@@ -534,7 +532,7 @@ impl Runtime {
                 .contains(&conv.id)
         {
             // The call was not cut off after all: whoever makes it takes its result.
-            return Ok((Vec::new(), None, false, None));
+            return Ok((Vec::new(), None, Default::default(), None));
         }
         if callback.is_some() && conv.callback_token_hash.as_deref() != callback.as_deref() {
             // Used meanwhile by a concurrent request, or spent by a timeout.
@@ -542,7 +540,7 @@ impl Runtime {
         }
         if resume && conv.resume_at.is_none_or(|due| due > Utc::now()) {
             // Continued already (another timer, another instance), or pausing again.
-            return Ok((Vec::new(), None, false, None));
+            return Ok((Vec::new(), None, Default::default(), None));
         }
         if let Some(delivery_id) = release {
             deliveries::release_claim(tx, delivery_id).await?;
@@ -565,7 +563,7 @@ impl Runtime {
         let mut new_events = Vec::new();
         let mut transcript: Option<Vec<conversation_event::Model>> = None;
         let mut bot_name: Option<String> = None;
-        let mut queued = false;
+        let mut queued = deliveries::Queued::default();
         let mut sync = None;
         let mut say_blocks = result.say_blocks.into_iter();
         // What to store as the callback token's hash, if it changes: a step that leaves a
@@ -674,16 +672,17 @@ impl Runtime {
                     failed: None,
                 });
             } else {
-                deliveries::enqueue(
-                    tx,
-                    conv.account_id,
-                    hook_id,
-                    Some(conv.id),
-                    Some(block_id),
-                    body,
-                )
-                .await?;
-                queued = true;
+                self.deliveries
+                    .enqueue(
+                        tx,
+                        &mut queued,
+                        conv.account_id,
+                        hook_id,
+                        Some(conv.id),
+                        Some(block_id),
+                        body,
+                    )
+                    .await?;
             }
         }
 
@@ -760,7 +759,7 @@ impl Runtime {
             )
             .await?
         {
-            queued = true;
+            queued.mark();
         }
         if ended
             && conv.status != ConversationStatus::Completed
@@ -777,7 +776,7 @@ impl Runtime {
             )
             .await?
         {
-            queued = true;
+            queued.mark();
         }
         if !new_events.is_empty() {
             conversation_event::Entity::insert_many(

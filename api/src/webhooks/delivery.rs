@@ -75,6 +75,10 @@ pub struct Deliveries {
     instance_id: String,
     /// Opens the webhooks' stored header values and signing secrets.
     secrets: SecretBox,
+    /// Endpoints by webhook id, briefly.
+    endpoints: moka::sync::Cache<Uuid, Arc<Endpoint>>,
+    /// Deliveries committed here, on their way to the worker.
+    handoff: handoff::Handoff,
 }
 
 /// The result of a synchronous call, for the conversation engine.
@@ -171,65 +175,6 @@ pub fn message_id(delivery_id: Uuid) -> String {
     format!("msg_{}", delivery_id.simple())
 }
 
-/// What is needed to call a webhook: its URL, headers and signing secrets.
-pub struct Endpoint {
-    url: url::Url,
-    headers: Vec<(String, String)>,
-    secrets: Vec<signing::SigningSecret>,
-}
-
-impl Endpoint {
-    /// The signed request of a delivery, stamped now.
-    fn request(&self, d: &delivery::Model) -> Result<OutgoingRequest, String> {
-        let body = serde_json::to_vec(&d.payload).map_err(|e| e.to_string())?;
-        let msg_id = message_id(d.id);
-        let timestamp = Utc::now().timestamp();
-        let signature = signing::signature_header(&self.secrets, &msg_id, timestamp, &body);
-        Ok(OutgoingRequest {
-            url: self.url.clone(),
-            headers: self.headers.clone(),
-            body,
-            msg_id,
-            timestamp,
-            signature,
-        })
-    }
-}
-
-/// The endpoints of some webhooks, in two queries whatever their number; a webhook that no
-/// longer exists is absent.
-async fn endpoints(
-    db: &Db,
-    secrets: &SecretBox,
-    ids: &[Uuid],
-) -> ApiResult<HashMap<Uuid, Arc<Endpoint>>> {
-    let hooks = webhook::Entity::find()
-        .filter(webhook::Column::Id.is_in(ids.iter().copied()))
-        .all(db.conn())
-        .await?;
-    let mut signing = active_secrets_of(db.conn(), secrets, ids).await?;
-    let mut out = HashMap::new();
-    for hook in hooks {
-        let url = url::Url::parse(&hook.url).map_err(|e| {
-            ApiError::Internal(anyhow::anyhow!("stored webhook URL is invalid: {e}"))
-        })?;
-        let headers = open_headers(hook.id, &hook.headers, secrets)?
-            .into_iter()
-            .map(|h| (h.name, h.value))
-            .collect();
-        let secrets = signing.remove(&hook.id).unwrap_or_default();
-        out.insert(
-            hook.id,
-            Arc::new(Endpoint {
-                url,
-                headers,
-                secrets,
-            }),
-        );
-    }
-    Ok(out)
-}
-
 /// An attempt made by the worker, waiting to be recorded.
 struct Done {
     delivery: delivery::Model,
@@ -272,6 +217,8 @@ impl Deliveries {
             rates: std::sync::Mutex::new(HashMap::new()),
             instance_id,
             secrets,
+            endpoints: endpoints::cache(),
+            handoff: handoff::Handoff::new(),
         }))
     }
 
@@ -329,14 +276,7 @@ impl Deliveries {
     /// Sends one attempt of `d` and returns its outcome. Never fails: every problem (a webhook
     /// gone, a secret unreadable, the network) becomes the attempt's error.
     async fn attempt(&self, d: &delivery::Model, timeout: Duration) -> AttemptOutcome {
-        let endpoint = endpoints(&self.db, &self.secrets, &[d.webhook_id])
-            .await
-            .map(|mut e| e.remove(&d.webhook_id));
-        let endpoint = match endpoint {
-            Ok(Some(endpoint)) => Ok(endpoint),
-            Ok(None) => Err("the webhook was deleted".to_owned()),
-            Err(e) => Err(format!("{e:?}")),
-        };
+        let endpoint = self.endpoint(d.webhook_id).await;
         self.attempt_to(d, endpoint, timeout).await
     }
 
@@ -495,7 +435,14 @@ impl Deliveries {
         }))
         .exec_without_returning(&tx.tx)
         .await?;
+        // Finished deliveries (the common case) are updated in one statement per status;
+        // only those scheduled for a retry, each at its own time, one by one.
+        let mut finished: HashMap<DeliveryStatus, Vec<Uuid>> = HashMap::new();
         for d in batch {
+            if d.next_attempt_at.is_none() {
+                finished.entry(d.status).or_default().push(d.delivery.id);
+                continue;
+            }
             delivery::Entity::update(delivery::ActiveModel {
                 id: Set(d.delivery.id),
                 status: Set(d.status),
@@ -508,9 +455,33 @@ impl Deliveries {
             })
             .exec(&tx.tx)
             .await?;
-            if d.delivery.mode == DeliveryMode::Async {
-                self.track_health(&tx.tx, d, now).await?;
-            }
+        }
+        for (status, ids) in finished {
+            use sea_orm::sea_query::{Expr, ExprTrait as _};
+            // The claim keeps every other attempt of these deliveries out while this one
+            // runs, so incrementing in SQL gives the count the attempt was numbered with.
+            delivery::Entity::update_many()
+                .col_expr(delivery::Column::Status, Expr::value(status))
+                .col_expr(
+                    delivery::Column::AttemptCount,
+                    Expr::col(delivery::Column::AttemptCount).add(1),
+                )
+                .col_expr(
+                    delivery::Column::NextAttemptAt,
+                    Option::<chrono::DateTime<Utc>>::None.into(),
+                )
+                .col_expr(
+                    delivery::Column::ClaimedUntil,
+                    Option::<chrono::DateTime<Utc>>::None.into(),
+                )
+                .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
+                .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
+                .filter(delivery::Column::Id.is_in(ids))
+                .exec(&tx.tx)
+                .await?;
+        }
+        self.track_health_batch(&tx.tx, batch, now).await?;
+        for d in batch {
             if d.status == DeliveryStatus::Failed
                 && d.delivery.mode == DeliveryMode::Async
                 && !(d.delivery.block_id.is_none()
@@ -634,6 +605,7 @@ impl Deliveries {
     pub async fn run_worker(self: Arc<Self>) {
         let mut tasks = tokio::task::JoinSet::new();
         let (done_tx, done_rx) = tokio::sync::mpsc::channel(RECORD_BATCH * 4);
+        tasks.spawn(self.clone().run_handoff(done_tx.clone()));
         tasks.spawn(self.clone().run_recorder(done_rx));
         let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
         loop {
@@ -653,9 +625,7 @@ impl Deliveries {
                         let mut ids: Vec<Uuid> = batch.iter().map(|d| d.webhook_id).collect();
                         ids.sort_unstable();
                         ids.dedup();
-                        let loaded = endpoints(&self.db, &self.secrets, &ids)
-                            .await
-                            .map_err(|e| format!("{e:?}"));
+                        let loaded = self.endpoints(&ids).await.map_err(|e| format!("{e:?}"));
                         for d in batch {
                             let Ok(global) = self.global.clone().try_acquire_owned() else {
                                 self.unclaim(d.id).await;
@@ -746,10 +716,14 @@ fn notes_of(outcome: &WebhookOutcome) -> Option<String> {
 }
 
 mod calls;
+mod endpoints;
+mod handoff;
 mod health;
 mod log;
 mod slots;
 
+use endpoints::Endpoint;
+pub use handoff::Queued;
 use slots::Refusal;
 
 pub use log::{DeliveryView, attempts, find_delivery, list_deliveries, sample_payload};

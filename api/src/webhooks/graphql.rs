@@ -343,24 +343,26 @@ impl WebhooksMutation {
         let st = state(ctx)?;
         let id = parse_id(&id, "webhook")?;
         let allow = st.settings.allow_private_webhooks;
-        Ok(Webhook(
-            service::update_webhook(
-                &st.db,
-                st.deliveries.secrets(),
-                allow,
-                viewer(ctx)?,
-                id,
-                input.into(),
-            )
-            .await?,
-        ))
+        let view = service::update_webhook(
+            &st.db,
+            st.deliveries.secrets(),
+            allow,
+            viewer(ctx)?,
+            id,
+            input.into(),
+        )
+        .await?;
+        st.deliveries.forget_endpoint(id);
+        Ok(Webhook(view))
     }
 
     /// Deletes a webhook (ADMIN); CONFLICT while a draft or published flow uses it.
     async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
         let st = state(ctx)?;
         let id = parse_id(&id, "webhook")?;
-        Ok(service::delete_webhook(&st.db, viewer(ctx)?, id).await?)
+        let deleted = service::delete_webhook(&st.db, viewer(ctx)?, id).await?;
+        st.deliveries.forget_endpoint(id);
+        Ok(deleted)
     }
 
     /// Sends a sample payload now and returns the recorded delivery (ADMIN).
@@ -379,6 +381,7 @@ impl WebhooksMutation {
         let st = state(ctx)?;
         let id = parse_id(&id, "webhook")?;
         let view = service::enable_webhook(&st.db, viewer(ctx)?, id).await?;
+        st.deliveries.forget_endpoint(id);
         st.deliveries.wake();
         Ok(Webhook(view))
     }
@@ -420,9 +423,10 @@ impl WebhooksMutation {
     ) -> async_graphql::Result<Webhook> {
         let st = state(ctx)?;
         let id = parse_id(&id, "webhook")?;
-        Ok(Webhook(
-            service::rotate_secret(&st.db, st.deliveries.secrets(), viewer(ctx)?, id).await?,
-        ))
+        let view =
+            service::rotate_secret(&st.db, st.deliveries.secrets(), viewer(ctx)?, id).await?;
+        st.deliveries.forget_endpoint(id);
+        Ok(Webhook(view))
     }
 }
 

@@ -13,13 +13,14 @@ use std::{
 
 use anyhow::Context as _;
 use serde_json::json;
+use uuid::Uuid;
 
 use crate::{
     Opts,
     client::{Api, RawHttp, start_conversation_retrying},
     receiver::start_receiver,
     report::{Latency, Report},
-    server::{Server, proc_delta, proc_sample},
+    server::{DbKind, Server, proc_delta, proc_sample},
 };
 
 pub const DEFAULT_DELIVERIES: usize = 20_000;
@@ -120,16 +121,41 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
                 latency.record(got.saturating_duration_since(*at));
             }
         }
-        drop(arrivals);
         let writes = match &server.db {
             Some(db) => db.pg_table_writes("deliveries").await,
             None => None,
         };
 
-        // The limit: the same bodies, posted by a plain reqwest loop at the same concurrency.
         let body = hook_state
             .first_body()
             .context("the receiver got no body to replay")?;
+
+        // The outbox alone: K deliveries written straight into the table, pending and due,
+        // as retries or another instance's work wait there; the worker's poll takes them.
+        let account = Uuid::parse_str(&api.account_id).context("the account id")?;
+        let hook_id = Uuid::parse_str(&webhook).context("the webhook id")?;
+        let seeded = seed_outbox(server, opts.db, account, hook_id, &body, k).await?;
+        let mut first: Option<Instant> = None;
+        let mut last_seeded = None;
+        let mut got = 0usize;
+        while got < k {
+            match tokio::time::timeout(STALL, arrivals.recv()).await {
+                Ok(Some(a)) if a.conversation_id.starts_with(SEEDED) => {
+                    got += 1;
+                    first.get_or_insert(a.at);
+                    last_seeded = Some(a.at);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        drop(arrivals);
+        let outbox_rate = match (first, last_seeded) {
+            (Some(a), Some(b)) if got > 1 && b > a => (got - 1) as f64 / (b - a).as_secs_f64(),
+            _ => 0.0,
+        };
+
+        // The limit: the same bodies, posted by a plain reqwest loop at the same concurrency.
         let url = format!("http://127.0.0.1:{}/hook", receiver.port);
         let limit = plain_rate(&url, body.clone(), k, c).await?;
         let limit_8 = plain_rate(&url, body, k, SERVER_PER_WEBHOOK).await?;
@@ -147,6 +173,12 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
             drain_rate,
             "deliv/s",
         );
+        report.metric(
+            format!("outbox alone: seeded deliveries/s ({got} of {k} arrived)"),
+            outbox_rate,
+            "deliv/s",
+        );
+        report.metric("outbox alone: seeding time", seeded.as_secs_f64(), "s");
         report.metric("enqueue -> received p50", latency.ms(0.5), "ms");
         report.metric("enqueue -> received p99", latency.ms(0.99), "ms");
         report.metric("enqueue -> received max", latency.max_ms(), "ms");
@@ -160,6 +192,13 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
             format!("plain reqwest at concurrency {SERVER_PER_WEBHOOK}"),
             limit_8,
             "req/s",
+        );
+        report.target(
+            "outbox alone: ratio to the plain limit",
+            outbox_rate / limit,
+            "x",
+            ">=",
+            0.25,
         );
         report.metric(
             "server CPU",
@@ -201,6 +240,15 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
              before their startConversation response (counted as 0 ms); the server sends at most \
              {SERVER_PER_WEBHOOK} at once to one webhook"
         ));
+        report.note(
+            "outbox alone = (seeded deliveries - 1) / (last seeded arrival - first): K pending \
+             deliveries inserted into the table in one transaction, taken by the worker's poll",
+        );
+        if got < k {
+            report.note(format!(
+                "outbox alone: only {got} of {k} seeded deliveries arrived"
+            ));
+        }
         Ok::<_, anyhow::Error>(())
     }
     .await;
@@ -245,4 +293,58 @@ async fn plain_rate(
         r??;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64().max(1e-9))
+}
+
+/// The conversation id of the seeded deliveries' payloads starts with this.
+const SEEDED: &str = "seeded-";
+
+/// Inserts `k` pending async deliveries of `webhook_id`, due now, in one transaction; their
+/// payload is `body` (a real delivery's) with the conversation id `seeded-<i>`. How long it
+/// took.
+async fn seed_outbox(
+    server: &Server,
+    kind: DbKind,
+    account_id: Uuid,
+    webhook_id: Uuid,
+    body: &[u8],
+    k: usize,
+) -> anyhow::Result<Duration> {
+    use entity::delivery::{self, DeliveryMode, DeliveryStatus};
+    use sea_orm::{ActiveValue::Set, EntityTrait as _, TransactionTrait as _};
+    let template: serde_json::Value =
+        serde_json::from_slice(body).context("the delivery body is not JSON")?;
+    let db = crate::direct::connect(server, kind).await?;
+    let started = Instant::now();
+    let tx = db.begin().await?;
+    let now = chrono::Utc::now();
+    for chunk in (0..k).collect::<Vec<_>>().chunks(500) {
+        delivery::Entity::insert_many(chunk.iter().map(|i| {
+            let mut payload = template.clone();
+            payload["conversation"]["id"] = json!(format!("{SEEDED}{i}"));
+            delivery::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                account_id: Set(account_id),
+                webhook_id: Set(webhook_id),
+                conversation_id: Set(None),
+                block_id: Set(None),
+                mode: Set(DeliveryMode::Async),
+                status: Set(DeliveryStatus::Pending),
+                payload: Set(payload),
+                attempt_count: Set(0),
+                next_attempt_at: Set(Some(now)),
+                claimed_until: Set(None),
+                claimed_by: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+        }))
+        .exec_without_returning(&tx)
+        .await
+        .context("cannot seed deliveries")?;
+    }
+    tx.commit().await?;
+    let took = started.elapsed();
+    crate::direct::settle(&db, kind, "deliveries").await?;
+    let _ = db.close().await;
+    Ok(took)
 }

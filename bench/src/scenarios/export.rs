@@ -18,8 +18,8 @@ use chrono::{DateTime, SubsecRound as _, Utc};
 use entity::conversation::{self, ConversationStatus};
 use futures_util::StreamExt as _;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, ConnectOptions, ConnectionTrait as _, DatabaseConnection,
-    EntityTrait as _, PaginatorTrait as _, QueryFilter as _, TransactionTrait as _,
+    ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, PaginatorTrait as _,
+    QueryFilter as _, TransactionTrait as _,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -238,13 +238,6 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
         json!({ "conversations": n, "questions": QUESTIONS, "rows_per_insert": ROWS_PER_INSERT,
                 "rows_per_transaction": ROWS_PER_TX, "rss_poll_ms": RSS_POLL.as_millis() as u64 }),
     );
-    let db_url = server
-        .db
-        .as_ref()
-        .context("the server has no database")?
-        .url()
-        .to_owned();
-
     let api = Api::sign_up(&server.base).await?;
     let bot = api
         .published_bot("export", question_flow(QUESTIONS, None))
@@ -275,7 +268,7 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
     );
 
     eprintln!("export: seeding {n} conversations into the database");
-    let seeding = seed(&db_url, opts.db, &plan).await?;
+    let seeding = seed(server, opts.db, &plan).await?;
     let seed_rate = n as f64 / seeding.as_secs_f64().max(1e-9);
     report.metric("seeding: conversations/s", seed_rate, "conv/s");
     report.metric("seeding: time", seeding.as_secs_f64(), "s");
@@ -388,19 +381,8 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 }
 
 /// Writes the planned conversations into the server's database; how long it took.
-async fn seed(url: &str, kind: DbKind, plan: &Plan) -> anyhow::Result<Duration> {
-    let mut options = ConnectOptions::new(url);
-    options
-        .sqlx_logging(false)
-        .max_connections(1)
-        .min_connections(1);
-    if kind == DbKind::Sqlite {
-        // The server holds the same file open; its own writes wait instead of failing.
-        options.map_sqlx_sqlite_opts(|o| o.busy_timeout(Duration::from_secs(30)));
-    }
-    let db = sea_orm::Database::connect(options)
-        .await
-        .with_context(|| format!("cannot connect to the server's database {url}"))?;
+async fn seed(server: &Server, kind: DbKind, plan: &Plan) -> anyhow::Result<Duration> {
+    let db = crate::direct::connect(server, kind).await?;
     let started = Instant::now();
     let result = insert_all(&db, plan).await;
     let elapsed = started.elapsed();
@@ -415,14 +397,7 @@ async fn seed(url: &str, kind: DbKind, plan: &Plan) -> anyhow::Result<Duration> 
             "{stored} conversations stored, not the {} seeded",
             plan.len()
         );
-        match kind {
-            DbKind::Sqlite => {
-                db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .await?
-            }
-            DbKind::Postgres => db.execute_unprepared("ANALYZE conversations").await?,
-        };
-        Ok(())
+        crate::direct::settle(&db, kind, "conversations").await
     }
     .await;
     let _ = db.close().await;

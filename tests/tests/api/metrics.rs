@@ -93,3 +93,35 @@ async fn metrics_count_conversations_turns_and_the_outbox() {
     );
     assert!(text.contains("parley_db_pool_connections{"), "{text}");
 }
+
+#[tokio::test]
+async fn a_conversations_delivery_is_handed_to_the_worker_and_sent_without_waiting_for_a_poll() {
+    let app = spawn_app_with(|s| {
+        s.metrics_token_hash = Some(parley::opaque::token_hash(TOKEN));
+        // The outbox poll would only come in an hour: what arrives came through the hand-over.
+        s.delivery.poll_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let handed = |text: &str| sample(text, "parley_deliveries_handed_over_total").unwrap_or(0.0);
+    let before = handed(&scrape(&app, Some(TOKEN)).await.text().await.expect("text"));
+    let owner = app.new_user().await;
+    let hook = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(204))
+        .mount(&hook)
+        .await;
+    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
+    let (conversation, _) = app.new_conversation(&bot).await;
+    let list = app
+        .wait_deliveries(&owner.token, &webhook, |list| {
+            list.iter().any(|d| d["status"] == "SUCCEEDED")
+        })
+        .await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["conversationId"], json!(conversation));
+    assert_eq!(list[0]["attemptCount"], json!(1));
+    assert_eq!(hook.received_requests().await.unwrap_or_default().len(), 1);
+    // Counters are the process's: other tests' servers may add to it, never take away.
+    let after = handed(&scrape(&app, Some(TOKEN)).await.text().await.expect("text"));
+    assert!(after >= before + 1.0, "handed over: {before} then {after}");
+}

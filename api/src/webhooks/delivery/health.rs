@@ -8,11 +8,55 @@ pub(super) fn rate_limiter(per_second: u32) -> governor::DefaultDirectRateLimite
 }
 
 impl Deliveries {
-    /// Notes an async attempt's result on its webhook, and disables a webhook whose attempts
+    /// Notes a batch of attempts' results on their webhooks (async attempts only), in batch
+    /// order: a success resets its webhook's failure count and what came before it for that
+    /// webhook no longer matters, so the successes cost one UPDATE for the whole batch and
+    /// only failures after a webhook's last success are tracked one by one.
+    pub(super) async fn track_health_batch(
+        &self,
+        tx: &impl ConnectionTrait,
+        batch: &[Done],
+        now: chrono::DateTime<Utc>,
+    ) -> ApiResult<()> {
+        use sea_orm::sea_query::Expr;
+        let tracked = || {
+            batch
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.delivery.mode == DeliveryMode::Async)
+        };
+        let last_success: HashMap<Uuid, usize> = tracked()
+            .filter(|(_, d)| d.outcome.is_success())
+            .map(|(i, d)| (d.delivery.webhook_id, i))
+            .collect();
+        if !last_success.is_empty() {
+            webhook::Entity::update_many()
+                .col_expr(
+                    webhook::Column::FailingSince,
+                    Option::<chrono::DateTime<Utc>>::None.into(),
+                )
+                .col_expr(webhook::Column::FailedAttempts, Expr::value(0))
+                .filter(webhook::Column::Id.is_in(last_success.keys().copied()))
+                .filter(webhook::Column::FailingSince.is_not_null())
+                .exec(tx)
+                .await?;
+        }
+        for (i, d) in tracked() {
+            let after_last_success = last_success
+                .get(&d.delivery.webhook_id)
+                .is_none_or(|&s| i > s);
+            if !d.outcome.is_success() && after_last_success {
+                self.track_failure(tx, d, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes a failed async attempt on its webhook, and disables a webhook whose attempts
     /// have all failed for `PARLEY_WEBHOOK_DISABLE_AFTER` (and at least
     /// `DISABLE_MIN_FAILURES` of them), with a `webhook.disabled` event to the account's
     /// other webhooks that asked for it.
-    pub(super) async fn track_health(
+    async fn track_failure(
         &self,
         tx: &impl ConnectionTrait,
         d: &Done,
@@ -20,19 +64,6 @@ impl Deliveries {
     ) -> ApiResult<()> {
         use sea_orm::sea_query::{Expr, ExprTrait as _, Func};
         let hook = d.delivery.webhook_id;
-        if d.outcome.is_success() {
-            webhook::Entity::update_many()
-                .col_expr(
-                    webhook::Column::FailingSince,
-                    Option::<chrono::DateTime<Utc>>::None.into(),
-                )
-                .col_expr(webhook::Column::FailedAttempts, Expr::value(0))
-                .filter(webhook::Column::Id.eq(hook))
-                .filter(webhook::Column::FailingSince.is_not_null())
-                .exec(tx)
-                .await?;
-            return Ok(());
-        }
         webhook::Entity::update_many()
             .col_expr(
                 webhook::Column::FailingSince,
@@ -68,6 +99,8 @@ impl Deliveries {
         if disabled == 0 {
             return Ok(());
         }
+        // Its deliveries are held from now on, also those handed over in memory.
+        self.forget_endpoint(hook);
         tracing::warn!(webhook.id = %hook, account.id = %d.delivery.account_id, reason, "webhook disabled");
         let hooks: Vec<Uuid> = crate::lifecycle::subscribers(
             tx,
@@ -97,22 +130,30 @@ impl Deliveries {
         candidates: Vec<(Uuid, Uuid)>,
         limit: usize,
     ) -> ApiResult<Vec<Uuid>> {
-        let hooks: std::collections::HashSet<Uuid> = candidates.iter().map(|(_, w)| *w).collect();
-        let limited: HashMap<Uuid, i32> = if hooks.is_empty() {
-            HashMap::new()
-        } else {
-            webhook::Entity::find()
-                .filter(webhook::Column::Id.is_in(hooks))
-                .filter(webhook::Column::MaxPerSecond.is_not_null())
-                .select_only()
-                .column(webhook::Column::Id)
-                .column(webhook::Column::MaxPerSecond)
-                .into_tuple::<(Uuid, i32)>()
-                .all(self.db.conn())
-                .await?
-                .into_iter()
-                .collect()
+        let mut hooks: Vec<Uuid> = candidates.iter().map(|(_, w)| *w).collect();
+        hooks.sort_unstable();
+        hooks.dedup();
+        let endpoints = self.endpoints(&hooks).await?;
+        let mut out = Vec::with_capacity(limit);
+        for (id, hook) in candidates {
+            if out.len() >= limit {
+                break;
+            }
+            let rate = endpoints.get(&hook).and_then(|e| e.max_per_second);
+            if self.rate_allows(hook, rate) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a webhook paced at `rate` sends per second (none: unpaced) may send one more
+    /// now on this instance; a yes spends the rate's budget.
+    pub(super) fn rate_allows(&self, hook: Uuid, rate: Option<i32>) -> bool {
+        let Some(rate) = rate else {
+            return true;
         };
+        let rate = u32::try_from(rate.max(1)).unwrap_or(1);
         let mut rates = self
             .rates
             .lock()
@@ -121,25 +162,12 @@ impl Deliveries {
             // Bounded memory: limiters of webhooks not seen lately start afresh.
             rates.clear();
         }
-        let mut out = Vec::with_capacity(limit);
-        for (id, hook) in candidates {
-            if out.len() >= limit {
-                break;
-            }
-            if let Some(&rate) = limited.get(&hook) {
-                let rate = u32::try_from(rate.max(1)).unwrap_or(1);
-                let entry = rates
-                    .entry(hook)
-                    .or_insert_with(|| (rate, rate_limiter(rate)));
-                if entry.0 != rate {
-                    *entry = (rate, rate_limiter(rate));
-                }
-                if entry.1.check().is_err() {
-                    continue;
-                }
-            }
-            out.push(id);
+        let entry = rates
+            .entry(hook)
+            .or_insert_with(|| (rate, rate_limiter(rate)));
+        if entry.0 != rate {
+            *entry = (rate, rate_limiter(rate));
         }
-        Ok(out)
+        entry.1.check().is_ok()
     }
 }
