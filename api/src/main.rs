@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
         }
         _ => {
+            parley::edge::raise_open_files_limit();
             let app = Application::build(settings).await?;
             tracing::info!(port = app.port(), "parley listening; GraphiQL at /graphiql");
             app.run_until_stopped().await?;

@@ -1,17 +1,17 @@
 //! Clients of the server under test: a minimal HTTP/1.1 keep-alive connection for the load
 //! itself (so the driver spends as little of the shared CPU as possible), reqwest for the
 //! set-up, and `graphql-transport-ws` subscriptions over tokio-tungstenite.
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
+    WebSocketStream,
     tungstenite::{Message, client::IntoClientRequest as _, http::HeaderValue},
 };
 
@@ -425,25 +425,41 @@ pub struct Event {
 
 /// A `graphql-transport-ws` connection that runs one subscription at a time.
 pub struct Ws {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<TcpStream>,
     current: u64,
 }
 
 impl Ws {
     /// Connects, sends `connection_init` and waits for the ack.
     pub async fn connect(port: u16) -> anyhow::Result<Self> {
+        Self::connect_from(Ipv4Addr::LOCALHOST, port).await
+    }
+
+    /// [`Ws::connect`] from the loopback address `source`: one source address gives at most
+    /// the ephemeral port range (about 28,000 on Linux) of connections to one server port, so
+    /// tens of thousands of sockets need several (any 127.x.y.z is the loopback).
+    pub async fn connect_from(source: Ipv4Addr, port: u16) -> anyhow::Result<Self> {
         let mut req = format!("ws://127.0.0.1:{port}/graphql").into_client_request()?;
         req.headers_mut().insert(
             "sec-websocket-protocol",
             HeaderValue::from_static("graphql-transport-ws"),
         );
-        let (ws, _) = tokio::time::timeout(
-            IO_TIMEOUT,
-            tokio_tungstenite::connect_async_with_config(req, None, true),
-        )
+        let (ws, _) = tokio::time::timeout(IO_TIMEOUT, async {
+            let socket = TcpSocket::new_v4()?;
+            socket
+                .bind((source, 0).into())
+                .with_context(|| format!("cannot bind a client socket to {source}"))?;
+            let stream = socket
+                .connect((Ipv4Addr::LOCALHOST, port).into())
+                .await
+                .with_context(|| format!("cannot connect to 127.0.0.1:{port} from {source}"))?;
+            stream.set_nodelay(true)?;
+            tokio_tungstenite::client_async_with_config(req, stream, None)
+                .await
+                .context("WebSocket handshake failed")
+        })
         .await
-        .context("WebSocket connect timed out")?
-        .context("WebSocket connect failed")?;
+        .context("WebSocket connect timed out")??;
         let mut this = Self { ws, current: 0 };
         this.send(json!({ "type": "connection_init", "payload": {} }))
             .await?;

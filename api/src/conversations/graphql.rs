@@ -429,7 +429,10 @@ impl ConversationsSubscription {
             let mut read_stored = true;
             loop {
                 if read_stored {
-                    match runtime.events_after(id, last).await {
+                    // Boxed: the query's future is large, and inline it would size the state
+                    // of every idle subscription (about 4.5 KB each), though it is only alive
+                    // while the stored events are read.
+                    match Box::pin(runtime.events_after(id, last)).await {
                         Ok(stored) => {
                             // A full page means there may be more: read on before waiting.
                             let full = stored.len() as u64 >= REPLAY_PAGE;

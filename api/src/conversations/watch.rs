@@ -41,7 +41,8 @@ pub fn guard<T: Send + 'static>(
     async_stream::stream! {
         // Once more now that changes are being listened to: a removal committed after the
         // caller's check but before the subscription above is not missed.
-        if let Err(e) = still_allowed(&st, &viewer, account_id).await {
+        // The checks are boxed: inline, their futures would size every idle subscription.
+        if let Err(e) = Box::pin(still_allowed(&st, &viewer, account_id)).await {
             yield Err(e.into());
             return;
         }
@@ -70,7 +71,7 @@ pub fn guard<T: Send + 'static>(
                         Err(RecvError::Closed) => return,
                     };
                     if concerns_us
-                        && let Err(e) = still_allowed(&st, &viewer, account_id).await
+                        && let Err(e) = Box::pin(still_allowed(&st, &viewer, account_id)).await
                     {
                         tracing::info!(user.id = %viewer.user_id, account.id = %account_id, reason = e.message(), "team subscription ended");
                         yield Err(e.into());

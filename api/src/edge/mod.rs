@@ -73,12 +73,51 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
         }
     })
     .shutdown_timeout(10)
+    // actix's default is 25,000 connections per worker; every idle WebSocket is one, so let the
+    // open-files limit be the bound instead.
+    .max_connections(max_connections_per_worker())
     // Chat events are small frames: without TCP_NODELAY, Nagle's algorithm holds them back
     // until the peer's delayed ACK, 40 ms later.
     .tcp_nodelay(true)
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// actix's own default per worker.
+const DEFAULT_MAX_CONNECTIONS: usize = 25_000;
+
+/// Connections one worker accepts: the open-files limit (each is a descriptor), at least
+/// actix's default.
+fn max_connections_per_worker() -> usize {
+    let soft = rlimit::Resource::NOFILE
+        .get()
+        .map_or(0, |(soft, _)| usize::try_from(soft).unwrap_or(usize::MAX));
+    soft.max(DEFAULT_MAX_CONNECTIONS)
+}
+
+/// Raises this process's soft open-files limit to the hard one: every connection (each idle
+/// WebSocket included) is a descriptor, and the usual soft limit of 1,024 would cap the
+/// server far below what its memory allows. Logs the limit it runs with.
+pub fn raise_open_files_limit() {
+    let before = rlimit::Resource::NOFILE.get().ok();
+    match before {
+        Some((soft, hard)) if soft < hard => match rlimit::Resource::NOFILE.set(hard, hard) {
+            Ok(()) => tracing::info!(
+                nofile.from = soft,
+                nofile.to = hard,
+                "open-files limit raised to the hard limit"
+            ),
+            Err(e) => tracing::warn!(
+                nofile.soft = soft,
+                nofile.hard = hard,
+                error = %e,
+                "cannot raise the open-files limit; it caps open connections"
+            ),
+        },
+        Some((soft, _)) => tracing::info!(nofile = soft, "open-files limit"),
+        None => {}
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` value (`Bearer` or `bearer`), trimmed.

@@ -7,9 +7,12 @@
 //! at once, and silence. It answers every close frame with one.
 use std::{
     borrow::Cow,
-    collections::{HashMap, HashSet},
+    cell::RefCell,
+    collections::{HashMap, HashSet, VecDeque},
     net::IpAddr,
+    rc::Rc,
     sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -28,10 +31,7 @@ use async_graphql::{
 };
 use futures_util::StreamExt as _;
 use serde::Deserialize;
-use tokio::{
-    sync::mpsc::{self, error::TrySendError},
-    time::{Instant, MissedTickBehavior},
-};
+use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{
     api_key_budget, authenticate, client::ClientAddr, limit_refusal, origin::RequestOrigin,
@@ -333,8 +333,8 @@ impl Socket {
         let protocol = self.protocol;
         // Messages for the state machine; a few at most wait here (the socket is not read while
         // one waits to be handed over).
-        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
-        let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let inbox = Inbox::default();
+        let incoming = inbox.clone();
         let machine = WebSocket::new(schema, incoming, protocol).on_connection_init(
             move |value: serde_json::Value| async move {
                 let origin = origin;
@@ -376,11 +376,10 @@ impl Socket {
 
         let end = loop {
             tokio::select! {
-                permit = tx.reserve(), if pending.is_some() => {
-                    let (Ok(permit), Some(message)) = (permit, pending.take()) else {
-                        break End::Gone;
-                    };
-                    permit.send(message);
+                () = inbox.room(), if pending.is_some() => {
+                    if let Some(message) = pending.take() {
+                        inbox.push(message);
+                    }
                 }
                 frame = stream.recv(), if pending.is_none() => {
                     last_heard = Instant::now();
@@ -421,11 +420,13 @@ impl Socket {
                         }
                     };
                     match self.on_client_message(&message, &mut initialised) {
-                        Verdict::Forward => match tx.try_send(message) {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(message)) => pending = Some(message),
-                            Err(TrySendError::Closed(_)) => break End::Gone,
-                        },
+                        Verdict::Forward => {
+                            if inbox.has_room() {
+                                inbox.push(message);
+                            } else {
+                                pending = Some(message);
+                            }
+                        }
                         Verdict::Refuse(error) => {
                             if !deliver(session.text(error), stall).await {
                                 break End::Gone;
@@ -548,6 +549,77 @@ impl Socket {
             // The connection itself failed.
             ProtocolError::Io(_) => End::Gone,
             other => close(CloseCode::Protocol, other.to_string()),
+        }
+    }
+}
+
+/// Messages from the client waiting for the protocol state machine, which reads them as its
+/// input stream. Both ends live in the socket's one task, so this is a queue of at most
+/// [`Inbox::CAPACITY`] with a waker each way, not a channel: a tokio channel would cost every
+/// idle socket its shared state and a first block of 32 slots (about 1.5 KB) for nothing.
+#[derive(Clone, Default)]
+struct Inbox(Rc<RefCell<InboxState>>);
+
+#[derive(Default)]
+struct InboxState {
+    queue: VecDeque<Bytes>,
+    /// The state machine, waiting for a message.
+    reader: Option<Waker>,
+    /// The socket loop, waiting for room.
+    writer: Option<Waker>,
+}
+
+impl Inbox {
+    const CAPACITY: usize = 4;
+
+    fn has_room(&self) -> bool {
+        self.0.borrow().queue.len() < Self::CAPACITY
+    }
+
+    /// Queues `message`; callers check [`Inbox::has_room`] first.
+    fn push(&self, message: Bytes) {
+        let mut state = self.0.borrow_mut();
+        state.queue.push_back(message);
+        if let Some(reader) = state.reader.take() {
+            reader.wake();
+        }
+    }
+
+    /// Ready once a message fits.
+    async fn room(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.borrow_mut();
+            if state.queue.len() < Self::CAPACITY {
+                Poll::Ready(())
+            } else {
+                state.writer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+impl futures_util::Stream for Inbox {
+    type Item = Bytes;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut state = self.0.borrow_mut();
+        match state.queue.pop_front() {
+            Some(message) => {
+                if state.queue.is_empty() {
+                    // Drained: give back what a burst took (an idle socket keeps nothing).
+                    state.queue = VecDeque::new();
+                }
+                if let Some(writer) = state.writer.take() {
+                    writer.wake();
+                }
+                Poll::Ready(Some(message))
+            }
+            None => {
+                state.reader = Some(cx.waker().clone());
+                Poll::Pending
+            }
         }
     }
 }

@@ -26,6 +26,17 @@ pub const DEFAULT_SUBSCRIPTIONS: usize = 10_000;
 pub const DEFAULT_SAMPLE: usize = 1_000;
 const SAMPLE_PARALLEL: usize = 8;
 
+/// Sockets opened from one loopback source address before the next: well inside the
+/// ephemeral port range (28,231 ports by default) that one address has towards one port.
+const SOCKETS_PER_SOURCE: usize = 20_000;
+
+/// The source address of the `i`th subscription: 127.0.0.1 for the first 20,000, then
+/// 127.0.0.2, and so on.
+fn source_address(i: usize) -> std::net::Ipv4Addr {
+    let n = u8::try_from(1 + i / SOCKETS_PER_SOURCE).unwrap_or(u8::MAX);
+    std::net::Ipv4Addr::new(127, 0, 0, n)
+}
+
 /// An event seen by one of the idle subscribers.
 struct Seen {
     index: usize,
@@ -101,7 +112,7 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
     let opened: Vec<anyhow::Result<(usize, Ws)>> =
         futures_util::stream::iter(sessions.iter().cloned().enumerate())
             .map(|(i, s)| async move {
-                let mut ws = Ws::connect(server.port).await?;
+                let mut ws = Ws::connect_from(source_address(i), server.port).await?;
                 ws.subscribe(&s).await?;
                 let first = ws.event().await?;
                 anyhow::ensure!(
