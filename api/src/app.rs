@@ -86,6 +86,8 @@ impl Application {
             DatabaseKind::Sqlite => (Arc::new(LocalBus::default()), None),
             DatabaseKind::Postgres => {
                 let bus = PgBus::new(db.clone());
+                bus.listen_early(settings.database_url.as_str()).await;
+                bus.join().await;
                 (bus.clone(), Some(bus))
             }
         };
@@ -147,12 +149,16 @@ impl Application {
             AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_scheduler())),
             AbortOnDrop(tokio::spawn(self.state.limiters.clone().run_pruner())),
         ];
-        if let Some(bus) = self.pg_bus {
+        if let Some(bus) = &self.pg_bus {
             let url = self.state.settings.database_url.as_str().to_owned();
-            workers.push(AbortOnDrop(tokio::spawn(bus.run_listener(url))));
+            workers.push(AbortOnDrop(tokio::spawn(bus.clone().run_listener(url))));
+            workers.push(AbortOnDrop(tokio::spawn(bus.clone().run_heartbeat())));
         }
         let result = self.server.await;
         drop(workers);
+        if let Some(bus) = &self.pg_bus {
+            bus.leave().await;
+        }
         result
     }
 }

@@ -16,6 +16,8 @@ use uuid::Uuid;
 
 use crate::db::Db;
 
+mod peers;
+
 /// An event as stored, shared between subscribers.
 pub type SharedEvent = Arc<conversation_event::Model>;
 
@@ -231,16 +233,65 @@ pub struct PgBus {
     local: LocalBus,
     db: Db,
     instance: Uuid,
+    /// The other instances: whether anyone is there to notify.
+    peers: peers::Peers,
+    /// The listener connected before serving, for [`PgBus::run_listener`] to take.
+    ready: tokio::sync::Mutex<Option<PgListener>>,
 }
 
 impl PgBus {
     /// The bus; call [`PgBus::run_listener`] to receive other instances' events.
     pub fn new(db: Db) -> Arc<Self> {
+        let instance = Uuid::new_v4();
         Arc::new(Self {
             local: LocalBus::default(),
+            peers: peers::Peers::new(db.clone(), instance),
+            ready: tokio::sync::Mutex::new(None),
             db,
-            instance: Uuid::new_v4(),
+            instance,
         })
+    }
+
+    /// LISTENs before this instance serves, so that its first subscribers miss nothing
+    /// announced once it is up. On failure, [`PgBus::run_listener`] keeps trying.
+    pub async fn listen_early(&self, url: &str) {
+        match Self::connect_listener(url).await {
+            Ok(listener) => *self.ready.lock().await = Some(listener),
+            Err(e) => tracing::warn!(error = %e, "cannot LISTEN yet; retrying in the background"),
+        }
+    }
+
+    async fn connect_listener(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
+        let mut listener = PgListener::connect(url).await?;
+        listener.listen_all([PG_CHANNEL, PG_ACCESS_CHANNEL]).await?;
+        Ok(listener)
+    }
+
+    /// Registers this instance among those sharing the database, before it serves. When
+    /// others are live, waits until they have surely seen it and announce their events.
+    pub async fn join(&self) {
+        match self.peers.beat().await {
+            Ok(true) => {
+                tokio::time::sleep(peers::JOIN_WAIT).await;
+                // The wait aged this instance's own heartbeat: renew it before serving.
+                if let Err(e) = self.peers.beat().await {
+                    tracing::warn!(error.cause = %e, "cannot renew this instance's heartbeat");
+                }
+            }
+            Ok(false) => {}
+            // Until a heartbeat works, this instance announces everything.
+            Err(e) => tracing::warn!(error.cause = %e, "cannot register this instance"),
+        }
+    }
+
+    /// Keeps this instance's heartbeat until dropped.
+    pub async fn run_heartbeat(self: Arc<Self>) {
+        self.peers.run(&self.local).await;
+    }
+
+    /// Unregisters this instance (a graceful stop), so that the others stop announcing.
+    pub async fn leave(&self) {
+        self.peers.leave().await;
     }
 
     /// Listens for other instances' announcements until dropped, reconnecting after a lost
@@ -248,40 +299,39 @@ impl PgBus {
     pub async fn run_listener(self: Arc<Self>, url: String) {
         let mut first = true;
         loop {
-            match PgListener::connect(&url).await {
+            let early = self.ready.lock().await.take();
+            let connected = match early {
+                Some(listener) => Ok(listener),
+                None => Self::connect_listener(&url).await,
+            };
+            match connected {
                 Ok(mut listener) => {
-                    if let Err(e) = listener.listen_all([PG_CHANNEL, PG_ACCESS_CHANNEL]).await {
-                        tracing::warn!(error = %e, "LISTEN failed; retrying");
-                    } else {
-                        if !first {
-                            // Whatever was announced while disconnected is lost: re-read it.
-                            self.local.resync_all();
-                        }
-                        first = false;
-                        loop {
-                            match listener.try_recv().await {
-                                Ok(Some(n)) if n.channel() == PG_ACCESS_CHANNEL => {
-                                    self.receive_access(n.payload());
-                                }
-                                Ok(Some(n)) => self.receive(n.payload()).await,
-                                Ok(None) => {
-                                    // The connection dropped. Reconnect here rather than let
-                                    // sqlx do it, so that subscribers resync only once LISTEN
-                                    // is back and nothing can fall between the two.
-                                    tracing::warn!(
-                                        "event listener lost its connection; reconnecting"
-                                    );
-                                    break;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "event listener failed; reconnecting");
-                                    break;
-                                }
+                    if !first {
+                        // Whatever was announced while disconnected is lost: re-read it.
+                        self.local.resync_all();
+                    }
+                    first = false;
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(n)) if n.channel() == PG_ACCESS_CHANNEL => {
+                                self.receive_access(n.payload());
+                            }
+                            Ok(Some(n)) => self.receive(n.payload()).await,
+                            Ok(None) => {
+                                // The connection dropped. Reconnect here rather than let
+                                // sqlx do it, so that subscribers resync only once LISTEN
+                                // is back and nothing can fall between the two.
+                                tracing::warn!("event listener lost its connection; reconnecting");
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "event listener failed; reconnecting");
+                                break;
                             }
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot connect the event listener; retrying"),
+                Err(e) => tracing::warn!(error = %e, "cannot LISTEN for events; retrying"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -339,6 +389,9 @@ impl PgBus {
 #[async_trait]
 impl EventBus for PgBus {
     fn announcement(&self, events: &[conversation_event::Model]) -> Option<Statement> {
+        if !self.peers.others_may_listen() {
+            return None;
+        }
         let (first, last) = (events.first()?, events.last()?);
         let announcement = Announcement {
             c: first.conversation_id,

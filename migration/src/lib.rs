@@ -18,6 +18,7 @@ mod m20261128_210400_add_webhook_rate;
 mod m20261128_220000_add_bot_typing_delay;
 mod m20261128_220100_add_conversation_resume;
 mod m20261128_220200_add_conversation_callback;
+mod m20261129_010000_create_instances;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_220000_add_bot_typing_delay::Migration),
             Box::new(m20261128_220100_add_conversation_resume::Migration),
             Box::new(m20261128_220200_add_conversation_callback::Migration),
+            Box::new(m20261129_010000_create_instances::Migration),
         ]
     }
 }

@@ -263,3 +263,35 @@ async fn a_dropped_listener_reconnects_and_back_fills_what_it_missed() {
     assert_eq!(events[0]["seq"], 2);
     on_a.assert_quiet().await;
 }
+
+#[tokio::test]
+async fn an_instance_alone_sends_no_notify_and_starts_once_another_instance_joins() {
+    let a = spawn_app().await;
+    if !a.db.is_postgres() {
+        return;
+    }
+    // A bystander listening on the events channel: not an instance, so nobody notifies it.
+    let mut bystander = sea_orm::sqlx::postgres::PgListener::connect(a.db.url())
+        .await
+        .expect("listener");
+    bystander.listen("parley_events").await.expect("LISTEN");
+    let owner = a.new_user().await;
+    let bot = chat_bot(&a, &owner).await;
+    let (conv, token) = a.new_conversation(&bot).await;
+    assert_ok(&a.send_answer(&conv, &token, "Jo").await);
+    let heard = tokio::time::timeout(Duration::from_millis(500), bystander.recv()).await;
+    assert!(heard.is_err(), "a lone instance notified: {heard:?}");
+
+    // A second instance joins: from then on A's steps are announced.
+    let _b = a.second_instance().await;
+    assert_ok(&a.send_answer(&conv, &token, "Paris").await);
+    let heard = tokio::time::timeout(Duration::from_secs(5), bystander.recv())
+        .await
+        .expect("a notification once another instance is live")
+        .expect("the notification");
+    assert!(
+        heard.payload().contains(&conv),
+        "announced another conversation: {}",
+        heard.payload()
+    );
+}
