@@ -114,7 +114,7 @@ pub async fn load(
 
 pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
     let clients = opts.concurrency.unwrap_or(DEFAULT_CLIENTS).max(1);
-    let duration = Duration::from_secs(opts.duration.unwrap_or(10));
+    let duration = opts.phase();
     let mut report = Report::new(
         "graphql",
         opts.db.name(),

@@ -1,8 +1,6 @@
 //! `sync-webhook`: turn latency through a sync webhook (QUESTION -> sync WEBHOOK -> QUESTION
 //! ...) whose endpoint answers `{}` at once, minus the same flow without it: the server's
 //! overhead per sync call.
-use std::time::Duration;
-
 use serde_json::json;
 
 use super::{Pace, connect_visitors, question_flow, run_phase};
@@ -12,7 +10,8 @@ pub const DEFAULT_VISITORS: usize = 1;
 
 pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
     let visitors_n = opts.concurrency.unwrap_or(DEFAULT_VISITORS).max(1);
-    let duration = Duration::from_secs(opts.duration.unwrap_or(10));
+    let duration = opts.phase();
+    let warmup = opts.warmup();
     let mut report = Report::new(
         "sync-webhook",
         opts.db.name(),
@@ -37,6 +36,7 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
             server.port,
             visitors,
             &plain,
+            warmup,
             duration,
             Pace::Flat,
         )
@@ -47,6 +47,7 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
             server.port,
             std::mem::take(&mut without.visitors),
             &hooked,
+            warmup,
             duration,
             Pace::Flat,
         )
