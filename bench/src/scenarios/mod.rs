@@ -194,7 +194,36 @@ async fn visitor_loop(
     (Some(v), stats)
 }
 
-async fn reconnect(port: u16, deadline: Instant) -> Option<Visitor> {
+/// One whole conversation on `bot`, flat out: start it, subscribe, answer every question
+/// (`n` numbers the answers); each turn's latency, answer sent -> next QUESTION or ENDED
+/// event, in order.
+pub async fn one_conversation(
+    v: &mut Visitor,
+    bot: &str,
+    n: &mut u64,
+) -> anyhow::Result<Vec<Duration>> {
+    let session = start_conversation(&mut v.http, bot).await?;
+    v.ws.subscribe(&session).await?;
+    v.ws.until_bot_turn().await?;
+    let mut turns = Vec::new();
+    loop {
+        anyhow::ensure!(turns.len() < 1_000, "the conversation does not end");
+        *n += 1;
+        let text = format!("answer {n}");
+        let (http, ws) = (&mut v.http, &mut v.ws);
+        let sent = Instant::now();
+        let ((), event) = tokio::try_join!(send_answer(http, &session, &text), async {
+            let e = ws.until_bot_turn().await?;
+            Ok::<_, anyhow::Error>((e, Instant::now()))
+        })?;
+        turns.push(event.1.duration_since(sent));
+        if event.0.kind == "ENDED" {
+            return Ok(turns);
+        }
+    }
+}
+
+pub async fn reconnect(port: u16, deadline: Instant) -> Option<Visitor> {
     while Instant::now() < deadline {
         if let Ok(v) = Visitor::connect(port).await {
             return Some(v);
