@@ -76,9 +76,14 @@ struct Cli {
     /// (abuse, default 8).
     #[arg(long)]
     concurrency: Option<usize>,
-    /// Seconds of each measured phase (chat, graphql, sync-webhook, abuse's flood); default 10.
+    /// Seconds of each measured phase (chat, graphql, sync-webhook, abuse's flood); default 30.
+    /// Each such phase is preceded by a warm-up that is not counted (see --warmup).
     #[arg(long)]
     duration: Option<u64>,
+    /// Seconds of warm-up before each measured phase, run the same way but not counted;
+    /// default a sixth of --duration, at most 5 (5 s for 30 s phases, 0.17 s for 1 s ones).
+    #[arg(long)]
+    warmup: Option<f64>,
     /// Where to write the JSON results; default bench-results/<scenario>-<db>.json.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -110,8 +115,30 @@ pub struct Opts {
     pub size: Option<usize>,
     pub concurrency: Option<usize>,
     pub duration: Option<u64>,
+    pub warmup: Option<f64>,
     pub rate: Option<f64>,
     pub sample: Option<usize>,
+}
+
+/// Default length of a measured phase: long enough that a second of machine noise moves a
+/// figure by a few percent at most.
+pub const DEFAULT_PHASE_SECS: u64 = 30;
+
+impl Opts {
+    /// The length of each measured phase (`--duration`, default 30 s).
+    pub fn phase(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.duration.unwrap_or(DEFAULT_PHASE_SECS))
+    }
+
+    /// The warm-up before each measured phase: `--warmup`, else a sixth of the phase, at most
+    /// 5 s. Connections, caches, the allocator, SQLite's page cache and the server's worker
+    /// threads settle during it; nothing it does is counted.
+    pub fn warmup(&self) -> std::time::Duration {
+        match self.warmup {
+            Some(secs) => std::time::Duration::from_secs_f64(secs.max(0.0)),
+            None => (self.phase() / 6).min(std::time::Duration::from_secs(5)),
+        }
+    }
 }
 
 /// Raises this process's open-files limit as far as allowed; the server inherits it.
@@ -233,6 +260,7 @@ async fn main() -> anyhow::Result<()> {
         size: cli.size,
         concurrency: cli.concurrency,
         duration: cli.duration,
+        warmup: cli.warmup,
         rate: cli.rate,
         sample: cli.sample,
     };
@@ -288,4 +316,41 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Opts, server::DbKind};
+
+    fn opts(duration: Option<u64>, warmup: Option<f64>) -> Opts {
+        Opts {
+            db: DbKind::Sqlite,
+            size: None,
+            concurrency: None,
+            duration,
+            warmup,
+            rate: None,
+            sample: None,
+        }
+    }
+
+    #[test]
+    fn phases_default_to_30_s_after_a_5_s_warm_up() {
+        let o = opts(None, None);
+        assert_eq!(o.phase(), Duration::from_secs(30));
+        assert_eq!(o.warmup(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_warm_up_shrinks_with_the_phase() {
+        assert!(opts(Some(1), None).warmup() < Duration::from_millis(200));
+        assert_eq!(opts(Some(600), None).warmup(), Duration::from_secs(5));
+        assert_eq!(opts(Some(1), Some(0.0)).warmup(), Duration::ZERO);
+        assert_eq!(
+            opts(Some(1), Some(2.5)).warmup(),
+            Duration::from_millis(2500)
+        );
+    }
 }

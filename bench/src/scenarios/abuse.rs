@@ -84,12 +84,14 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
     let sockets_wanted = opts.size.unwrap_or(DEFAULT_SOCKETS).max(1);
     let conversations = opts.size.unwrap_or(DEFAULT_CONVERSATIONS).max(1);
     let flooders = opts.concurrency.unwrap_or(DEFAULT_FLOODERS).max(1);
-    let duration = Duration::from_secs(opts.duration.unwrap_or(10).max(1));
+    let duration = opts.phase().max(Duration::from_secs(1));
+    let warmup = opts.warmup();
     let mut report = Report::new(
         "abuse",
         opts.db.name(),
         json!({ "sockets": sockets_wanted, "conversations": conversations,
                 "flooders": flooders, "flood_phase_secs": duration.as_secs(),
+                "flood_warmup_secs": warmup.as_secs_f64(),
                 "server_env": SERVER_ENV.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>() }),
     );
 
@@ -105,9 +107,9 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
     deep(server, &api, &bot, conversations, &mut report).await?;
 
     eprintln!(
-        "abuse: flood, honest visitor quiet then with {flooders} flooders, {duration:?} each"
+        "abuse: flood, honest visitor quiet then with {flooders} flooders, {duration:?} each after {warmup:?} of warm-up"
     );
-    flood(server, &bot, flooders, duration, &mut report).await?;
+    flood(server, &bot, flooders, warmup, duration, &mut report).await?;
 
     eprintln!("abuse: sockets, {sockets_wanted} WebSockets without connection_init");
     sockets(server, sockets_wanted, &mut report).await?;
@@ -363,16 +365,19 @@ impl Honest {
 
 /// The honest visitor: one conversation after the other, each from a new address,
 /// `startConversation` then an answer to each question, sequentially over one keep-alive
-/// connection, for `duration`. `next_conversation` numbers its addresses across phases.
+/// connection, for `warmup` (its requests not timed) and then for `duration`.
+/// `next_conversation` numbers its addresses across phases.
 async fn honest_visitor(
     port: u16,
     bot: &str,
+    warmup: Duration,
     duration: Duration,
     next_conversation: &mut usize,
 ) -> anyhow::Result<Honest> {
     let mut http = RawHttp::connect(port).await?;
     let mut h = Honest::default();
-    let deadline = Instant::now() + duration;
+    let measure_from = Instant::now() + warmup;
+    let deadline = measure_from + duration;
     'conversations: while Instant::now() < deadline {
         let from = addr(HONEST_NET, *next_conversation);
         *next_conversation += 1;
@@ -388,7 +393,9 @@ async fn honest_visitor(
                 continue;
             }
         };
-        h.latency.record(t.elapsed());
+        if t >= measure_from {
+            h.latency.record(t.elapsed());
+        }
         let session = match resp.json().and_then(|b| data(&b, "startConversation")) {
             Ok(s) => s,
             Err(e) => {
@@ -396,7 +403,9 @@ async fn honest_visitor(
                 continue;
             }
         };
-        h.conversations += 1;
+        if t >= measure_from {
+            h.conversations += 1;
+        }
         for n in 1..=QUESTIONS {
             if Instant::now() >= deadline {
                 break 'conversations;
@@ -404,10 +413,17 @@ async fn honest_visitor(
             let vars = json!({ "c": session["conversationId"], "t": session["visitorToken"],
                                "x": format!("answer {n}") });
             let t = Instant::now();
+            let counted = t >= measure_from;
             match http.graphql_as(Some(&from), None, SEND_ANSWER, vars).await {
-                Ok(r) if r.is_ok_graphql() => h.latency.record(t.elapsed()),
+                Ok(r) if r.is_ok_graphql() => {
+                    if counted {
+                        h.latency.record(t.elapsed());
+                    }
+                }
                 Ok(r) => {
-                    h.latency.record(t.elapsed());
+                    if counted {
+                        h.latency.record(t.elapsed());
+                    }
                     h.error(format!("sendAnswer: {}", r.text()));
                     continue 'conversations;
                 }
@@ -477,11 +493,12 @@ async fn flood(
     server: &Server,
     bot: &str,
     flooders: usize,
+    warmup: Duration,
     duration: Duration,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let mut next_conversation = 0usize;
-    let quiet = honest_visitor(server.port, bot, duration, &mut next_conversation).await?;
+    let quiet = honest_visitor(server.port, bot, warmup, duration, &mut next_conversation).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
@@ -490,7 +507,7 @@ async fn flood(
     }
     let watch = RssWatch::start(server, RSS_POLL);
     let before = server.sample();
-    let loaded = honest_visitor(server.port, bot, duration, &mut next_conversation).await;
+    let loaded = honest_visitor(server.port, bot, warmup, duration, &mut next_conversation).await;
     stop.store(true, Ordering::Relaxed);
     let mut f = Flood::default();
     while let Some(joined) = tasks.join_next().await {

@@ -13,23 +13,27 @@ pub const DEFAULT_RATE: f64 = 3_000.0;
 
 pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
     let visitors_n = opts.size.unwrap_or(DEFAULT_VISITORS).max(1);
-    let duration = Duration::from_secs(opts.duration.unwrap_or(10));
+    let duration = opts.phase();
+    let warmup = opts.warmup();
     let rate = opts.rate.unwrap_or(DEFAULT_RATE).max(1.0);
     let mut report = Report::new(
         "chat",
         opts.db.name(),
-        json!({ "visitors": visitors_n, "phase_secs": duration.as_secs(), "paced_rate": rate, "questions": 5 }),
+        json!({ "visitors": visitors_n, "phase_secs": duration.as_secs(), "warmup_secs": warmup.as_secs_f64(), "paced_rate": rate, "questions": 5 }),
     );
     let api = Api::sign_up(&server.base).await?;
     let bot = api.published_bot("chat", question_flow(5, None)).await?;
     let visitors = connect_visitors(server.port, visitors_n, 64).await?;
-    eprintln!("chat: {visitors_n} visitors connected; flat-out phase for {duration:?}");
+    eprintln!(
+        "chat: {visitors_n} visitors connected; flat-out phase for {duration:?} after {warmup:?} of warm-up"
+    );
 
     let flat = run_phase(
         &server.pid(),
         server.port,
         visitors,
         &bot,
+        warmup,
         duration,
         Pace::Flat,
     )
@@ -56,13 +60,14 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
 
     let every = Duration::from_secs_f64(flat.visitors.len().max(1) as f64 / rate);
     eprintln!(
-        "chat: paced phase, {rate} turns/s in total (one answer every {every:?} per visitor) for {duration:?}"
+        "chat: paced phase, {rate} turns/s in total (one answer every {every:?} per visitor) for {duration:?} after {warmup:?} of warm-up"
     );
     let paced = run_phase(
         &server.pid(),
         server.port,
         flat.visitors,
         &bot,
+        warmup,
         duration,
         Pace::Every(every),
     )

@@ -95,11 +95,13 @@ pub enum Pace {
 
 /// One visitor's loop: start a conversation, subscribe to its events, answer every
 /// question over HTTP, timing each turn from the answer sent to the next QUESTION or ENDED
-/// event on the subscription; again until `deadline`.
+/// event on the subscription; again until `deadline`. Only turns and conversations that
+/// start at or after `measure_from` are counted (before it is the warm-up); errors always are.
 async fn visitor_loop(
     mut v: Visitor,
     port: u16,
     bot: String,
+    measure_from: Instant,
     deadline: Instant,
     pace: Pace,
     offset: Duration,
@@ -110,6 +112,7 @@ async fn visitor_loop(
     let mut next_slot = Instant::now();
     let mut n = 0u64;
     'conversations: while Instant::now() < deadline {
+        let counted = Instant::now() >= measure_from;
         let session: Session = match start_conversation(&mut v.http, &bot).await {
             Ok(s) => s,
             Err(e) => {
@@ -138,7 +141,9 @@ async fn visitor_loop(
                 None => return (None, stats),
             }
         }
-        stats.conversations += 1;
+        if counted {
+            stats.conversations += 1;
+        }
         loop {
             if let Pace::Every(every) = pace {
                 let now = Instant::now();
@@ -162,10 +167,13 @@ async fn visitor_loop(
                 let e = ws.until_bot_turn().await?;
                 Ok::<_, anyhow::Error>((e, Instant::now()))
             });
+            let counted = sent >= measure_from;
             match turn {
                 Ok(((), (event, at))) => {
-                    stats.turns += 1;
-                    stats.latency.record(at.duration_since(sent));
+                    if counted {
+                        stats.turns += 1;
+                        stats.latency.record(at.duration_since(sent));
+                    }
                     if event.kind == "ENDED" {
                         continue 'conversations;
                     }
@@ -186,7 +194,36 @@ async fn visitor_loop(
     (Some(v), stats)
 }
 
-async fn reconnect(port: u16, deadline: Instant) -> Option<Visitor> {
+/// One whole conversation on `bot`, flat out: start it, subscribe, answer every question
+/// (`n` numbers the answers); each turn's latency, answer sent -> next QUESTION or ENDED
+/// event, in order.
+pub async fn one_conversation(
+    v: &mut Visitor,
+    bot: &str,
+    n: &mut u64,
+) -> anyhow::Result<Vec<Duration>> {
+    let session = start_conversation(&mut v.http, bot).await?;
+    v.ws.subscribe(&session).await?;
+    v.ws.until_bot_turn().await?;
+    let mut turns = Vec::new();
+    loop {
+        anyhow::ensure!(turns.len() < 1_000, "the conversation does not end");
+        *n += 1;
+        let text = format!("answer {n}");
+        let (http, ws) = (&mut v.http, &mut v.ws);
+        let sent = Instant::now();
+        let ((), event) = tokio::try_join!(send_answer(http, &session, &text), async {
+            let e = ws.until_bot_turn().await?;
+            Ok::<_, anyhow::Error>((e, Instant::now()))
+        })?;
+        turns.push(event.1.duration_since(sent));
+        if event.0.kind == "ENDED" {
+            return Ok(turns);
+        }
+    }
+}
+
+pub async fn reconnect(port: u16, deadline: Instant) -> Option<Visitor> {
     while Instant::now() < deadline {
         if let Ok(v) = Visitor::connect(port).await {
             return Some(v);
@@ -196,12 +233,14 @@ async fn reconnect(port: u16, deadline: Instant) -> Option<Visitor> {
     None
 }
 
-/// The result of a phase: the visitors back, what they did, how long it took, and the
-/// server's and the bench's samples around it.
+/// The result of a phase: the visitors back, what they did after the warm-up, how long that
+/// took, and the server's and the bench's samples around it (taken when the warm-up ends and
+/// when the phase does).
 pub struct Phase {
     pub visitors: Vec<Visitor>,
     pub stats: TurnStats,
     pub elapsed: Duration,
+    pub warmup: Duration,
     pub server_before: ProcSample,
     pub server_after: ProcSample,
     pub bench_before: ProcSample,
@@ -224,6 +263,7 @@ impl Phase {
             "errors": self.stats.errors,
             "first_error": self.stats.first_error,
             "elapsed_secs": self.elapsed.as_secs_f64(),
+            "warmup_secs": self.warmup.as_secs_f64(),
             "turns_per_sec": self.turns_per_sec(),
             "turn_latency": self.stats.latency.summary(),
             "server": proc_delta(&self.server_before, &self.server_after),
@@ -264,20 +304,19 @@ pub fn machine_cores(before: &ProcSample, after: &ProcSample) -> f64 {
     }
 }
 
-/// Runs every visitor's loop on `bot` for `duration`.
+/// Runs every visitor's loop on `bot` for `warmup` (not counted), then for `duration`.
 pub async fn run_phase(
     server_pid: &str,
     port: u16,
     visitors: Vec<Visitor>,
     bot: &str,
+    warmup: Duration,
     duration: Duration,
     pace: Pace,
 ) -> Phase {
     let n = visitors.len().max(1);
-    let server_before = proc_sample(server_pid);
-    let bench_before = proc_sample("self");
-    let started = Instant::now();
-    let deadline = started + duration;
+    let measure_from = Instant::now() + warmup;
+    let deadline = measure_from + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, v) in visitors.into_iter().enumerate() {
         let offset = match pace {
@@ -288,11 +327,16 @@ pub async fn run_phase(
             v,
             port,
             bot.to_owned(),
+            measure_from,
             deadline,
             pace,
             offset,
         ));
     }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let server_before = proc_sample(server_pid);
+    let bench_before = proc_sample("self");
+    let started = Instant::now();
     let mut back = Vec::new();
     let mut stats = TurnStats::default();
     while let Some(joined) = tasks.join_next().await {
@@ -309,6 +353,7 @@ pub async fn run_phase(
         visitors: back,
         stats,
         elapsed,
+        warmup,
         server_before,
         server_after: proc_sample(server_pid),
         bench_before,
