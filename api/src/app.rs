@@ -156,9 +156,6 @@ impl Application {
         }
         let result = self.server.await;
         drop(workers);
-        if let Some(bus) = &self.pg_bus {
-            bus.leave().await;
-        }
         result
     }
 }

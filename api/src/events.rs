@@ -289,11 +289,6 @@ impl PgBus {
         self.peers.run(&self.local).await;
     }
 
-    /// Unregisters this instance (a graceful stop), so that the others stop announcing.
-    pub async fn leave(&self) {
-        self.peers.leave().await;
-    }
-
     /// Listens for other instances' announcements until dropped, reconnecting after a lost
     /// connection and then telling subscribers to back-fill from the database.
     pub async fn run_listener(self: Arc<Self>, url: String) {

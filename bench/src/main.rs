@@ -101,6 +101,10 @@ struct Cli {
     /// under 0.3 cores); use 300 for full runs on a shared machine, 0 in CI.
     #[arg(long, default_value_t = 30)]
     quiet_wait: u64,
+    /// More instances of the server on the same PostgreSQL database, idle: they only register
+    /// and listen, so that the one under test announces its events (NOTIFY) as in a cluster.
+    #[arg(long, default_value_t = 0)]
+    peers: usize,
     /// A command to run the server under, such as
     /// "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out" (profiling only).
     #[arg(long)]
@@ -202,6 +206,25 @@ async fn run_one(scenario: Scenario, cli: &Cli, opts: &Opts) -> anyhow::Result<R
         _ => server::RELAXED_LIMITS,
     };
     let mut server = Server::start(cli.db, &pg_url, cli.server_wrapper.as_deref(), env).await?;
+    let mut peers = Vec::new();
+    if cli.peers > 0 {
+        if cli.db != DbKind::Postgres {
+            server.stop().await;
+            anyhow::bail!("--peers needs --db postgres: SQLite serves one instance");
+        }
+        for _ in 0..cli.peers {
+            match server.start_peer(env).await {
+                Ok(peer) => peers.push(peer),
+                Err(e) => {
+                    for mut peer in peers {
+                        peer.stop().await;
+                    }
+                    server.stop().await;
+                    return Err(e.context("cannot start a peer instance"));
+                }
+            }
+        }
+    }
     let result = match scenario {
         Scenario::Chat => scenarios::chat::run(&server, opts).await,
         Scenario::Subscribers => scenarios::subscribers::run(&server, opts).await,
@@ -212,9 +235,13 @@ async fn run_one(scenario: Scenario, cli: &Cli, opts: &Opts) -> anyhow::Result<R
         Scenario::Export => scenarios::export::run(&server, opts).await,
         Scenario::All => Err(anyhow::anyhow!("`all` is not a single scenario")),
     };
+    for mut peer in peers {
+        peer.stop().await;
+    }
     server.stop().await;
     let mut report = result.with_context(|| format!("scenario {} failed", scenario.name()))?;
     report.detail("machine_cores_busy_before_run", json!(busy_before));
+    report.detail("peer_instances", json!(cli.peers));
     if busy_before >= QUIET_CORES {
         report.note(format!(
             "other processes used {busy_before:.2} cores just before the run: figures skewed"

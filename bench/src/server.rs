@@ -342,6 +342,42 @@ pub const RELAXED_LIMITS: &[(&str, &str)] = &[
     ("PARLEY_REQUEST_RATE_LIMIT", "0"),
 ];
 
+/// Starts the server binary on `db_url`, listening on `port`, with `env` added.
+fn spawn_server(
+    db_url: &str,
+    port: u16,
+    wrapper: Option<&str>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Child> {
+    let bin = server_binary()?;
+    let mut cmd = match wrapper.map(str::split_whitespace) {
+        Some(mut words) => {
+            let first = words.next().context("--server-wrapper is empty")?;
+            let mut c = Command::new(first);
+            c.args(words).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    cmd.arg("serve")
+        .env("DATABASE_URL", db_url)
+        .env("PARLEY_ADDR", format!("127.0.0.1:{port}"))
+        .env("PARLEY_JWT_SECRET", JWT_SECRET)
+        .env("PARLEY_SECRET_KEY", SECRET_KEY)
+        .env("PARLEY_ALLOW_PRIVATE_WEBHOOKS", "true")
+        .env("RUST_LOG", "warn")
+        // As in production: no backtrace captured (and symbolised) for every error.
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // The open-files limit raised in main() is inherited by the child.
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
+}
+
 impl Server {
     /// Creates a database, starts the server on it with `env` added to its environment and
     /// waits for `/readyz`. `wrapper`, when given, is a command line the server runs under (a
@@ -352,38 +388,13 @@ impl Server {
         wrapper: Option<&str>,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let bin = server_binary()?;
         let db = BenchDb::create(kind, pg_admin_url).await?;
         let port = free_port()?;
-        let mut cmd = match wrapper.map(str::split_whitespace) {
-            Some(mut words) => {
-                let first = words.next().context("--server-wrapper is empty")?;
-                let mut c = Command::new(first);
-                c.args(words).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
-        cmd.arg("serve")
-            .env("DATABASE_URL", db.url())
-            .env("PARLEY_ADDR", format!("127.0.0.1:{port}"))
-            .env("PARLEY_JWT_SECRET", JWT_SECRET)
-            .env("PARLEY_SECRET_KEY", SECRET_KEY)
-            .env("PARLEY_ALLOW_PRIVATE_WEBHOOKS", "true")
-            .env("RUST_LOG", "warn")
-            // As in production: no backtrace captured (and symbolised) for every error.
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("RUST_LIB_BACKTRACE")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        // The open-files limit raised in main() is inherited by the child.
-        let child = match cmd.spawn() {
+        let child = match spawn_server(db.url(), port, wrapper, env) {
             Ok(c) => c,
             Err(e) => {
                 db.drop_db().await;
-                return Err(e).with_context(|| format!("cannot start {}", bin.display()));
+                return Err(e);
             }
         };
         let mut server = Server {
@@ -402,6 +413,30 @@ impl Server {
             return Err(e);
         }
         Ok(server)
+    }
+
+    /// Another instance of the server on this one's database (PostgreSQL), with the same
+    /// environment: it registers among the instances and listens for their events. Stopping
+    /// it leaves the database.
+    pub async fn start_peer(&self, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let url = self
+            .db
+            .as_ref()
+            .context("the server has no database")?
+            .url();
+        let port = free_port()?;
+        let child = spawn_server(url, port, None, env)?;
+        let mut peer = Server {
+            child,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            db: None,
+        };
+        if let Err(e) = peer.wait_ready(Duration::from_secs(60)).await {
+            peer.stop().await;
+            return Err(e);
+        }
+        Ok(peer)
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {

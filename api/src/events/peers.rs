@@ -118,16 +118,4 @@ impl Peers {
             }
         }
     }
-
-    /// Leaves the table at a graceful stop, so that the others stop notifying at once.
-    pub(super) async fn leave(&self) {
-        let statement = Statement::from_sql_and_values(
-            self.db.conn().get_database_backend(),
-            "DELETE FROM instances WHERE id = $1",
-            [self.id.into()],
-        );
-        if let Err(e) = self.db.conn().execute_raw(statement).await {
-            tracing::warn!(error.cause = %e, "cannot remove this instance's heartbeat");
-        }
-    }
 }

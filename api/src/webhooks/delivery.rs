@@ -523,8 +523,9 @@ impl Deliveries {
     async fn claim(&self, limit: usize) -> ApiResult<Vec<delivery::Model>> {
         let now = Utc::now();
         let due = || due(now);
-        // Look further than `limit`, then keep only what the per-webhook limits let run now:
-        // claiming deliveries of a saturated endpoint would only mean releasing them again.
+        // Look further than `limit`, then keep only what each webhook has room for (what it
+        // can send now and a few rounds more waiting): claiming a saturated endpoint's
+        // backlog would only hold it in memory until the claims run down.
         let candidates: Vec<(Uuid, Uuid)> = delivery::Entity::find()
             .filter(due())
             // A disabled webhook's deliveries are held until `enableWebhook`.
@@ -551,7 +552,7 @@ impl Deliveries {
             .filter(|(_, webhook)| {
                 let left = room
                     .entry(*webhook)
-                    .or_insert_with(|| self.webhook_gate(*webhook).available_permits());
+                    .or_insert_with(|| self.webhook_room(*webhook));
                 let fits = *left > 0;
                 *left = left.saturating_sub(1);
                 fits
@@ -616,44 +617,17 @@ impl Deliveries {
                     tracing::warn!(error.cause = ?e, "pruning old deliveries failed");
                 }
             }
-            let free = self.global.available_permits().min(CLAIM_BATCH);
+            // Claimed deliveries wait for their slots in memory, like those handed over at
+            // insert: a round claims what the hand-over has room for, not only what can be
+            // sent this instant, so a busy outbox is not polled a few deliveries at a time.
+            let free = self.handoff_room().min(CLAIM_BATCH);
             let mut busy = false;
             if free > 0 {
                 match self.claim(free).await {
                     Ok(batch) => {
                         busy = batch.len() == free;
-                        let mut ids: Vec<Uuid> = batch.iter().map(|d| d.webhook_id).collect();
-                        ids.sort_unstable();
-                        ids.dedup();
-                        let loaded = self.endpoints(&ids).await.map_err(|e| format!("{e:?}"));
-                        for d in batch {
-                            let Ok(global) = self.global.clone().try_acquire_owned() else {
-                                self.unclaim(d.id).await;
-                                continue;
-                            };
-                            let Ok(gate) = self.webhook_gate(d.webhook_id).try_acquire_owned()
-                            else {
-                                // This endpoint is saturated: leave the delivery for a later
-                                // round rather than hold a slot others could use.
-                                self.unclaim(d.id).await;
-                                continue;
-                            };
-                            let endpoint = match &loaded {
-                                Ok(map) => map
-                                    .get(&d.webhook_id)
-                                    .cloned()
-                                    .ok_or_else(|| "the webhook was deleted".to_owned()),
-                                Err(e) => Err(e.clone()),
-                            };
-                            let (this, done_tx) = (self.clone(), done_tx.clone());
-                            tasks.spawn(async move {
-                                let done = this.process(d, endpoint).await;
-                                drop((global, gate));
-                                // Only fails when the recorder is gone, i.e. shutting down; the
-                                // claim then lapses and the delivery is sent again.
-                                let _ = done_tx.send(done).await;
-                            });
-                        }
+                        // Their pace was spent by the claim (`within_rates`).
+                        self.hand_over(batch, true);
                     }
                     Err(e) => tracing::error!(error.cause = ?e, "cannot claim deliveries"),
                 }

@@ -14,16 +14,22 @@ use super::*;
 /// far the receivers fall behind.
 const HANDOFF_CAP: usize = 4096;
 
+/// Deliveries of one webhook that may wait for its slots in memory, in multiples of its
+/// concurrency: enough to keep it busy between two polls, not a backlog.
+const WAITING_PER_SLOT: usize = 4;
+
 /// What an attempt must have left of its claim when it starts, beyond its deadline, so that
 /// no other worker can claim the delivery while it is in flight or being recorded.
 const CLAIM_SLACK: Duration = Duration::from_millis(500);
 
 /// The in-memory path from the transactions that queue deliveries to the worker.
 pub(super) struct Handoff {
-    tx: UnboundedSender<delivery::Model>,
-    rx: std::sync::Mutex<Option<UnboundedReceiver<delivery::Model>>>,
+    tx: UnboundedSender<Handed>,
+    rx: std::sync::Mutex<Option<UnboundedReceiver<Handed>>>,
     /// Handed over and not yet holding their slots.
     waiting: AtomicUsize,
+    /// The same, per webhook (only webhooks with some).
+    waiting_per_webhook: std::sync::Mutex<HashMap<Uuid, usize>>,
     /// Whether a worker takes what is handed over (then deliveries are claimed at insert).
     running: AtomicBool,
 }
@@ -35,7 +41,39 @@ impl Handoff {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             waiting: AtomicUsize::new(0),
+            waiting_per_webhook: std::sync::Mutex::new(HashMap::new()),
             running: AtomicBool::new(false),
+        }
+    }
+
+    fn waiting_for(&self, webhook_id: Uuid) -> usize {
+        let map = self
+            .waiting_per_webhook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&webhook_id).copied().unwrap_or(0)
+    }
+
+    fn add_waiting(&self, webhook_id: Uuid) {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let mut map = self
+            .waiting_per_webhook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map.entry(webhook_id).or_default() += 1;
+    }
+
+    fn remove_waiting(&self, webhook_id: Uuid) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let mut map = self
+            .waiting_per_webhook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&webhook_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&webhook_id);
+            }
         }
     }
 
@@ -44,6 +82,13 @@ impl Handoff {
         self.running.load(Ordering::Acquire)
             && self.waiting.load(Ordering::Relaxed) + more < HANDOFF_CAP
     }
+}
+
+/// A claimed delivery on its way to the worker.
+pub(super) struct Handed {
+    delivery: delivery::Model,
+    /// Its webhook's `maxPerSecond` was already applied (by the poll's claim).
+    paced: bool,
 }
 
 /// Clears [`Handoff::running`] when the worker stops, so that nothing more is claimed for it.
@@ -123,17 +168,37 @@ impl Deliveries {
     /// After the commit of a transaction that queued deliveries: hands those claimed to the
     /// worker, and wakes the poll for the others.
     pub fn queued(&self, queued: Queued) {
-        for d in queued.claimed {
-            self.handoff.waiting.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::handed_over();
-            if self.handoff.tx.send(d).is_err() {
-                // The worker is gone (shutting down): the claim lapses and a poll sends it.
-                self.handoff.waiting.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        self.hand_over(queued.claimed, false);
         if queued.unclaimed {
             self.wake();
         }
+    }
+
+    /// Hands claimed deliveries to the worker, which sends each once it has its slots;
+    /// `paced`: their webhook's `maxPerSecond` was already applied.
+    pub(super) fn hand_over(&self, claimed: Vec<delivery::Model>, paced: bool) {
+        for delivery in claimed {
+            let webhook_id = delivery.webhook_id;
+            self.handoff.add_waiting(webhook_id);
+            crate::metrics::handed_over();
+            if self.handoff.tx.send(Handed { delivery, paced }).is_err() {
+                // The worker is gone (shutting down): the claim lapses and a poll sends it.
+                self.handoff.remove_waiting(webhook_id);
+            }
+        }
+    }
+
+    /// How many more claimed deliveries may wait in memory now.
+    pub(super) fn handoff_room(&self) -> usize {
+        HANDOFF_CAP.saturating_sub(self.handoff.waiting.load(Ordering::Relaxed))
+    }
+
+    /// How many more of a webhook's deliveries a poll may claim now: its free slots, plus a
+    /// few rounds' worth waiting in memory, less those already waiting.
+    pub(super) fn webhook_room(&self, webhook_id: Uuid) -> usize {
+        let per_webhook = self.settings.per_webhook_concurrency.max(1);
+        (self.webhook_gate(webhook_id).available_permits() + per_webhook * WAITING_PER_SLOT)
+            .saturating_sub(self.handoff.waiting_for(webhook_id))
     }
 
     /// Takes what is handed over and sends each as soon as it gets its slots, until the
@@ -155,41 +220,40 @@ impl Deliveries {
         let mut batch = Vec::with_capacity(256);
         while rx.recv_many(&mut batch, 256).await > 0 {
             while tasks.try_join_next().is_some() {}
-            for d in batch.drain(..) {
-                tasks.spawn(self.clone().send_handed(d, done.clone()));
+            for handed in batch.drain(..) {
+                tasks.spawn(self.clone().send_handed(handed, done.clone()));
             }
         }
     }
 
     /// One handed-over delivery: its slots (waiting, in turn with the others), then one
     /// attempt; or, when it cannot go now, its claim released for the poll.
-    async fn send_handed(
-        self: Arc<Self>,
-        d: delivery::Model,
-        done: tokio::sync::mpsc::Sender<Done>,
-    ) {
-        // Only fails when a semaphore is closed, which never happens: then the claim lapses.
-        let Ok(global) = self.global.clone().acquire_owned().await else {
-            return;
-        };
+    async fn send_handed(self: Arc<Self>, handed: Handed, done: tokio::sync::mpsc::Sender<Done>) {
+        let Handed { delivery: d, paced } = handed;
+        // The webhook's slot first: a delivery waiting for a saturated endpoint holds none of
+        // the global slots that others could use. Acquiring only fails if a semaphore were
+        // closed, which never happens; then the claim lapses.
         let Ok(gate) = self.webhook_gate(d.webhook_id).acquire_owned().await else {
             return;
         };
-        self.handoff.waiting.fetch_sub(1, Ordering::Relaxed);
+        let Ok(global) = self.global.clone().acquire_owned().await else {
+            return;
+        };
+        self.handoff.remove_waiting(d.webhook_id);
         let endpoint = self.endpoint(d.webhook_id).await;
         let timeout = self.timeout_of(&d);
         let slack = chrono::Duration::from_std(timeout + CLAIM_SLACK).unwrap_or_default();
         let lapsing = d
             .claimed_until
             .is_none_or(|until| until - Utc::now() < slack);
-        let (held, paced) = match &endpoint {
+        let (held, too_fast) = match &endpoint {
             Ok(e) => (
                 e.disabled,
-                !self.rate_allows(d.webhook_id, e.max_per_second),
+                !paced && !self.rate_allows(d.webhook_id, e.max_per_second),
             ),
             Err(_) => (false, false),
         };
-        if lapsing || held || paced {
+        if lapsing || held || too_fast {
             drop((global, gate));
             // A disabled webhook's delivery waits for `enableWebhook` (which wakes the poll); a
             // paced one for the poll's next round; one whose claim ran down is due now.
