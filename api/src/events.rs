@@ -271,14 +271,14 @@ impl PgBus {
     /// others are live, waits until they have surely seen it and announce their events.
     pub async fn join(&self) {
         match self.peers.beat().await {
-            Ok(true) => {
+            Ok(beat) if beat.others_recent => {
                 tokio::time::sleep(peers::JOIN_WAIT).await;
                 // The wait aged this instance's own heartbeat: renew it before serving.
                 if let Err(e) = self.peers.beat().await {
                     tracing::warn!(error.cause = %e, "cannot renew this instance's heartbeat");
                 }
             }
-            Ok(false) => {}
+            Ok(_) => {}
             // Until a heartbeat works, this instance announces everything.
             Err(e) => tracing::warn!(error.cause = %e, "cannot register this instance"),
         }

@@ -1,11 +1,11 @@
 //! Which other instances share the PostgreSQL database. A NOTIFY holds a lock on the whole
 //! cluster's notification queue from its transaction's commit to the end of that commit,
 //! flush to disk included, so every transaction that notifies commits after the one before:
-//! on the bench machine, 16 clients commit about 950 such transactions/s, against 4,800
+//! on the bench machine, 16 clients commit about 4,400 such transactions/s, against 11,000
 //! without the NOTIFY (BENCHMARKS.md). An instance alone has nobody to tell and skips it.
 //!
 //! Each instance writes a heartbeat row every [`HEARTBEAT`]; a row older than [`LIVE`] is an
-//! instance gone. A joining instance waits [`JOIN_WAIT`] before it serves when others are live,
+//! instance gone. A joining instance waits [`JOIN_WAIT`] before it serves when others were live lately,
 //! so that they have seen it before any subscriber of its own can miss their events; an
 //! instance that has not checked for others lately notifies anyway; and one whose heartbeats
 //! were late enough that others may have taken it for gone makes its subscribers re-read.
@@ -32,12 +32,25 @@ pub(super) const JOIN_WAIT: Duration = Duration::from_secs(3);
 /// Rows of instances gone this long are deleted.
 const FORGET_AFTER_SECS: i64 = 3600;
 
+/// What one heartbeat found.
+pub(super) struct Beat {
+    /// Another instance is live.
+    pub(super) others_live: bool,
+    /// Another instance was live lately (it may still be, and deciding on old news).
+    pub(super) others_recent: bool,
+    /// This instance's heartbeats may have been [`LIVE`] or more apart: others may have taken
+    /// it for gone and skipped their NOTIFYs.
+    pub(super) late: bool,
+}
+
 /// This instance's view of the others.
 pub(super) struct Peers {
     db: Db,
     id: Uuid,
     /// When the others were last counted, and whether any was live; `None` before the first.
     seen: Mutex<Option<(Instant, bool)>>,
+    /// When the last heartbeat that was written had been sent.
+    last_sent: Mutex<Option<Instant>>,
 }
 
 impl Peers {
@@ -46,6 +59,7 @@ impl Peers {
             db,
             id,
             seen: Mutex::new(None),
+            last_sent: Mutex::new(None),
         }
     }
 
@@ -57,10 +71,11 @@ impl Peers {
         }
     }
 
-    /// Writes this instance's heartbeat and counts the live others: whether there are any.
-    pub(super) async fn beat(&self) -> Result<bool, DbErr> {
+    /// Writes this instance's heartbeat and counts the others.
+    pub(super) async fn beat(&self) -> Result<Beat, DbErr> {
         let conn = self.db.conn();
         let backend = conn.get_database_backend();
+        let sent = Instant::now();
         conn.execute_raw(Statement::from_sql_and_values(
             backend,
             "INSERT INTO instances (id, heartbeat_at) VALUES ($1, now()) \
@@ -68,41 +83,65 @@ impl Peers {
             [self.id.into()],
         ))
         .await?;
+        // Others saw a gap no longer than from the previous write's sending to this one's
+        // return; none before the first write.
+        let late = self
+            .last_sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(sent)
+            .is_none_or(|previous| previous.elapsed() >= LIVE);
         let row = conn
             .query_one_raw(Statement::from_sql_and_values(
                 backend,
-                "SELECT count(*) AS n FROM instances \
-                 WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $2)",
-                [self.id.into(), LIVE.as_secs_f64().into()],
+                "SELECT count(*) FILTER (WHERE heartbeat_at > now() - make_interval(secs => $2)) AS live, \
+                        count(*) AS recent \
+                 FROM instances WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $3)",
+                [
+                    self.id.into(),
+                    LIVE.as_secs_f64().into(),
+                    (LIVE + STALE).as_secs_f64().into(),
+                ],
             ))
             .await?;
-        let others = row
-            .map(|r| r.try_get::<i64>("", "n"))
-            .transpose()?
-            .unwrap_or(0)
-            > 0;
-        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), others));
-        Ok(others)
+        let count = |name: &str| -> Result<i64, DbErr> {
+            Ok(row
+                .as_ref()
+                .map(|r| r.try_get::<i64>("", name))
+                .transpose()?
+                .unwrap_or(0))
+        };
+        let beat = Beat {
+            others_live: count("live")? > 0,
+            others_recent: count("recent")? > 0,
+            late,
+        };
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((Instant::now(), beat.others_live));
+        Ok(beat)
     }
 
-    /// Heartbeats until dropped. After a gap long enough for others to have taken this
-    /// instance for gone (and skipped their NOTIFYs), its subscribers re-read what they missed.
+    /// Heartbeats until dropped. After heartbeats late enough for others to have taken this
+    /// instance for gone (and skipped their NOTIFYs), its subscribers re-read what they
+    /// missed, at once and again once the others must have seen it back.
     pub(super) async fn run(&self, local: &LocalBus) {
-        let mut last_ok = Instant::now();
+        let mut resync_at: Option<Instant> = None;
         let mut forgot = Instant::now();
         loop {
             match self.beat().await {
-                Ok(_) => {
-                    if last_ok.elapsed() >= LIVE {
-                        tracing::warn!(
-                            gap_ms = last_ok.elapsed().as_millis() as u64,
-                            "heartbeat was late; subscribers re-read what they may have missed"
-                        );
-                        local.resync_all();
-                    }
-                    last_ok = Instant::now();
+                Ok(beat) if beat.late => {
+                    tracing::warn!(
+                        "heartbeats were late or missing; subscribers re-read what they may have missed"
+                    );
+                    local.resync_all();
+                    resync_at = Some(Instant::now() + JOIN_WAIT);
                 }
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error.cause = %e, "instance heartbeat failed"),
+            }
+            if resync_at.is_some_and(|at| at <= Instant::now()) {
+                resync_at = None;
+                local.resync_all();
             }
             tokio::time::sleep(HEARTBEAT).await;
             if forgot.elapsed() >= Duration::from_secs(60) {

@@ -205,6 +205,7 @@ impl Deliveries {
                 env!("CARGO_PKG_VERSION")
             ),
         })?;
+        let handoff = handoff::Handoff::new(settings.concurrency.max(1));
         Ok(Arc::new(Self {
             db,
             client,
@@ -218,7 +219,7 @@ impl Deliveries {
             instance_id,
             secrets,
             endpoints: endpoints::cache(),
-            handoff: handoff::Handoff::new(),
+            handoff,
         }))
     }
 
@@ -418,8 +419,20 @@ impl Deliveries {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         while done.recv_many(&mut batch, RECORD_BATCH).await > 0 {
             if let Err(e) = self.record_batch(&batch).await {
-                // The claims lapse and the deliveries are sent again: at least once, never lost.
-                tracing::error!(error.cause = ?e, count = batch.len(), "cannot record webhook attempts");
+                if batch.len() == 1 {
+                    // The claim lapses and the delivery is sent again: at least once, never
+                    // lost.
+                    tracing::error!(error.cause = ?e, delivery.id = %batch[0].delivery.id, "cannot record a webhook attempt");
+                } else {
+                    // One bad row (a delivery deleted with its webhook meanwhile) must not
+                    // fail the others: record them one by one.
+                    tracing::warn!(error.cause = ?e, count = batch.len(), "cannot record webhook attempts together; recording them one by one");
+                    for one in batch.chunks(1) {
+                        if let Err(e) = self.record_batch(one).await {
+                            tracing::error!(error.cause = ?e, delivery.id = %one[0].delivery.id, "cannot record a webhook attempt");
+                        }
+                    }
+                }
             }
             batch.clear();
             // Finished attempts may have made room for due deliveries.
@@ -480,7 +493,7 @@ impl Deliveries {
                 .exec(&tx.tx)
                 .await?;
         }
-        self.track_health_batch(&tx.tx, batch, now).await?;
+        let disabled = self.track_health_batch(&tx.tx, batch, now).await?;
         for d in batch {
             if d.status == DeliveryStatus::Failed
                 && d.delivery.mode == DeliveryMode::Async
@@ -515,6 +528,10 @@ impl Deliveries {
             }
         }
         tx.commit().await?;
+        // Their deliveries are held from now on, also those waiting in memory.
+        for hook in disabled {
+            self.forget_endpoint(hook);
+        }
         Ok(())
     }
 
@@ -585,6 +602,7 @@ impl Deliveries {
         Ok(claimed)
     }
 
+    /// Releases this instance's claim on a delivery (never another instance's).
     async fn unclaim(&self, id: Uuid) {
         let result = delivery::Entity::update_many()
             .col_expr(
@@ -593,6 +611,7 @@ impl Deliveries {
             )
             .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
             .filter(delivery::Column::Id.eq(id))
+            .filter(delivery::Column::ClaimedBy.eq(self.instance_id.as_str()))
             .exec(self.db.writer())
             .await;
         if let Err(e) = result {
@@ -606,7 +625,7 @@ impl Deliveries {
     pub async fn run_worker(self: Arc<Self>) {
         let mut tasks = tokio::task::JoinSet::new();
         let (done_tx, done_rx) = tokio::sync::mpsc::channel(RECORD_BATCH * 4);
-        tasks.spawn(self.clone().run_handoff(done_tx.clone()));
+        tasks.spawn(self.clone().run_dispatcher(done_tx.clone()));
         tasks.spawn(self.clone().run_recorder(done_rx));
         let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
         loop {
@@ -626,8 +645,7 @@ impl Deliveries {
                 match self.claim(free).await {
                     Ok(batch) => {
                         busy = batch.len() == free;
-                        // Their pace was spent by the claim (`within_rates`).
-                        self.hand_over(batch, true);
+                        self.hand_over(batch);
                     }
                     Err(e) => tracing::error!(error.cause = ?e, "cannot claim deliveries"),
                 }
@@ -698,6 +716,6 @@ mod slots;
 
 use endpoints::Endpoint;
 pub use handoff::Queued;
-use slots::Refusal;
+use slots::{Refusal, Slots};
 
 pub use log::{DeliveryView, attempts, find_delivery, list_deliveries, sample_payload};

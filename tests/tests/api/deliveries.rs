@@ -910,3 +910,39 @@ async fn async_sync_and_test_calls_together_never_exceed_the_per_webhook_cap_at_
     }
     assert_eq!(max_of(&max), 2, "the per-webhook cap was not kept");
 }
+
+#[tokio::test]
+async fn a_visitors_sync_call_goes_before_the_outbox_backlog_of_its_webhook() {
+    let app = spawn_app_with(|s| s.delivery.per_webhook_concurrency = 1).await;
+    let owner = app.new_user().await;
+    let (url, max, done) = slow_endpoint(Duration::from_millis(200)).await;
+    let webhook = app.new_webhook(&owner, &url).await;
+    let bot = |sync: bool| {
+        json!({ "startBlockId": "hook", "blocks": [
+            { "id": "hook", "kind": "WEBHOOK", "webhookId": webhook, "async": !sync, "next": "after" },
+            { "id": "after", "kind": "MESSAGE", "text": "after: {{seen}}", "next": "end" },
+            { "id": "end", "kind": "END" } ] })
+    };
+    let mut bots = Vec::new();
+    for sync in [false, true] {
+        let id = app.new_bot(&owner).await;
+        assert_ok(&app.save_flow(&owner.token, &id, bot(sync), None).await);
+        assert_ok(&app.publish_bot(&owner.token, &id).await);
+        bots.push(id);
+    }
+    // Eight async deliveries to the webhook (1.6 s of its one slot), then a visitor's call.
+    start_together(&app, &[&bots[0]], 8).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let visitor = start_together(&app, &[&bots[1]], 1).await.remove(0);
+    let (texts, _) = said(&app, &visitor).await;
+    assert!(
+        texts.iter().any(|t| t == "after: yes"),
+        "the sync call waited behind the outbox and was refused: {texts:?}"
+    );
+    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        finished < 9,
+        "the backlog was already sent ({finished} calls) before the visitor's turn"
+    );
+    assert_eq!(max_of(&max), 1, "the per-webhook cap was not kept");
+}

@@ -1,48 +1,68 @@
-//! Deliveries this instance commits go to its own worker in memory, claimed at insert: no
-//! poll, no select-then-claim round trip. The table stays the durable record and the path for
-//! retries, for other instances' work and for anything the hand-over cannot take: a delivery
-//! handed over and then lost (a crash) keeps its claim until the next start releases it or the
-//! lease lapses, and the poll sends it then.
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+//! Async deliveries go to the worker in memory, already claimed: those this instance commits
+//! are claimed at insert (no poll, no select-then-claim round trip), and those the poll claims
+//! from the table (retries, other instances' leftovers) join them. The table stays the durable
+//! record: a delivery handed over and then lost (a crash) keeps its claim until the next start
+//! releases it or the lease lapses, and the poll sends it then.
+//!
+//! One dispatcher sends them. It takes a slot only when one is free (`try_acquire`), webhook
+//! by webhook in turn, so that sync calls and test sends (a visitor or an admin waiting),
+//! which wait for slots in line, always get a freed slot before the outbox does, and one
+//! saturated webhook holds nothing that others could use. A webhook's `maxPerSecond` is
+//! applied here, when each delivery is sent.
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::*;
 
-/// Most deliveries handed over and waiting for their slots. Past it, new deliveries are
-/// queued unclaimed and the poll takes them when there is room: memory stays bounded however
-/// far the receivers fall behind.
-const HANDOFF_CAP: usize = 4096;
-
-/// Deliveries of one webhook that may wait for its slots in memory, in multiples of its
-/// concurrency: enough to keep it busy between two polls, not a backlog.
+/// Deliveries that may wait in memory, per slot of the global limit.
+const WAITING_PER_GLOBAL_SLOT: usize = 8;
+/// Deliveries of one webhook that may wait in memory, per slot of its own limit: enough to
+/// keep it busy between two polls, not a backlog.
 const WAITING_PER_SLOT: usize = 4;
+/// A claim with less than this left beyond the attempt's deadline is renewed first (a
+/// conditional UPDATE), so that no other worker can take the delivery while it is in flight
+/// or being recorded.
+const RENEW_MARGIN: Duration = Duration::from_secs(5);
+/// How soon the dispatcher looks again while deliveries wait only for their webhook's pace.
+const PACE_TICK: Duration = Duration::from_millis(50);
+/// How soon it looks again in any case.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
-/// What an attempt must have left of its claim when it starts, beyond its deadline, so that
-/// no other worker can claim the delivery while it is in flight or being recorded.
-const CLAIM_SLACK: Duration = Duration::from_millis(500);
-
-/// The in-memory path from the transactions that queue deliveries to the worker.
+/// The in-memory path to the dispatcher.
 pub(super) struct Handoff {
-    tx: UnboundedSender<Handed>,
-    rx: std::sync::Mutex<Option<UnboundedReceiver<Handed>>>,
-    /// Handed over and not yet holding their slots.
+    tx: UnboundedSender<delivery::Model>,
+    rx: std::sync::Mutex<Option<UnboundedReceiver<delivery::Model>>>,
+    /// Most deliveries waiting (handed over, not yet sent).
+    cap: usize,
+    /// Deliveries waiting.
     waiting: AtomicUsize,
     /// The same, per webhook (only webhooks with some).
     waiting_per_webhook: std::sync::Mutex<HashMap<Uuid, usize>>,
-    /// Whether a worker takes what is handed over (then deliveries are claimed at insert).
+    /// Deliveries handed over and not finished: one is never handed over twice (the poll
+    /// re-claiming one whose claim ran down while it waited here).
+    in_memory: std::sync::Mutex<HashSet<Uuid>>,
+    /// Whether the dispatcher runs (then deliveries are claimed at insert).
     running: AtomicBool,
+    /// Slots were freed: the dispatcher looks again.
+    pub(super) freed: Arc<Notify>,
 }
 
 impl Handoff {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(concurrency: usize) -> Self {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
+            cap: (concurrency * WAITING_PER_GLOBAL_SLOT).max(64),
             waiting: AtomicUsize::new(0),
             waiting_per_webhook: std::sync::Mutex::new(HashMap::new()),
+            in_memory: std::sync::Mutex::new(HashSet::new()),
             running: AtomicBool::new(false),
+            freed: Arc::new(Notify::new()),
         }
     }
 
@@ -77,21 +97,24 @@ impl Handoff {
         }
     }
 
-    /// Whether `more` deliveries may be claimed at insert now.
-    fn has_room(&self, more: usize) -> bool {
-        self.running.load(Ordering::Acquire)
-            && self.waiting.load(Ordering::Relaxed) + more < HANDOFF_CAP
+    /// Notes `id` as in memory; false if it already was.
+    fn enter(&self, id: Uuid) -> bool {
+        self.in_memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id)
+    }
+
+    fn leave(&self, id: Uuid) {
+        self.in_memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
     }
 }
 
-/// A claimed delivery on its way to the worker.
-pub(super) struct Handed {
-    delivery: delivery::Model,
-    /// Its webhook's `maxPerSecond` was already applied (by the poll's claim).
-    paced: bool,
-}
-
-/// Clears [`Handoff::running`] when the worker stops, so that nothing more is claimed for it.
+/// Clears [`Handoff::running`] when the dispatcher stops, so that nothing more is claimed
+/// for it.
 struct Running<'a>(&'a Handoff);
 
 impl Drop for Running<'_> {
@@ -114,10 +137,27 @@ impl Queued {
     }
 }
 
+/// Deliveries waiting in the dispatcher, per webhook, and the webhooks' turn.
+#[derive(Default)]
+struct Waiting {
+    queues: HashMap<Uuid, VecDeque<delivery::Model>>,
+    turn: VecDeque<Uuid>,
+}
+
+impl Waiting {
+    fn push(&mut self, d: delivery::Model) {
+        let queue = self.queues.entry(d.webhook_id).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(d.webhook_id);
+        }
+        queue.push_back(d);
+    }
+}
+
 impl Deliveries {
     /// Inserts an async delivery into the outbox, inside the caller's transaction. It is
-    /// claimed by this instance when the worker has room for it in memory; pass `queued` to
-    /// [`Self::queued`] after the commit so that it is sent at once.
+    /// claimed by this instance when the dispatcher has room for it in memory; pass `queued`
+    /// to [`Self::queued`] after the commit so that it is sent at once.
     #[expect(
         clippy::too_many_arguments,
         reason = "the delivery's columns, each needed"
@@ -133,7 +173,14 @@ impl Deliveries {
         payload: Value,
     ) -> ApiResult<Uuid> {
         let now = Utc::now();
-        let claim = self.handoff.has_room(queued.claimed.len());
+        let same_webhook = queued
+            .claimed
+            .iter()
+            .filter(|d| d.webhook_id == webhook_id)
+            .count();
+        let claim = self.handoff.running.load(Ordering::Acquire)
+            && self.handoff_room() > queued.claimed.len()
+            && self.webhook_room(webhook_id) > same_webhook;
         let d = delivery::Model {
             id: Uuid::now_v7(),
             account_id,
@@ -166,34 +213,40 @@ impl Deliveries {
     }
 
     /// After the commit of a transaction that queued deliveries: hands those claimed to the
-    /// worker, and wakes the poll for the others.
+    /// dispatcher, and wakes the poll for the others.
     pub fn queued(&self, queued: Queued) {
-        self.hand_over(queued.claimed, false);
+        self.hand_over(queued.claimed);
         if queued.unclaimed {
             self.wake();
         }
     }
 
-    /// Hands claimed deliveries to the worker, which sends each once it has its slots;
-    /// `paced`: their webhook's `maxPerSecond` was already applied.
-    pub(super) fn hand_over(&self, claimed: Vec<delivery::Model>, paced: bool) {
-        for delivery in claimed {
-            let webhook_id = delivery.webhook_id;
+    /// Hands claimed deliveries to the dispatcher. One already in memory is not handed over
+    /// again (its claim was renewed by the poll's).
+    pub(super) fn hand_over(&self, claimed: Vec<delivery::Model>) {
+        for d in claimed {
+            if !self.handoff.enter(d.id) {
+                continue;
+            }
+            let (id, webhook_id) = (d.id, d.webhook_id);
             self.handoff.add_waiting(webhook_id);
             crate::metrics::handed_over();
-            if self.handoff.tx.send(Handed { delivery, paced }).is_err() {
-                // The worker is gone (shutting down): the claim lapses and a poll sends it.
+            if self.handoff.tx.send(d).is_err() {
+                // The dispatcher is gone (shutting down): the claim lapses and a poll sends it.
                 self.handoff.remove_waiting(webhook_id);
+                self.handoff.leave(id);
             }
         }
     }
 
     /// How many more claimed deliveries may wait in memory now.
     pub(super) fn handoff_room(&self) -> usize {
-        HANDOFF_CAP.saturating_sub(self.handoff.waiting.load(Ordering::Relaxed))
+        self.handoff
+            .cap
+            .saturating_sub(self.handoff.waiting.load(Ordering::Relaxed))
     }
 
-    /// How many more of a webhook's deliveries a poll may claim now: its free slots, plus a
+    /// How many more of a webhook's deliveries may be claimed now: its free slots, plus a
     /// few rounds' worth waiting in memory, less those already waiting.
     pub(super) fn webhook_room(&self, webhook_id: Uuid) -> usize {
         let per_webhook = self.settings.per_webhook_concurrency.max(1);
@@ -201,9 +254,10 @@ impl Deliveries {
             .saturating_sub(self.handoff.waiting_for(webhook_id))
     }
 
-    /// Takes what is handed over and sends each as soon as it gets its slots, until the
-    /// channel closes. Attempts go to the recorder like the poll's.
-    pub(super) async fn run_handoff(self: Arc<Self>, done: tokio::sync::mpsc::Sender<Done>) {
+    /// The dispatcher: takes what is handed over and sends each delivery when its webhook
+    /// has a free slot, a global slot is free and its pace allows, until dropped. Attempts go
+    /// to the recorder.
+    pub(super) async fn run_dispatcher(self: Arc<Self>, done: tokio::sync::mpsc::Sender<Done>) {
         let Some(mut rx) = self
             .handoff
             .rx
@@ -211,62 +265,136 @@ impl Deliveries {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
         else {
-            tracing::error!("the delivery hand-over is taken by another worker");
+            tracing::error!("the delivery dispatcher runs already");
             return;
         };
         self.handoff.running.store(true, Ordering::Release);
         let _running = Running(&self.handoff);
+        let mut waiting = Waiting::default();
         let mut tasks = tokio::task::JoinSet::new();
-        let mut batch = Vec::with_capacity(256);
-        while rx.recv_many(&mut batch, 256).await > 0 {
+        loop {
             while tasks.try_join_next().is_some() {}
-            for handed in batch.drain(..) {
-                tasks.spawn(self.clone().send_handed(handed, done.clone()));
+            while let Ok(d) = rx.try_recv() {
+                waiting.push(d);
+            }
+            let paced = self.dispatch(&mut waiting, &mut tasks, &done).await;
+            let tick = if paced { PACE_TICK } else { IDLE_TICK };
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Some(d) => waiting.push(d),
+                    None => return,
+                },
+                () = self.handoff.freed.notified() => {}
+                () = tokio::time::sleep(tick) => {}
             }
         }
     }
 
-    /// One handed-over delivery: its slots (waiting, in turn with the others), then one
-    /// attempt; or, when it cannot go now, its claim released for the poll.
-    async fn send_handed(self: Arc<Self>, handed: Handed, done: tokio::sync::mpsc::Sender<Done>) {
-        let Handed { delivery: d, paced } = handed;
-        // The webhook's slot first: a delivery waiting for a saturated endpoint holds none of
-        // the global slots that others could use. Acquiring only fails if a semaphore were
-        // closed, which never happens; then the claim lapses.
-        let Ok(gate) = self.webhook_gate(d.webhook_id).acquire_owned().await else {
-            return;
-        };
-        let Ok(global) = self.global.clone().acquire_owned().await else {
-            return;
-        };
-        self.handoff.remove_waiting(d.webhook_id);
-        let endpoint = self.endpoint(d.webhook_id).await;
-        let timeout = self.timeout_of(&d);
-        let slack = chrono::Duration::from_std(timeout + CLAIM_SLACK).unwrap_or_default();
-        let lapsing = d
-            .claimed_until
-            .is_none_or(|until| until - Utc::now() < slack);
-        let (held, too_fast) = match &endpoint {
-            Ok(e) => (
-                e.disabled,
-                !paced && !self.rate_allows(d.webhook_id, e.max_per_second),
-            ),
-            Err(_) => (false, false),
-        };
-        if lapsing || held || too_fast {
-            drop((global, gate));
-            // A disabled webhook's delivery waits for `enableWebhook` (which wakes the poll); a
-            // paced one for the poll's next round; one whose claim ran down is due now.
-            self.unclaim(d.id).await;
-            if lapsing {
-                self.wake();
+    /// Sends what can go now, one delivery per webhook in turn; whether some wait only for
+    /// their webhook's pace.
+    async fn dispatch(
+        self: &Arc<Self>,
+        waiting: &mut Waiting,
+        tasks: &mut tokio::task::JoinSet<()>,
+        done: &tokio::sync::mpsc::Sender<Done>,
+    ) -> bool {
+        let mut paced = false;
+        let mut progress = true;
+        while progress && !waiting.turn.is_empty() {
+            progress = false;
+            for _ in 0..waiting.turn.len() {
+                let Some(hook) = waiting.turn.pop_front() else {
+                    break;
+                };
+                let endpoint = self.endpoint(hook).await;
+                if endpoint.as_ref().is_ok_and(|e| e.disabled) {
+                    // Held until `enableWebhook`, in the table: release them all.
+                    for d in waiting.queues.remove(&hook).unwrap_or_default() {
+                        self.handoff.remove_waiting(hook);
+                        self.unclaim(d.id).await;
+                        self.handoff.leave(d.id);
+                    }
+                    continue;
+                }
+                let Ok(gate) = self.webhook_gate(hook).try_acquire_owned() else {
+                    waiting.turn.push_back(hook);
+                    continue;
+                };
+                let Ok(global) = self.global.clone().try_acquire_owned() else {
+                    // Nothing can go before a slot frees.
+                    waiting.turn.push_front(hook);
+                    return paced;
+                };
+                let rate = endpoint.as_ref().ok().and_then(|e| e.max_per_second);
+                if !self.rate_allows(hook, rate) {
+                    paced = true;
+                    waiting.turn.push_back(hook);
+                    continue;
+                }
+                let Some(queue) = waiting.queues.get_mut(&hook) else {
+                    continue;
+                };
+                let Some(d) = queue.pop_front() else {
+                    waiting.queues.remove(&hook);
+                    continue;
+                };
+                if queue.is_empty() {
+                    waiting.queues.remove(&hook);
+                } else {
+                    waiting.turn.push_back(hook);
+                }
+                self.handoff.remove_waiting(hook);
+                let slots = Slots::of(vec![gate, global], self.handoff.freed.clone());
+                tasks.spawn(self.clone().send_claimed(d, slots, endpoint, done.clone()));
+                progress = true;
             }
-            return;
         }
-        let result = self.process(d, endpoint).await;
-        drop((global, gate));
-        // Only fails when the recorder is gone (shutting down): the claim lapses and the
-        // delivery is sent again.
-        let _ = done.send(result).await;
+        paced
+    }
+
+    /// One attempt of a claimed delivery holding its slots; its claim renewed first if it
+    /// ran low while the delivery waited, and nothing sent if the claim is no longer ours.
+    async fn send_claimed(
+        self: Arc<Self>,
+        d: delivery::Model,
+        slots: Slots,
+        endpoint: Result<Arc<Endpoint>, String>,
+        done: tokio::sync::mpsc::Sender<Done>,
+    ) {
+        let id = d.id;
+        let margin =
+            chrono::Duration::from_std(self.timeout_of(&d) + RENEW_MARGIN).unwrap_or_default();
+        let ours = match d.claimed_until {
+            Some(until) if until - Utc::now() >= margin => true,
+            _ => self.renew_claim(&d).await,
+        };
+        if ours {
+            let result = self.process(d, endpoint).await;
+            drop(slots);
+            // Only fails when the recorder is gone (shutting down): the claim lapses and the
+            // delivery is sent again.
+            let _ = done.send(result).await;
+        }
+        self.handoff.leave(id);
+    }
+
+    /// Extends this instance's claim on `d`; false when it is no longer this instance's
+    /// (another worker took it after it ran down) or the delivery is no longer pending.
+    async fn renew_claim(&self, d: &delivery::Model) -> bool {
+        let until = self.claim_until(d.mode, Utc::now());
+        let renewed = delivery::Entity::update_many()
+            .col_expr(delivery::Column::ClaimedUntil, Some(until).into())
+            .filter(delivery::Column::Id.eq(d.id))
+            .filter(delivery::Column::ClaimedBy.eq(self.instance_id.as_str()))
+            .filter(delivery::Column::Status.eq(DeliveryStatus::Pending))
+            .exec(self.db.writer())
+            .await;
+        match renewed {
+            Ok(r) => r.rows_affected == 1,
+            Err(e) => {
+                tracing::warn!(delivery.id = %d.id, error.cause = ?e, "cannot renew a delivery claim; not sending it now");
+                false
+            }
+        }
     }
 }

@@ -12,12 +12,13 @@ impl Deliveries {
     /// order: a success resets its webhook's failure count and what came before it for that
     /// webhook no longer matters, so the successes cost one UPDATE for the whole batch and
     /// only failures after a webhook's last success are tracked one by one.
+    /// Returns the webhooks it disabled.
     pub(super) async fn track_health_batch(
         &self,
         tx: &impl ConnectionTrait,
         batch: &[Done],
         now: chrono::DateTime<Utc>,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<Vec<Uuid>> {
         use sea_orm::sea_query::Expr;
         let tracked = || {
             batch
@@ -41,27 +42,31 @@ impl Deliveries {
                 .exec(tx)
                 .await?;
         }
+        let mut disabled = Vec::new();
         for (i, d) in tracked() {
             let after_last_success = last_success
                 .get(&d.delivery.webhook_id)
                 .is_none_or(|&s| i > s);
-            if !d.outcome.is_success() && after_last_success {
-                self.track_failure(tx, d, now).await?;
+            if !d.outcome.is_success()
+                && after_last_success
+                && self.track_failure(tx, d, now).await?
+            {
+                disabled.push(d.delivery.webhook_id);
             }
         }
-        Ok(())
+        Ok(disabled)
     }
 
     /// Notes a failed async attempt on its webhook, and disables a webhook whose attempts
     /// have all failed for `PARLEY_WEBHOOK_DISABLE_AFTER` (and at least
     /// `DISABLE_MIN_FAILURES` of them), with a `webhook.disabled` event to the account's
-    /// other webhooks that asked for it.
+    /// other webhooks that asked for it. Whether it disabled the webhook.
     async fn track_failure(
         &self,
         tx: &impl ConnectionTrait,
         d: &Done,
         now: chrono::DateTime<Utc>,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<bool> {
         use sea_orm::sea_query::{Expr, ExprTrait as _, Func};
         let hook = d.delivery.webhook_id;
         webhook::Entity::update_many()
@@ -97,10 +102,8 @@ impl Deliveries {
             .await?
             .rows_affected;
         if disabled == 0 {
-            return Ok(());
+            return Ok(false);
         }
-        // Its deliveries are held from now on, also those handed over in memory.
-        self.forget_endpoint(hook);
         tracing::warn!(webhook.id = %hook, account.id = %d.delivery.account_id, reason, "webhook disabled");
         let hooks: Vec<Uuid> = crate::lifecycle::subscribers(
             tx,
@@ -120,11 +123,12 @@ impl Deliveries {
             json!({ "webhook_id": hook, "disabled_at": now, "reason": reason }),
         )
         .await?;
-        Ok(())
+        Ok(true)
     }
 
-    /// Of `(delivery, webhook)` candidates, the first `limit` deliveries that their webhook's
-    /// `maxPerSecond` lets go now on this instance (spending the rate's budget).
+    /// Of `(delivery, webhook)` candidates, the first `limit`, taking of a webhook with a
+    /// `maxPerSecond` no more than that per round: its pace itself is applied when each is
+    /// sent, and claiming more would only hold them in memory.
     pub(super) async fn within_rates(
         &self,
         candidates: Vec<(Uuid, Uuid)>,
@@ -134,15 +138,22 @@ impl Deliveries {
         hooks.sort_unstable();
         hooks.dedup();
         let endpoints = self.endpoints(&hooks).await?;
+        let mut left: HashMap<Uuid, usize> = endpoints
+            .iter()
+            .filter_map(|(id, e)| Some((*id, usize::try_from(e.max_per_second?.max(1)).ok()?)))
+            .collect();
         let mut out = Vec::with_capacity(limit);
         for (id, hook) in candidates {
             if out.len() >= limit {
                 break;
             }
-            let rate = endpoints.get(&hook).and_then(|e| e.max_per_second);
-            if self.rate_allows(hook, rate) {
-                out.push(id);
+            if let Some(n) = left.get_mut(&hook) {
+                if *n == 0 {
+                    continue;
+                }
+                *n -= 1;
             }
+            out.push(id);
         }
         Ok(out)
     }

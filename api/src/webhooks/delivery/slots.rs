@@ -2,9 +2,25 @@
 //! account), and what is recorded when a request cannot get them.
 use super::{calls::NewCall, *};
 
-/// The slots a request holds while it is in flight; dropping them frees them.
+/// The slots a request holds while it is in flight; dropping them frees them and tells the
+/// outbox's dispatcher, which only takes slots that are free.
 pub(super) struct Slots {
-    _held: Vec<OwnedSemaphorePermit>,
+    held: Vec<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Slots {
+    pub(super) fn of(held: Vec<OwnedSemaphorePermit>, freed: Arc<Notify>) -> Self {
+        Self { held, freed }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        // Freed first, then told: told first, the dispatcher could look before they are.
+        self.held.clear();
+        self.freed.notify_one();
+    }
 }
 
 /// A limit that refused a request: it was full for the whole wait.
@@ -113,7 +129,7 @@ impl Deliveries {
                 .await
                 .ok_or(Refusal::Global(self.settings.concurrency.max(1)))?,
         );
-        Ok(Slots { _held: permits })
+        Ok(Slots::of(permits, self.handoff.freed.clone()))
     }
 
     /// Records a request refused by a limit: a FAILED delivery with one attempt that says
