@@ -101,7 +101,36 @@ pub fn due(now: chrono::DateTime<Utc>) -> Condition {
         )
 }
 
-/// Inserts an async delivery into the outbox, inside the caller's transaction; call
+/// A new async delivery, pending and due `now`; claimed by `claim` (who, until when) if given.
+fn async_row(
+    account_id: Uuid,
+    webhook_id: Uuid,
+    conversation_id: Option<Uuid>,
+    block_id: Option<String>,
+    payload: Value,
+    now: chrono::DateTime<Utc>,
+    claim: Option<(String, chrono::DateTime<Utc>)>,
+) -> delivery::Model {
+    let (claimed_by, claimed_until) = claim.unzip();
+    delivery::Model {
+        id: Uuid::now_v7(),
+        account_id,
+        webhook_id,
+        conversation_id,
+        block_id,
+        mode: DeliveryMode::Async,
+        status: DeliveryStatus::Pending,
+        payload,
+        attempt_count: 0,
+        next_attempt_at: Some(now),
+        claimed_until,
+        claimed_by,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Inserts an async delivery into the outbox, unclaimed, inside the caller's transaction; call
 /// [`Deliveries::wake`] after the commit so the worker sends it at once.
 pub async fn enqueue(
     tx: &impl ConnectionTrait,
@@ -111,26 +140,19 @@ pub async fn enqueue(
     block_id: Option<String>,
     payload: Value,
 ) -> ApiResult<Uuid> {
-    let now = Utc::now();
-    let id = Uuid::now_v7();
-    delivery::Entity::insert(delivery::ActiveModel {
-        id: Set(id),
-        account_id: Set(account_id),
-        webhook_id: Set(webhook_id),
-        conversation_id: Set(conversation_id),
-        block_id: Set(block_id),
-        mode: Set(DeliveryMode::Async),
-        status: Set(DeliveryStatus::Pending),
-        payload: Set(payload),
-        attempt_count: Set(0),
-        next_attempt_at: Set(Some(now)),
-        claimed_until: Set(None),
-        claimed_by: Set(None),
-        created_at: Set(now),
-        updated_at: Set(now),
-    })
-    .exec_without_returning(tx)
-    .await?;
+    let d = async_row(
+        account_id,
+        webhook_id,
+        conversation_id,
+        block_id,
+        payload,
+        Utc::now(),
+        None,
+    );
+    let id = d.id;
+    delivery::Entity::insert(delivery::ActiveModel::from(d))
+        .exec_without_returning(tx)
+        .await?;
     Ok(id)
 }
 

@@ -181,22 +181,20 @@ impl Deliveries {
         let claim = self.handoff.running.load(Ordering::Acquire)
             && self.handoff_room() > queued.claimed.len()
             && self.webhook_room(webhook_id) > same_webhook;
-        let d = delivery::Model {
-            id: Uuid::now_v7(),
+        let d = async_row(
             account_id,
             webhook_id,
             conversation_id,
             block_id,
-            mode: DeliveryMode::Async,
-            status: DeliveryStatus::Pending,
             payload,
-            attempt_count: 0,
-            next_attempt_at: Some(now),
-            claimed_until: claim.then(|| self.claim_until(DeliveryMode::Async, now)),
-            claimed_by: claim.then(|| self.instance_id.clone()),
-            created_at: now,
-            updated_at: now,
-        };
+            now,
+            claim.then(|| {
+                (
+                    self.instance_id.clone(),
+                    self.claim_until(DeliveryMode::Async, now),
+                )
+            }),
+        );
         let id = d.id;
         if claim {
             delivery::Entity::insert(delivery::ActiveModel::from(d.clone()))
