@@ -63,9 +63,10 @@ pub fn attempt(succeeded: bool, took: Duration) {
     histogram!("parley_delivery_attempt_duration_seconds").record(took.as_secs_f64());
 }
 
-/// A delivery committed with this instance's claim and handed to its worker in memory.
-pub fn handed_over() {
-    counter!("parley_deliveries_handed_over_total").increment(1);
+/// A delivery handed to this instance's dispatcher in memory, claimed: at `insert` (by the
+/// step that committed it) or by the outbox `poll`.
+pub fn handed_over(path: &'static str) {
+    counter!("parley_deliveries_handed_over_total", "path" => path).increment(1);
 }
 
 /// One batch of SQLite's group commit: how many writes shared its transaction.

@@ -667,7 +667,7 @@ impl Deliveries {
                 match self.claim(free).await {
                     Ok(batch) => {
                         busy = batch.len() == free;
-                        self.hand_over(batch);
+                        self.hand_over(batch, "poll");
                     }
                     Err(e) => tracing::error!(error.cause = ?e, "cannot claim deliveries"),
                 }

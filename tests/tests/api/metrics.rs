@@ -102,7 +102,9 @@ async fn a_conversations_delivery_is_handed_to_the_worker_and_sent_without_waiti
         s.delivery.poll_interval = std::time::Duration::from_secs(3600);
     })
     .await;
-    let handed = |text: &str| sample(text, "parley_deliveries_handed_over_total").unwrap_or(0.0);
+    let handed = |text: &str| {
+        sample(text, "parley_deliveries_handed_over_total{path=\"insert\"}").unwrap_or(0.0)
+    };
     let before = handed(&scrape(&app, Some(TOKEN)).await.text().await.expect("text"));
     let owner = app.new_user().await;
     let hook = wiremock::MockServer::start().await;

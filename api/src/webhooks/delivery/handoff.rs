@@ -213,22 +213,23 @@ impl Deliveries {
     /// After the commit of a transaction that queued deliveries: hands those claimed to the
     /// dispatcher, and wakes the poll for the others.
     pub fn queued(&self, queued: Queued) {
-        self.hand_over(queued.claimed);
+        self.hand_over(queued.claimed, "insert");
         if queued.unclaimed {
             self.wake();
         }
     }
 
-    /// Hands claimed deliveries to the dispatcher. One already in memory is not handed over
-    /// again (its claim was renewed by the poll's).
-    pub(super) fn hand_over(&self, claimed: Vec<delivery::Model>) {
+    /// Hands claimed deliveries to the dispatcher; `path` (`insert` or `poll`) is for the
+    /// metrics. One already in memory is not handed over again (its claim was renewed by the
+    /// poll's).
+    pub(super) fn hand_over(&self, claimed: Vec<delivery::Model>, path: &'static str) {
         for d in claimed {
             if !self.handoff.enter(d.id) {
                 continue;
             }
             let (id, webhook_id) = (d.id, d.webhook_id);
             self.handoff.add_waiting(webhook_id);
-            crate::metrics::handed_over();
+            crate::metrics::handed_over(path);
             if self.handoff.tx.send(d).is_err() {
                 // The dispatcher is gone (shutting down): the claim lapses and a poll sends it.
                 self.handoff.remove_waiting(webhook_id);
