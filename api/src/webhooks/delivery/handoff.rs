@@ -11,7 +11,7 @@
 //! applied here, when each delivery is sent.
 use std::{
     collections::{HashSet, VecDeque},
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -38,17 +38,24 @@ pub(super) struct Handoff {
     rx: std::sync::Mutex<Option<UnboundedReceiver<delivery::Model>>>,
     /// Most deliveries waiting (handed over, not yet sent).
     cap: usize,
-    /// Deliveries waiting.
-    waiting: AtomicUsize,
-    /// The same, per webhook (only webhooks with some).
-    waiting_per_webhook: std::sync::Mutex<HashMap<Uuid, usize>>,
-    /// Deliveries handed over and not finished: one is never handed over twice (the poll
-    /// re-claiming one whose claim ran down while it waited here).
-    in_memory: std::sync::Mutex<HashSet<Uuid>>,
+    /// What is in memory, kept under one lock so that its counts always agree.
+    ledger: std::sync::Mutex<Ledger>,
     /// Whether the dispatcher runs (then deliveries are claimed at insert).
     running: AtomicBool,
     /// Slots were freed: the dispatcher looks again.
     pub(super) freed: Arc<Notify>,
+}
+
+/// Deliveries in memory.
+#[derive(Default)]
+struct Ledger {
+    /// Handed over and not finished: one is never handed over twice (the poll re-claiming one
+    /// whose claim ran down while it waited here).
+    in_memory: HashSet<Uuid>,
+    /// Of those, how many wait for slots (handed over, not yet sent).
+    waiting: usize,
+    /// The same, per webhook (only webhooks with some).
+    waiting_per_webhook: HashMap<Uuid, usize>,
 }
 
 impl Handoff {
@@ -58,58 +65,56 @@ impl Handoff {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             cap: (concurrency * WAITING_PER_GLOBAL_SLOT).max(64),
-            waiting: AtomicUsize::new(0),
-            waiting_per_webhook: std::sync::Mutex::new(HashMap::new()),
-            in_memory: std::sync::Mutex::new(HashSet::new()),
+            ledger: std::sync::Mutex::new(Ledger::default()),
             running: AtomicBool::new(false),
             freed: Arc::new(Notify::new()),
         }
     }
 
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn waiting(&self) -> usize {
+        self.ledger().waiting
+    }
+
     fn waiting_for(&self, webhook_id: Uuid) -> usize {
-        let map = self
+        self.ledger()
             .waiting_per_webhook
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&webhook_id).copied().unwrap_or(0)
+            .get(&webhook_id)
+            .copied()
+            .unwrap_or(0)
     }
 
-    fn add_waiting(&self, webhook_id: Uuid) {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let mut map = self
-            .waiting_per_webhook
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *map.entry(webhook_id).or_default() += 1;
+    /// Notes `d` as in memory and waiting; false if it already was in memory.
+    fn enter(&self, d: &delivery::Model) -> bool {
+        let mut ledger = self.ledger();
+        if !ledger.in_memory.insert(d.id) {
+            return false;
+        }
+        ledger.waiting += 1;
+        *ledger.waiting_per_webhook.entry(d.webhook_id).or_default() += 1;
+        true
     }
 
-    fn remove_waiting(&self, webhook_id: Uuid) {
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        let mut map = self
-            .waiting_per_webhook
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&webhook_id) {
+    /// Notes that one delivery of `webhook_id` no longer waits for slots.
+    fn stop_waiting(&self, webhook_id: Uuid) {
+        let mut ledger = self.ledger();
+        ledger.waiting = ledger.waiting.saturating_sub(1);
+        if let Some(n) = ledger.waiting_per_webhook.get_mut(&webhook_id) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                map.remove(&webhook_id);
+                ledger.waiting_per_webhook.remove(&webhook_id);
             }
         }
     }
 
-    /// Notes `id` as in memory; false if it already was.
-    fn enter(&self, id: Uuid) -> bool {
-        self.in_memory
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id)
-    }
-
+    /// Notes that `id` is finished here (sent, released, or never to be sent).
     fn leave(&self, id: Uuid) {
-        self.in_memory
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id);
+        self.ledger().in_memory.remove(&id);
     }
 }
 
@@ -196,17 +201,15 @@ impl Deliveries {
             }),
         );
         let id = d.id;
+        // Noted before the insert: should it fail, the step fails and `queued` goes with it.
         if claim {
-            delivery::Entity::insert(delivery::ActiveModel::from(d.clone()))
-                .exec_without_returning(tx)
-                .await?;
-            queued.claimed.push(d);
+            queued.claimed.push(d.clone());
         } else {
-            delivery::Entity::insert(delivery::ActiveModel::from(d))
-                .exec_without_returning(tx)
-                .await?;
             queued.unclaimed = true;
         }
+        delivery::Entity::insert(delivery::ActiveModel::from(d))
+            .exec_without_returning(tx)
+            .await?;
         Ok(id)
     }
 
@@ -224,15 +227,14 @@ impl Deliveries {
     /// poll's).
     pub(super) fn hand_over(&self, claimed: Vec<delivery::Model>, path: &'static str) {
         for d in claimed {
-            if !self.handoff.enter(d.id) {
+            if !self.handoff.enter(&d) {
                 continue;
             }
             let (id, webhook_id) = (d.id, d.webhook_id);
-            self.handoff.add_waiting(webhook_id);
             crate::metrics::handed_over(path);
             if self.handoff.tx.send(d).is_err() {
                 // The dispatcher is gone (shutting down): the claim lapses and a poll sends it.
-                self.handoff.remove_waiting(webhook_id);
+                self.handoff.stop_waiting(webhook_id);
                 self.handoff.leave(id);
             }
         }
@@ -240,9 +242,7 @@ impl Deliveries {
 
     /// How many more claimed deliveries may wait in memory now.
     pub(super) fn handoff_room(&self) -> usize {
-        self.handoff
-            .cap
-            .saturating_sub(self.handoff.waiting.load(Ordering::Relaxed))
+        self.handoff.cap.saturating_sub(self.handoff.waiting())
     }
 
     /// How many more of a webhook's deliveries may be claimed now: its free slots, plus a
@@ -309,7 +309,7 @@ impl Deliveries {
                 if endpoint.as_ref().is_ok_and(|e| e.disabled) {
                     // Held until `enableWebhook`, in the table: release them all.
                     for d in waiting.queues.remove(&hook).unwrap_or_default() {
-                        self.handoff.remove_waiting(hook);
+                        self.handoff.stop_waiting(hook);
                         self.unclaim(d.id).await;
                         self.handoff.leave(d.id);
                     }
@@ -342,7 +342,7 @@ impl Deliveries {
                 } else {
                     waiting.turn.push_back(hook);
                 }
-                self.handoff.remove_waiting(hook);
+                self.handoff.stop_waiting(hook);
                 let slots = Slots::of(vec![gate, global], self.handoff.freed.clone());
                 tasks.spawn(self.clone().send_claimed(d, slots, endpoint, done.clone()));
                 progress = true;
