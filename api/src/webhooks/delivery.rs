@@ -585,19 +585,38 @@ impl Deliveries {
             .into_tuple()
             .all(self.db.conn())
             .await?;
-        let mut room: HashMap<Uuid, usize> = HashMap::new();
-        let ids = candidates
-            .into_iter()
-            .filter(|(_, webhook)| {
-                let left = room
-                    .entry(*webhook)
-                    .or_insert_with(|| self.webhook_room(*webhook));
-                let fits = *left > 0;
-                *left = left.saturating_sub(1);
-                fits
+        let mut hooks: Vec<Uuid> = candidates.iter().map(|(_, w)| *w).collect();
+        hooks.sort_unstable();
+        hooks.dedup();
+        let endpoints = self.endpoints(&hooks).await?;
+        // Of a webhook with a `maxPerSecond`, no more than that per round either: its pace
+        // itself is applied when each is sent, and claiming more would only hold them in
+        // memory.
+        let mut room: HashMap<Uuid, usize> = hooks
+            .iter()
+            .map(|&hook| {
+                let pace = endpoints
+                    .get(&hook)
+                    .and_then(|e| e.max_per_second)
+                    .and_then(|rate| usize::try_from(rate.max(1)).ok());
+                (
+                    hook,
+                    self.webhook_room(hook).min(pace.unwrap_or(usize::MAX)),
+                )
             })
-            .collect::<Vec<(Uuid, Uuid)>>();
-        let ids = self.within_rates(ids, limit).await?;
+            .collect();
+        let ids: Vec<Uuid> = candidates
+            .into_iter()
+            .filter(|(_, webhook)| match room.get_mut(webhook) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    true
+                }
+                _ => false,
+            })
+            .map(|(id, _)| id)
+            .take(limit)
+            .collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }

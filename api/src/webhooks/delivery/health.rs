@@ -126,38 +126,6 @@ impl Deliveries {
         Ok(true)
     }
 
-    /// Of `(delivery, webhook)` candidates, the first `limit`, taking of a webhook with a
-    /// `maxPerSecond` no more than that per round: its pace itself is applied when each is
-    /// sent, and claiming more would only hold them in memory.
-    pub(super) async fn within_rates(
-        &self,
-        candidates: Vec<(Uuid, Uuid)>,
-        limit: usize,
-    ) -> ApiResult<Vec<Uuid>> {
-        let mut hooks: Vec<Uuid> = candidates.iter().map(|(_, w)| *w).collect();
-        hooks.sort_unstable();
-        hooks.dedup();
-        let endpoints = self.endpoints(&hooks).await?;
-        let mut left: HashMap<Uuid, usize> = endpoints
-            .iter()
-            .filter_map(|(id, e)| Some((*id, usize::try_from(e.max_per_second?.max(1)).ok()?)))
-            .collect();
-        let mut out = Vec::with_capacity(limit);
-        for (id, hook) in candidates {
-            if out.len() >= limit {
-                break;
-            }
-            if let Some(n) = left.get_mut(&hook) {
-                if *n == 0 {
-                    continue;
-                }
-                *n -= 1;
-            }
-            out.push(id);
-        }
-        Ok(out)
-    }
-
     /// Whether a webhook paced at `rate` sends per second (none: unpaced) may send one more
     /// now on this instance; a yes spends the rate's budget.
     pub(super) fn rate_allows(&self, hook: Uuid, rate: Option<i32>) -> bool {
