@@ -236,7 +236,7 @@ pub struct PgBus {
     /// The other instances: whether anyone is there to notify.
     peers: peers::Peers,
     /// The listener connected before serving, for [`PgBus::run_listener`] to take.
-    ready: tokio::sync::Mutex<Option<PgListener>>,
+    ready: std::sync::Mutex<Option<PgListener>>,
 }
 
 impl PgBus {
@@ -246,7 +246,7 @@ impl PgBus {
         Arc::new(Self {
             local: LocalBus::default(),
             peers: peers::Peers::new(db.clone(), instance),
-            ready: tokio::sync::Mutex::new(None),
+            ready: std::sync::Mutex::new(None),
             db,
             instance,
         })
@@ -256,7 +256,9 @@ impl PgBus {
     /// announced once it is up. On failure, [`PgBus::run_listener`] keeps trying.
     pub async fn listen_early(&self, url: &str) {
         match Self::connect_listener(url).await {
-            Ok(listener) => *self.ready.lock().await = Some(listener),
+            Ok(listener) => {
+                *self.ready.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+            }
             Err(e) => tracing::warn!(error = %e, "cannot LISTEN yet; retrying in the background"),
         }
     }
@@ -294,7 +296,7 @@ impl PgBus {
     pub async fn run_listener(self: Arc<Self>, url: String) {
         let mut first = true;
         loop {
-            let early = self.ready.lock().await.take();
+            let early = self.ready.lock().unwrap_or_else(|p| p.into_inner()).take();
             let connected = match early {
                 Some(listener) => Ok(listener),
                 None => Self::connect_listener(&url).await,
