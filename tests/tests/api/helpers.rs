@@ -626,10 +626,15 @@ pub struct Sub {
 impl Sub {
     /// The next `next`/`error`/`complete` message, or `None` after 5 s of silence.
     pub async fn message(&mut self) -> Option<Value> {
+        self.message_within(Duration::from_secs(5)).await
+    }
+
+    /// The next `next`/`error`/`complete` message, or `None` after `silence`.
+    pub async fn message_within(&mut self, silence: Duration) -> Option<Value> {
         use futures_util::StreamExt as _;
         use tokio_tungstenite::tungstenite::Message;
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+            let msg = tokio::time::timeout(silence, self.ws.next())
                 .await
                 .ok()??
                 .ok()?;

@@ -48,6 +48,22 @@ async fn chatty_bot(app: &TestApp, owner: &TestUser) -> String {
     bot
 }
 
+/// Starts chats with `bot` until `watch` sees the first one's question. A subscription goes
+/// live a moment after `subscribe` returns (its access is checked first), and an account event
+/// published before that is not replayed, so one chat alone could go unseen.
+async fn first_question(app: &TestApp, bot: &str, watch: &mut Sub) -> Value {
+    for _ in 0..10 {
+        app.new_conversation(bot).await;
+        if let Some(msg) = watch.message_within(Duration::from_millis(500)).await {
+            assert_eq!(msg["type"], "next", "unexpected message: {msg}");
+            let event = msg["payload"]["data"]["accountEvents"].clone();
+            assert_eq!(event["kind"], "QUESTION", "{msg}");
+            return event;
+        }
+    }
+    panic!("no accountEvents event after ten chats");
+}
+
 /// Waits for the subscription to end with an error; its code and how long it took.
 async fn ended_with(sub: &mut Sub) -> (String, Duration) {
     let started = Instant::now();
@@ -134,8 +150,7 @@ async fn a_removed_member_stops_watching_at_once() {
             json!({ "a": owner.account_id }),
         )
         .await;
-    app.new_conversation(&bot).await;
-    assert_eq!(watch.event("accountEvents").await["kind"], "QUESTION");
+    first_question(&app, &bot, &mut watch).await;
 
     assert_ok(
         &app.remove_member(&owner.token, &owner.account_id, &member.user_id)
@@ -212,8 +227,7 @@ async fn an_expired_token_stops_streaming_within_a_second_of_its_expiry() {
             json!({ "a": owner.account_id }),
         )
         .await;
-    app.new_conversation(&bot).await;
-    assert_eq!(watch.event("accountEvents").await["kind"], "QUESTION");
+    first_question(&app, &bot, &mut watch).await;
     let (code, _) = ended_with(&mut watch).await;
     assert_eq!(code, "UNAUTHENTICATED");
     // The token's `exp` is in whole seconds: it expired by 3 s after issue, plus a second.
