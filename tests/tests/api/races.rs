@@ -300,3 +300,55 @@ async fn deliveries_in_flight_at_a_crash_are_sent_again_within_seconds_of_the_re
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_conversation_changed_behind_this_instances_back_goes_on_from_the_stored_row() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "q1", "blocks": [
+        { "id": "q1", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "q2" },
+        { "id": "q2", "kind": "QUESTION", "text": "Hi {{name}}, city?", "saveAnswerTo": "city", "next": "q1" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    let (conv, token) = app.new_conversation(&bot).await;
+    assert_ok(&app.send_answer(&conv, &token, "Jo").await);
+    // Another writer (an instance that took the next turn, say) appends an event and moves
+    // the conversation on, after this instance's last step of it.
+    sql(
+        &app,
+        "UPDATE conversations SET last_seq = last_seq + 1, updated_at = '2030-01-02T03:04:05+00:00' WHERE id = $1",
+        vec![uuid(&conv)],
+    )
+    .await;
+    sql(
+        &app,
+        "INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, at) \
+         SELECT id, last_seq, account_id, 'BOT_MESSAGE', 'from elsewhere', updated_at FROM conversations WHERE id = $1",
+        vec![uuid(&conv)],
+    )
+    .await;
+
+    assert_ok(&app.send_answer(&conv, &token, "Paris").await);
+    let seen = app.conversation(Some(&owner.token), &conv, None).await;
+    assert_ok(&seen);
+    let events = seen["data"]["conversation"]["events"]
+        .as_array()
+        .expect("events")
+        .clone();
+    let seqs: Vec<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "{events:?}");
+    let texts: Vec<&str> = events.iter().filter_map(|e| e["text"].as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "Name?",
+            "Jo",
+            "Hi Jo, city?",
+            "from elsewhere",
+            "Paris",
+            "Name?"
+        ]
+    );
+    assert_eq!(seen["data"]["conversation"]["answers"]["city"], "Paris");
+}

@@ -1,0 +1,141 @@
+//! What the runtime keeps in memory between steps: parsed flows, and the conversations this
+//! instance stepped lately.
+use std::{sync::Arc, time::Duration};
+
+use entity::{bot_version, conversation};
+use sea_orm::{ConnectionTrait, EntityTrait};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    engine::{CompiledFlow, State},
+    error::{ApiError, ApiResult},
+};
+
+/// Bytes of published flows (as stored JSON, a proxy for their parsed size) kept in memory.
+const FLOW_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes (estimated) of conversations kept in memory.
+const KNOWN_BYTES: u64 = 32 * 1024 * 1024;
+/// How long a conversation stays known without a step. Visitors answer within seconds while
+/// they chat; one who comes back later costs a read.
+const KNOWN_IDLE: Duration = Duration::from_secs(60);
+
+/// Parsed flows of published versions, bounded in bytes. Versions never change, so entries
+/// never go stale.
+pub(super) struct FlowCache(moka::sync::Cache<(Uuid, i32), (Arc<CompiledFlow>, u32)>);
+
+impl Default for FlowCache {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(FLOW_CACHE_BYTES)
+                .weigher(|_, (_, bytes): &(Arc<CompiledFlow>, u32)| *bytes)
+                .build(),
+        )
+    }
+}
+
+impl FlowCache {
+    pub(super) async fn get(
+        &self,
+        db: &impl ConnectionTrait,
+        bot_id: Uuid,
+        version: i32,
+    ) -> ApiResult<Arc<CompiledFlow>> {
+        if let Some((flow, _)) = self.0.get(&(bot_id, version)) {
+            return Ok(flow);
+        }
+        let row = bot_version::Entity::find_by_id((bot_id, version))
+            .one(db)
+            .await?
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("bot {bot_id} has no version {version}"))
+            })?;
+        let flow = crate::bots::service::parse_stored_flow(&row.flow)?;
+        let bytes = u32::try_from(row.flow.to_string().len()).unwrap_or(u32::MAX);
+        let compiled = Arc::new(CompiledFlow::new(flow));
+        self.0.insert((bot_id, version), (compiled.clone(), bytes));
+        Ok(compiled)
+    }
+}
+
+/// A conversation as this instance's last step of it left it.
+pub(super) struct Known {
+    /// Its row, but for `state` (null: it is kept parsed below).
+    pub conv: conversation::Model,
+    pub state: State,
+}
+
+/// Conversations this instance stepped lately, as their last step left them, so that the next
+/// step neither reads the row nor parses its state. Never trusted blindly: the step's UPDATE
+/// matches the row's `last_seq` and `updated_at` as known here, and a row changed meanwhile
+/// (another instance, a sweep, a deletion) makes the step start again from the row itself.
+pub(super) struct Recent(moka::sync::Cache<Uuid, Arc<Known>>);
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(KNOWN_BYTES)
+                .weigher(|_, known: &Arc<Known>| known_bytes(known))
+                .time_to_idle(KNOWN_IDLE)
+                .build(),
+        )
+    }
+}
+
+impl Recent {
+    pub(super) fn get(&self, id: &Uuid) -> Option<Arc<Known>> {
+        self.0.get(id)
+    }
+
+    pub(super) fn remember(&self, known: Known) {
+        self.0.insert(known.conv.id, Arc::new(known));
+    }
+
+    pub(super) fn forget(&self, id: &Uuid) {
+        self.0.invalidate(id);
+    }
+}
+
+/// About what a known conversation takes in memory: the row's fixed part and the state's
+/// values (a webhook may have set large ones).
+fn known_bytes(known: &Known) -> u32 {
+    let state = &known.state;
+    let values: usize = state
+        .answers
+        .iter()
+        .chain(state.variables.iter())
+        .map(|(k, v)| k.len() + value_bytes(v))
+        .sum();
+    u32::try_from(512 + values).unwrap_or(u32::MAX)
+}
+
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => 24 + s.len(),
+        Value::Array(items) => 24 + items.iter().map(value_bytes).sum::<usize>(),
+        Value::Object(map) => {
+            48 + map
+                .iter()
+                .map(|(k, v)| k.len() + value_bytes(v))
+                .sum::<usize>()
+        }
+        _ => 16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::value_bytes;
+
+    #[test]
+    fn a_value_weighs_at_least_its_text() {
+        let big = "x".repeat(10_000);
+        let v = json!({ "a": [big.clone(), { "b": big }], "n": 1 });
+        assert!(value_bytes(&v) > 20_000, "{}", value_bytes(&v));
+        assert!(value_bytes(&json!(1)) < 64);
+    }
+}

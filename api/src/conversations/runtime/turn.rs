@@ -1,0 +1,488 @@
+//! One step's transaction: the conversation (read, or as this instance knows it), the engine,
+//! the events, the outbox, and the row's update.
+use std::sync::Arc;
+
+use chrono::{SubsecRound as _, Utc};
+use entity::{
+    bot,
+    conversation::{self, ConversationStatus},
+    conversation_event, webhook,
+};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use serde::Deserialize as _;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{Known, Runtime, Step, SyncCall, callback_not_found, visitor_not_found};
+use crate::{
+    conversations::payload::{self, kind},
+    engine::{self, ChatMessage, Input, Output, Position, State, StepError},
+    error::{ApiError, ApiResult},
+    lifecycle,
+    opaque::{random_token, token_hash},
+    settings::DatabaseKind,
+    webhooks::delivery as deliveries,
+};
+
+/// What a step's transaction leaves to do once committed: its events, the sync call to
+/// make, the deliveries it queued, when the pause it began (if any) is due, and the
+/// conversation as it left it (unless it ended).
+pub(super) struct StepDone {
+    pub(super) events: Vec<conversation_event::Model>,
+    pub(super) sync: Option<SyncCall>,
+    pub(super) queued: deliveries::Queued,
+    pub(super) resume_at: Option<chrono::DateTime<Utc>>,
+    pub(super) known: Option<Known>,
+}
+
+impl StepDone {
+    /// A step that found nothing to do.
+    fn nothing() -> Self {
+        Self {
+            events: Vec::new(),
+            sync: None,
+            queued: Default::default(),
+            resume_at: None,
+            known: None,
+        }
+    }
+}
+
+/// Why a step's transaction was undone.
+pub(super) enum Undone {
+    /// The conversation changed since this instance knew it: the step starts again from
+    /// the row.
+    Stale,
+    Failed(ApiError),
+}
+
+impl From<sea_orm::DbErr> for Undone {
+    fn from(e: sea_orm::DbErr) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+fn step_error(e: StepError) -> ApiError {
+    match e {
+        StepError::AlreadyEnded => ApiError::Conflict("the conversation has ended".into()),
+        StepError::NoPendingQuestion => ApiError::Conflict(
+            "no question is waiting for an answer: the bot is still working on its reply".into(),
+        ),
+        other => ApiError::Conflict(other.to_string()),
+    }
+}
+
+/// A stored engine state.
+fn parse_state(stored: &Value) -> ApiResult<State> {
+    State::deserialize(stored)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored state does not parse: {e}")))
+}
+
+/// The event row of a message the engine said.
+fn event_row(
+    conv: &conversation::Model,
+    seq: i32,
+    msg: ChatMessage,
+    at: chrono::DateTime<Utc>,
+    block_id: Option<String>,
+) -> conversation_event::Model {
+    let (kind, text, input) = match msg {
+        ChatMessage::BotMessage { text } => (kind::BOT_MESSAGE, Some(text), None),
+        ChatMessage::Question {
+            text,
+            question_type,
+            choices,
+        } => {
+            // Choices without their `next`: visitors see labels and values, not the flow.
+            let choices = choices.map(|cs| {
+                cs.into_iter()
+                    .map(|c| json!({ "label": c.label, "value": c.value }))
+                    .collect::<Vec<_>>()
+            });
+            let input = json!({ "type": question_type, "choices": choices });
+            (kind::QUESTION, Some(text), Some(input))
+        }
+        ChatMessage::VisitorMessage { text } => (kind::VISITOR_MESSAGE, Some(text), None),
+        ChatMessage::InvalidAnswer { text } => (kind::INVALID_ANSWER, Some(text), None),
+        ChatMessage::Redirect { url } => (kind::REDIRECT, Some(url), None),
+        ChatMessage::Ended { error } => (kind::ENDED, error, None),
+    };
+    conversation_event::Model {
+        conversation_id: conv.id,
+        seq,
+        account_id: conv.account_id,
+        kind: kind.to_owned(),
+        text,
+        input,
+        at,
+        block_id,
+    }
+}
+
+impl Runtime {
+    /// [`Self::step_in`], with a conversation found changed as [`Undone::Stale`] (which
+    /// undoes the step's writes).
+    pub(super) async fn advance_in(
+        &self,
+        tx: &DatabaseTransaction,
+        conversation_id: Uuid,
+        input: Input,
+        step: Step,
+        known: Option<Arc<Known>>,
+    ) -> Result<StepDone, Undone> {
+        match self.step_in(tx, conversation_id, input, step, known).await {
+            Ok(Some(done)) => Ok(done),
+            Ok(None) => Err(Undone::Stale),
+            Err(e) => Err(Undone::Failed(e)),
+        }
+    }
+
+    /// One engine step in `tx`, from the row or from `known` (then `None` if the row changed
+    /// since). The visitor's token (hash) is checked in it too, which saves a turn its own
+    /// read.
+    async fn step_in(
+        &self,
+        tx: &DatabaseTransaction,
+        conversation_id: Uuid,
+        input: Input,
+        step: Step,
+        known: Option<Arc<Known>>,
+    ) -> ApiResult<Option<StepDone>> {
+        let Step {
+            visitor,
+            create,
+            release,
+            unless_in_flight,
+            resume,
+            callback,
+        } = step;
+        let created = create.is_some();
+        // What the row must still hold for the step's UPDATE to apply (when not read here).
+        let mut expect = None;
+        let (conv, mut state) = if let Some(new) = create {
+            conversation::Entity::insert(conversation::ActiveModel::from(new.clone()))
+                .exec_without_returning(tx)
+                .await?;
+            let state = parse_state(&new.state)?;
+            (new, state)
+        } else if let Some(known) = known {
+            expect = Some((known.conv.last_seq, known.conv.updated_at));
+            (known.conv.clone(), known.state.clone())
+        } else {
+            let mut query = conversation::Entity::find_by_id(conversation_id);
+            if self.db.kind() == DatabaseKind::Postgres {
+                // Serialises turns of one conversation across instances; SQLite's single
+                // writer already does.
+                query = query.lock_exclusive();
+            }
+            // `.all()` rather than `.one()`: `.one()` binds `LIMIT ?`, which makes SQLite
+            // re-plan the cached statement on every run; the primary key yields one row at
+            // most anyway.
+            let conv = query.all(tx).await?.pop().ok_or_else(visitor_not_found)?;
+            let state = parse_state(&conv.state)?;
+            (conv, state)
+        };
+        if visitor.is_some_and(|hash| hash != conv.visitor_token_hash) {
+            return Err(visitor_not_found());
+        }
+        if unless_in_flight
+            && deliveries::conversations_with_calls_in_flight(tx, &[conv.id])
+                .await?
+                .contains(&conv.id)
+        {
+            // The call was not cut off after all: whoever makes it takes its result.
+            return Ok(Some(StepDone::nothing()));
+        }
+        if callback.is_some() && conv.callback_token_hash.as_deref() != callback.as_deref() {
+            // Used meanwhile by a concurrent request, or spent by a timeout.
+            return Err(callback_not_found());
+        }
+        if resume && conv.resume_at.is_none_or(|due| due > Utc::now()) {
+            // Continued already (another timer, another instance), or pausing again.
+            return Ok(Some(StepDone::nothing()));
+        }
+        if let Some(delivery_id) = release {
+            deliveries::release_claim(tx, delivery_id).await?;
+        }
+        if matches!(input, Input::Answer(_)) {
+            // Counted only once the token matched: a stranger cannot spend a visitor's budget.
+            self.limiters.answers_by_conversation.check(&conv.id)?;
+        }
+        let flow = self.flows.get(tx, conv.bot_id, conv.version).await?;
+        let was_awaiting_callback = matches!(state.position, Position::AwaitingCallback { .. });
+        let result = engine::step(&flow, &mut state, input).map_err(step_error)?;
+        for note in &result.notes {
+            tracing::info!(conversation.id = %conv.id, note, "engine note");
+        }
+
+        // Whole microseconds, as PostgreSQL stores them: `updated_at` is compared with what
+        // this instance remembers (see [`Recent`]).
+        let now = Utc::now().trunc_subsecs(6);
+        let mut seq = conv.last_seq;
+        let mut new_events = Vec::new();
+        let mut transcript: Option<Vec<conversation_event::Model>> = None;
+        let mut bot_name: Option<String> = None;
+        let mut queued = deliveries::Queued::default();
+        let mut sync = None;
+        let mut say_blocks = result.say_blocks.into_iter();
+        // What to store as the callback token's hash, if it changes: a step that leaves a
+        // CALLBACK (called back, or timed out) spends its token; a webhook before a CALLBACK
+        // mints a new one (below).
+        let mut callback_hash: Option<Option<String>> = (was_awaiting_callback
+            && !matches!(state.position, Position::AwaitingCallback { .. }))
+        .then_some(None);
+        for output in result.outputs {
+            let (webhook_id, block_id, is_sync) = match output {
+                Output::Say(msg) => {
+                    seq += 1;
+                    let block = say_blocks.next().flatten();
+                    new_events.push(event_row(&conv, seq, msg, now, block));
+                    continue;
+                }
+                Output::QueueWebhook {
+                    webhook_id,
+                    block_id,
+                } => (webhook_id, block_id, false),
+                Output::CallWebhook {
+                    webhook_id,
+                    block_id,
+                } => (webhook_id, block_id, true),
+            };
+            // A published flow is checked against the account's webhooks, but should one
+            // still name a webhook that is gone, its block counts as a failed call and the
+            // flow goes on: the visitor never gets an internal error for it.
+            let found = match Uuid::parse_str(&webhook_id) {
+                Ok(id) => webhook::Entity::find_by_id(id)
+                    .select_only()
+                    .column(webhook::Column::Id)
+                    .into_tuple::<Uuid>()
+                    .all(tx)
+                    .await?
+                    .pop(),
+                Err(_) => None,
+            };
+            let Some(hook_id) = found else {
+                tracing::warn!(
+                    conversation.id = %conv.id,
+                    bot.id = %conv.bot_id,
+                    bot.version = conv.version,
+                    block.id = %block_id,
+                    webhook.id = %webhook_id,
+                    webhook.sync = is_sync,
+                    "the flow names a webhook that does not exist; the call counts as failed"
+                );
+                if is_sync {
+                    sync = Some(SyncCall {
+                        webhook_id,
+                        block_id,
+                        account_id: conv.account_id,
+                        payload: Value::Null,
+                        failed: Some("the webhook does not exist (it was deleted)".into()),
+                    });
+                }
+                continue;
+            };
+            if transcript.is_none() {
+                // Payloads carry only the latest messages: read no more than they can hold.
+                let mut recent = conversation_event::Entity::find()
+                    .filter(conversation_event::Column::ConversationId.eq(conv.id))
+                    .order_by_desc(conversation_event::Column::Seq)
+                    .limit(payload::MAX_MESSAGES as u64)
+                    .all(tx)
+                    .await?;
+                recent.reverse();
+                transcript = Some(recent);
+            }
+            if bot_name.is_none() {
+                bot_name = bot::Entity::find_by_id(conv.bot_id)
+                    .one(tx)
+                    .await?
+                    .map(|b| b.name);
+            }
+            let mut messages = transcript.clone().unwrap_or_default();
+            messages.extend(new_events.iter().cloned());
+            // The rule for `conversation.callback_url`: a WEBHOOK block whose `next` is a
+            // CALLBACK block sends that CALLBACK's one-time URL. The token is minted now and
+            // its hash stored in this step; the URL works once the conversation waits at a
+            // CALLBACK, until it is used or the CALLBACK times out.
+            let goes_to_callback = flow
+                .block(&block_id)
+                .and_then(|b| b.next.as_deref())
+                .and_then(|next| flow.block(next))
+                .is_some_and(|b| b.kind == engine::BlockKind::Callback);
+            let callback_url = goes_to_callback.then(|| {
+                let token = random_token();
+                callback_hash = Some(Some(token_hash(&token)));
+                format!("{}/callbacks/{token}", self.public_url)
+            });
+            let body = payload::build(
+                &conv,
+                bot_name.as_deref().unwrap_or_default(),
+                &state,
+                &messages,
+                callback_url.as_deref(),
+            );
+            if is_sync {
+                sync = Some(SyncCall {
+                    webhook_id,
+                    block_id,
+                    account_id: conv.account_id,
+                    payload: body,
+                    failed: None,
+                });
+            } else {
+                self.deliveries
+                    .enqueue(
+                        tx,
+                        &mut queued,
+                        conv.account_id,
+                        hook_id,
+                        Some(conv.id),
+                        Some(block_id),
+                        body,
+                    )
+                    .await?;
+            }
+        }
+
+        if seq > self.max_events || (seq == self.max_events && !state.is_ended()) {
+            // No room left but for the ENDED that says why: a visitor cannot grow one
+            // conversation (and its webhook payloads) without bound.
+            let room = usize::try_from(self.max_events - 1 - conv.last_seq).unwrap_or(0);
+            new_events.truncate(room);
+            seq = conv.last_seq + new_events.len() as i32 + 1;
+            let reason = format!(
+                "This conversation reached its limit of {} messages and has ended.",
+                self.max_events
+            );
+            tracing::warn!(conversation.id = %conv.id, max_events = self.max_events, "conversation ended at its event limit");
+            new_events.push(event_row(
+                &conv,
+                seq,
+                ChatMessage::Ended {
+                    error: Some(reason),
+                },
+                now,
+                new_events.last().and_then(|e| e.block_id.clone()),
+            ));
+            state.position = Position::Ended;
+            sync = None;
+        }
+        let ended = state.is_ended();
+        // A step that ends pausing has just begun the pause (a pause only takes `Resume`,
+        // which leaves it): it is due `seconds` from now. Every step drops the claim.
+        let resume_at = match &state.position {
+            Position::Waiting { seconds, .. } => {
+                Some(now + chrono::Duration::seconds(i64::from(*seconds)))
+            }
+            // A CALLBACK's timeout is a pause like any other for the scheduler.
+            Position::AwaitingCallback {
+                timeout_seconds, ..
+            } => Some(now + chrono::Duration::seconds(i64::from(*timeout_seconds))),
+            _ => None,
+        };
+        let status = if ended {
+            ConversationStatus::Completed
+        } else {
+            ConversationStatus::Active
+        };
+        let ended_at = ended.then(|| conv.ended_at.unwrap_or(now));
+        let mut update = conversation::Entity::update_many()
+            .set(conversation::ActiveModel {
+                state: Set(serde_json::to_value(&state).map_err(anyhow::Error::from)?),
+                last_seq: Set(seq),
+                status: Set(status),
+                ended_at: Set(ended_at),
+                updated_at: Set(now),
+                resume_at: Set(resume_at),
+                resume_claimed_by: Set(None),
+                resume_claimed_until: Set(None),
+                callback_token_hash: match &callback_hash {
+                    Some(hash) => Set(hash.clone()),
+                    None => sea_orm::ActiveValue::NotSet,
+                },
+                ..Default::default()
+            })
+            .filter(conversation::Column::Id.eq(conv.id));
+        if let Some((last_seq, updated_at)) = expect {
+            update = update
+                .filter(conversation::Column::LastSeq.eq(last_seq))
+                .filter(conversation::Column::UpdatedAt.eq(updated_at));
+        }
+        if update.exec(tx).await?.rows_affected == 0 {
+            if expect.is_some() {
+                return Ok(None);
+            }
+            return Err(visitor_not_found());
+        }
+        // Lifecycle events, in this transaction: the outbox never reports what did not happen.
+        if created
+            && lifecycle::conversation_event(
+                tx,
+                &conv,
+                &state,
+                &new_events,
+                lifecycle::CONVERSATION_STARTED,
+            )
+            .await?
+        {
+            queued.mark();
+        }
+        if ended
+            && conv.status != ConversationStatus::Completed
+            && lifecycle::conversation_event(
+                tx,
+                &conversation::Model {
+                    status: ConversationStatus::Completed,
+                    ended_at: Some(conv.ended_at.unwrap_or(now)),
+                    ..conv.clone()
+                },
+                &state,
+                &new_events,
+                lifecycle::CONVERSATION_COMPLETED,
+            )
+            .await?
+        {
+            queued.mark();
+        }
+        if !new_events.is_empty() {
+            conversation_event::Entity::insert_many(
+                new_events
+                    .iter()
+                    .cloned()
+                    .map(conversation_event::ActiveModel::from),
+            )
+            .exec_without_returning(tx)
+            .await?;
+        }
+        if let Some(announce) = self.bus.announcement(&new_events) {
+            tx.execute_raw(announce).await?;
+        }
+        let known = (!ended).then(|| Known {
+            conv: conversation::Model {
+                state: Value::Null,
+                last_seq: seq,
+                status,
+                ended_at,
+                updated_at: now,
+                resume_at,
+                resume_claimed_by: None,
+                resume_claimed_until: None,
+                callback_token_hash: callback_hash
+                    .unwrap_or_else(|| conv.callback_token_hash.clone()),
+                ..conv
+            },
+            state,
+        });
+        Ok(Some(StepDone {
+            events: new_events,
+            sync,
+            queued,
+            resume_at,
+            known,
+        }))
+    }
+}
