@@ -87,8 +87,7 @@ pub async fn conversation_data(
         .await?;
     recent.reverse();
     recent.extend(new_events.iter().cloned());
-    let bot_name = bot::Entity::find_by_id(conv.bot_id)
-        .one(tx)
+    let bot_name = crate::db::by_key(bot::Entity::find_by_id(conv.bot_id), tx)
         .await?
         .map(|b| b.name)
         .unwrap_or_default();

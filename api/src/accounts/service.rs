@@ -74,19 +74,21 @@ impl AccountAccess {
         account_id: Uuid,
         at_least: Role,
     ) -> ApiResult<Role> {
-        let role = match membership::Entity::find_by_id((account_id, user_id))
-            .one(db)
-            .await?
-        {
-            Some(m) => m.role,
-            None => api_key::Entity::find_by_id(user_id)
-                .filter(api_key::Column::AccountId.eq(account_id))
-                .filter(api_key::Column::RevokedAt.is_null())
-                .one(db)
+        let role =
+            match crate::db::by_key(membership::Entity::find_by_id((account_id, user_id)), db)
+                .await?
+            {
+                Some(m) => m.role,
+                None => crate::db::by_key(
+                    api_key::Entity::find_by_id(user_id)
+                        .filter(api_key::Column::AccountId.eq(account_id))
+                        .filter(api_key::Column::RevokedAt.is_null()),
+                    db,
+                )
                 .await?
                 .map(|k| k.role)
                 .ok_or_else(|| ApiError::not_found("account"))?,
-        };
+            };
         Self::at_least(role, at_least)
     }
 
@@ -98,8 +100,7 @@ impl AccountAccess {
         account_id: Uuid,
         at_least: Role,
     ) -> ApiResult<Role> {
-        let role = membership::Entity::find_by_id((account_id, user_id))
-            .one(db)
+        let role = crate::db::by_key(membership::Entity::find_by_id((account_id, user_id)), db)
             .await?
             .map(|m| m.role)
             .ok_or_else(|| ApiError::not_found("account"))?;
@@ -328,10 +329,11 @@ pub async fn visible_memberships(
         .collect();
     let mut mine = mine;
     if mine.is_empty()
-        && let Some(key) = api_key::Entity::find_by_id(viewer)
-            .filter(api_key::Column::RevokedAt.is_null())
-            .one(db.conn())
-            .await?
+        && let Some(key) = crate::db::by_key(
+            api_key::Entity::find_by_id(viewer).filter(api_key::Column::RevokedAt.is_null()),
+            db.conn(),
+        )
+        .await?
     {
         // An API key shares its own account with its members.
         mine.push(key.account_id);
@@ -527,10 +529,12 @@ pub async fn accept_invitation(
         ));
     }
     // The inviter must still be allowed to invite to this role now, not only when inviting.
-    let inviter_role = membership::Entity::find_by_id((inv.account_id, inv.invited_by))
-        .one(&tx.tx)
-        .await?
-        .map(|m| m.role);
+    let inviter_role = crate::db::by_key(
+        membership::Entity::find_by_id((inv.account_id, inv.invited_by)),
+        &tx.tx,
+    )
+    .await?
+    .map(|m| m.role);
     if !inviter_role.is_some_and(|r| r >= Role::Admin && r >= inv.role) {
         return Err(ApiError::Conflict(
             "this invitation is no longer valid: whoever sent it may no longer invite; ask for a new one"
@@ -547,10 +551,12 @@ pub async fn accept_invitation(
             "this invitation has expired; ask for a new one",
         ));
     }
-    if membership::Entity::find_by_id((inv.account_id, viewer))
-        .one(&tx.tx)
-        .await?
-        .is_some()
+    if crate::db::by_key(
+        membership::Entity::find_by_id((inv.account_id, viewer)),
+        &tx.tx,
+    )
+    .await?
+    .is_some()
     {
         return Err(ApiError::Conflict(
             "you are already a member of this account".into(),
@@ -599,8 +605,7 @@ async fn member_for_change(
     user_id: Uuid,
     demoting: bool,
 ) -> ApiResult<membership::Model> {
-    let target = membership::Entity::find_by_id((account_id, user_id))
-        .one(tx)
+    let target = crate::db::by_key(membership::Entity::find_by_id((account_id, user_id)), tx)
         .await?
         .ok_or_else(|| ApiError::not_found("member"))?;
     if target.role == Role::Owner && demoting {

@@ -102,22 +102,26 @@ impl Sessions {
     /// is the key itself: open until revoked.
     pub async fn is_open_now(&self, db: &Db, viewer: &Viewer) -> ApiResult<bool> {
         if let Some(scope) = viewer.key {
-            let open = api_key::Entity::find_by_id(viewer.session_id)
-                .filter(api_key::Column::AccountId.eq(scope.account_id))
-                .filter(api_key::Column::RevokedAt.is_null())
-                .one(db.conn())
-                .await?
-                .is_some();
+            let open = crate::db::by_key(
+                api_key::Entity::find_by_id(viewer.session_id)
+                    .filter(api_key::Column::AccountId.eq(scope.account_id))
+                    .filter(api_key::Column::RevokedAt.is_null()),
+                db.conn(),
+            )
+            .await?
+            .is_some();
             self.open.insert(viewer.session_id, open);
             return Ok(open);
         }
-        let open = session::Entity::find_by_id(viewer.session_id)
-            .filter(session::Column::UserId.eq(viewer.user_id))
-            .filter(session::Column::RevokedAt.is_null())
-            .filter(session::Column::ExpiresAt.gt(Utc::now()))
-            .one(db.conn())
-            .await?
-            .is_some();
+        let open = crate::db::by_key(
+            session::Entity::find_by_id(viewer.session_id)
+                .filter(session::Column::UserId.eq(viewer.user_id))
+                .filter(session::Column::RevokedAt.is_null())
+                .filter(session::Column::ExpiresAt.gt(Utc::now())),
+            db.conn(),
+        )
+        .await?
+        .is_some();
         self.open.insert(viewer.session_id, open);
         Ok(open)
     }

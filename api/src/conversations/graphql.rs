@@ -277,8 +277,7 @@ async fn authorize(
         }
         Auth::Invalid(why) => return Err(ApiError::Unauthenticated((*why).to_owned())),
     };
-    let conv = conversation::Entity::find_by_id(id)
-        .one(st.db.conn())
+    let conv = crate::db::by_key(conversation::Entity::find_by_id(id), st.db.conn())
         .await?
         .ok_or_else(|| ApiError::not_found("conversation"))?;
     AccountAccess::require(st.db.conn(), user, conv.account_id, Role::Member)
@@ -296,9 +295,8 @@ async fn visitor_origin(
     let Some(origin) = origin else {
         return Ok(());
     };
-    if let Some(bot) = entity::bot::Entity::find_by_id(conv.bot_id)
-        .one(st.db.conn())
-        .await?
+    if let Some(bot) =
+        crate::db::by_key(entity::bot::Entity::find_by_id(conv.bot_id), st.db.conn()).await?
     {
         check_origin(&bot, Some(origin))?;
     }

@@ -168,8 +168,7 @@ impl Runtime {
                 "variables must be at most {MAX_PREFILLED_BYTES} bytes of JSON"
             )));
         }
-        let bot = bot::Entity::find_by_id(bot_id)
-            .one(self.db.conn())
+        let bot = crate::db::by_key(bot::Entity::find_by_id(bot_id), self.db.conn())
             .await?
             .ok_or_else(|| ApiError::not_found("bot"))?;
         let version = bot.published_version.ok_or_else(|| {
@@ -246,10 +245,12 @@ impl Runtime {
         conversation_id: Uuid,
         visitor_token: &str,
     ) -> ApiResult<conversation::Model> {
-        let conv = conversation::Entity::find_by_id(conversation_id)
-            .one(self.db.conn())
-            .await?
-            .ok_or_else(visitor_not_found)?;
+        let conv = crate::db::by_key(
+            conversation::Entity::find_by_id(conversation_id),
+            self.db.conn(),
+        )
+        .await?
+        .ok_or_else(visitor_not_found)?;
         if conv.visitor_token_hash != token_hash(visitor_token.trim()) {
             return Err(visitor_not_found());
         }

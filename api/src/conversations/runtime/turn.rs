@@ -163,9 +163,7 @@ impl Runtime {
         // What the row must still hold for the step's UPDATE to apply (when not read here).
         let mut expect = None;
         let (conv, mut state) = if let Some(new) = create {
-            conversation::Entity::insert(conversation::ActiveModel::from(new.clone()))
-                .exec_without_returning(tx)
-                .await?;
+            // Inserted below, once, as the step leaves it.
             let state = parse_state(&new.state)?;
             (new, state)
         } else if let Some(known) = known {
@@ -178,10 +176,9 @@ impl Runtime {
                 // writer already does.
                 query = query.lock_exclusive();
             }
-            // `.all()` rather than `.one()`: `.one()` binds `LIMIT ?`, which makes SQLite
-            // re-plan the cached statement on every run; the primary key yields one row at
-            // most anyway.
-            let conv = query.all(tx).await?.pop().ok_or_else(visitor_not_found)?;
+            let conv = crate::db::by_key(query, tx)
+                .await?
+                .ok_or_else(visitor_not_found)?;
             let state = parse_state(&conv.state)?;
             (conv, state)
         };
@@ -297,8 +294,7 @@ impl Runtime {
                 transcript = Some(recent);
             }
             if bot_name.is_none() {
-                bot_name = bot::Entity::find_by_id(conv.bot_id)
-                    .one(tx)
+                bot_name = crate::db::by_key(bot::Entity::find_by_id(conv.bot_id), tx)
                     .await?
                     .map(|b| b.name);
             }
@@ -390,33 +386,53 @@ impl Runtime {
             ConversationStatus::Active
         };
         let ended_at = ended.then(|| conv.ended_at.unwrap_or(now));
-        let mut update = conversation::Entity::update_many()
-            .set(conversation::ActiveModel {
-                state: Set(serde_json::to_value(&state).map_err(anyhow::Error::from)?),
-                last_seq: Set(seq),
-                status: Set(status),
-                ended_at: Set(ended_at),
-                updated_at: Set(now),
-                resume_at: Set(resume_at),
-                resume_claimed_by: Set(None),
-                resume_claimed_until: Set(None),
-                callback_token_hash: match &callback_hash {
-                    Some(hash) => Set(hash.clone()),
-                    None => sea_orm::ActiveValue::NotSet,
-                },
-                ..Default::default()
-            })
-            .filter(conversation::Column::Id.eq(conv.id));
-        if let Some((last_seq, updated_at)) = expect {
-            update = update
-                .filter(conversation::Column::LastSeq.eq(last_seq))
-                .filter(conversation::Column::UpdatedAt.eq(updated_at));
-        }
-        if update.exec(tx).await?.rows_affected == 0 {
-            if expect.is_some() {
-                return Ok(None);
+        let mut after = conversation::Model {
+            state: serde_json::to_value(&state).map_err(anyhow::Error::from)?,
+            last_seq: seq,
+            status,
+            ended_at,
+            updated_at: now,
+            resume_at,
+            resume_claimed_by: None,
+            resume_claimed_until: None,
+            callback_token_hash: callback_hash
+                .clone()
+                .unwrap_or_else(|| conv.callback_token_hash.clone()),
+            ..conv.clone()
+        };
+        if created {
+            conversation::Entity::insert(conversation::ActiveModel::from(after.clone()))
+                .exec_without_returning(tx)
+                .await?;
+        } else {
+            let mut update = conversation::Entity::update_many()
+                .set(conversation::ActiveModel {
+                    state: Set(std::mem::take(&mut after.state)),
+                    last_seq: Set(seq),
+                    status: Set(status),
+                    ended_at: Set(ended_at),
+                    updated_at: Set(now),
+                    resume_at: Set(resume_at),
+                    resume_claimed_by: Set(None),
+                    resume_claimed_until: Set(None),
+                    callback_token_hash: match &callback_hash {
+                        Some(hash) => Set(hash.clone()),
+                        None => sea_orm::ActiveValue::NotSet,
+                    },
+                    ..Default::default()
+                })
+                .filter(conversation::Column::Id.eq(conv.id));
+            if let Some((last_seq, updated_at)) = expect {
+                update = update
+                    .filter(conversation::Column::LastSeq.eq(last_seq))
+                    .filter(conversation::Column::UpdatedAt.eq(updated_at));
             }
-            return Err(visitor_not_found());
+            if update.exec(tx).await?.rows_affected == 0 {
+                if expect.is_some() {
+                    return Ok(None);
+                }
+                return Err(visitor_not_found());
+            }
         }
         // Lifecycle events, in this transaction: the outbox never reports what did not happen.
         if created
@@ -461,21 +477,10 @@ impl Runtime {
         if let Some(announce) = self.bus.announcement(&new_events) {
             tx.execute_raw(announce).await?;
         }
-        let known = (!ended).then(|| Known {
-            conv: conversation::Model {
-                state: Value::Null,
-                last_seq: seq,
-                status,
-                ended_at,
-                updated_at: now,
-                resume_at,
-                resume_claimed_by: None,
-                resume_claimed_until: None,
-                callback_token_hash: callback_hash
-                    .unwrap_or_else(|| conv.callback_token_hash.clone()),
-                ..conv
-            },
-            state,
+        let known = (!ended).then(|| {
+            // Kept parsed: the row's JSON copy is not needed in memory.
+            after.state = Value::Null;
+            Known { conv: after, state }
         });
         Ok(Some(StepDone {
             events: new_events,
