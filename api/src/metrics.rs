@@ -56,6 +56,13 @@ pub fn turn(kind: &'static str, took: Duration) {
     histogram!("parley_turn_duration_seconds").record(took.as_secs_f64());
 }
 
+/// How a step took its conversation: `one_statement` (known here, written in one statement),
+/// `known` (known here, in a transaction), `read` (read in its transaction), `restarted` (known
+/// here but changed elsewhere, so taken again from the row), `new` (a start).
+pub fn turn_path(path: &'static str) {
+    counter!("parley_turn_paths_total", "path" => path).increment(1);
+}
+
 /// One webhook attempt: its outcome and how long the customer's endpoint took.
 pub fn attempt(succeeded: bool, took: Duration) {
     let outcome = if succeeded { "succeeded" } else { "failed" };

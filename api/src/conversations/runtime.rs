@@ -22,12 +22,13 @@ use crate::{
     events::{EventBus, SharedEvent},
     limits::Limiters,
     opaque::{random_token, token_hash},
-    settings::Settings,
+    settings::{DatabaseKind, Settings},
     webhooks::delivery::Deliveries,
 };
 
 mod background;
 mod caches;
+mod quick;
 mod turn;
 
 use background::Timers;
@@ -376,19 +377,42 @@ impl Runtime {
         let known = (!step.resume && !step.unless_in_flight && step.create.is_none())
             .then(|| self.recent.get(&conversation_id))
             .flatten();
-        let done = match known {
-            None => self.step_once(conversation_id, input, step, None).await,
-            Some(known) => {
+        let quick = match (&known, &input, &step) {
+            (
+                Some(known),
+                Input::Answer(text),
+                Step {
+                    visitor: Some(visitor),
+                    create: None,
+                    release: None,
+                    unless_in_flight: false,
+                    resume: false,
+                    callback: None,
+                },
+            ) if self.db.kind() == DatabaseKind::Postgres => {
+                self.quick_answer(known, visitor, text).await
+            }
+            _ => Ok(None),
+        };
+        let done = match (quick, known) {
+            (Ok(Some(done)), _) => {
+                crate::metrics::turn_path("one_statement");
+                Ok(done)
+            }
+            (Err(Undone::Stale), _) => self.restart(conversation_id, input, step).await,
+            (Err(failed), _) => Err(failed),
+            (Ok(None), None) => {
+                crate::metrics::turn_path(if step.create.is_some() { "new" } else { "read" });
+                self.step_once(conversation_id, input, step, None).await
+            }
+            (Ok(None), Some(known)) => {
+                crate::metrics::turn_path("known");
                 let again = (input.clone(), step.clone());
                 match self
                     .step_once(conversation_id, input, step, Some(known))
                     .await
                 {
-                    Err(Undone::Stale) => {
-                        self.recent.forget(&conversation_id);
-                        self.step_once(conversation_id, again.0, again.1, None)
-                            .await
-                    }
+                    Err(Undone::Stale) => self.restart(conversation_id, again.0, again.1).await,
                     other => other,
                 }
             }
@@ -414,6 +438,18 @@ impl Runtime {
         }
         self.deliveries.queued(done.queued);
         Ok((shared, done.sync))
+    }
+
+    /// The step again, from the row: the conversation changed since this instance knew it.
+    async fn restart(
+        self: &Arc<Self>,
+        conversation_id: Uuid,
+        input: Input,
+        step: Step,
+    ) -> Result<StepDone, Undone> {
+        crate::metrics::turn_path("restarted");
+        self.recent.forget(&conversation_id);
+        self.step_once(conversation_id, input, step, None).await
     }
 
     /// One step in one transaction (grouped with others on SQLite), from `known` if given.

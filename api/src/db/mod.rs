@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use migration::MigratorTrait as _;
 use sea_orm::{
-    ConnectOptions, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait,
+    ConnectOptions, DatabaseConnection, DatabaseTransaction, DbErr, Statement, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
@@ -167,6 +167,16 @@ impl Db {
         };
         crate::metrics::write_wait(began.elapsed());
         result
+    }
+
+    /// Runs one statement of a conversation step on its own, where steps run, if the database
+    /// can (PostgreSQL: a statement is a transaction of its own); the rows it changed, or
+    /// `None` on SQLite, whose steps share the writer's transactions.
+    pub async fn step_statement(&self, statement: Statement) -> Option<Result<u64, DbErr>> {
+        match &self.steps {
+            Steps::Grouped(_) => None,
+            Steps::Own(steps) => Some(steps.execute(statement).await),
+        }
     }
 
     /// Each pool's name, size and idle connections.

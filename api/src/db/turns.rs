@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait as _, DatabaseConnection, DatabaseTransaction, DbErr, Statement,
+    TransactionTrait,
+};
 use tokio::sync::oneshot;
 
 use super::Db;
@@ -97,6 +100,19 @@ impl StepRuntime {
         match step.await {
             Ok(result) => result,
             Err(e) => Err(DbErr::Custom(format!("the step did not finish: {e}")).into()),
+        }
+    }
+
+    /// Runs one statement on its own (it commits by itself) on the step runtime; the rows it
+    /// changed. One round trip instead of the four of BEGIN, two statements and COMMIT.
+    pub(super) async fn execute(&self, statement: Statement) -> Result<u64, DbErr> {
+        let pool = self.pool.clone();
+        let step = self
+            .handle
+            .spawn(async move { pool.execute_raw(statement).await });
+        match step.await {
+            Ok(result) => Ok(result?.rows_affected()),
+            Err(e) => Err(DbErr::Custom(format!("the step did not finish: {e}"))),
         }
     }
 }

@@ -127,3 +127,72 @@ async fn a_conversations_delivery_is_handed_to_the_worker_and_sent_without_waiti
     let after = handed(&scrape(&app, Some(TOKEN)).await.text().await.expect("text"));
     assert!(after >= before + 1.0, "handed over: {before} then {after}");
 }
+
+/// `parley_turn_paths_total{path}` now.
+async fn turn_path(app: &TestApp, path: &str) -> f64 {
+    let text = scrape(app, Some(TOKEN))
+        .await
+        .text()
+        .await
+        .expect("the metrics text");
+    sample(
+        &text,
+        &format!("parley_turn_paths_total{{path=\"{path}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn an_answer_to_a_conversation_this_instance_knows_skips_the_read_and_on_postgres_is_one_statement()
+ {
+    let app = spawn_app_with(|s| {
+        s.metrics_token_hash = Some(parley::opaque::token_hash(TOKEN));
+    })
+    .await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "q1", "blocks": [
+        { "id": "q1", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "q2" },
+        { "id": "q2", "kind": "QUESTION", "text": "Hi {{name}}, city?", "saveAnswerTo": "city", "next": "q1" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    let (conv, token) = app.new_conversation(&bot).await;
+    let path = if app.db.is_postgres() {
+        "one_statement"
+    } else {
+        "known"
+    };
+    let before = turn_path(&app, path).await;
+    for answer in ["Jo", "Paris", "Ann"] {
+        assert_ok(&app.send_answer(&conv, &token, answer).await);
+    }
+    // Counters are the process's: other tests' servers may add to them, never take away.
+    let after = turn_path(&app, path).await;
+    assert!(after - before >= 3.0, "{path}: {before} then {after}");
+    // And the turns wrote what a full step writes.
+    let seen = app.conversation(Some(&owner.token), &conv, None).await;
+    let events = seen["data"]["conversation"]["events"]
+        .as_array()
+        .expect("events")
+        .clone();
+    let texts: Vec<&str> = events.iter().filter_map(|e| e["text"].as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "Name?",
+            "Jo",
+            "Hi Jo, city?",
+            "Paris",
+            "Name?",
+            "Ann",
+            "Hi Ann, city?"
+        ]
+    );
+    let seqs: Vec<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    assert_eq!(
+        seen["data"]["conversation"]["answers"],
+        json!({ "name": "Ann", "city": "Paris" })
+    );
+    assert_eq!(seen["data"]["conversation"]["status"], "ACTIVE");
+}

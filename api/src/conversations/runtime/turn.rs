@@ -65,7 +65,7 @@ impl From<sea_orm::DbErr> for Undone {
     }
 }
 
-fn step_error(e: StepError) -> ApiError {
+pub(super) fn step_error(e: StepError) -> ApiError {
     match e {
         StepError::AlreadyEnded => ApiError::Conflict("the conversation has ended".into()),
         StepError::NoPendingQuestion => ApiError::Conflict(
@@ -82,7 +82,7 @@ fn parse_state(stored: &Value) -> ApiResult<State> {
 }
 
 /// The event row of a message the engine said.
-fn event_row(
+pub(super) fn event_row(
     conv: &conversation::Model,
     seq: i32,
     msg: ChatMessage,

@@ -1,0 +1,179 @@
+//! Answers in one statement on PostgreSQL.
+//!
+//! Most turns of a chat only make the bot speak: the visitor's message and the next question.
+//! For a conversation this instance knows (see [`super::caches::Recent`]), such a turn needs no
+//! read, so on PostgreSQL it is one statement that updates the row, if unchanged, and appends
+//! the events: one round trip, and one commit, instead of BEGIN, two statements and COMMIT.
+//! Whatever else a turn does (a webhook, an end, a pause, a NOTIFY for other instances, a
+//! conversation changed elsewhere) takes the full transaction.
+use chrono::{SubsecRound as _, Utc};
+use entity::{conversation::ConversationStatus, conversation_event};
+use sea_orm::{ActiveEnum as _, DatabaseBackend, Statement};
+
+use super::{Known, Runtime, StepDone, Undone, visitor_not_found};
+use crate::{
+    engine::{self, Input, Output, Position},
+    error::ApiError,
+};
+
+use super::turn::{event_row, step_error};
+
+impl Runtime {
+    /// Takes `text` as the answer to `known` in one statement if the turn only makes the bot
+    /// speak; `None` when the turn needs the full transaction (nothing was written then, and
+    /// nothing counted), [`Undone::Stale`] when the row changed since.
+    pub(super) async fn quick_answer(
+        &self,
+        known: &Known,
+        visitor: &str,
+        text: &str,
+    ) -> Result<Option<StepDone>, Undone> {
+        let conv = &known.conv;
+        if visitor != conv.visitor_token_hash {
+            return Err(Undone::Failed(visitor_not_found()));
+        }
+        if matches!(known.state.position, Position::AwaitingCallback { .. }) {
+            return Ok(None);
+        }
+        let flow = self
+            .flows
+            .get(self.db.conn(), conv.bot_id, conv.version)
+            .await
+            .map_err(Undone::Failed)?;
+        let mut state = known.state.clone();
+        let result = match engine::step(&flow, &mut state, Input::Answer(text.to_owned())) {
+            Ok(result) => result,
+            Err(e) => {
+                // Counted as in the full step, where the budget is spent before the engine.
+                self.limiters
+                    .answers_by_conversation
+                    .check(&conv.id)
+                    .map_err(Undone::Failed)?;
+                return Err(Undone::Failed(step_error(e)));
+            }
+        };
+        let simple = result.outputs.iter().all(|o| matches!(o, Output::Say(_)))
+            && !state.is_ended()
+            && !matches!(
+                state.position,
+                Position::Waiting { .. } | Position::AwaitingCallback { .. }
+            );
+        let last_seq = conv.last_seq + result.outputs.len() as i32;
+        if !simple || result.outputs.is_empty() || last_seq >= self.max_events {
+            return Ok(None);
+        }
+        let now = Utc::now().trunc_subsecs(6);
+        let events: Vec<conversation_event::Model> = result
+            .outputs
+            .into_iter()
+            .zip(result.say_blocks)
+            .zip(conv.last_seq + 1..)
+            .filter_map(|((output, block), seq)| match output {
+                Output::Say(msg) => Some(event_row(conv, seq, msg, now, block)),
+                _ => None,
+            })
+            .collect();
+        if self.bus.announcement(&events).is_some() {
+            return Ok(None);
+        }
+        self.limiters
+            .answers_by_conversation
+            .check(&conv.id)
+            .map_err(Undone::Failed)?;
+        for note in &result.notes {
+            tracing::info!(conversation.id = %conv.id, note, "engine note");
+        }
+        let stored = serde_json::to_value(&state)
+            .map_err(|e| Undone::Failed(ApiError::Internal(e.into())))?;
+        let statement = statement(conv, stored, last_seq, now, &events);
+        let Some(written) = self.db.step_statement(statement).await else {
+            return Ok(None);
+        };
+        match written {
+            Ok(n) if n == events.len() as u64 => {}
+            Ok(0) => return Err(Undone::Stale),
+            Ok(n) => {
+                return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                    "a one-statement turn wrote {n} of {} events",
+                    events.len()
+                ))));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(StepDone {
+            events,
+            sync: None,
+            queued: Default::default(),
+            resume_at: None,
+            known: Some(Known {
+                conv: entity::conversation::Model {
+                    last_seq,
+                    status: ConversationStatus::Active,
+                    ended_at: None,
+                    updated_at: now,
+                    resume_at: None,
+                    resume_claimed_by: None,
+                    resume_claimed_until: None,
+                    ..conv.clone()
+                },
+                state,
+            }),
+        }))
+    }
+}
+
+/// The row's update, applied only if it still holds what this instance knows, and the events'
+/// insert, which inserts nothing unless the update applied: as the full step writes them.
+fn statement(
+    conv: &entity::conversation::Model,
+    state: serde_json::Value,
+    last_seq: i32,
+    now: chrono::DateTime<Utc>,
+    events: &[conversation_event::Model],
+) -> Statement {
+    let mut values: Vec<sea_orm::Value> = vec![
+        state.into(),
+        last_seq.into(),
+        ConversationStatus::Active.to_value().into(),
+        now.into(),
+        conv.id.into(),
+        conv.last_seq.into(),
+        conv.updated_at.into(),
+    ];
+    let mut rows = Vec::with_capacity(events.len());
+    for e in events {
+        let n = values.len();
+        rows.push(format!(
+            "(${}::uuid, ${}::int4, ${}::uuid, ${}::text, ${}::text, ${}::jsonb, ${}::timestamptz, ${}::text)",
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8
+        ));
+        values.extend([
+            e.conversation_id.into(),
+            e.seq.into(),
+            e.account_id.into(),
+            e.kind.clone().into(),
+            e.text.clone().into(),
+            e.input.clone().into(),
+            e.at.into(),
+            e.block_id.clone().into(),
+        ]);
+    }
+    let sql = format!(
+        "WITH moved AS (\
+           UPDATE conversations SET state = $1, last_seq = $2, status = $3, ended_at = NULL, \
+             updated_at = $4, resume_at = NULL, resume_claimed_by = NULL, resume_claimed_until = NULL \
+           WHERE id = $5 AND last_seq = $6 AND updated_at = $7 RETURNING id) \
+         INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, input, at, block_id) \
+         SELECT v.* FROM moved CROSS JOIN (VALUES {}) \
+           AS v(conversation_id, seq, account_id, kind, text, input, at, block_id)",
+        rows.join(", ")
+    );
+    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
+}
