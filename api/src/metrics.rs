@@ -56,9 +56,10 @@ pub fn turn(kind: &'static str, took: Duration) {
     histogram!("parley_turn_duration_seconds").record(took.as_secs_f64());
 }
 
-/// How a step took its conversation: `one_statement` (known here, written in one statement),
-/// `known` (known here, in a transaction), `read` (read in its transaction), `restarted` (known
-/// here but changed elsewhere, so taken again from the row), `new` (a start).
+/// How a step took its conversation: `quick` (known here, and the turn only made the bot
+/// speak: written without a read, in one statement on PostgreSQL), `known` (known here, in a
+/// full step), `read` (read in its transaction), `restarted` (known here but changed
+/// elsewhere, so taken again from the row), `new` (a start).
 pub fn turn_path(path: &'static str) {
     counter!("parley_turn_paths_total", "path" => path).increment(1);
 }

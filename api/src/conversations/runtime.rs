@@ -22,7 +22,7 @@ use crate::{
     events::{EventBus, SharedEvent},
     limits::Limiters,
     opaque::{random_token, token_hash},
-    settings::{DatabaseKind, Settings},
+    settings::Settings,
     webhooks::delivery::Deliveries,
 };
 
@@ -389,14 +389,12 @@ impl Runtime {
                     resume: false,
                     callback: None,
                 },
-            ) if self.db.kind() == DatabaseKind::Postgres => {
-                self.quick_answer(known, visitor, text).await
-            }
+            ) => self.quick_answer(known, visitor, text).await,
             _ => Ok(None),
         };
         let done = match (quick, known) {
             (Ok(Some(done)), _) => {
-                crate::metrics::turn_path("one_statement");
+                crate::metrics::turn_path("quick");
                 Ok(done)
             }
             (Err(Undone::Stale), _) => self.restart(conversation_id, input, step).await,

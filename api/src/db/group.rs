@@ -50,8 +50,31 @@ impl GroupWriter {
         Ok(Self { jobs })
     }
 
-    /// Runs `f` in the next batch's transaction; its result once the batch committed.
+    /// Runs `f` in the next batch's transaction under a savepoint of its own; its result once
+    /// the batch committed.
     pub(super) async fn run<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbErr> + Send + 'static,
+        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+    {
+        self.run_job(f, true).await
+    }
+
+    /// Like [`Self::run`] without the savepoint, one hop to the worker thread fewer: for a
+    /// write that is refused, if at all, before it writes anything. Should it fail after
+    /// writing, the batch cannot keep the others' writes without its own and is rolled back
+    /// whole.
+    pub(super) async fn run_unsaved<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<DbErr> + Send + 'static,
+        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+    {
+        self.run_job(f, false).await
+    }
+
+    async fn run_job<T, E, F>(&self, f: F, savepoint: bool) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<DbErr> + Send + 'static,
@@ -67,7 +90,7 @@ impl GroupWriter {
                 // Raw savepoints, never released: COMMIT releases them all, and a RELEASE
                 // per job would be one more hop to the worker thread on the hot path. A
                 // ROLLBACK TO names the latest savepoint of that name, i.e. this job's.
-                if let Err(e) = tx.execute_unprepared("SAVEPOINT parley_job").await {
+                if savepoint && let Err(e) = tx.execute_unprepared("SAVEPOINT parley_job").await {
                     return fail(reply, e.into(), true);
                 }
                 match f(tx).await {
@@ -80,10 +103,11 @@ impl GroupWriter {
                         }),
                         poisoned: false,
                     },
-                    Err(e) => {
+                    Err(e) if savepoint => {
                         let undone = tx.execute_unprepared("ROLLBACK TO parley_job").await;
                         fail(reply, e, undone.is_err())
                     }
+                    Err(e) => fail(reply, e, true),
                 }
             })
         });
@@ -220,6 +244,41 @@ mod tests {
         committed.sort_unstable();
         assert_eq!(rows, committed);
         assert!(rows.iter().all(|n| n % 5 != 0));
+        drop(db);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn an_unsaved_write_that_fails_after_writing_takes_its_batch_down_and_the_writer_goes_on()
+    {
+        let (db, path) = scratch_db().await;
+        let failed = db
+            .write_grouped_unsaved(|tx| {
+                Box::pin(async move {
+                    insert(tx, 1).await?;
+                    Err::<(), _>(DbErr::Custom("refused after writing".into()))
+                })
+            })
+            .await
+            .expect("SQLite groups its writes");
+        assert!(failed.is_err());
+        let kept = db
+            .write_grouped_unsaved(|tx| Box::pin(async move { insert(tx, 2).await }))
+            .await
+            .expect("SQLite groups its writes");
+        assert!(kept.is_ok(), "{kept:?}");
+        let rows: Vec<i64> = db
+            .conn()
+            .query_all_raw(Statement::from_string(
+                db.conn().get_database_backend(),
+                "SELECT n FROM t ORDER BY n",
+            ))
+            .await
+            .expect("rows")
+            .iter()
+            .map(|r| r.try_get::<i64>("", "n").expect("n"))
+            .collect();
+        assert_eq!(rows, [2]);
         drop(db);
         let _ = std::fs::remove_file(path);
     }

@@ -169,6 +169,26 @@ impl Db {
         result
     }
 
+    /// On SQLite, like [`Self::write_grouped`] without the savepoint (see
+    /// `GroupWriter::run_unsaved`): `f` must refuse, if at all, before it writes. `None` on
+    /// PostgreSQL, where a step's transaction is its own anyway.
+    pub async fn write_grouped_unsaved<T, E, F>(&self, f: F) -> Option<Result<T, E>>
+    where
+        T: Send + 'static,
+        E: From<DbErr> + Send + 'static,
+        F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<T, E>> + Send + 'static,
+    {
+        match &self.steps {
+            Steps::Grouped(group) => {
+                let began = std::time::Instant::now();
+                let result = group.run_unsaved(f).await;
+                crate::metrics::write_wait(began.elapsed());
+                Some(result)
+            }
+            Steps::Own(_) => None,
+        }
+    }
+
     /// Runs one statement of a conversation step on its own, where steps run, if the database
     /// can (PostgreSQL: a statement is a transaction of its own); the rows it changed, or
     /// `None` on SQLite, whose steps share the writer's transactions.

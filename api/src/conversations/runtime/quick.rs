@@ -1,27 +1,38 @@
-//! Answers in one statement on PostgreSQL.
+//! Answers that only make the bot speak, written without a read.
 //!
 //! Most turns of a chat only make the bot speak: the visitor's message and the next question.
 //! For a conversation this instance knows (see [`super::caches::Recent`]), such a turn needs no
-//! read, so on PostgreSQL it is one statement that updates the row, if unchanged, and appends
-//! the events: one round trip, and one commit, instead of BEGIN, two statements and COMMIT.
+//! read: the engine runs before the write, outside the database's thread, and the write
+//! updates the row, if unchanged, and appends the events. On PostgreSQL that is one statement:
+//! one round trip and one commit instead of BEGIN, two statements and COMMIT. On SQLite it is
+//! two statements in the writer's batch, without the savepoint a full step takes.
 //! Whatever else a turn does (a webhook, an end, a pause, a NOTIFY for other instances, a
 //! conversation changed elsewhere) takes the full transaction.
 use chrono::{SubsecRound as _, Utc};
-use entity::{conversation::ConversationStatus, conversation_event};
-use sea_orm::{ActiveEnum as _, DatabaseBackend, Statement};
+use entity::{
+    conversation::{self, ConversationStatus},
+    conversation_event,
+};
+use sea_orm::{
+    ActiveEnum as _, ActiveValue::Set, ColumnTrait as _, DatabaseBackend, DbErr, EntityTrait as _,
+    QueryFilter as _, Statement,
+};
 
 use super::{Known, Runtime, StepDone, Undone, visitor_not_found};
 use crate::{
     engine::{self, Input, Output, Position},
     error::ApiError,
+    settings::DatabaseKind,
 };
 
 use super::turn::{event_row, step_error};
 
 impl Runtime {
-    /// Takes `text` as the answer to `known` in one statement if the turn only makes the bot
-    /// speak; `None` when the turn needs the full transaction (nothing was written then, and
-    /// nothing counted), [`Undone::Stale`] when the row changed since.
+    /// Takes `text` as the answer to `known` without a read if the turn only makes the bot
+    /// speak; `None` when the turn needs the full step (nothing was written then, and nothing
+    /// counted), [`Undone::Stale`] when the row changed since (the answer was counted against
+    /// the conversation's budget, and the full step counts it again: rare, and only ever
+    /// against that visitor's own budget).
     pub(super) async fn quick_answer(
         &self,
         known: &Known,
@@ -85,21 +96,9 @@ impl Runtime {
         }
         let stored = serde_json::to_value(&state)
             .map_err(|e| Undone::Failed(ApiError::Internal(e.into())))?;
-        let statement = statement(conv, stored, last_seq, now, &events);
-        let Some(written) = self.db.step_statement(statement).await else {
-            return Ok(None);
+        let Some(events) = self.write(conv, stored, last_seq, now, events).await? else {
+            return Err(Undone::Stale);
         };
-        match written {
-            Ok(n) if n == events.len() as u64 => {}
-            Ok(0) => return Err(Undone::Stale),
-            Ok(n) => {
-                return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
-                    "a one-statement turn wrote {n} of {} events",
-                    events.len()
-                ))));
-            }
-            Err(e) => return Err(e.into()),
-        }
         Ok(Some(StepDone {
             events,
             sync: None,
@@ -119,6 +118,78 @@ impl Runtime {
                 state,
             }),
         }))
+    }
+}
+
+impl Runtime {
+    /// Writes a turn's row and events, unless the row changed since `conv` (then `None`).
+    async fn write(
+        &self,
+        conv: &conversation::Model,
+        state: serde_json::Value,
+        last_seq: i32,
+        now: chrono::DateTime<Utc>,
+        events: Vec<conversation_event::Model>,
+    ) -> Result<Option<Vec<conversation_event::Model>>, Undone> {
+        if self.db.kind() == DatabaseKind::Postgres {
+            let statement = statement(conv, state, last_seq, now, &events);
+            let Some(written) = self.db.step_statement(statement).await else {
+                return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                    "PostgreSQL steps have no runtime of their own"
+                ))));
+            };
+            return match written? {
+                n if n == events.len() as u64 => Ok(Some(events)),
+                0 => Ok(None),
+                n => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                    "a one-statement turn wrote {n} of {} events",
+                    events.len()
+                )))),
+            };
+        }
+        // SQLite: in the writer's batch, without a savepoint of its own, since nothing is
+        // written unless the update applies, and the events' insert, on a fresh `seq` after
+        // the row's `last_seq`, fails only with the database itself.
+        let (id, expect_seq, expect_at) = (conv.id, conv.last_seq, conv.updated_at);
+        let write = self.db.write_grouped_unsaved(move |tx| {
+            Box::pin(async move {
+                let updated = conversation::Entity::update_many()
+                    .set(conversation::ActiveModel {
+                        state: Set(state),
+                        last_seq: Set(last_seq),
+                        status: Set(ConversationStatus::Active),
+                        ended_at: Set(None),
+                        updated_at: Set(now),
+                        resume_at: Set(None),
+                        resume_claimed_by: Set(None),
+                        resume_claimed_until: Set(None),
+                        ..Default::default()
+                    })
+                    .filter(conversation::Column::Id.eq(id))
+                    .filter(conversation::Column::LastSeq.eq(expect_seq))
+                    .filter(conversation::Column::UpdatedAt.eq(expect_at))
+                    .exec(tx)
+                    .await?;
+                if updated.rows_affected == 0 {
+                    return Ok::<_, DbErr>(None);
+                }
+                conversation_event::Entity::insert_many(
+                    events
+                        .iter()
+                        .cloned()
+                        .map(conversation_event::ActiveModel::from),
+                )
+                .exec_without_returning(tx)
+                .await?;
+                Ok(Some(events))
+            })
+        });
+        match write.await {
+            Some(written) => Ok(written?),
+            None => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                "SQLite steps have no writer thread"
+            )))),
+        }
     }
 }
 
