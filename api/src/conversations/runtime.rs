@@ -417,11 +417,15 @@ impl Runtime {
         };
         let done = match done {
             Ok(done) => done,
-            Err(Undone::Failed(e)) => return Err(e),
-            Err(Undone::Stale) => {
-                return Err(ApiError::Internal(anyhow::anyhow!(
-                    "a step that read its conversation found it changed"
-                )));
+            Err(failed) => {
+                // Whatever this instance knew of the conversation may be why.
+                self.recent.forget(&conversation_id);
+                return Err(match failed {
+                    Undone::Failed(e) => e,
+                    Undone::Stale => ApiError::Internal(anyhow::anyhow!(
+                        "a step that read its conversation found it changed"
+                    )),
+                });
             }
         };
         crate::metrics::turn(kind, began.elapsed());

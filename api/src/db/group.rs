@@ -62,9 +62,9 @@ impl GroupWriter {
     }
 
     /// Like [`Self::run`] without the savepoint, one hop to the worker thread fewer: for a
-    /// write that is refused, if at all, before it writes anything. Should it fail after
-    /// writing, the batch cannot keep the others' writes without its own and is rolled back
-    /// whole.
+    /// write that refuses by returning `Ok` before it writes anything, and fails only with
+    /// the database. Any error rolls the whole batch back, since the batch cannot keep the
+    /// others' writes without this one's.
     pub(super) async fn run_unsaved<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,

@@ -352,3 +352,44 @@ async fn a_conversation_changed_behind_this_instances_back_goes_on_from_the_stor
     );
     assert_eq!(seen["data"]["conversation"]["answers"]["city"], "Paris");
 }
+
+#[tokio::test]
+async fn an_answer_refused_by_what_this_instance_knew_is_taken_when_the_conversation_moved_on_elsewhere()
+ {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "q1", "blocks": [
+        { "id": "q1", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "w" },
+        { "id": "w", "kind": "WAIT", "seconds": 60, "next": "q2" },
+        { "id": "q2", "kind": "QUESTION", "text": "City?", "saveAnswerTo": "city" } ] });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    let (conv, token) = app.new_conversation(&bot).await;
+    // This instance's last step leaves the conversation pausing: it would refuse an answer.
+    assert_ok(&app.send_answer(&conv, &token, "Jo").await);
+    // Another instance ends the pause and asks the next question.
+    sql(
+        &app,
+        "UPDATE conversations SET state = '{\"position\":{\"type\":\"awaitingAnswer\",\"blockId\":\"q2\"},\"answers\":{\"name\":\"Jo\"},\"variables\":{\"name\":\"Jo\"}}', \
+         resume_at = NULL, last_seq = last_seq + 1, updated_at = '2030-01-02T03:04:05+00:00' WHERE id = $1",
+        vec![uuid(&conv)],
+    )
+    .await;
+    sql(
+        &app,
+        "INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, at, block_id) \
+         SELECT id, last_seq, account_id, 'QUESTION', 'City?', updated_at, 'q2' FROM conversations WHERE id = $1",
+        vec![uuid(&conv)],
+    )
+    .await;
+
+    assert_ok(&app.send_answer(&conv, &token, "Paris").await);
+    let seen = app.conversation(Some(&owner.token), &conv, None).await;
+    assert_ok(&seen);
+    assert_eq!(
+        seen["data"]["conversation"]["answers"],
+        json!({ "name": "Jo", "city": "Paris" })
+    );
+    assert_eq!(seen["data"]["conversation"]["status"], "COMPLETED");
+}

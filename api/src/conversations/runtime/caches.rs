@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use entity::{bot_version, conversation};
+use moka::ops::compute::Op;
 use sea_orm::{ConnectionTrait, EntityTrait};
 use serde_json::Value;
 use uuid::Uuid;
@@ -89,8 +90,18 @@ impl Recent {
         self.0.get(id)
     }
 
+    /// Keeps `known` unless a later step of the same conversation is kept already: two steps
+    /// of one conversation may finish here in either order.
     pub(super) fn remember(&self, known: Known) {
-        self.0.insert(known.conv.id, Arc::new(known));
+        let rank = (known.conv.last_seq, known.conv.updated_at);
+        self.0
+            .entry(known.conv.id)
+            .and_compute_with(|kept| match kept {
+                Some(kept) if (kept.value().conv.last_seq, kept.value().conv.updated_at) > rank => {
+                    Op::Nop
+                }
+                _ => Op::Put(Arc::new(known)),
+            });
     }
 
     pub(super) fn forget(&self, id: &Uuid) {

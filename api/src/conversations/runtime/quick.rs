@@ -25,14 +25,15 @@ use crate::{
     settings::DatabaseKind,
 };
 
-use super::turn::{event_row, step_error};
+use super::turn::event_row;
 
 impl Runtime {
     /// Takes `text` as the answer to `known` without a read if the turn only makes the bot
     /// speak; `None` when the turn needs the full step (nothing was written then, and nothing
-    /// counted), [`Undone::Stale`] when the row changed since (the answer was counted against
-    /// the conversation's budget, and the full step counts it again: rare, and only ever
-    /// against that visitor's own budget).
+    /// counted), [`Undone::Stale`] when the engine refused the answer or the row changed
+    /// since: the step is taken again from the row (in the second case the answer was counted
+    /// against the conversation's budget and is counted again: rare, and only ever against
+    /// that visitor's own budget).
     pub(super) async fn quick_answer(
         &self,
         known: &Known,
@@ -52,16 +53,10 @@ impl Runtime {
             .await
             .map_err(Undone::Failed)?;
         let mut state = known.state.clone();
-        let result = match engine::step(&flow, &mut state, Input::Answer(text.to_owned())) {
-            Ok(result) => result,
-            Err(e) => {
-                // Counted as in the full step, where the budget is spent before the engine.
-                self.limiters
-                    .answers_by_conversation
-                    .check(&conv.id)
-                    .map_err(Undone::Failed)?;
-                return Err(Undone::Failed(step_error(e)));
-            }
+        let Ok(result) = engine::step(&flow, &mut state, Input::Answer(text.to_owned())) else {
+            // Refused by what is known here only: the row decides whether the refusal stands
+            // (the conversation may have moved on on another instance). Nothing was counted.
+            return Err(Undone::Stale);
         };
         let simple = result.outputs.iter().all(|o| matches!(o, Output::Say(_)))
             && !state.is_ended()

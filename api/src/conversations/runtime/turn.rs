@@ -194,6 +194,10 @@ impl Runtime {
             return Ok(Some(StepDone::nothing()));
         }
         if callback.is_some() && conv.callback_token_hash.as_deref() != callback.as_deref() {
+            if expect.is_some() {
+                // Known here only: the row decides (another instance may have minted it).
+                return Ok(None);
+            }
             // Used meanwhile by a concurrent request, or spent by a timeout.
             return Err(callback_not_found());
         }
@@ -206,11 +210,19 @@ impl Runtime {
         }
         if matches!(input, Input::Answer(_)) {
             // Counted only once the token matched: a stranger cannot spend a visitor's budget.
+            // A step restarted from the row counts again (rare: the conversation changed on
+            // another instance).
             self.limiters.answers_by_conversation.check(&conv.id)?;
         }
         let flow = self.flows.get(tx, conv.bot_id, conv.version).await?;
         let was_awaiting_callback = matches!(state.position, Position::AwaitingCallback { .. });
-        let result = engine::step(&flow, &mut state, input).map_err(step_error)?;
+        let result = match engine::step(&flow, &mut state, input) {
+            Ok(result) => result,
+            // A refusal of what is known here only is not final: the conversation may have
+            // moved on elsewhere (a callback or a pause ended on another instance).
+            Err(_) if expect.is_some() => return Ok(None),
+            Err(e) => return Err(step_error(e)),
+        };
         for note in &result.notes {
             tracing::info!(conversation.id = %conv.id, note, "engine note");
         }
