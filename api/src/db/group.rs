@@ -202,6 +202,19 @@ mod tests {
         .map(|_| ())
     }
 
+    async fn stored(db: &Db) -> Vec<i64> {
+        db.conn()
+            .query_all_raw(Statement::from_string(
+                db.conn().get_database_backend(),
+                "SELECT n FROM t ORDER BY n",
+            ))
+            .await
+            .expect("rows")
+            .iter()
+            .map(|r| r.try_get::<i64>("", "n").expect("n"))
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_failed_write_is_undone_alone_and_the_others_of_its_batch_commit() {
         let (db, path) = scratch_db().await;
@@ -230,17 +243,7 @@ mod tests {
             }
         }
         assert_eq!(committed.len(), 40);
-        let rows: Vec<i64> = db
-            .conn()
-            .query_all_raw(Statement::from_string(
-                db.conn().get_database_backend(),
-                "SELECT n FROM t ORDER BY n",
-            ))
-            .await
-            .expect("rows")
-            .iter()
-            .map(|r| r.try_get::<i64>("", "n").expect("n"))
-            .collect();
+        let rows = stored(&db).await;
         committed.sort_unstable();
         assert_eq!(rows, committed);
         assert!(rows.iter().all(|n| n % 5 != 0));
@@ -267,17 +270,7 @@ mod tests {
             .await
             .expect("SQLite groups its writes");
         assert!(kept.is_ok(), "{kept:?}");
-        let rows: Vec<i64> = db
-            .conn()
-            .query_all_raw(Statement::from_string(
-                db.conn().get_database_backend(),
-                "SELECT n FROM t ORDER BY n",
-            ))
-            .await
-            .expect("rows")
-            .iter()
-            .map(|r| r.try_get::<i64>("", "n").expect("n"))
-            .collect();
+        let rows = stored(&db).await;
         assert_eq!(rows, [2]);
         drop(db);
         let _ = std::fs::remove_file(path);

@@ -582,6 +582,35 @@ impl TestApp {
         .await
     }
 
+    /// A new bot of `user`'s with `flow` saved and published.
+    pub async fn published_bot(&self, user: &TestUser, flow: Value) -> String {
+        let bot = self.new_bot(user).await;
+        assert_ok(&self.save_flow(&user.token, &bot, flow, None).await);
+        assert_ok(&self.publish_bot(&user.token, &bot).await);
+        bot
+    }
+
+    /// A conversation as its team sees it (`conversation` with events), and its stored
+    /// events' `seq`s and texts, in order.
+    pub async fn stored_conversation(
+        &self,
+        user: &TestUser,
+        conversation_id: &str,
+    ) -> (Value, Vec<i64>, Vec<String>) {
+        let seen = self
+            .conversation(Some(&user.token), conversation_id, None)
+            .await;
+        assert_ok(&seen);
+        let conv = seen["data"]["conversation"].clone();
+        let events = conv["events"].as_array().cloned().unwrap_or_default();
+        let seqs = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
+        let texts = events
+            .iter()
+            .filter_map(|e| e["text"].as_str().map(str::to_owned))
+            .collect();
+        (conv, seqs, texts)
+    }
+
     /// A bot with the seed flow saved and published, calling a new webhook at `url`.
     pub async fn published_seed_bot(
         &self,
@@ -857,6 +886,13 @@ impl TestApp {
             .expect("secret")
             .to_owned()
     }
+}
+
+/// Two questions asked in turn, again and again: `name`, then `city` (greeting the name).
+pub fn two_questions() -> Value {
+    json!({ "startBlockId": "q1", "blocks": [
+        { "id": "q1", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "q2" },
+        { "id": "q2", "kind": "QUESTION", "text": "Hi {{name}}, city?", "saveAnswerTo": "city", "next": "q1" } ] })
 }
 
 /// The kinds of a list of events.

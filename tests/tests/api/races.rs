@@ -301,44 +301,51 @@ async fn deliveries_in_flight_at_a_crash_are_sent_again_within_seconds_of_the_re
     }
 }
 
+/// Moves `conv` on behind the app's back, as another instance would: `state` (JSON, or
+/// unchanged if `None`), `last_seq` one further with an event of `kind`, `text` and `block`
+/// at that `seq`, and a new `updated_at`.
+async fn moved_on_elsewhere(
+    app: &TestApp,
+    conv: &str,
+    state: Option<&str>,
+    event: (&str, &str, &str),
+) {
+    let state = state.map_or("state".to_owned(), |s| format!("'{s}'"));
+    sql(
+        app,
+        &format!(
+            "UPDATE conversations SET state = {state}, resume_at = NULL, last_seq = last_seq + 1, \
+             updated_at = '2030-01-02T03:04:05+00:00' WHERE id = $1"
+        ),
+        vec![uuid(conv)],
+    )
+    .await;
+    let (kind, text, block) = event;
+    sql(
+        app,
+        &format!(
+            "INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, at, block_id) \
+             SELECT id, last_seq, account_id, '{kind}', '{text}', updated_at, '{block}' FROM conversations WHERE id = $1"
+        ),
+        vec![uuid(conv)],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_conversation_changed_behind_this_instances_back_goes_on_from_the_stored_row() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let bot = app.new_bot(&owner).await;
-    let flow = json!({ "startBlockId": "q1", "blocks": [
-        { "id": "q1", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "q2" },
-        { "id": "q2", "kind": "QUESTION", "text": "Hi {{name}}, city?", "saveAnswerTo": "city", "next": "q1" } ] });
-    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
-    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    let bot = app.published_bot(&owner, two_questions()).await;
     let (conv, token) = app.new_conversation(&bot).await;
     assert_ok(&app.send_answer(&conv, &token, "Jo").await);
     // Another writer (an instance that took the next turn, say) appends an event and moves
     // the conversation on, after this instance's last step of it.
-    sql(
-        &app,
-        "UPDATE conversations SET last_seq = last_seq + 1, updated_at = '2030-01-02T03:04:05+00:00' WHERE id = $1",
-        vec![uuid(&conv)],
-    )
-    .await;
-    sql(
-        &app,
-        "INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, at) \
-         SELECT id, last_seq, account_id, 'BOT_MESSAGE', 'from elsewhere', updated_at FROM conversations WHERE id = $1",
-        vec![uuid(&conv)],
-    )
-    .await;
+    moved_on_elsewhere(&app, &conv, None, ("BOT_MESSAGE", "from elsewhere", "q2")).await;
 
     assert_ok(&app.send_answer(&conv, &token, "Paris").await);
-    let seen = app.conversation(Some(&owner.token), &conv, None).await;
-    assert_ok(&seen);
-    let events = seen["data"]["conversation"]["events"]
-        .as_array()
-        .expect("events")
-        .clone();
-    let seqs: Vec<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
-    assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "{events:?}");
-    let texts: Vec<&str> = events.iter().filter_map(|e| e["text"].as_str()).collect();
+    let (seen, seqs, texts) = app.stored_conversation(&owner, &conv).await;
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>(), "{texts:?}");
     assert_eq!(
         texts,
         [
@@ -350,7 +357,7 @@ async fn a_conversation_changed_behind_this_instances_back_goes_on_from_the_stor
             "Name?"
         ]
     );
-    assert_eq!(seen["data"]["conversation"]["answers"]["city"], "Paris");
+    assert_eq!(seen["answers"]["city"], "Paris");
 }
 
 #[tokio::test]
@@ -358,38 +365,24 @@ async fn an_answer_refused_by_what_this_instance_knew_is_taken_when_the_conversa
  {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let bot = app.new_bot(&owner).await;
     let flow = json!({ "startBlockId": "q1", "blocks": [
         { "id": "q1", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "w" },
         { "id": "w", "kind": "WAIT", "seconds": 60, "next": "q2" },
         { "id": "q2", "kind": "QUESTION", "text": "City?", "saveAnswerTo": "city" } ] });
-    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
-    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    let bot = app.published_bot(&owner, flow).await;
     let (conv, token) = app.new_conversation(&bot).await;
     // This instance's last step leaves the conversation pausing: it would refuse an answer.
     assert_ok(&app.send_answer(&conv, &token, "Jo").await);
     // Another instance ends the pause and asks the next question.
-    sql(
-        &app,
-        "UPDATE conversations SET state = '{\"position\":{\"type\":\"awaitingAnswer\",\"blockId\":\"q2\"},\"answers\":{\"name\":\"Jo\"},\"variables\":{\"name\":\"Jo\"}}', \
-         resume_at = NULL, last_seq = last_seq + 1, updated_at = '2030-01-02T03:04:05+00:00' WHERE id = $1",
-        vec![uuid(&conv)],
-    )
-    .await;
-    sql(
-        &app,
-        "INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, at, block_id) \
-         SELECT id, last_seq, account_id, 'QUESTION', 'City?', updated_at, 'q2' FROM conversations WHERE id = $1",
-        vec![uuid(&conv)],
-    )
-    .await;
+    let asking = r#"{"position":{"type":"awaitingAnswer","blockId":"q2"},"answers":{"name":"Jo"},"variables":{"name":"Jo"}}"#;
+    moved_on_elsewhere(&app, &conv, Some(asking), ("QUESTION", "City?", "q2")).await;
 
     assert_ok(&app.send_answer(&conv, &token, "Paris").await);
-    let seen = app.conversation(Some(&owner.token), &conv, None).await;
-    assert_ok(&seen);
+    let (seen, _, texts) = app.stored_conversation(&owner, &conv).await;
     assert_eq!(
-        seen["data"]["conversation"]["answers"],
-        json!({ "name": "Jo", "city": "Paris" })
+        seen["answers"],
+        json!({ "name": "Jo", "city": "Paris" }),
+        "{texts:?}"
     );
-    assert_eq!(seen["data"]["conversation"]["status"], "COMPLETED");
+    assert_eq!(seen["status"], "COMPLETED");
 }
