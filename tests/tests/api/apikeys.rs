@@ -202,9 +202,7 @@ async fn a_keys_whole_life() {
     let mut watch = app
         .subscribe(Some(&key), ACCOUNT_EVENTS, json!({ "a": owner.account_id }))
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    app.new_conversation(&bot).await;
-    let event = watch.event("accountEvents").await;
+    let event = first_question(&app, &bot, &mut watch).await;
     assert_eq!(event["text"], "Hello?");
     // …and never another account's.
     let mut foreign = app

@@ -48,22 +48,6 @@ async fn chatty_bot(app: &TestApp, owner: &TestUser) -> String {
     bot
 }
 
-/// Starts chats with `bot` until `watch` sees the first one's question. A subscription goes
-/// live a moment after `subscribe` returns (its access is checked first), and an account event
-/// published before that is not replayed, so one chat alone could go unseen.
-async fn first_question(app: &TestApp, bot: &str, watch: &mut Sub) -> Value {
-    for _ in 0..10 {
-        app.new_conversation(bot).await;
-        if let Some(msg) = watch.message_within(Duration::from_millis(500)).await {
-            assert_eq!(msg["type"], "next", "unexpected message: {msg}");
-            let event = msg["payload"]["data"]["accountEvents"].clone();
-            assert_eq!(event["kind"], "QUESTION", "{msg}");
-            return event;
-        }
-    }
-    panic!("no accountEvents event after ten chats");
-}
-
 /// Waits for the subscription to end with an error; its code and how long it took.
 async fn ended_with(sub: &mut Sub) -> (String, Duration) {
     let started = Instant::now();
