@@ -2,8 +2,8 @@
 //! is written to the outbox in the transaction of the change it reports, once per webhook of
 //! the account that asked for its type, and then signed and retried like any delivery.
 use chrono::{SecondsFormat, Utc};
-use entity::{bot, conversation, conversation_event, webhook};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use entity::{conversation, conversation_event, webhook};
+use sea_orm::{ColumnTrait, ConnectionTrait, QueryFilter, QuerySelect};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -79,18 +79,8 @@ pub async fn conversation_data(
     state: &State,
     new_events: &[conversation_event::Model],
 ) -> ApiResult<Value> {
-    let mut recent = conversation_event::Entity::find()
-        .filter(conversation_event::Column::ConversationId.eq(conv.id))
-        .order_by_desc(conversation_event::Column::Seq)
-        .limit(payload::MAX_MESSAGES as u64)
-        .all(tx)
-        .await?;
-    recent.reverse();
+    let (mut recent, bot_name) = payload::stored(tx, conv).await?;
     recent.extend(new_events.iter().cloned());
-    let bot_name = crate::db::by_key(bot::Entity::find_by_id(conv.bot_id), tx)
-        .await?
-        .map(|b| b.name)
-        .unwrap_or_default();
     Ok(payload::build(conv, &bot_name, state, &recent, None))
 }
 

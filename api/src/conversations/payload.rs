@@ -1,7 +1,10 @@
 //! The webhook body, exactly as the contract shows it: each answer at the top level, and a
 //! `conversation` object with ids, times, answers, variables and the transcript.
 use chrono::SecondsFormat;
-use entity::{conversation, conversation_event};
+use entity::{bot, conversation, conversation_event};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use serde_json::{Map, Value, json};
 
 use crate::engine::State;
@@ -19,6 +22,26 @@ pub mod kind {
 /// Messages a payload carries at most: the latest ones. Whole transcripts would make stored
 /// payloads grow with the square of a conversation's length.
 pub const MAX_MESSAGES: usize = 100;
+
+/// What a payload needs from the database besides the step's own events: the conversation's
+/// latest stored events, in order (no more than a payload can hold), and its bot's name.
+pub async fn stored(
+    db: &impl ConnectionTrait,
+    conv: &conversation::Model,
+) -> Result<(Vec<conversation_event::Model>, String), DbErr> {
+    let mut recent = conversation_event::Entity::find()
+        .filter(conversation_event::Column::ConversationId.eq(conv.id))
+        .order_by_desc(conversation_event::Column::Seq)
+        .limit(MAX_MESSAGES as u64)
+        .all(db)
+        .await?;
+    recent.reverse();
+    let bot_name = crate::db::by_key(bot::Entity::find_by_id(conv.bot_id), db)
+        .await?
+        .map(|b| b.name)
+        .unwrap_or_default();
+    Ok((recent, bot_name))
+}
 
 /// The body of a webhook call made at this point of the conversation. `transcript` is the
 /// conversation's latest events in order (it may start after seq 1); the payload keeps the

@@ -13,10 +13,7 @@ use entity::{
     conversation::{self, ConversationStatus},
     conversation_event,
 };
-use sea_orm::{
-    ActiveEnum as _, ActiveValue::Set, ColumnTrait as _, DatabaseBackend, DbErr, EntityTrait as _,
-    QueryFilter as _, Statement,
-};
+use sea_orm::{ActiveEnum as _, DatabaseBackend, DbErr, Statement};
 
 use super::{Known, Runtime, StepDone, Undone, visitor_not_found};
 use crate::{
@@ -25,7 +22,7 @@ use crate::{
     settings::DatabaseKind,
 };
 
-use super::turn::event_row;
+use super::turn::{event_row, insert_events, row_update};
 
 impl Runtime {
     /// Takes `text` as the answer to `known` without a read if the turn only makes the bot
@@ -89,9 +86,20 @@ impl Runtime {
         for note in &result.notes {
             tracing::info!(conversation.id = %conv.id, note, "engine note");
         }
-        let stored = serde_json::to_value(&state)
-            .map_err(|e| Undone::Failed(ApiError::Internal(e.into())))?;
-        let Some(events) = self.write(conv, stored, last_seq, now, events).await? else {
+        let mut after = conversation::Model {
+            state: serde_json::to_value(&state)
+                .map_err(|e| Undone::Failed(ApiError::Internal(e.into())))?,
+            last_seq,
+            status: ConversationStatus::Active,
+            ended_at: None,
+            updated_at: now,
+            resume_at: None,
+            resume_claimed_by: None,
+            resume_claimed_until: None,
+            ..conv.clone()
+        };
+        let expect = (conv.last_seq, conv.updated_at);
+        let Some(events) = self.write(&mut after, expect, events).await? else {
             return Err(Undone::Stale);
         };
         Ok(Some(StepDone {
@@ -99,35 +107,22 @@ impl Runtime {
             sync: None,
             queued: Default::default(),
             resume_at: None,
-            known: Some(Known {
-                conv: entity::conversation::Model {
-                    last_seq,
-                    status: ConversationStatus::Active,
-                    ended_at: None,
-                    updated_at: now,
-                    resume_at: None,
-                    resume_claimed_by: None,
-                    resume_claimed_until: None,
-                    ..conv.clone()
-                },
-                state,
-            }),
+            known: Some(Known { conv: after, state }),
         }))
     }
 }
 
 impl Runtime {
-    /// Writes a turn's row and events, unless the row changed since `conv` (then `None`).
+    /// Writes a turn's row (as `after`, whose state moves out) and events, unless the row no
+    /// longer holds `expect` (its `last_seq` and `updated_at`; then `None`).
     async fn write(
         &self,
-        conv: &conversation::Model,
-        state: serde_json::Value,
-        last_seq: i32,
-        now: chrono::DateTime<Utc>,
+        after: &mut conversation::Model,
+        expect: (i32, chrono::DateTime<Utc>),
         events: Vec<conversation_event::Model>,
     ) -> Result<Option<Vec<conversation_event::Model>>, Undone> {
         if self.db.kind() == DatabaseKind::Postgres {
-            let statement = statement(conv, state, last_seq, now, &events);
+            let statement = statement(after, expect, &events);
             let Some(written) = self.db.step_statement(statement).await else {
                 return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
                     "PostgreSQL steps have no runtime of their own"
@@ -145,37 +140,13 @@ impl Runtime {
         // SQLite: in the writer's batch, without a savepoint of its own, since nothing is
         // written unless the update applies, and the events' insert, on a fresh `seq` after
         // the row's `last_seq`, fails only with the database itself.
-        let (id, expect_seq, expect_at) = (conv.id, conv.last_seq, conv.updated_at);
+        let update = row_update(after, false, Some(expect));
         let write = self.db.write_grouped_unsaved(move |tx| {
             Box::pin(async move {
-                let updated = conversation::Entity::update_many()
-                    .set(conversation::ActiveModel {
-                        state: Set(state),
-                        last_seq: Set(last_seq),
-                        status: Set(ConversationStatus::Active),
-                        ended_at: Set(None),
-                        updated_at: Set(now),
-                        resume_at: Set(None),
-                        resume_claimed_by: Set(None),
-                        resume_claimed_until: Set(None),
-                        ..Default::default()
-                    })
-                    .filter(conversation::Column::Id.eq(id))
-                    .filter(conversation::Column::LastSeq.eq(expect_seq))
-                    .filter(conversation::Column::UpdatedAt.eq(expect_at))
-                    .exec(tx)
-                    .await?;
-                if updated.rows_affected == 0 {
+                if update.exec(tx).await?.rows_affected == 0 {
                     return Ok::<_, DbErr>(None);
                 }
-                conversation_event::Entity::insert_many(
-                    events
-                        .iter()
-                        .cloned()
-                        .map(conversation_event::ActiveModel::from),
-                )
-                .exec_without_returning(tx)
-                .await?;
+                insert_events(tx, &events).await?;
                 Ok(Some(events))
             })
         });
@@ -191,20 +162,19 @@ impl Runtime {
 /// The row's update, applied only if it still holds what this instance knows, and the events'
 /// insert, which inserts nothing unless the update applied: as the full step writes them.
 fn statement(
-    conv: &entity::conversation::Model,
-    state: serde_json::Value,
-    last_seq: i32,
-    now: chrono::DateTime<Utc>,
+    after: &mut conversation::Model,
+    (last_seq, updated_at): (i32, chrono::DateTime<Utc>),
     events: &[conversation_event::Model],
 ) -> Statement {
+    // A quick turn leaves no end, pause or claim: those columns are null.
     let mut values: Vec<sea_orm::Value> = vec![
-        state.into(),
+        std::mem::take(&mut after.state).into(),
+        after.last_seq.into(),
+        after.status.to_value().into(),
+        after.updated_at.into(),
+        after.id.into(),
         last_seq.into(),
-        ConversationStatus::Active.to_value().into(),
-        now.into(),
-        conv.id.into(),
-        conv.last_seq.into(),
-        conv.updated_at.into(),
+        updated_at.into(),
     ];
     let mut rows = Vec::with_capacity(events.len());
     for e in events {

@@ -4,13 +4,12 @@ use std::sync::Arc;
 
 use chrono::{SubsecRound as _, Utc};
 use entity::{
-    bot,
     conversation::{self, ConversationStatus},
     conversation_event, webhook,
 };
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    QuerySelect,
 };
 use serde::Deserialize as _;
 use serde_json::{Value, json};
@@ -73,6 +72,57 @@ pub(super) fn step_error(e: StepError) -> ApiError {
         ),
         other => ApiError::Conflict(other.to_string()),
     }
+}
+
+/// The UPDATE a step makes of its conversation's row, to `after`: every column a step changes
+/// (`callback_token_hash` only when `callback_changed`), and, when the step started from what
+/// this instance knew (`expect`: that `last_seq` and `updated_at`), only if the row still holds
+/// that. `after.state` moves into the update (it is left null).
+pub(super) fn row_update(
+    after: &mut conversation::Model,
+    callback_changed: bool,
+    expect: Option<(i32, chrono::DateTime<Utc>)>,
+) -> sea_orm::UpdateMany<conversation::Entity> {
+    let update = conversation::Entity::update_many()
+        .set(conversation::ActiveModel {
+            state: Set(std::mem::take(&mut after.state)),
+            last_seq: Set(after.last_seq),
+            status: Set(after.status),
+            ended_at: Set(after.ended_at),
+            updated_at: Set(after.updated_at),
+            resume_at: Set(after.resume_at),
+            resume_claimed_by: Set(after.resume_claimed_by.clone()),
+            resume_claimed_until: Set(after.resume_claimed_until),
+            callback_token_hash: if callback_changed {
+                Set(after.callback_token_hash.clone())
+            } else {
+                sea_orm::ActiveValue::NotSet
+            },
+            ..Default::default()
+        })
+        .filter(conversation::Column::Id.eq(after.id));
+    match expect {
+        Some((last_seq, updated_at)) => update
+            .filter(conversation::Column::LastSeq.eq(last_seq))
+            .filter(conversation::Column::UpdatedAt.eq(updated_at)),
+        None => update,
+    }
+}
+
+/// The events a step appends.
+pub(super) async fn insert_events(
+    tx: &impl ConnectionTrait,
+    events: &[conversation_event::Model],
+) -> Result<(), sea_orm::DbErr> {
+    conversation_event::Entity::insert_many(
+        events
+            .iter()
+            .cloned()
+            .map(conversation_event::ActiveModel::from),
+    )
+    .exec_without_returning(tx)
+    .await?;
+    Ok(())
 }
 
 /// A stored engine state.
@@ -232,8 +282,7 @@ impl Runtime {
         let now = Utc::now().trunc_subsecs(6);
         let mut seq = conv.last_seq;
         let mut new_events = Vec::new();
-        let mut transcript: Option<Vec<conversation_event::Model>> = None;
-        let mut bot_name: Option<String> = None;
+        let mut stored: Option<(Vec<conversation_event::Model>, String)> = None;
         let mut queued = deliveries::Queued::default();
         let mut sync = None;
         let mut say_blocks = result.say_blocks.into_iter();
@@ -294,23 +343,12 @@ impl Runtime {
                 }
                 continue;
             };
-            if transcript.is_none() {
-                // Payloads carry only the latest messages: read no more than they can hold.
-                let mut recent = conversation_event::Entity::find()
-                    .filter(conversation_event::Column::ConversationId.eq(conv.id))
-                    .order_by_desc(conversation_event::Column::Seq)
-                    .limit(payload::MAX_MESSAGES as u64)
-                    .all(tx)
-                    .await?;
-                recent.reverse();
-                transcript = Some(recent);
-            }
-            if bot_name.is_none() {
-                bot_name = crate::db::by_key(bot::Entity::find_by_id(conv.bot_id), tx)
-                    .await?
-                    .map(|b| b.name);
-            }
-            let mut messages = transcript.clone().unwrap_or_default();
+            // Read at the first webhook of the step, once.
+            let (transcript, bot_name) = match &mut stored {
+                Some(kept) => &*kept,
+                empty => &*empty.insert(payload::stored(tx, &conv).await?),
+            };
+            let mut messages = transcript.to_vec();
             messages.extend(new_events.iter().cloned());
             // The rule for `conversation.callback_url`: a WEBHOOK block whose `next` is a
             // CALLBACK block sends that CALLBACK's one-time URL. The token is minted now and
@@ -326,13 +364,7 @@ impl Runtime {
                 callback_hash = Some(Some(token_hash(&token)));
                 format!("{}/callbacks/{token}", self.public_url)
             });
-            let body = payload::build(
-                &conv,
-                bot_name.as_deref().unwrap_or_default(),
-                &state,
-                &messages,
-                callback_url.as_deref(),
-            );
+            let body = payload::build(&conv, bot_name, &state, &messages, callback_url.as_deref());
             if is_sync {
                 sync = Some(SyncCall {
                     webhook_id,
@@ -417,28 +449,7 @@ impl Runtime {
                 .exec_without_returning(tx)
                 .await?;
         } else {
-            let mut update = conversation::Entity::update_many()
-                .set(conversation::ActiveModel {
-                    state: Set(std::mem::take(&mut after.state)),
-                    last_seq: Set(seq),
-                    status: Set(status),
-                    ended_at: Set(ended_at),
-                    updated_at: Set(now),
-                    resume_at: Set(resume_at),
-                    resume_claimed_by: Set(None),
-                    resume_claimed_until: Set(None),
-                    callback_token_hash: match &callback_hash {
-                        Some(hash) => Set(hash.clone()),
-                        None => sea_orm::ActiveValue::NotSet,
-                    },
-                    ..Default::default()
-                })
-                .filter(conversation::Column::Id.eq(conv.id));
-            if let Some((last_seq, updated_at)) = expect {
-                update = update
-                    .filter(conversation::Column::LastSeq.eq(last_seq))
-                    .filter(conversation::Column::UpdatedAt.eq(updated_at));
-            }
+            let update = row_update(&mut after, callback_hash.is_some(), expect);
             if update.exec(tx).await?.rows_affected == 0 {
                 if expect.is_some() {
                     return Ok(None);
@@ -477,14 +488,7 @@ impl Runtime {
             queued.mark();
         }
         if !new_events.is_empty() {
-            conversation_event::Entity::insert_many(
-                new_events
-                    .iter()
-                    .cloned()
-                    .map(conversation_event::ActiveModel::from),
-            )
-            .exec_without_returning(tx)
-            .await?;
+            insert_events(tx, &new_events).await?;
         }
         if let Some(announce) = self.bus.announcement(&new_events) {
             tx.execute_raw(announce).await?;
