@@ -26,6 +26,7 @@ use crate::{
         ConversationsMutation, ConversationsQuery, ConversationsSubscription,
     },
     error::ensure_code,
+    hot_cache::HotCache,
     state::AppState,
     webhooks::graphql::{DeliveriesQuery, WebhooksMutation, WebhooksQuery},
 };
@@ -101,16 +102,11 @@ const MAX_CACHED_QUERY: usize = 16 * 1024;
 /// and passed the parse-time limits are kept, so a cached text passes them again unchanged;
 /// validation still runs on every request, since it depends on the variables.
 #[derive(Clone)]
-struct ParsedDocuments(moka::sync::Cache<String, ExecutableDocument>);
+struct ParsedDocuments(Arc<HotCache<String, ExecutableDocument>>);
 
 impl Default for ParsedDocuments {
     fn default() -> Self {
-        Self(
-            moka::sync::Cache::builder()
-                .max_capacity(PARSED_CACHE_BYTES)
-                .weigher(|query: &String, _| u32::try_from(query.len()).unwrap_or(u32::MAX))
-                .build(),
-        )
+        Self(Arc::new(HotCache::new(PARSED_CACHE_BYTES, None)))
     }
 }
 

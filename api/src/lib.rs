@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod graphql;
+pub mod hot_cache;
 pub mod ids;
 pub mod lifecycle;
 pub mod limits;

@@ -2,6 +2,11 @@
 use clap::{Parser, Subcommand};
 use parley::{app::Application, db::Db, settings::Settings, telemetry};
 
+// glibc's malloc showed as 6 % of a request's CPU (malloc, free, consolidation), and its
+// per-thread arenas keep freed memory of idle sockets resident; mimalloc is cheaper at both.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "parley",

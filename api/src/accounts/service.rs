@@ -240,16 +240,14 @@ pub async fn log_in(
 /// fields read through this cache (email, name) never change once created, so a short-lived
 /// copy saves a query per request. The password hash, which `changePassword` does change, is
 /// never read from it: log-in and password checks read the database.
-pub struct UserCache(moka::sync::Cache<Uuid, user::Model>);
+pub struct UserCache(crate::hot_cache::HotCache<Uuid, user::Model>);
 
 impl Default for UserCache {
     fn default() -> Self {
-        Self(
-            moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(std::time::Duration::from_secs(60))
-                .build(),
-        )
+        Self(crate::hot_cache::HotCache::new(
+            100_000,
+            Some(std::time::Duration::from_secs(60)),
+        ))
     }
 }
 

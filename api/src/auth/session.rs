@@ -15,6 +15,7 @@ use super::Viewer;
 use crate::{
     db::Db,
     error::{ApiError, ApiResult},
+    hot_cache::HotCache,
 };
 
 /// How long a session's state is trusted without asking the database again.
@@ -27,16 +28,13 @@ pub const ENDED: &str =
 /// Opens, checks and ends sessions.
 pub struct Sessions {
     /// Session id → open.
-    open: moka::sync::Cache<Uuid, bool>,
+    open: HotCache<Uuid, bool>,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
         Self {
-            open: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(CACHE_TTL)
-                .build(),
+            open: HotCache::new(100_000, Some(CACHE_TTL)),
         }
     }
 }
@@ -153,7 +151,7 @@ impl Sessions {
             .exec(db)
             .await?;
         // This instance forgets them at once; others within the cache's second.
-        self.open.invalidate_all();
+        self.open.clear();
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Login tokens: HS256 JWTs with an expiry. Only HS256 is accepted, so `alg: none` and
 //! algorithm-confusion tokens are refused.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use base64::Engine as _;
@@ -14,6 +14,7 @@ use super::Viewer;
 use crate::{
     crypto::{SecretBox, server_setting_context},
     db::Db,
+    hot_cache::HotCache,
 };
 
 const ISSUER: &str = "parley";
@@ -40,7 +41,7 @@ pub struct TokenKeys {
     /// Tokens already verified, with whom they name: a client sends the same token with every
     /// request, and the HMAC and JSON work showed in profiles. Only genuine tokens get in, and
     /// a hit is still refused past its expiry.
-    verified: moka::sync::Cache<String, Viewer>,
+    verified: Arc<HotCache<String, Viewer>>,
 }
 
 /// Bytes of token text kept verified (about 40,000 tokens).
@@ -58,10 +59,7 @@ impl TokenKeys {
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(VERIFIED_CACHE_BYTES)
-                .weigher(|token: &String, _| u32::try_from(token.len()).unwrap_or(u32::MAX))
-                .build(),
+            verified: Arc::new(HotCache::new(VERIFIED_CACHE_BYTES, None)),
         }
     }
 

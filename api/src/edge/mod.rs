@@ -6,6 +6,7 @@ pub mod client;
 pub mod http;
 pub mod origin;
 pub mod results;
+pub mod span;
 pub mod widget;
 pub mod ws;
 
@@ -34,7 +35,7 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
     let graphiql_on = state.settings.graphiql;
     let server = HttpServer::new(move || {
         let app = App::new()
-            .wrap(TracingLogger::default())
+            .wrap(TracingLogger::<span::RequestSpan>::new())
             .app_data(web::Data::new(schema.clone()))
             .app_data(web::Data::new(state.clone()))
             .app_data(web::PayloadConfig::new(max_body))
