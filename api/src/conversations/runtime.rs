@@ -9,7 +9,7 @@ use chrono::Utc;
 use entity::{
     bot,
     conversation::{self, ConversationStatus},
-    conversation_event,
+    conversation_event, delivery,
 };
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Map, Value};
@@ -23,7 +23,7 @@ use crate::{
     limits::Limiters,
     opaque::{random_token, token_hash},
     settings::Settings,
-    webhooks::delivery::Deliveries,
+    webhooks::delivery::{Deliveries, Settled},
 };
 
 mod background;
@@ -45,13 +45,11 @@ const MAX_SYNC_CALLS_PER_TURN: usize = 10;
 /// by page, so a replay never holds a whole long transcript in memory.
 pub const REPLAY_PAGE: u64 = 100;
 /// A sync webhook call the engine asked for, to make after the commit.
-struct SyncCall {
-    webhook_id: String,
-    block_id: String,
-    account_id: Uuid,
-    payload: Value,
+enum SyncCall {
+    /// Its delivery row, stored (claimed) by the step that asked for the call.
+    Call(delivery::Model),
     /// Why the call cannot be made at all (its webhook is gone): it counts as failed.
-    failed: Option<String>,
+    Failed(String),
 }
 
 /// What one step may do besides running the engine.
@@ -62,8 +60,8 @@ struct Step {
     /// Insert this new conversation first, in the step's transaction: a conversation never
     /// exists without the events of its first step.
     create: Option<conversation::Model>,
-    /// Release the claim of this sync delivery, whose result the step takes.
-    release: Option<Uuid>,
+    /// Write this sync call's result, which the step takes (and so release its claim).
+    settle: Option<Settled>,
     /// Do nothing if a sync call of the conversation is still in flight (the sweeper).
     unless_in_flight: bool,
     /// The scheduler ends a pause: do nothing unless the conversation is pausing and due.
@@ -308,16 +306,20 @@ impl Runtime {
         let mut calls = 0;
         while let Some(sync) = call.take() {
             calls += 1;
-            let (outcome, delivery) = if let Some(reason) = sync.failed {
-                (WebhookOutcome::Failed(reason), None)
-            } else if calls > MAX_SYNC_CALLS_PER_TURN {
-                let reason = "too many webhook calls in one turn".into();
-                (WebhookOutcome::Failed(reason), None)
-            } else {
-                self.call(conversation_id, sync).await
+            let (outcome, settle) = match sync {
+                SyncCall::Failed(reason) => (WebhookOutcome::Failed(reason), None),
+                SyncCall::Call(d) if calls > MAX_SYNC_CALLS_PER_TURN => {
+                    let reason = "too many webhook calls in one turn";
+                    let settled = Deliveries::not_called(&d, reason);
+                    (WebhookOutcome::Failed(reason.into()), Some(settled))
+                }
+                SyncCall::Call(d) => {
+                    let (outcome, settled) = self.deliveries.call_sync(&d).await;
+                    (outcome, Some(settled))
+                }
             };
             let step = Step {
-                release: delivery,
+                settle,
                 ..Step::default()
             };
             let (more, next) = self
@@ -327,34 +329,6 @@ impl Runtime {
             call = next;
         }
         Ok(events)
-    }
-
-    /// Makes a sync call; its outcome, and its delivery (claimed until the next step).
-    async fn call(&self, conversation_id: Uuid, sync: SyncCall) -> (WebhookOutcome, Option<Uuid>) {
-        let Ok(webhook_id) = Uuid::parse_str(&sync.webhook_id) else {
-            let reason = format!("{:?} is not a webhook id", sync.webhook_id);
-            return (WebhookOutcome::Failed(reason), None);
-        };
-        match self
-            .deliveries
-            .call_sync(
-                sync.account_id,
-                webhook_id,
-                Some(conversation_id),
-                Some(sync.block_id),
-                sync.payload,
-            )
-            .await
-        {
-            Ok(result) => (result.outcome, Some(result.delivery_id)),
-            Err(e) => {
-                let reason = e.message().to_owned();
-                if let ApiError::Internal(cause) = &e {
-                    tracing::error!(conversation.id = %conversation_id, error.cause = ?cause, "sync webhook call failed");
-                }
-                (WebhookOutcome::Failed(reason), None)
-            }
-        }
     }
 
     /// One engine step in one transaction (grouped with others on SQLite), then its events
@@ -384,7 +358,7 @@ impl Runtime {
                 Step {
                     visitor: Some(visitor),
                     create: None,
-                    release: None,
+                    settle: None,
                     unless_in_flight: false,
                     resume: false,
                     callback: None,

@@ -81,12 +81,6 @@ pub struct Deliveries {
     handoff: handoff::Handoff,
 }
 
-/// The result of a synchronous call, for the conversation engine.
-pub struct SyncResult {
-    pub delivery_id: Uuid,
-    pub outcome: WebhookOutcome,
-}
-
 /// Deliveries the worker may take at `now`: pending, their time come, and nobody's claim
 /// holding them. Any mode: a SYNC or TEST delivery is due only when a redelivery was queued
 /// (sync calls and test sends in flight have no `next_attempt_at`).
@@ -154,21 +148,6 @@ pub async fn enqueue(
         .exec_without_returning(tx)
         .await?;
     Ok(id)
-}
-
-/// Releases the claim a sync call keeps on its delivery, inside the transaction of the
-/// conversation step that takes its result.
-pub async fn release_claim(tx: &impl ConnectionTrait, delivery_id: Uuid) -> ApiResult<()> {
-    delivery::Entity::update_many()
-        .col_expr(
-            delivery::Column::ClaimedUntil,
-            Option::<chrono::DateTime<Utc>>::None.into(),
-        )
-        .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
-        .filter(delivery::Column::Id.eq(delivery_id))
-        .exec(tx)
-        .await?;
-    Ok(())
 }
 
 /// Of `conversation_ids`, those with a delivery under a live claim: a sync call still in
@@ -347,19 +326,12 @@ impl Deliveries {
         outcome: &AttemptOutcome,
         status: DeliveryStatus,
         next_attempt_at: Option<chrono::DateTime<Utc>>,
-        notes: Option<String>,
-        keep_claim: bool,
     ) -> ApiResult<delivery::Model> {
         let now = Utc::now();
         let n = d.attempt_count + 1;
-        let (claimed_until, claimed_by) = if keep_claim {
-            (d.claimed_until, d.claimed_by.clone())
-        } else {
-            (None, None)
-        };
         let tx = self.db.write().await?;
         delivery_attempt::Entity::insert(delivery_attempt::ActiveModel::from(attempt_row(
-            d, outcome, notes, now,
+            d, outcome, None, now,
         )))
         .exec_without_returning(&tx.tx)
         .await?;
@@ -368,8 +340,8 @@ impl Deliveries {
             status: Set(status),
             attempt_count: Set(n),
             next_attempt_at: Set(next_attempt_at),
-            claimed_until: Set(claimed_until),
-            claimed_by: Set(claimed_by.clone()),
+            claimed_until: Set(None),
+            claimed_by: Set(None),
             updated_at: Set(now),
             ..Default::default()
         })
@@ -380,8 +352,8 @@ impl Deliveries {
             status,
             attempt_count: n,
             next_attempt_at,
-            claimed_until,
-            claimed_by,
+            claimed_until: None,
+            claimed_by: None,
             updated_at: now,
             ..d.clone()
         })
@@ -755,6 +727,7 @@ mod health;
 mod log;
 mod slots;
 
+pub use calls::{Settled, insert_row};
 use endpoints::Endpoint;
 pub use handoff::Queued;
 use slots::{Refusal, Slots};

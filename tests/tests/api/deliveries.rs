@@ -946,3 +946,45 @@ async fn a_visitors_sync_call_goes_before_the_outbox_backlog_of_its_webhook() {
     );
     assert_eq!(max_of(&max), 1, "the per-webhook cap was not kept");
 }
+
+#[tokio::test]
+async fn a_sync_call_past_a_turns_limit_is_not_made_but_recorded_as_failed_saying_why() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
+        .mount(&hook)
+        .await;
+    let webhook = app
+        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    // Eleven sync calls in a row: one turn makes ten at most.
+    let mut blocks: Vec<Value> = (0..11)
+        .map(|i| {
+            let next = if i == 10 {
+                "end".to_owned()
+            } else {
+                format!("call{}", i + 1)
+            };
+            json!({ "id": format!("call{i}"), "kind": "WEBHOOK", "webhookId": webhook,
+                    "async": false, "next": next })
+        })
+        .collect();
+    blocks.push(json!({ "id": "end", "kind": "END" }));
+    let flow = json!({ "startBlockId": "call0", "blocks": blocks });
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+
+    let started = start_together(&app, &[&bot], 1).await;
+    let (_, status) = said(&app, &started[0]).await;
+    assert_eq!(status, "COMPLETED");
+    assert_eq!(hook.received_requests().await.unwrap_or_default().len(), 10);
+    let list = app.deliveries(&owner.token, &webhook).await;
+    let failed: Vec<&Value> = list.iter().filter(|d| d["status"] == "FAILED").collect();
+    let succeeded = list.iter().filter(|d| d["status"] == "SUCCEEDED").count();
+    assert_eq!((succeeded, failed.len()), (10, 1), "{list:#?}");
+    assert_eq!(first_error(failed[0]), "too many webhook calls in one turn");
+    assert_eq!(attempts(failed[0])[0]["responseStatus"], Value::Null);
+}

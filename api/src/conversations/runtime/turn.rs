@@ -204,7 +204,7 @@ impl Runtime {
         let Step {
             visitor,
             create,
-            release,
+            settle,
             unless_in_flight,
             resume,
             callback,
@@ -255,8 +255,8 @@ impl Runtime {
             // Continued already (another timer, another instance), or pausing again.
             return Ok(Some(StepDone::nothing()));
         }
-        if let Some(delivery_id) = release {
-            deliveries::release_claim(tx, delivery_id).await?;
+        if let Some(settled) = &settle {
+            settled.write(tx).await?;
         }
         if matches!(input, Input::Answer(_)) {
             // Counted only once the token matched: a stranger cannot spend a visitor's budget.
@@ -333,13 +333,9 @@ impl Runtime {
                     "the flow names a webhook that does not exist; the call counts as failed"
                 );
                 if is_sync {
-                    sync = Some(SyncCall {
-                        webhook_id,
-                        block_id,
-                        account_id: conv.account_id,
-                        payload: Value::Null,
-                        failed: Some("the webhook does not exist (it was deleted)".into()),
-                    });
+                    sync = Some(SyncCall::Failed(
+                        "the webhook does not exist (it was deleted)".into(),
+                    ));
                 }
                 continue;
             };
@@ -366,13 +362,14 @@ impl Runtime {
             });
             let body = payload::build(&conv, bot_name, &state, &messages, callback_url.as_deref());
             if is_sync {
-                sync = Some(SyncCall {
-                    webhook_id,
+                sync = Some(SyncCall::Call(self.deliveries.sync_row(
+                    conv.account_id,
+                    hook_id,
+                    conv.id,
                     block_id,
-                    account_id: conv.account_id,
-                    payload: body,
-                    failed: None,
-                });
+                    body,
+                    now,
+                )));
             } else {
                 self.deliveries
                     .enqueue(
@@ -456,6 +453,12 @@ impl Runtime {
                 }
                 return Err(visitor_not_found());
             }
+        }
+        if let Some(SyncCall::Call(d)) = &sync {
+            // Stored with the step that asks for the call (after its conversation, which a
+            // start inserts above): from the commit on, the call is this instance's (its
+            // claim), and its result is written by the step that takes it. No write of its own.
+            deliveries::insert_row(tx, d).await?;
         }
         // Lifecycle events, in this transaction: the outbox never reports what did not happen.
         if created

@@ -41,40 +41,58 @@ impl Deliveries {
         }
     }
 
-    /// Calls a webhook now and waits (up to the sync deadline) for its reply, recording it as
-    /// a SYNC delivery. Failures are results, not errors: the conversation goes on. The call
-    /// first takes its slots (account, webhook, global), waiting [`Self::slot_wait`] at most
-    /// out of its deadline; refused, it is recorded as a failed delivery naming the limit.
-    pub async fn call_sync(
+    /// The row of a sync call that a conversation step asks for, PENDING and claimed by
+    /// this instance from the start. The step inserts it in its own transaction
+    /// ([`insert_row`]), so the conversation never waits on a call that has no row, and the
+    /// call costs no write of its own.
+    pub fn sync_row(
         &self,
         account_id: Uuid,
         webhook_id: Uuid,
-        conversation_id: Option<Uuid>,
-        block_id: Option<String>,
+        conversation_id: Uuid,
+        block_id: String,
         payload: Value,
-    ) -> ApiResult<SyncResult> {
+        now: chrono::DateTime<Utc>,
+    ) -> delivery::Model {
         let call = NewCall {
             account_id,
             webhook_id,
-            conversation_id,
-            block_id,
+            conversation_id: Some(conversation_id),
+            block_id: Some(block_id),
             mode: DeliveryMode::Sync,
             payload,
         };
+        self.pending_row(call, true, now)
+    }
+
+    /// Calls the webhook of `d` (a [`Self::sync_row`] already stored) now and waits, up to
+    /// the sync deadline, for its reply. Nothing is written here: the outcome for the
+    /// conversation, and the [`Settled`] result that the conversation's next step writes
+    /// with its own changes. Failures are results, not errors: the conversation goes on. The
+    /// call first takes its slots (account, webhook, global), waiting [`Self::slot_wait`] at
+    /// most out of its deadline; refused, it fails naming the limit.
+    pub async fn call_sync(&self, d: &delivery::Model) -> (WebhookOutcome, Settled) {
         let started = tokio::time::Instant::now();
         let slots = match self
-            .admit(Some(account_id), webhook_id, self.slot_wait())
+            .admit(Some(d.account_id), d.webhook_id, self.slot_wait())
             .await
         {
             Ok(slots) => slots,
             Err(refusal) => {
-                let d = self
-                    .record_refusal(call, refusal, started.elapsed())
-                    .await?;
-                return Ok(SyncResult {
-                    delivery_id: d.id,
-                    outcome: WebhookOutcome::Failed(refusal.message()),
-                });
+                let outcome = refused(&refusal, started.elapsed());
+                tracing::warn!(
+                    account.id = %d.account_id,
+                    webhook.id = %d.webhook_id,
+                    delivery.id = %d.id,
+                    delivery.mode = ?d.mode,
+                    conversation.id = d.conversation_id.map(tracing::field::display),
+                    limit.name = refusal.name(),
+                    limit.value = refusal.value(),
+                    waited_ms = outcome.duration.as_millis() as u64,
+                    "webhook call refused by a concurrency limit"
+                );
+                let settled = Settled::of(d, &outcome, DeliveryStatus::Failed, None);
+                return (WebhookOutcome::Failed(refusal.message()), settled);
             }
         };
         // The wait for a slot counts against the deadline: a visitor's turn is no longer for it.
@@ -83,8 +101,7 @@ impl Deliveries {
             .sync_timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        let d = self.insert_now(call).await?;
-        let outcome = self.attempt(&d, timeout).await;
+        let outcome = self.attempt(d, timeout).await;
         drop(slots);
         let result =
             if outcome.is_success() {
@@ -97,18 +114,26 @@ impl Deliveries {
                     },
                 ))
             };
-        let notes = notes_of(&result);
         let status = match result {
             WebhookOutcome::Failed(_) => DeliveryStatus::Failed,
             _ => DeliveryStatus::Succeeded,
         };
-        // The claim stays until the conversation's next step commits (and releases it): until
-        // then no sweeper resumes the conversation and no redelivery sends it again.
-        self.record(&d, &outcome, status, None, notes, true).await?;
-        Ok(SyncResult {
-            delivery_id: d.id,
-            outcome: result,
-        })
+        let settled = Settled::of(d, &outcome, status, notes_of(&result));
+        (result, settled)
+    }
+
+    /// The result of a sync call of `d` that is not made, because `reason` (a turn past its
+    /// calls, say): a failed attempt that says why.
+    pub fn not_called(d: &delivery::Model, reason: &str) -> Settled {
+        let outcome = AttemptOutcome {
+            status: None,
+            duration: Duration::ZERO,
+            error: Some(reason.to_owned()),
+            body: Vec::new(),
+            body_truncated: false,
+            retry_after: None,
+        };
+        Settled::of(d, &outcome, DeliveryStatus::Failed, None)
     }
 
     /// The row of a call about to be made, claimed by this instance from the start: a call in
@@ -147,7 +172,7 @@ impl Deliveries {
         } else {
             DeliveryStatus::Failed
         };
-        self.record(&d, &outcome, status, None, None, false).await
+        self.record(&d, &outcome, status, None).await
     }
 
     /// Sends any delivery again now, as a new attempt (ADMIN); a success settles it, a failure
@@ -178,7 +203,7 @@ impl Deliveries {
         } else {
             (DeliveryStatus::Failed, None)
         };
-        self.record(&d, &outcome, status, next, None, false).await
+        self.record(&d, &outcome, status, next).await
     }
 
     /// Puts every FAILED delivery of a webhook created at or after `since` back in the
@@ -280,5 +305,76 @@ impl Deliveries {
             updated_at: now,
             ..d
         })
+    }
+}
+
+/// Stores a new delivery row in `tx`: a sync call's, with the step that asks for it.
+pub async fn insert_row(tx: &impl ConnectionTrait, d: &delivery::Model) -> ApiResult<()> {
+    delivery::Entity::insert(delivery::ActiveModel::from(d.clone()))
+        .exec_without_returning(tx)
+        .await?;
+    Ok(())
+}
+
+/// What a refusal by a limit records as the attempt.
+pub(super) fn refused(refusal: &Refusal, waited: Duration) -> AttemptOutcome {
+    AttemptOutcome {
+        status: None,
+        duration: waited,
+        error: Some(refusal.message()),
+        body: Vec::new(),
+        body_truncated: false,
+        retry_after: None,
+    }
+}
+
+/// A sync call's result, to be written by the conversation step that takes it: its attempt,
+/// and its delivery settled with the claim released (from then on, a redelivery or a
+/// recovery may take it).
+#[derive(Clone, Debug)]
+pub struct Settled {
+    attempt: delivery_attempt::Model,
+    status: DeliveryStatus,
+    at: chrono::DateTime<Utc>,
+}
+
+impl Settled {
+    fn of(
+        d: &delivery::Model,
+        outcome: &AttemptOutcome,
+        status: DeliveryStatus,
+        notes: Option<String>,
+    ) -> Self {
+        let at = Utc::now();
+        Self {
+            attempt: attempt_row(d, outcome, notes, at),
+            status,
+            at,
+        }
+    }
+
+    /// The delivery's id.
+    pub fn delivery_id(&self) -> Uuid {
+        self.attempt.delivery_id
+    }
+
+    /// Writes the attempt and the delivery's result in `tx`.
+    pub async fn write(&self, tx: &impl ConnectionTrait) -> ApiResult<()> {
+        delivery_attempt::Entity::insert(delivery_attempt::ActiveModel::from(self.attempt.clone()))
+            .exec_without_returning(tx)
+            .await?;
+        delivery::Entity::update(delivery::ActiveModel {
+            id: Set(self.attempt.delivery_id),
+            status: Set(self.status),
+            attempt_count: Set(self.attempt.n),
+            next_attempt_at: Set(None),
+            claimed_until: Set(None),
+            claimed_by: Set(None),
+            updated_at: Set(self.at),
+            ..Default::default()
+        })
+        .exec(tx)
+        .await?;
+        Ok(())
     }
 }

@@ -144,14 +144,7 @@ impl Deliveries {
         // A refused sync call is claimed like one made: until the conversation moves on.
         let sync = call.mode == DeliveryMode::Sync;
         let pending = self.pending_row(call, sync, now);
-        let outcome = AttemptOutcome {
-            status: None,
-            duration: waited,
-            error: Some(refusal.message()),
-            body: Vec::new(),
-            body_truncated: false,
-            retry_after: None,
-        };
+        let outcome = super::calls::refused(&refusal, waited);
         tracing::warn!(
             account.id = %pending.account_id,
             webhook.id = %pending.webhook_id,
