@@ -409,12 +409,15 @@ impl ConversationsSubscription {
         let auth = ctx.data_opt::<Auth>().cloned().unwrap_or(Auth::Anonymous);
         let id = parse_id(&conversation_id, "conversation")?;
         // A team member's watch lasts as long as their access; a visitor's as their token.
+        // The checks' futures are boxed: async-graphql keeps this resolver's future inline in
+        // the subscription's stream for the subscription's whole life, and their queries
+        // would size every idle subscription for the instant they run.
         let team = match visitor_token {
             Some(_) => None,
-            None => Some(active_viewer(&st, &auth).await?),
+            None => Some(Box::pin(active_viewer(&st, &auth)).await?),
         };
         let origin = ctx.data_opt::<RequestOrigin>();
-        let conv = authorize(&st, &auth, origin, id, visitor_token.as_deref()).await?;
+        let conv = Box::pin(authorize(&st, &auth, origin, id, visitor_token.as_deref())).await?;
         // Subscribe before reading the stored events: whatever is committed in between shows
         // up in both, and `seq` drops the repeat.
         let mut live = st.runtime.bus().subscribe_conversation(id);
@@ -480,9 +483,16 @@ impl ConversationsSubscription {
     ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<ChatEvent>>> {
         let st = state(ctx)?.clone();
         let auth = ctx.data_opt::<Auth>().cloned().unwrap_or(Auth::Anonymous);
-        let viewer = active_viewer(&st, &auth).await?;
+        // Boxed for the reason given in `conversation_events`.
+        let viewer = Box::pin(active_viewer(&st, &auth)).await?;
         let account_id = parse_id(&account_id, "account")?;
-        AccountAccess::require(st.db.conn(), viewer.user_id, account_id, Role::Member).await?;
+        Box::pin(AccountAccess::require(
+            st.db.conn(),
+            viewer.user_id,
+            account_id,
+            Role::Member,
+        ))
+        .await?;
         let mut live = st.runtime.bus().subscribe_account(account_id);
         let events = async_stream::stream! {
             let _open = crate::metrics::Open::new("parley_subscriptions_open");
