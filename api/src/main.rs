@@ -2,10 +2,11 @@
 use clap::{Parser, Subcommand};
 use parley::{app::Application, db::Db, settings::Settings, telemetry};
 
-// glibc's malloc showed as 6 % of a request's CPU (malloc, free, consolidation), and its
-// per-thread arenas keep freed memory of idle sockets resident; mimalloc is cheaper at both.
+// glibc's malloc showed as 6 % of a request's CPU (malloc, free, consolidation). jemalloc is
+// about as fast as mimalloc here and holds less per idle subscription (31.7 KB against 36.9
+// with glibc and 41.9 with mimalloc; see BENCHMARKS.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(
