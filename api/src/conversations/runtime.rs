@@ -318,13 +318,25 @@ impl Runtime {
                     (outcome, Some(settled))
                 }
             };
+            let kept = settle.clone();
             let step = Step {
                 settle,
                 ..Step::default()
             };
-            let (more, next) = self
+            let (more, next) = match self
                 .advance(conversation_id, Input::WebhookResult(outcome), step)
-                .await?;
+                .await
+            {
+                Ok(done) => done,
+                Err(e) => {
+                    // The step that was to record the call's result with its own changes failed:
+                    // the result is recorded anyway, so that the delivery log tells what happened.
+                    if let Some(settled) = kept {
+                        self.deliveries.settle_alone(&settled).await;
+                    }
+                    return Err(e);
+                }
+            };
             events.extend(more);
             call = next;
         }

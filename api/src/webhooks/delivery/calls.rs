@@ -1,6 +1,7 @@
 //! Calls made on request rather than by the worker: a visitor's sync call, a test send, a
 //! redelivery, a recovery. Each takes the same slots as the worker's sends.
 use entity::Role;
+use sea_orm::sea_query::Expr;
 
 use super::*;
 use crate::webhooks::service::find_webhook;
@@ -120,6 +121,25 @@ impl Deliveries {
         };
         let settled = Settled::of(d, &outcome, status, notes_of(&result));
         (result, settled)
+    }
+
+    /// Writes `settled` in a transaction of its own: when the step that was to take it
+    /// failed, the call's result is still recorded (once; see [`Settled::write`]).
+    pub async fn settle_alone(&self, settled: &Settled) {
+        let written = async {
+            let tx = self.db.write().await?;
+            settled.write(&tx.tx).await?;
+            tx.commit().await?;
+            ApiResult::Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::error!(
+                delivery.id = %settled.delivery_id(),
+                error = e.message(),
+                "cannot record a sync call's result; the sweeper fails the delivery later"
+            );
+        }
     }
 
     /// The result of a sync call of `d` that is not made, because `reason` (a turn past its
@@ -358,23 +378,31 @@ impl Settled {
         self.attempt.delivery_id
     }
 
-    /// Writes the attempt and the delivery's result in `tx`.
+    /// Writes the attempt and the delivery's result in `tx`, unless the delivery is gone
+    /// (its webhook deleted meanwhile) or already settled: writing it twice is harmless.
     pub async fn write(&self, tx: &impl ConnectionTrait) -> ApiResult<()> {
-        delivery_attempt::Entity::insert(delivery_attempt::ActiveModel::from(self.attempt.clone()))
+        let none = Option::<chrono::DateTime<Utc>>::None;
+        let settled = delivery::Entity::update_many()
+            .col_expr(delivery::Column::Status, Expr::value(self.status))
+            .col_expr(delivery::Column::AttemptCount, Expr::value(self.attempt.n))
+            .col_expr(delivery::Column::NextAttemptAt, Expr::value(none))
+            .col_expr(delivery::Column::ClaimedUntil, Expr::value(none))
+            .col_expr(
+                delivery::Column::ClaimedBy,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(delivery::Column::UpdatedAt, Expr::value(self.at))
+            .filter(delivery::Column::Id.eq(self.attempt.delivery_id))
+            .filter(delivery::Column::AttemptCount.lt(self.attempt.n))
+            .exec(tx)
+            .await?;
+        if settled.rows_affected > 0 {
+            delivery_attempt::Entity::insert(delivery_attempt::ActiveModel::from(
+                self.attempt.clone(),
+            ))
             .exec_without_returning(tx)
             .await?;
-        delivery::Entity::update(delivery::ActiveModel {
-            id: Set(self.attempt.delivery_id),
-            status: Set(self.status),
-            attempt_count: Set(self.attempt.n),
-            next_attempt_at: Set(None),
-            claimed_until: Set(None),
-            claimed_by: Set(None),
-            updated_at: Set(self.at),
-            ..Default::default()
-        })
-        .exec(tx)
-        .await?;
+        }
         Ok(())
     }
 }
