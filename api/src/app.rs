@@ -148,6 +148,7 @@ impl Application {
             AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_sweeper())),
             AbortOnDrop(tokio::spawn(self.state.runtime.clone().run_scheduler())),
             AbortOnDrop(tokio::spawn(self.state.limiters.clone().run_pruner())),
+            AbortOnDrop(tokio::spawn(self.state.db.clone().run_checkpointer())),
         ];
         if let Some(bus) = &self.pg_bus {
             let url = self.state.settings.database_url.as_str().to_owned();

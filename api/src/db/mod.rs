@@ -15,6 +15,17 @@ use crate::settings::{DatabaseKind, DatabaseUrl};
 mod group;
 mod turns;
 
+/// How often SQLite's WAL is copied back into the database file (see
+/// [`Db::run_checkpointer`]).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// WAL pages past which the writer's own commit checkpoints after all (SQLite's default is
+/// 1,000). The WAL starts over from its beginning only when a write begins with every page
+/// copied back, which a checkpoint from another connection rarely achieves while the writer
+/// commits back to back: without this backstop the WAL would grow for as long as the load
+/// lasts. By then the background checkpoints have copied most pages, so this one is short.
+const WRITER_CHECKPOINT_PAGES: &str = "4000";
+
 /// Connection pools for reading and for writing.
 ///
 /// SQLite has one writer per file, and a transaction that reads and then writes fails at once
@@ -63,14 +74,15 @@ impl Db {
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
         let (conn, writer, steps) = match url.kind() {
             DatabaseKind::Sqlite => {
-                let conn = Self::pool(url, 8).await?;
-                let writer = Self::pool(url, 1).await?;
+                let conn = Self::pool(url, 8, true).await?;
+                // The writer checkpoints only as a backstop: see `run_checkpointer`.
+                let writer = Self::pool(url, 1, false).await?;
                 let group = group::GroupWriter::start(writer.clone())
                     .context("cannot start the database writer thread")?;
                 (conn, writer, Steps::Grouped(group))
             }
             DatabaseKind::Postgres => {
-                let conn = Self::pool(url, 32).await?;
+                let conn = Self::pool(url, 32, true).await?;
                 let steps = turns::StepRuntime::start(url).await?;
                 (conn.clone(), conn, Steps::Own(steps))
             }
@@ -83,7 +95,13 @@ impl Db {
         })
     }
 
-    async fn pool(url: &DatabaseUrl, connections: u32) -> anyhow::Result<DatabaseConnection> {
+    /// A pool of `connections`; on SQLite, `checkpoints` says whether a commit may copy the
+    /// WAL back into the database file itself (SQLite's automatic checkpoint).
+    async fn pool(
+        url: &DatabaseUrl,
+        connections: u32,
+        checkpoints: bool,
+    ) -> anyhow::Result<DatabaseConnection> {
         let mut opts = ConnectOptions::new(url.as_str());
         opts.sqlx_logging(false)
             .connect_timeout(Duration::from_secs(10))
@@ -95,12 +113,22 @@ impl Db {
                 opts.max_connections(connections)
                     .min_connections(1)
                     .test_before_acquire(false)
-                    .map_sqlx_sqlite_opts(|o| {
+                    .map_sqlx_sqlite_opts(move |o| {
                         o.journal_mode(SqliteJournalMode::Wal)
                             .synchronous(SqliteSynchronous::Normal)
                             .busy_timeout(Duration::from_secs(10))
                             .foreign_keys(true)
                             .create_if_missing(true)
+                            .pragma(
+                                "wal_autocheckpoint",
+                                if checkpoints {
+                                    "1000"
+                                } else {
+                                    WRITER_CHECKPOINT_PAGES
+                                },
+                            )
+                            // A WAL grown under load is cut back to this after it restarts.
+                            .pragma("journal_size_limit", "67108864")
                     });
             }
             DatabaseKind::Postgres => {
@@ -124,6 +152,30 @@ impl Db {
         migration::Migrator::up(&self.writer, None)
             .await
             .context("database migration failed")
+    }
+
+    /// SQLite: copies the WAL back into the database file every [`CHECKPOINT_EVERY`], off
+    /// the writer. By default the commit that finds the WAL past 1,000 pages does that copy
+    /// (and its fsync) itself, while every write queued behind it waits: a stall of
+    /// milliseconds every few hundred turns. A PASSIVE checkpoint from a reading connection
+    /// waits for nobody and blocks nobody; the writer keeps a backstop
+    /// ([`WRITER_CHECKPOINT_PAGES`]). Returns at once on PostgreSQL.
+    pub async fn run_checkpointer(self) {
+        if self.kind != DatabaseKind::Sqlite {
+            return;
+        }
+        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let checkpoint = Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "PRAGMA wal_checkpoint(PASSIVE)",
+            );
+            if let Err(e) = sea_orm::ConnectionTrait::execute_raw(&self.conn, checkpoint).await {
+                tracing::warn!(error = %e, "cannot checkpoint the SQLite WAL");
+            }
+        }
     }
 
     /// The pool for reads.
@@ -237,4 +289,60 @@ pub async fn by_key<E: sea_orm::EntityTrait>(
     db: &impl sea_orm::ConnectionTrait,
 ) -> Result<Option<E::Model>, DbErr> {
     Ok(select.all(db).await?.pop())
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::ConnectionTrait as _;
+
+    use super::Db;
+    use crate::settings::DatabaseUrl;
+
+    #[tokio::test]
+    async fn commits_leave_the_wal_to_the_checkpointer_which_copies_it_back() {
+        let path = std::env::temp_dir().join(format!("parley-wal-{}.db", uuid::Uuid::new_v4()));
+        let url = DatabaseUrl::parse(&format!("sqlite://{}?mode=rwc", path.display()))
+            .expect("a SQLite URL");
+        let db = Db::connect(&url).await.expect("the scratch database opens");
+        db.writer()
+            .execute_unprepared("CREATE TABLE t (n INTEGER PRIMARY KEY, pad TEXT)")
+            .await
+            .expect("the table is created");
+        // A page each, about three WAL frames a commit: past SQLite's automatic checkpoint at
+        // 1,000 pages, short of the writer's backstop, one commit at a time.
+        for n in 0..1200 {
+            db.writer()
+                .execute_unprepared(&format!(
+                    "INSERT INTO t (n, pad) VALUES ({n}, printf('%.3000c', 'x'))"
+                ))
+                .await
+                .expect("the row is inserted");
+        }
+        // Until a checkpoint, the rows live in the WAL only: no commit copied them back.
+        let stored = || std::fs::metadata(&path).map_or(0, |m| m.len());
+        assert!(
+            stored() < 1_000_000,
+            "a commit checkpointed the WAL itself: {} bytes stored",
+            stored()
+        );
+
+        let checkpointer = tokio::spawn(db.clone().run_checkpointer());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        while stored() < 1200 * 3000 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        checkpointer.abort();
+        assert!(
+            stored() >= 1200 * 3000,
+            "the checkpointer did not copy the WAL back: {} bytes stored",
+            stored()
+        );
+        for file in [
+            path.clone(),
+            path.with_extension("db-wal"),
+            path.with_extension("db-shm"),
+        ] {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }

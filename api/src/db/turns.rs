@@ -54,7 +54,7 @@ impl StepRuntime {
             .name("parley-db-steps".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    let pool = match Db::pool(&url, CONNECTIONS).await {
+                    let pool = match Db::pool(&url, CONNECTIONS, true).await {
                         Ok(pool) => pool,
                         Err(e) => {
                             let _ = ready.send(Err(e));
