@@ -81,17 +81,7 @@ impl Deliveries {
             Ok(slots) => slots,
             Err(refusal) => {
                 let outcome = refused(&refusal, started.elapsed());
-                tracing::warn!(
-                    account.id = %d.account_id,
-                    webhook.id = %d.webhook_id,
-                    delivery.id = %d.id,
-                    delivery.mode = ?d.mode,
-                    conversation.id = d.conversation_id.map(tracing::field::display),
-                    limit.name = refusal.name(),
-                    limit.value = refusal.value(),
-                    waited_ms = outcome.duration.as_millis() as u64,
-                    "webhook call refused by a concurrency limit"
-                );
+                super::slots::log_refusal(d, &refusal, outcome.duration);
                 let settled = Settled::of(d, &outcome, DeliveryStatus::Failed, None);
                 return (WebhookOutcome::Failed(refusal.message()), settled);
             }

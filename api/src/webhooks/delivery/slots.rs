@@ -141,21 +141,9 @@ impl Deliveries {
         waited: Duration,
     ) -> ApiResult<delivery::Model> {
         let now = Utc::now();
-        // A refused sync call is claimed like one made: until the conversation moves on.
-        let sync = call.mode == DeliveryMode::Sync;
-        let pending = self.pending_row(call, sync, now);
+        let pending = self.pending_row(call, false, now);
         let outcome = super::calls::refused(&refusal, waited);
-        tracing::warn!(
-            account.id = %pending.account_id,
-            webhook.id = %pending.webhook_id,
-            delivery.id = %pending.id,
-            delivery.mode = ?pending.mode,
-            conversation.id = pending.conversation_id.map(tracing::field::display),
-            limit.name = refusal.name(),
-            limit.value = refusal.value(),
-            waited_ms = waited.as_millis() as u64,
-            "webhook call refused by a concurrency limit"
-        );
+        log_refusal(&pending, &refusal, waited);
         let attempt = attempt_row(&pending, &outcome, None, now);
         let d = delivery::Model {
             status: DeliveryStatus::Failed,
@@ -181,4 +169,19 @@ impl Deliveries {
             self.settings.per_webhook_concurrency,
         )
     }
+}
+
+/// Logs a call refused by a limit, once, where it is recorded.
+pub(super) fn log_refusal(d: &delivery::Model, refusal: &Refusal, waited: Duration) {
+    tracing::warn!(
+        account.id = %d.account_id,
+        webhook.id = %d.webhook_id,
+        delivery.id = %d.id,
+        delivery.mode = ?d.mode,
+        conversation.id = d.conversation_id.map(tracing::field::display),
+        limit.name = refusal.name(),
+        limit.value = refusal.value(),
+        waited_ms = waited.as_millis() as u64,
+        "webhook call refused by a concurrency limit"
+    );
 }
