@@ -167,15 +167,7 @@ async fn save_flow_checks_a_callbacks_timeout_and_on_timeout() {
 async fn a_sync_webhook_before_a_callback_carries_the_url_too() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/hook"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "order": "A-1" })))
-        .mount(&hook)
-        .await;
-    let webhook = app
-        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
-        .await;
+    let (hook, webhook) = app.answering_hook(&owner, json!({ "order": "A-1" })).await;
     let bot = app.new_bot(&owner).await;
     let flow = json!({ "startBlockId": "hi", "blocks": [
         { "id": "hi", "kind": "MESSAGE", "text": "Hi", "next": "ask" },

@@ -951,14 +951,7 @@ async fn a_visitors_sync_call_goes_before_the_outbox_backlog_of_its_webhook() {
 async fn a_sync_call_past_a_turns_limit_is_not_made_but_recorded_as_failed_saying_why() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&hook)
-        .await;
-    let webhook = app
-        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
-        .await;
+    let (hook, webhook) = app.answering_hook(&owner, json!({})).await;
     let bot = app.new_bot(&owner).await;
     // Eleven sync calls in a row: one turn makes ten at most.
     let mut blocks: Vec<Value> = (0..11)

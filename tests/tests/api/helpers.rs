@@ -535,6 +535,25 @@ impl TestApp {
         .await
     }
 
+    /// A receiver whose `/hook` answers 200 with `body`, and a webhook of `user` pointing at
+    /// it (its id). The receiver lives as long as the value returned.
+    pub async fn answering_hook(
+        &self,
+        user: &TestUser,
+        body: Value,
+    ) -> (wiremock::MockServer, String) {
+        let hook = wiremock::MockServer::start().await;
+        wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .and(wiremock::matchers::path("/hook"))
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(body))
+            .mount(&hook)
+            .await;
+        let webhook = self
+            .new_webhook(user, &format!("{}/hook", hook.uri()))
+            .await;
+        (hook, webhook)
+    }
+
     /// Creates a webhook pointing at `url` and returns its id.
     pub async fn new_webhook(&self, user: &TestUser, url: &str) -> String {
         let body = self.create_webhook(&user.token, &user.account_id, json!({ "name": "CRM", "url": url, "headers": [{ "name": "X-Api-Key", "value": "k-123" }] })).await;

@@ -267,15 +267,7 @@ async fn a_conversation_past_its_event_limit_ends_and_says_why() {
 async fn webhook_payloads_carry_the_last_hundred_messages_and_say_they_were_cut() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/hook"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&hook)
-        .await;
-    let webhook = app
-        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
-        .await;
+    let (hook, webhook) = app.answering_hook(&owner, json!({})).await;
     let bot = app.new_bot(&owner).await;
     let flow = json!({ "startBlockId": "ask", "blocks": [
         { "id": "ask", "kind": "QUESTION", "text": "Again?", "saveAnswerTo": "said", "choices": [

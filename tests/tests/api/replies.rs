@@ -2,33 +2,21 @@
 //! local receiver.
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use wiremock::{
-    Mock, MockServer, ResponseTemplate,
-    matchers::{method, path},
-};
-
 use crate::helpers::*;
+use serde_json::json;
 
 #[tokio::test]
 async fn a_reply_offers_buttons_pauses_and_redirects() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/hook"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "responses": [
+    // The receiver answers for as long as `_hook` lives.
+    let (_hook, webhook) = app.answering_hook(&owner, json!({ "responses": [
             { "type": "redirect", "url": "https://shop.example/{{plan}}" },
             { "type": "choices", "choices": [
                 { "label": "Small box", "value": "small" }, { "label": "Big box", "value": "big" } ] },
             { "type": "wait", "seconds": 1 },
             { "type": "carousel", "items": [] },
-            { "type": "text", "text": "Pick a box." } ] })))
-        .mount(&hook)
-        .await;
-    let webhook = app
-        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
-        .await;
+            { "type": "text", "text": "Pick a box." } ] })).await;
     let bot = app.new_bot(&owner).await;
     let flow = json!({ "startBlockId": "plan", "blocks": [
         { "id": "plan", "kind": "QUESTION", "text": "Plan?", "saveAnswerTo": "plan", "next": "hook" },
