@@ -178,18 +178,10 @@ async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Job>) {
 mod tests {
     use sea_orm::{ConnectionTrait, DbErr, Statement};
 
-    use crate::{db::Db, settings::DatabaseUrl};
+    use crate::db::Db;
 
     async fn scratch_db() -> (Db, std::path::PathBuf) {
-        let path = std::env::temp_dir().join(format!("parley-group-{}.db", uuid::Uuid::new_v4()));
-        let url = DatabaseUrl::parse(&format!("sqlite://{}?mode=rwc", path.display()))
-            .expect("a SQLite URL");
-        let db = Db::connect(&url).await.expect("the scratch database opens");
-        db.writer()
-            .execute_unprepared("CREATE TABLE t (n INTEGER PRIMARY KEY)")
-            .await
-            .expect("the table is created");
-        (db, path)
+        crate::db::tests::scratch_db("CREATE TABLE t (n INTEGER PRIMARY KEY)").await
     }
 
     async fn insert(tx: &sea_orm::DatabaseTransaction, n: i64) -> Result<(), DbErr> {

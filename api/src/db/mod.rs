@@ -298,16 +298,23 @@ mod tests {
     use super::Db;
     use crate::settings::DatabaseUrl;
 
-    #[tokio::test]
-    async fn commits_leave_the_wal_to_the_checkpointer_which_copies_it_back() {
-        let path = std::env::temp_dir().join(format!("parley-wal-{}.db", uuid::Uuid::new_v4()));
+    /// A fresh SQLite database in a temporary file, with the one table `table` creates; the
+    /// file's path.
+    pub(in crate::db) async fn scratch_db(table: &str) -> (Db, std::path::PathBuf) {
+        let path = std::env::temp_dir().join(format!("parley-db-{}.db", uuid::Uuid::new_v4()));
         let url = DatabaseUrl::parse(&format!("sqlite://{}?mode=rwc", path.display()))
             .expect("a SQLite URL");
         let db = Db::connect(&url).await.expect("the scratch database opens");
         db.writer()
-            .execute_unprepared("CREATE TABLE t (n INTEGER PRIMARY KEY, pad TEXT)")
+            .execute_unprepared(table)
             .await
             .expect("the table is created");
+        (db, path)
+    }
+
+    #[tokio::test]
+    async fn commits_leave_the_wal_to_the_checkpointer_which_copies_it_back() {
+        let (db, path) = scratch_db("CREATE TABLE t (n INTEGER PRIMARY KEY, pad TEXT)").await;
         // A page each, about three WAL frames a commit: past SQLite's automatic checkpoint at
         // 1,000 pages, short of the writer's backstop, one commit at a time.
         for n in 0..1200 {
