@@ -30,16 +30,47 @@ pub async fn subscribers(
         .into_tuple()
         .all(tx)
         .await?;
-    Ok(hooks
-        .into_iter()
-        .filter(|(_, types)| {
-            types
-                .as_ref()
-                .and_then(Value::as_array)
-                .is_some_and(|list| list.iter().any(|t| t.as_str() == Some(event)))
-        })
-        .map(|(id, _)| id)
-        .collect())
+    Ok(AccountHooks(hooks).subscribers(event))
+}
+
+/// Every webhook of an account, with the event types each asked for. A step reads them once
+/// and learns from them both whether the webhooks its flow names still exist and which
+/// webhooks take its lifecycle events: on SQLite every read in a step waits in the one
+/// writer's line, so two or three lookups cost two or three times one.
+pub struct AccountHooks(Vec<(Uuid, Option<Value>)>);
+
+impl AccountHooks {
+    /// Reads the webhooks of `account_id`.
+    pub async fn read(tx: &impl ConnectionTrait, account_id: Uuid) -> ApiResult<Self> {
+        Ok(Self(
+            webhook::Entity::find_in_account(account_id)
+                .select_only()
+                .column(webhook::Column::Id)
+                .column(webhook::Column::EventTypes)
+                .into_tuple()
+                .all(tx)
+                .await?,
+        ))
+    }
+
+    /// Whether the account has the webhook `id`.
+    pub fn contains(&self, id: Uuid) -> bool {
+        self.0.iter().any(|(hook, _)| *hook == id)
+    }
+
+    /// Those that asked for `event`.
+    pub fn subscribers(&self, event: &str) -> Vec<Uuid> {
+        self.0
+            .iter()
+            .filter(|(_, types)| {
+                types
+                    .as_ref()
+                    .and_then(Value::as_array)
+                    .is_some_and(|list| list.iter().any(|t| t.as_str() == Some(event)))
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
 }
 
 /// The body of an event.
@@ -82,20 +113,4 @@ pub async fn conversation_data(
     let (mut recent, bot_name) = payload::stored(tx, conv).await?;
     recent.extend(new_events.iter().cloned());
     Ok(payload::build(conv, &bot_name, state, &recent, None))
-}
-
-/// Queues `event` about `conv` to the webhooks that asked for it.
-pub async fn conversation_event(
-    tx: &impl ConnectionTrait,
-    conv: &conversation::Model,
-    state: &State,
-    new_events: &[conversation_event::Model],
-    event: &str,
-) -> ApiResult<bool> {
-    let hooks = subscribers(tx, conv.account_id, event).await?;
-    if hooks.is_empty() {
-        return Ok(false);
-    }
-    let data = conversation_data(tx, conv, state, new_events).await?;
-    enqueue(tx, conv.account_id, &hooks, Some(conv.id), event, data).await
 }

@@ -29,12 +29,17 @@ pub async fn stored(
     db: &impl ConnectionTrait,
     conv: &conversation::Model,
 ) -> Result<(Vec<conversation_event::Model>, String), DbErr> {
-    let mut recent = conversation_event::Entity::find()
-        .filter(conversation_event::Column::ConversationId.eq(conv.id))
-        .order_by_desc(conversation_event::Column::Seq)
-        .limit(MAX_MESSAGES as u64)
-        .all(db)
-        .await?;
+    // A conversation whose first step this is has nothing stored yet.
+    let mut recent = if conv.last_seq == 0 {
+        Vec::new()
+    } else {
+        conversation_event::Entity::find()
+            .filter(conversation_event::Column::ConversationId.eq(conv.id))
+            .order_by_desc(conversation_event::Column::Seq)
+            .limit(MAX_MESSAGES as u64)
+            .all(db)
+            .await?
+    };
     recent.reverse();
     let bot_name = crate::db::by_key(bot::Entity::find_by_id(conv.bot_id), db)
         .await?

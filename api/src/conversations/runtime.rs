@@ -60,6 +60,9 @@ struct Step {
     /// Insert this new conversation first, in the step's transaction: a conversation never
     /// exists without the events of its first step.
     create: Option<conversation::Model>,
+    /// The bot's name, when the caller has just read it (a start): a webhook's payload
+    /// carries it, and the step need not read it again.
+    bot_name: Option<String>,
     /// Write this sync call's result, which the step takes (and so release its claim).
     settle: Option<Settled>,
     /// Do nothing if a sync call of the conversation is still in flight (the sweeper).
@@ -198,6 +201,7 @@ impl Runtime {
         let id = conv.id;
         let first = Step {
             create: Some(conv),
+            bot_name: Some(bot.name),
             ..Step::default()
         };
         self.drive(id, Input::Start, first).await?;
@@ -370,6 +374,7 @@ impl Runtime {
                 Step {
                     visitor: Some(visitor),
                     create: None,
+                    bot_name: _,
                     settle: None,
                     unless_in_flight: false,
                     resume: false,

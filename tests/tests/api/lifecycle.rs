@@ -135,6 +135,80 @@ async fn each_lifecycle_event_is_delivered_once_and_signed() {
     }
 }
 
+/// Waits for `n` requests to `server`.
+async fn requests(server: &MockServer, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = server.received_requests().await.unwrap_or_default();
+        if got.len() >= n {
+            return got
+                .iter()
+                .map(|r| serde_json::from_slice(&r.body).expect("JSON body"))
+                .collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "got {} of {n} requests",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_conversations_first_step_sends_its_bots_current_name_and_its_first_messages() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let events = receiver(200).await;
+    assert_ok(
+        &app.create_webhook(
+            &owner.token,
+            &owner.account_id,
+            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
+                    "eventTypes": ["CONVERSATION_STARTED"] }),
+        )
+        .await,
+    );
+    let flow_hook = receiver(204).await;
+    let hook = app
+        .new_webhook(&owner, &format!("{}/hook", flow_hook.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "hi", "blocks": [
+        { "id": "hi", "kind": "MESSAGE", "text": "Welcome!", "next": "hook" },
+        { "id": "hook", "kind": "WEBHOOK", "webhookId": hook, "async": true, "next": "ask" },
+        { "id": "ask", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "bye" },
+        { "id": "bye", "kind": "END" }
+    ]});
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    assert_ok(&app.rename_bot(&owner.token, &bot, "Front desk").await);
+
+    let (conv, _) = app.new_conversation(&bot).await;
+
+    let called = requests(&flow_hook, 1).await.remove(0);
+    let started = requests(&events, 1).await.remove(0);
+    assert_eq!(started["type"], "conversation.started", "{started}");
+    for c in [&called["conversation"], &started["data"]["conversation"]] {
+        assert_eq!(c["id"], json!(conv), "{c}");
+        assert_eq!(c["bot_name"], "Front desk", "{c}");
+        assert_eq!(c["messages_truncated"], false, "{c}");
+    }
+    // The call is made where the flow has said its welcome only; the event is written once
+    // the step has asked its question.
+    let texts = |c: &Value| -> Vec<Value> {
+        c["messages"]
+            .as_array()
+            .map(|m| m.iter().map(|m| m["text"].clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(texts(&called["conversation"]), [json!("Welcome!")]);
+    assert_eq!(
+        texts(&started["data"]["conversation"]),
+        [json!("Welcome!"), json!("Name?")]
+    );
+}
+
 const RECOVER: &str =
     "mutation($w: ID!, $s: DateTime!) { recoverDeliveries(webhookId: $w, since: $s) }";
 

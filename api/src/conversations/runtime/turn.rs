@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{SubsecRound as _, Utc};
 use entity::{
     conversation::{self, ConversationStatus},
-    conversation_event, webhook,
+    conversation_event,
 };
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
@@ -204,6 +204,7 @@ impl Runtime {
         let Step {
             visitor,
             create,
+            bot_name,
             settle,
             unless_in_flight,
             resume,
@@ -282,7 +283,13 @@ impl Runtime {
         let now = Utc::now().trunc_subsecs(6);
         let mut seq = conv.last_seq;
         let mut new_events = Vec::new();
-        let mut stored: Option<(Vec<conversation_event::Model>, String)> = None;
+        let mut reads = Reads {
+            hooks: None,
+            // Nothing is stored before a conversation's first step.
+            stored: bot_name
+                .filter(|_| conv.last_seq == 0)
+                .map(|name| (Vec::new(), name)),
+        };
         let mut queued = deliveries::Queued::default();
         let mut sync = None;
         let mut say_blocks = result.say_blocks.into_iter();
@@ -312,16 +319,10 @@ impl Runtime {
             // A published flow is checked against the account's webhooks, but should one
             // still name a webhook that is gone, its block counts as a failed call and the
             // flow goes on: the visitor never gets an internal error for it.
-            let found = match Uuid::parse_str(&webhook_id) {
-                Ok(id) => webhook::Entity::find_by_id(id)
-                    .select_only()
-                    .column(webhook::Column::Id)
-                    .into_tuple::<Uuid>()
-                    .all(tx)
-                    .await?
-                    .pop(),
-                Err(_) => None,
-            };
+            let hooks = reads.hooks(tx, conv.account_id).await?;
+            let found = Uuid::parse_str(&webhook_id)
+                .ok()
+                .filter(|id| hooks.contains(*id));
             let Some(hook_id) = found else {
                 tracing::warn!(
                     conversation.id = %conv.id,
@@ -339,11 +340,7 @@ impl Runtime {
                 }
                 continue;
             };
-            // Read at the first webhook of the step, once.
-            let (transcript, bot_name) = match &mut stored {
-                Some(kept) => &*kept,
-                empty => &*empty.insert(payload::stored(tx, &conv).await?),
-            };
+            let (transcript, bot_name) = reads.stored(tx, &conv).await?;
             let mut messages = transcript.to_vec();
             messages.extend(new_events.iter().cloned());
             // The rule for `conversation.callback_url`: a WEBHOOK block whose `next` is a
@@ -461,34 +458,30 @@ impl Runtime {
             deliveries::insert_row(tx, d).await?;
         }
         // Lifecycle events, in this transaction: the outbox never reports what did not happen.
-        if created
-            && lifecycle::conversation_event(
-                tx,
-                &conv,
-                &state,
-                &new_events,
-                lifecycle::CONVERSATION_STARTED,
-            )
-            .await?
-        {
-            queued.mark();
+        let mut lifecycle_events = Vec::new();
+        if created {
+            lifecycle_events.push((lifecycle::CONVERSATION_STARTED, conv.clone()));
         }
-        if ended
-            && conv.status != ConversationStatus::Completed
-            && lifecycle::conversation_event(
-                tx,
-                &conversation::Model {
-                    status: ConversationStatus::Completed,
-                    ended_at: Some(conv.ended_at.unwrap_or(now)),
-                    ..conv.clone()
-                },
-                &state,
-                &new_events,
-                lifecycle::CONVERSATION_COMPLETED,
-            )
-            .await?
-        {
-            queued.mark();
+        if ended && conv.status != ConversationStatus::Completed {
+            let completed = conversation::Model {
+                status: ConversationStatus::Completed,
+                ended_at: Some(conv.ended_at.unwrap_or(now)),
+                ..conv.clone()
+            };
+            lifecycle_events.push((lifecycle::CONVERSATION_COMPLETED, completed));
+        }
+        for (event, subject) in lifecycle_events {
+            let hooks = reads.hooks(tx, conv.account_id).await?.subscribers(event);
+            if hooks.is_empty() {
+                continue;
+            }
+            let (transcript, bot_name) = reads.stored(tx, &conv).await?;
+            let mut recent = transcript.clone();
+            recent.extend(new_events.iter().cloned());
+            let data = payload::build(&subject, bot_name, &state, &recent, None);
+            if lifecycle::enqueue(tx, conv.account_id, &hooks, Some(conv.id), event, data).await? {
+                queued.mark();
+            }
         }
         if !new_events.is_empty() {
             insert_events(tx, &new_events).await?;
@@ -508,5 +501,40 @@ impl Runtime {
             resume_at,
             known,
         }))
+    }
+}
+
+/// What a step reads from the database at most once, when it first needs it.
+struct Reads {
+    /// The account's webhooks: whether those the flow names exist, and who takes lifecycle
+    /// events.
+    hooks: Option<lifecycle::AccountHooks>,
+    /// The conversation's events stored before this step, and its bot's name: for payloads.
+    stored: Option<(Vec<conversation_event::Model>, String)>,
+}
+
+impl Reads {
+    async fn hooks(
+        &mut self,
+        tx: &DatabaseTransaction,
+        account_id: Uuid,
+    ) -> ApiResult<&lifecycle::AccountHooks> {
+        let hooks = match self.hooks.take() {
+            Some(hooks) => hooks,
+            None => lifecycle::AccountHooks::read(tx, account_id).await?,
+        };
+        Ok(self.hooks.insert(hooks))
+    }
+
+    async fn stored(
+        &mut self,
+        tx: &DatabaseTransaction,
+        conv: &conversation::Model,
+    ) -> ApiResult<&(Vec<conversation_event::Model>, String)> {
+        let stored = match self.stored.take() {
+            Some(stored) => stored,
+            None => payload::stored(tx, conv).await?,
+        };
+        Ok(self.stored.insert(stored))
     }
 }
