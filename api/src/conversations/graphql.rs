@@ -358,9 +358,9 @@ impl ConversationsMutation {
     ) -> async_graphql::Result<VisitorSession> {
         let st = state(ctx)?;
         let bot_id = parse_id(&bot_id, "bot")?;
-        bot_for_visitor(st.db.conn(), bot_id, ctx.data_opt::<RequestOrigin>()).await?;
+        let bot = bot_for_visitor(st.db.conn(), bot_id, ctx.data_opt::<RequestOrigin>()).await?;
         st.limiters.start_from(ctx.data_opt::<ClientAddr>())?;
-        let session = st.runtime.start(bot_id, variables.map(|v| v.0)).await?;
+        let session = st.runtime.start(bot, variables.map(|v| v.0)).await?;
         Ok(VisitorSession {
             conversation_id: to_id(session.conversation_id),
             visitor_token: session.visitor_token,

@@ -143,21 +143,22 @@ impl Runtime {
         &self.bus
     }
 
-    /// Starts a conversation on the bot's latest published version and runs it up to its
-    /// first question (or its end). The work runs to its end even if the caller goes away
-    /// (a request cancelled at its deadline): a turn is never cut in half.
+    /// Starts a conversation on `bot`'s latest published version (as the caller just read
+    /// it) and runs it up to its first question (or its end). The work runs to its end even
+    /// if the caller goes away (a request cancelled at its deadline): a turn is never cut in
+    /// half.
     pub async fn start(
         self: &Arc<Self>,
-        bot_id: Uuid,
+        bot: bot::Model,
         variables: Option<Value>,
     ) -> ApiResult<VisitorSession> {
         let this = self.clone();
-        tokio::spawn(async move { this.start_now(bot_id, variables).await }).await?
+        tokio::spawn(async move { this.start_now(bot, variables).await }).await?
     }
 
     async fn start_now(
         self: &Arc<Self>,
-        bot_id: Uuid,
+        bot: bot::Model,
         variables: Option<Value>,
     ) -> ApiResult<VisitorSession> {
         let prefilled = match variables {
@@ -170,9 +171,6 @@ impl Runtime {
                 "variables must be at most {MAX_PREFILLED_BYTES} bytes of JSON"
             )));
         }
-        let bot = crate::db::by_key(bot::Entity::find_by_id(bot_id), self.db.conn())
-            .await?
-            .ok_or_else(|| ApiError::not_found("bot"))?;
         let version = bot.published_version.ok_or_else(|| {
             ApiError::bad_input(
                 "this bot is not published yet: publish it before starting conversations",
@@ -183,7 +181,7 @@ impl Runtime {
         let conv = conversation::Model {
             id: Uuid::now_v7(),
             account_id: bot.account_id,
-            bot_id,
+            bot_id: bot.id,
             version,
             status: ConversationStatus::Active,
             state: serde_json::to_value(State::for_visitor(prefilled, rand::random()))
