@@ -16,22 +16,6 @@ async fn receiver(status: u16, body: Value) -> MockServer {
     server
 }
 
-async fn received(server: &MockServer, n: usize) -> Vec<wiremock::Request> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let got = server.received_requests().await.unwrap_or_default();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the receiver got {} of {n} requests",
-            got.len()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
 /// A published bot whose flow is `flow` (webhook ids filled by the caller).
 async fn published(app: &TestApp, owner: &TestUser, flow: Value) -> String {
     let bot = app.new_bot(owner).await;

@@ -976,3 +976,20 @@ pub async fn async_bot(app: &TestApp, owner: &TestUser, url: &str) -> (String, S
     assert_ok(&app.publish_bot(&owner.token, &bot).await);
     (bot, webhook)
 }
+
+/// Waits (up to 10 s) until `server` has received at least `n` requests; all it received.
+pub async fn received(server: &wiremock::MockServer, n: usize) -> Vec<wiremock::Request> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = server.received_requests().await.unwrap_or_default();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receiver got {} of {n} requests",
+            got.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -135,24 +135,13 @@ async fn each_lifecycle_event_is_delivered_once_and_signed() {
     }
 }
 
-/// Waits for `n` requests to `server`.
-async fn requests(server: &MockServer, n: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = server.received_requests().await.unwrap_or_default();
-        if got.len() >= n {
-            return got
-                .iter()
-                .map(|r| serde_json::from_slice(&r.body).expect("JSON body"))
-                .collect();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "got {} of {n} requests",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The JSON bodies of the first `n` requests to `server`, once they arrived.
+async fn bodies(server: &MockServer, n: usize) -> Vec<Value> {
+    received(server, n)
+        .await
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("JSON body"))
+        .collect()
 }
 
 #[tokio::test]
@@ -186,8 +175,8 @@ async fn a_conversations_first_step_sends_its_bots_current_name_and_its_first_me
 
     let (conv, _) = app.new_conversation(&bot).await;
 
-    let called = requests(&flow_hook, 1).await.remove(0);
-    let started = requests(&events, 1).await.remove(0);
+    let called = bodies(&flow_hook, 1).await.remove(0);
+    let started = bodies(&events, 1).await.remove(0);
     assert_eq!(started["type"], "conversation.started", "{started}");
     for c in [&called["conversation"], &started["data"]["conversation"]] {
         assert_eq!(c["id"], json!(conv), "{c}");
