@@ -77,9 +77,15 @@ pub fn handed_over(path: &'static str) {
     counter!("parley_deliveries_handed_over_total", "path" => path).increment(1);
 }
 
-/// One batch of SQLite's group commit: how many writes shared its transaction.
+/// One batch of SQLite's group commit, or of PostgreSQL's quick turns: how many writes
+/// shared its transaction.
 pub fn write_batch(jobs: usize) {
     histogram!("parley_db_write_batch_jobs").record(jobs as f64);
+}
+
+/// PostgreSQL: a statement of many quick turns failed, and its turns were written one by one.
+pub fn quick_batch_failed() {
+    counter!("parley_quick_batches_failed_total").increment(1);
 }
 
 /// How long a write waited for its commit, queueing included.

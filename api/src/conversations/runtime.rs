@@ -91,6 +91,8 @@ pub struct Runtime {
     instance_id: String,
     /// Local timers that end pauses on time (the database poll is the fallback).
     timers: Timers,
+    /// PostgreSQL: writes quick turns that wait at the same time together.
+    quick: Option<quick::QuickWriter>,
 }
 
 /// A new conversation's id and the visitor's secret token.
@@ -123,6 +125,7 @@ impl Runtime {
         public_url: String,
     ) -> Arc<Self> {
         Arc::new(Self {
+            quick: quick::QuickWriter::start(&db),
             db,
             deliveries,
             bus,

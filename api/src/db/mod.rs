@@ -241,13 +241,21 @@ impl Db {
         }
     }
 
-    /// Runs one statement of a conversation step on its own, where steps run, if the database
-    /// can (PostgreSQL: a statement is a transaction of its own); the rows it changed, or
-    /// `None` on SQLite, whose steps share the writer's transactions.
-    pub async fn step_statement(&self, statement: Statement) -> Option<Result<u64, DbErr>> {
+    /// PostgreSQL: runs `task` on the thread where steps run, with that thread's pool (a
+    /// socket's readiness is reported by the runtime that opened it, so a task that writes
+    /// for many steps belongs there). False on SQLite, whose steps share the writer's
+    /// transactions.
+    pub fn spawn_on_steps<F, Fut>(&self, task: F) -> bool
+    where
+        F: FnOnce(DatabaseConnection) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         match &self.steps {
-            Steps::Grouped(_) => None,
-            Steps::Own(steps) => Some(steps.execute(statement).await),
+            Steps::Grouped(_) => false,
+            Steps::Own(steps) => {
+                steps.spawn(task(steps.pool().clone()));
+                true
+            }
         }
     }
 

@@ -10,10 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
-use sea_orm::{
-    ConnectionTrait as _, DatabaseConnection, DatabaseTransaction, DbErr, Statement,
-    TransactionTrait,
-};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use tokio::sync::oneshot;
 
 use super::Db;
@@ -82,6 +79,11 @@ impl StepRuntime {
         &self.pool
     }
 
+    /// Runs `task` on the step runtime until it ends.
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.handle.spawn(task);
+    }
+
     /// Runs `f` in a transaction of its own on the step runtime and commits. The step runs
     /// to its end even if the caller goes away.
     pub(super) async fn run<T, E, F>(&self, f: F) -> Result<T, E>
@@ -100,19 +102,6 @@ impl StepRuntime {
         match step.await {
             Ok(result) => result,
             Err(e) => Err(DbErr::Custom(format!("the step did not finish: {e}")).into()),
-        }
-    }
-
-    /// Runs one statement on its own (it commits by itself) on the step runtime; the rows it
-    /// changed. One round trip instead of the four of BEGIN, two statements and COMMIT.
-    pub(super) async fn execute(&self, statement: Statement) -> Result<u64, DbErr> {
-        let pool = self.pool.clone();
-        let step = self
-            .handle
-            .spawn(async move { pool.execute_raw(statement).await });
-        match step.await {
-            Ok(result) => Ok(result?.rows_affected()),
-            Err(e) => Err(DbErr::Custom(format!("the step did not finish: {e}"))),
         }
     }
 }

@@ -128,18 +128,19 @@ async fn a_conversations_delivery_is_handed_to_the_worker_and_sent_without_waiti
     assert!(after >= before + 1.0, "handed over: {before} then {after}");
 }
 
-/// `parley_turn_paths_total{path}` now.
-async fn turn_path(app: &TestApp, path: &str) -> f64 {
+/// The sample `name` (with its labels) now; 0 when absent.
+async fn metric(app: &TestApp, name: &str) -> f64 {
     let text = scrape(app, Some(TOKEN))
         .await
         .text()
         .await
         .expect("the metrics text");
-    sample(
-        &text,
-        &format!("parley_turn_paths_total{{path=\"{path}\"}}"),
-    )
-    .unwrap_or(0.0)
+    sample(&text, name).unwrap_or(0.0)
+}
+
+/// `parley_turn_paths_total{path}` now.
+async fn turn_path(app: &TestApp, path: &str) -> f64 {
+    metric(app, &format!("parley_turn_paths_total{{path=\"{path}\"}}")).await
 }
 
 #[tokio::test]
@@ -177,4 +178,71 @@ async fn an_answer_that_only_makes_the_bot_speak_in_a_conversation_this_instance
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
     assert_eq!(seen["answers"], json!({ "name": "Ann", "city": "Paris" }));
     assert_eq!(seen["status"], "ACTIVE");
+}
+
+#[tokio::test]
+async fn quick_answers_to_many_conversations_at_once_each_land_in_their_own_conversation_written_together()
+ {
+    // On PostgreSQL, quick turns waiting at the same time are written by one statement.
+    let app = spawn_app_with(|s| {
+        s.metrics_token_hash = Some(parley::opaque::token_hash(TOKEN));
+    })
+    .await;
+    let failed = "parley_quick_batches_failed_total";
+    let failed_before = metric(&app, failed).await;
+    let owner = app.new_user().await;
+    let bot = app.published_bot(&owner, two_questions()).await;
+    let mut chats = Vec::new();
+    for _ in 0..24 {
+        chats.push(app.new_conversation(&bot).await);
+    }
+    let app = &app;
+    for round in 0..3 {
+        let answers = chats
+            .iter()
+            .enumerate()
+            .map(|(i, (conv, token))| async move {
+                app.send_answer(conv, token, &format!("v{i}-r{round}"))
+                    .await
+            });
+        for body in futures_util::future::join_all(answers).await {
+            assert_ok(&body);
+        }
+    }
+    for (i, (conv, token)) in chats.iter().enumerate() {
+        let body = app.conversation(None, conv, Some(token)).await;
+        let c = &body["data"]["conversation"];
+        let events: Vec<(i64, String)> = c["events"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no events: {body}"))
+            .iter()
+            .map(|e| {
+                (
+                    e["seq"].as_i64().unwrap_or_default(),
+                    e["text"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let expected: Vec<(i64, String)> = [
+            "Name?".to_owned(),
+            format!("v{i}-r0"),
+            format!("Hi v{i}-r0, city?"),
+            format!("v{i}-r1"),
+            "Name?".to_owned(),
+            format!("v{i}-r2"),
+            format!("Hi v{i}-r2, city?"),
+        ]
+        .into_iter()
+        .zip(1..)
+        .map(|(text, seq)| (seq, text))
+        .collect();
+        assert_eq!(events, expected, "conversation {i}");
+        assert_eq!(
+            c["answers"],
+            json!({ "name": format!("v{i}-r2"), "city": format!("v{i}-r1") }),
+            "conversation {i}"
+        );
+    }
+    // Not one statement of many turns fell back to writing them one by one.
+    assert_eq!(metric(app, failed).await, failed_before);
 }

@@ -8,12 +8,24 @@
 //! two statements in the writer's batch, without the savepoint a full step takes.
 //! Whatever else a turn does (a webhook, an end, a pause, a NOTIFY for other instances, a
 //! conversation changed elsewhere) takes the full transaction.
-use chrono::{SubsecRound as _, Utc};
+//!
+//! On PostgreSQL, quick turns that wait at the same time are written together ([`QuickWriter`]).
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
+
+use chrono::{SecondsFormat, SubsecRound as _, Utc};
 use entity::{
     conversation::{self, ConversationStatus},
     conversation_event,
 };
-use sea_orm::{ActiveEnum as _, DatabaseBackend, DbErr, Statement};
+use sea_orm::{
+    ActiveEnum as _, ConnectionTrait as _, DatabaseBackend, DatabaseConnection, DbErr, Statement,
+};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
 
 use super::{Known, Runtime, StepDone, Undone, visitor_not_found};
 use crate::{
@@ -122,19 +134,23 @@ impl Runtime {
         events: Vec<conversation_event::Model>,
     ) -> Result<Option<Vec<conversation_event::Model>>, Undone> {
         if self.db.kind() == DatabaseKind::Postgres {
-            let statement = statement(after, expect, &events);
-            let Some(written) = self.db.step_statement(statement).await else {
+            let Some(quick) = &self.quick else {
                 return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
                     "PostgreSQL steps have no runtime of their own"
                 ))));
             };
-            return match written? {
-                n if n == events.len() as u64 => Ok(Some(events)),
-                0 => Ok(None),
-                n => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
-                    "a one-statement turn wrote {n} of {} events",
-                    events.len()
-                )))),
+            let write = QuickWrite {
+                row: conversation::Model {
+                    state: std::mem::take(&mut after.state),
+                    ..after.clone()
+                },
+                expect,
+                events: events.clone(),
+            };
+            return match quick.write(write).await {
+                Ok(true) => Ok(Some(events)),
+                Ok(false) => Ok(None),
+                Err(e) => Err(Undone::Failed(e.into())),
             };
         }
         // SQLite: in the writer's batch, without a savepoint of its own, since nothing is
@@ -159,22 +175,173 @@ impl Runtime {
     }
 }
 
+/// Quick turns one statement writes at most.
+const MAX_BATCH: usize = 256;
+/// Statements of quick turns in flight at once: turns that arrive meanwhile wait and go
+/// together in the next.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// PostgreSQL: writes the quick turns waiting at the same time with one statement.
+///
+/// A quick turn alone is one statement that commits by itself, but under load every commit
+/// is a round trip, a statement to run and a WAL flush of its own. One task on the step
+/// thread takes every quick turn waiting (one per conversation) and writes them with one
+/// statement and one commit, [`BATCHES_IN_FLIGHT`] statements at most at once. Each turn's row
+/// is still updated only if it holds what the turn expects (else that turn alone is stale),
+/// and if the statement fails, each of its turns is written again on its own: one turn never
+/// fails another.
+pub(super) struct QuickWriter {
+    turns: mpsc::UnboundedSender<Pending>,
+}
+
+/// A quick turn's write: the row as the turn leaves it, what the row must still hold
+/// (`last_seq`, `updated_at`), and the events to append.
+struct QuickWrite {
+    row: conversation::Model,
+    expect: (i32, chrono::DateTime<Utc>),
+    events: Vec<conversation_event::Model>,
+}
+
+/// A write waiting for the writer, and where its outcome goes: whether it was written
+/// (false: the row had changed).
+struct Pending {
+    write: QuickWrite,
+    reply: oneshot::Sender<Result<bool, DbErr>>,
+}
+
+impl QuickWriter {
+    /// Starts the writer on the step thread; `None` on SQLite.
+    pub(super) fn start(db: &crate::db::Db) -> Option<Self> {
+        let (turns, rx) = mpsc::unbounded_channel();
+        db.spawn_on_steps(move |pool| run(pool, rx))
+            .then_some(Self { turns })
+    }
+
+    async fn write(&self, write: QuickWrite) -> Result<bool, DbErr> {
+        let (reply, outcome) = oneshot::channel();
+        self.turns
+            .send(Pending { write, reply })
+            .map_err(|_| DbErr::Custom("the quick-turn writer has stopped".into()))?;
+        outcome
+            .await
+            .map_err(|_| DbErr::Custom("the quick-turn writer dropped a turn".into()))?
+    }
+}
+
+/// Takes waiting turns and writes them, until every sender is gone.
+async fn run(pool: DatabaseConnection, mut turns: mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut waiting: VecDeque<Pending> = VecDeque::new();
+    let mut received = Vec::new();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if waiting.is_empty() {
+            if turns.recv_many(&mut received, MAX_BATCH).await == 0 {
+                return;
+            }
+        } else {
+            while received.len() < MAX_BATCH
+                && let Ok(p) = turns.try_recv()
+            {
+                received.push(p);
+            }
+        }
+        waiting.extend(received.drain(..));
+        // One turn of a conversation per statement: a second one (the visitor answered twice
+        // at once) goes in the next, where it finds the row changed.
+        let mut batch = Vec::new();
+        let mut conversations = HashSet::new();
+        let mut later = VecDeque::new();
+        for p in waiting.drain(..) {
+            if batch.len() < MAX_BATCH && conversations.insert(p.write.row.id) {
+                batch.push(p);
+            } else {
+                later.push_back(p);
+            }
+        }
+        waiting = later;
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write_batch(&pool, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Writes `batch` with one statement, or each turn on its own if there is one only or the
+/// statement fails; tells each its outcome.
+async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
+    crate::metrics::write_batch(batch.len());
+    if batch.len() > 1 {
+        let written = pool
+            .query_all_raw(batch_statement(&batch))
+            .await
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|row| {
+                        Ok((
+                            row.try_get::<Uuid>("", "id")?,
+                            row.try_get::<i64>("", "events")?,
+                        ))
+                    })
+                    .collect::<Result<HashMap<Uuid, i64>, DbErr>>()
+            });
+        match written {
+            Ok(written) => {
+                for p in batch {
+                    let n = written.get(&p.write.row.id).copied().unwrap_or(0);
+                    let _ = p
+                        .reply
+                        .send(outcome(u64::try_from(n).unwrap_or(0), &p.write));
+                }
+                return;
+            }
+            Err(e) => {
+                crate::metrics::quick_batch_failed();
+                tracing::warn!(error.cause = ?e, turns = batch.len(), "cannot write quick turns together; writing them one by one");
+            }
+        }
+    }
+    for p in batch {
+        let written = pool.execute_raw(statement(&p.write)).await;
+        let _ = p
+            .reply
+            .send(written.and_then(|r| outcome(r.rows_affected(), &p.write)));
+    }
+}
+
+/// A turn's outcome from the events written for it: all (written), none (the row had
+/// changed), or some (which cannot be).
+fn outcome(events_written: u64, write: &QuickWrite) -> Result<bool, DbErr> {
+    match events_written {
+        0 => Ok(false),
+        n if n == write.events.len() as u64 => Ok(true),
+        n => Err(DbErr::Custom(format!(
+            "a one-statement turn wrote {n} of {} events",
+            write.events.len()
+        ))),
+    }
+}
+
 /// The row's update, applied only if it still holds what this instance knows, and the events'
 /// insert, which inserts nothing unless the update applied: as the full step writes them.
-fn statement(
-    after: &mut conversation::Model,
-    (last_seq, updated_at): (i32, chrono::DateTime<Utc>),
-    events: &[conversation_event::Model],
-) -> Statement {
+fn statement(write: &QuickWrite) -> Statement {
+    let QuickWrite {
+        row: after,
+        expect: (last_seq, updated_at),
+        events,
+    } = write;
     // A quick turn leaves no end, pause or claim: those columns are null.
     let mut values: Vec<sea_orm::Value> = vec![
-        std::mem::take(&mut after.state).into(),
+        after.state.clone().into(),
         after.last_seq.into(),
         after.status.to_value().into(),
         after.updated_at.into(),
         after.id.into(),
-        last_seq.into(),
-        updated_at.into(),
+        (*last_seq).into(),
+        (*updated_at).into(),
     ];
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
@@ -212,4 +379,61 @@ fn statement(
         rows.join(", ")
     );
     Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
+}
+
+/// Many turns' writes as one statement: the turns and their events travel as two JSON
+/// arrays, so that the statement's text is the same whatever their number (prepared once
+/// per connection). Each row is updated only if it still holds what its turn expects, and
+/// only the events of the rows updated are inserted; one row per conversation updated, with
+/// the number of its events inserted.
+fn batch_statement(batch: &[Pending]) -> Statement {
+    let at = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let mut turns = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    for Pending { write, .. } in batch {
+        let row = &write.row;
+        turns.push(json!({
+            "id": row.id,
+            "state": row.state,
+            "last_seq": row.last_seq,
+            "status": row.status.to_value(),
+            "updated_at": at(&row.updated_at),
+            "expect_seq": write.expect.0,
+            "expect_at": at(&write.expect.1),
+        }));
+        events.extend(write.events.iter().map(|e| {
+            json!({
+                "conversation_id": e.conversation_id,
+                "seq": e.seq,
+                "account_id": e.account_id,
+                "kind": e.kind,
+                "text": e.text,
+                "input": e.input,
+                "at": at(&e.at),
+                "block_id": e.block_id,
+            })
+        }));
+    }
+    Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "WITH turns AS (\
+           SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, state jsonb, last_seq int4, \
+             status text, updated_at timestamptz, expect_seq int4, expect_at timestamptz)), \
+         moved AS (\
+           UPDATE conversations c SET state = t.state, last_seq = t.last_seq, status = t.status, \
+             ended_at = NULL, updated_at = t.updated_at, resume_at = NULL, \
+             resume_claimed_by = NULL, resume_claimed_until = NULL \
+           FROM turns t WHERE c.id = t.id AND c.last_seq = t.expect_seq AND c.updated_at = t.expect_at \
+           RETURNING c.id), \
+         written AS (\
+           INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, input, at, block_id) \
+           SELECT e.conversation_id, e.seq, e.account_id, e.kind, e.text, e.input, e.at, e.block_id \
+           FROM jsonb_to_recordset($2::jsonb) AS e(conversation_id uuid, seq int4, account_id uuid, \
+             kind text, text text, input jsonb, at timestamptz, block_id text) \
+           JOIN moved ON moved.id = e.conversation_id \
+           RETURNING conversation_id) \
+         SELECT moved.id, (SELECT count(*) FROM written w WHERE w.conversation_id = moved.id) AS events \
+         FROM moved",
+        [Value::Array(turns).into(), Value::Array(events).into()],
+    )
 }
