@@ -20,11 +20,12 @@ use entity::{
     conversation::{self, ConversationStatus},
     conversation_event,
 };
+use futures_util::StreamExt as _;
 use sea_orm::{
     ActiveEnum as _, ConnectionTrait as _, DatabaseBackend, DatabaseConnection, DbErr, Statement,
 };
 use serde_json::{Value, json};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Known, Runtime, StepDone, Undone, visitor_not_found};
@@ -228,50 +229,86 @@ impl QuickWriter {
     }
 }
 
+/// Statements a failed batch's turns are then written with at once, each on its own.
+const ALONE_IN_FLIGHT: usize = 8;
+
 /// Takes waiting turns and writes them, until every sender is gone.
 async fn run(pool: DatabaseConnection, mut turns: mpsc::UnboundedReceiver<Pending>) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    // Conversations with a turn in a statement in flight, and the signal that one ended.
+    let in_flight = Arc::new(std::sync::Mutex::new(HashSet::<Uuid>::new()));
+    let ended = Arc::new(Notify::new());
     let mut waiting: VecDeque<Pending> = VecDeque::new();
-    let mut received = Vec::new();
+    let mut open = true;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        if waiting.is_empty() {
-            if turns.recv_many(&mut received, MAX_BATCH).await == 0 {
-                return;
-            }
-        } else {
-            while received.len() < MAX_BATCH
+        let batch = loop {
+            while waiting.len() < MAX_BATCH
                 && let Ok(p) = turns.try_recv()
             {
-                received.push(p);
+                waiting.push_back(p);
             }
-        }
-        waiting.extend(received.drain(..));
-        // One turn of a conversation per statement: a second one (the visitor answered twice
-        // at once) goes in the next, where it finds the row changed.
-        let mut batch = Vec::new();
-        let mut conversations = HashSet::new();
-        let mut later = VecDeque::new();
-        for p in waiting.drain(..) {
-            if batch.len() < MAX_BATCH && conversations.insert(p.write.row.id) {
-                batch.push(p);
-            } else {
-                later.push_back(p);
+            // One turn of a conversation at a time: a second one (the visitor answered twice
+            // at once) waits until the first is written, then finds the row changed. Two
+            // statements in flight never share a row, so they cannot deadlock each other.
+            let batch = take_batch(&mut waiting, &lock(&in_flight));
+            if !batch.is_empty() {
+                break batch;
             }
-        }
-        waiting = later;
-        let pool = pool.clone();
+            if !open && waiting.is_empty() {
+                return;
+            }
+            tokio::select! {
+                got = turns.recv(), if open => match got {
+                    Some(p) => waiting.push_back(p),
+                    None => open = false,
+                },
+                () = ended.notified() => {}
+            }
+        };
+        let ids: Vec<Uuid> = batch.iter().map(|p| p.write.row.id).collect();
+        lock(&in_flight).extend(ids.iter().copied());
+        let (pool, in_flight, ended) = (pool.clone(), in_flight.clone(), ended.clone());
         tokio::spawn(async move {
             write_batch(&pool, batch).await;
+            let mut held = lock(&in_flight);
+            for id in &ids {
+                held.remove(id);
+            }
+            drop(held);
             drop(slot);
+            ended.notify_one();
         });
     }
 }
 
+fn lock(set: &std::sync::Mutex<HashSet<Uuid>>) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+    set.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Takes from `waiting`, in order, up to [`MAX_BATCH`] turns of distinct conversations none
+/// of which has a turn in flight; the others keep their place.
+fn take_batch(waiting: &mut VecDeque<Pending>, in_flight: &HashSet<Uuid>) -> Vec<Pending> {
+    let mut batch = Vec::new();
+    let mut taken = HashSet::new();
+    let mut left = VecDeque::new();
+    for p in waiting.drain(..) {
+        let id = p.write.row.id;
+        if batch.len() < MAX_BATCH && !in_flight.contains(&id) && taken.insert(id) {
+            batch.push(p);
+        } else {
+            left.push_back(p);
+        }
+    }
+    *waiting = left;
+    batch
+}
+
 /// Writes `batch` with one statement, or each turn on its own if there is one only or the
-/// statement fails; tells each its outcome.
+/// server refused the statement (then nothing of it was written); tells each its outcome.
 async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
     crate::metrics::write_batch(batch.len());
     if batch.len() > 1 {
@@ -298,17 +335,39 @@ async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
                 }
                 return;
             }
-            Err(e) => {
+            Err(e) if refused_by_server(&e) => {
                 crate::metrics::quick_batch_failed();
                 tracing::warn!(error.cause = ?e, turns = batch.len(), "cannot write quick turns together; writing them one by one");
             }
+            Err(e) => {
+                // The connection failed, or the reply did not read: the statement may have
+                // committed. Written again one by one, each turn would find its row changed
+                // and take the answer a second time, so each fails instead, as one alone would.
+                tracing::error!(error.cause = ?e, turns = batch.len(), "quick turns written together may or may not have been written");
+                let message = e.to_string();
+                for p in batch {
+                    let _ = p.reply.send(Err(DbErr::Custom(message.clone())));
+                }
+                return;
+            }
         }
     }
-    for p in batch {
-        let written = pool.execute_raw(statement(&p.write)).await;
-        let _ = p
-            .reply
-            .send(written.and_then(|r| outcome(r.rows_affected(), &p.write)));
+    futures_util::stream::iter(batch)
+        .for_each_concurrent(ALONE_IN_FLIGHT, |p| async move {
+            let written = pool.execute_raw(statement(&p.write)).await;
+            let _ = p
+                .reply
+                .send(written.and_then(|r| outcome(r.rows_affected(), &p.write)));
+        })
+        .await;
+}
+
+/// Whether PostgreSQL itself refused the statement, which then rolled back whole.
+fn refused_by_server(e: &DbErr) -> bool {
+    match e {
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e.as_database_error().is_some(),
+        _ => false,
     }
 }
 
