@@ -110,7 +110,8 @@ pub async fn conversation_data(
     state: &State,
     new_events: &[conversation_event::Model],
 ) -> ApiResult<Value> {
-    let (mut recent, bot_name) = payload::stored(tx, conv).await?;
-    recent.extend(new_events.iter().cloned());
-    Ok(payload::build(conv, &bot_name, state, &recent, None))
+    let (stored, bot_name) = payload::stored(tx, conv).await?;
+    Ok(payload::build(
+        conv, &bot_name, state, &stored, new_events, None,
+    ))
 }

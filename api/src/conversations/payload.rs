@@ -48,18 +48,22 @@ pub async fn stored(
     Ok((recent, bot_name))
 }
 
-/// The body of a webhook call made at this point of the conversation. `transcript` is the
-/// conversation's latest events in order (it may start after seq 1); the payload keeps the
-/// last `MAX_MESSAGES` messages and says with `messages_truncated` whether earlier ones exist.
+/// The body of a webhook call made at this point of the conversation. Its transcript is
+/// `stored` (the conversation's latest stored events in order, as [`stored`] reads them: it
+/// may start after seq 1) followed by `new_events` (the step's own, not stored yet); the
+/// payload keeps the last `MAX_MESSAGES` messages and says with `messages_truncated` whether
+/// earlier ones exist.
 pub fn build(
     conv: &conversation::Model,
     bot_name: &str,
     state: &State,
-    transcript: &[conversation_event::Model],
+    stored: &[conversation_event::Model],
+    new_events: &[conversation_event::Model],
     callback_url: Option<&str>,
 ) -> Value {
-    let mut messages: Vec<Value> = transcript
+    let mut messages: Vec<Value> = stored
         .iter()
+        .chain(new_events)
         .filter_map(|e| {
             let from = match e.kind.as_str() {
                 kind::VISITOR_MESSAGE => "visitor",
@@ -74,7 +78,10 @@ pub fn build(
             }))
         })
         .collect();
-    let mut truncated = transcript.first().is_some_and(|e| e.seq > 1);
+    let mut truncated = stored
+        .first()
+        .or(new_events.first())
+        .is_some_and(|e| e.seq > 1);
     if messages.len() > MAX_MESSAGES {
         messages.drain(..messages.len() - MAX_MESSAGES);
         truncated = true;

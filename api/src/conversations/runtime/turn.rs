@@ -341,8 +341,6 @@ impl Runtime {
                 continue;
             };
             let (transcript, bot_name) = reads.stored(tx, &conv).await?;
-            let mut messages = transcript.to_vec();
-            messages.extend(new_events.iter().cloned());
             // The rule for `conversation.callback_url`: a WEBHOOK block whose `next` is a
             // CALLBACK block sends that CALLBACK's one-time URL. The token is minted now and
             // its hash stored in this step; the URL works once the conversation waits at a
@@ -357,7 +355,14 @@ impl Runtime {
                 callback_hash = Some(Some(token_hash(&token)));
                 format!("{}/callbacks/{token}", self.public_url)
             });
-            let body = payload::build(&conv, bot_name, &state, &messages, callback_url.as_deref());
+            let body = payload::build(
+                &conv,
+                bot_name,
+                &state,
+                transcript,
+                &new_events,
+                callback_url.as_deref(),
+            );
             if is_sync {
                 sync = Some(SyncCall::Call(self.deliveries.sync_row(
                     conv.account_id,
@@ -476,9 +481,7 @@ impl Runtime {
                 continue;
             }
             let (transcript, bot_name) = reads.stored(tx, &conv).await?;
-            let mut recent = transcript.clone();
-            recent.extend(new_events.iter().cloned());
-            let data = payload::build(&subject, bot_name, &state, &recent, None);
+            let data = payload::build(&subject, bot_name, &state, transcript, &new_events, None);
             if lifecycle::enqueue(tx, conv.account_id, &hooks, Some(conv.id), event, data).await? {
                 queued.mark();
             }
