@@ -307,59 +307,57 @@ fn take_batch(waiting: &mut VecDeque<Pending>, in_flight: &HashSet<Uuid>) -> Vec
     batch
 }
 
-/// Writes `batch` with one statement, or each turn on its own if there is one only or the
-/// server refused the statement (then nothing of it was written); tells each its outcome.
+/// Writes `batch` with one statement, or, if the server refused it (then nothing of it was
+/// written) and it held more than one turn, each turn on its own; tells each its outcome.
 async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
     crate::metrics::write_batch(batch.len());
-    if batch.len() > 1 {
-        let written = pool
-            .query_all_raw(batch_statement(&batch))
-            .await
-            .and_then(|rows| {
-                rows.iter()
-                    .map(|row| {
-                        Ok((
-                            row.try_get::<Uuid>("", "id")?,
-                            row.try_get::<i64>("", "events")?,
-                        ))
-                    })
-                    .collect::<Result<HashMap<Uuid, i64>, DbErr>>()
-            });
-        match written {
-            Ok(written) => {
-                for p in batch {
-                    let n = written.get(&p.write.row.id).copied().unwrap_or(0);
+    match write(pool, batch.iter().map(|p| &p.write)).await {
+        Ok(written) => {
+            for p in batch {
+                let _ = p.reply.send(outcome(&written, &p.write));
+            }
+        }
+        Err(e) if batch.len() > 1 && refused_by_server(&e) => {
+            crate::metrics::quick_batch_failed();
+            tracing::warn!(error.cause = ?e, turns = batch.len(), "cannot write quick turns together; writing them one by one");
+            futures_util::stream::iter(batch)
+                .for_each_concurrent(ALONE_IN_FLIGHT, |p| async move {
+                    let written = write(pool, std::iter::once(&p.write)).await;
                     let _ = p
                         .reply
-                        .send(outcome(u64::try_from(n).unwrap_or(0), &p.write));
-                }
-                return;
-            }
-            Err(e) if refused_by_server(&e) => {
-                crate::metrics::quick_batch_failed();
-                tracing::warn!(error.cause = ?e, turns = batch.len(), "cannot write quick turns together; writing them one by one");
-            }
-            Err(e) => {
-                // The connection failed, or the reply did not read: the statement may have
-                // committed. Written again one by one, each turn would find its row changed
-                // and take the answer a second time, so each fails instead, as one alone would.
+                        .send(written.and_then(|written| outcome(&written, &p.write)));
+                })
+                .await;
+        }
+        Err(e) => {
+            // A turn alone fails alone. After a failed connection, or a reply that did not
+            // read, the statement may have committed: written again one by one, each turn
+            // would find its row changed and take its answer a second time, so each fails.
+            if batch.len() > 1 {
                 tracing::error!(error.cause = ?e, turns = batch.len(), "quick turns written together may or may not have been written");
-                let message = e.to_string();
-                for p in batch {
-                    let _ = p.reply.send(Err(DbErr::Custom(message.clone())));
-                }
-                return;
+            }
+            for p in batch {
+                let _ = p.reply.send(Err(e.clone()));
             }
         }
     }
-    futures_util::stream::iter(batch)
-        .for_each_concurrent(ALONE_IN_FLIGHT, |p| async move {
-            let written = pool.execute_raw(statement(&p.write)).await;
-            let _ = p
-                .reply
-                .send(written.and_then(|r| outcome(r.rows_affected(), &p.write)));
+}
+
+/// Writes `turns` with one statement; for each conversation updated, the events inserted.
+async fn write(
+    pool: &DatabaseConnection,
+    turns: impl Iterator<Item = &QuickWrite>,
+) -> Result<HashMap<Uuid, i64>, DbErr> {
+    pool.query_all_raw(statement(turns))
+        .await?
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<Uuid>("", "id")?,
+                row.try_get::<i64>("", "events")?,
+            ))
         })
-        .await;
+        .collect()
 }
 
 /// Whether PostgreSQL itself refused the statement, which then rolled back whole.
@@ -371,12 +369,12 @@ fn refused_by_server(e: &DbErr) -> bool {
     }
 }
 
-/// A turn's outcome from the events written for it: all (written), none (the row had
-/// changed), or some (which cannot be).
-fn outcome(events_written: u64, write: &QuickWrite) -> Result<bool, DbErr> {
-    match events_written {
+/// A turn's outcome from the events written for its conversation: all (written), none (the
+/// row had changed), or some (which cannot be).
+fn outcome(written: &HashMap<Uuid, i64>, write: &QuickWrite) -> Result<bool, DbErr> {
+    match written.get(&write.row.id).copied().unwrap_or(0) {
         0 => Ok(false),
-        n if n == write.events.len() as u64 => Ok(true),
+        n if n == write.events.len() as i64 => Ok(true),
         n => Err(DbErr::Custom(format!(
             "a one-statement turn wrote {n} of {} events",
             write.events.len()
@@ -384,72 +382,16 @@ fn outcome(events_written: u64, write: &QuickWrite) -> Result<bool, DbErr> {
     }
 }
 
-/// The row's update, applied only if it still holds what this instance knows, and the events'
-/// insert, which inserts nothing unless the update applied: as the full step writes them.
-fn statement(write: &QuickWrite) -> Statement {
-    let QuickWrite {
-        row: after,
-        expect: (last_seq, updated_at),
-        events,
-    } = write;
-    // A quick turn leaves no end, pause or claim: those columns are null.
-    let mut values: Vec<sea_orm::Value> = vec![
-        after.state.clone().into(),
-        after.last_seq.into(),
-        after.status.to_value().into(),
-        after.updated_at.into(),
-        after.id.into(),
-        (*last_seq).into(),
-        (*updated_at).into(),
-    ];
-    let mut rows = Vec::with_capacity(events.len());
-    for e in events {
-        let n = values.len();
-        rows.push(format!(
-            "(${}::uuid, ${}::int4, ${}::uuid, ${}::text, ${}::text, ${}::jsonb, ${}::timestamptz, ${}::text)",
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 7,
-            n + 8
-        ));
-        values.extend([
-            e.conversation_id.into(),
-            e.seq.into(),
-            e.account_id.into(),
-            e.kind.clone().into(),
-            e.text.clone().into(),
-            e.input.clone().into(),
-            e.at.into(),
-            e.block_id.clone().into(),
-        ]);
-    }
-    let sql = format!(
-        "WITH moved AS (\
-           UPDATE conversations SET state = $1, last_seq = $2, status = $3, ended_at = NULL, \
-             updated_at = $4, resume_at = NULL, resume_claimed_by = NULL, resume_claimed_until = NULL \
-           WHERE id = $5 AND last_seq = $6 AND updated_at = $7 RETURNING id) \
-         INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, input, at, block_id) \
-         SELECT v.* FROM moved CROSS JOIN (VALUES {}) \
-           AS v(conversation_id, seq, account_id, kind, text, input, at, block_id)",
-        rows.join(", ")
-    );
-    Statement::from_sql_and_values(DatabaseBackend::Postgres, sql, values)
-}
-
-/// Many turns' writes as one statement: the turns and their events travel as two JSON
-/// arrays, so that the statement's text is the same whatever their number (prepared once
-/// per connection). Each row is updated only if it still holds what its turn expects, and
-/// only the events of the rows updated are inserted; one row per conversation updated, with
-/// the number of its events inserted.
-fn batch_statement(batch: &[Pending]) -> Statement {
+/// Turns' writes as one statement, whatever their number: the rows' update, each applied only
+/// if the row still holds what its turn expects, and the events' insert, of the rows updated
+/// only (as the full step writes them); for each conversation updated, the number of its
+/// events inserted. The turns and their events travel as two JSON arrays, so that the
+/// statement's text is always the same (prepared once per connection).
+fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
     let at = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
-    let mut turns = Vec::with_capacity(batch.len());
+    let mut turns = Vec::new();
     let mut events = Vec::new();
-    for Pending { write, .. } in batch {
+    for write in writes {
         let row = &write.row;
         turns.push(json!({
             "id": row.id,
