@@ -22,15 +22,36 @@ pub async fn subscribers(
     account_id: Uuid,
     event: &str,
 ) -> ApiResult<Vec<Uuid>> {
-    let hooks: Vec<(Uuid, Option<Value>)> = webhook::Entity::find_in_account(account_id)
-        .filter(webhook::Column::EventTypes.is_not_null())
-        .select_only()
-        .column(webhook::Column::Id)
-        .column(webhook::Column::EventTypes)
-        .into_tuple()
-        .all(tx)
-        .await?;
-    Ok(AccountHooks(hooks).subscribers(event))
+    Ok(with_event_types(tx, account_id).await?.subscribers(event))
+}
+
+/// Whether a webhook of `account_id` asked for `event`.
+pub async fn subscribed(
+    tx: &impl ConnectionTrait,
+    account_id: Uuid,
+    event: &str,
+) -> Result<bool, sea_orm::DbErr> {
+    Ok(!with_event_types(tx, account_id)
+        .await?
+        .subscribers(event)
+        .is_empty())
+}
+
+/// The webhooks of `account_id` that asked for any lifecycle event.
+async fn with_event_types(
+    tx: &impl ConnectionTrait,
+    account_id: Uuid,
+) -> Result<AccountHooks, sea_orm::DbErr> {
+    Ok(AccountHooks(
+        webhook::Entity::find_in_account(account_id)
+            .filter(webhook::Column::EventTypes.is_not_null())
+            .select_only()
+            .column(webhook::Column::Id)
+            .column(webhook::Column::EventTypes)
+            .into_tuple()
+            .all(tx)
+            .await?,
+    ))
 }
 
 /// Every webhook of an account, with the event types each asked for. A step reads them once

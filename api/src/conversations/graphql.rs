@@ -292,7 +292,9 @@ async fn visitor_origin(
     origin: Option<&RequestOrigin>,
     conv: &conversation::Model,
 ) -> ApiResult<()> {
-    let Some(origin) = origin else {
+    // Most visitors' requests (no `Origin`, or the hosted chat page's own) pass whatever
+    // the bot lists: no read.
+    let Some(origin) = origin.filter(|o| o.restricts()) else {
         return Ok(());
     };
     if let Some(bot) =
@@ -378,11 +380,8 @@ impl ConversationsMutation {
         let st = state(ctx)?;
         let id = parse_id(&conversation_id, "conversation")?;
         // Only a browser on another website has anything to check (see `RequestOrigin::allows`).
-        if let Some(origin) = ctx
-            .data_opt::<RequestOrigin>()
-            .filter(|o| o.origin.is_some() && !o.same_origin)
-        {
-            let conv = st.runtime.find_for_visitor(id, &visitor_token).await?;
+        if let Some(origin) = ctx.data_opt::<RequestOrigin>().filter(|o| o.restricts()) {
+            let conv = st.runtime.visitors_conversation(id, &visitor_token).await?;
             visitor_origin(st, Some(origin), &conv).await?;
         }
         Ok(ChatEvent(
@@ -417,7 +416,16 @@ impl ConversationsSubscription {
             None => Some(Box::pin(active_viewer(&st, &auth)).await?),
         };
         let origin = ctx.data_opt::<RequestOrigin>();
-        let conv = Box::pin(authorize(&st, &auth, origin, id, visitor_token.as_deref())).await?;
+        let conv = match visitor_token.as_deref() {
+            // Only what never changes is checked (its token, its bot): what this instance
+            // knows of the conversation will do.
+            Some(token) => {
+                let conv = Box::pin(st.runtime.visitors_conversation(id, token)).await?;
+                Box::pin(visitor_origin(&st, origin, &conv)).await?;
+                conv
+            }
+            None => Box::pin(authorize(&st, &auth, origin, id, None)).await?,
+        };
         // Subscribe before reading the stored events: whatever is committed in between shows
         // up in both, and `seq` drops the repeat.
         let mut live = st.runtime.bus().subscribe_conversation(id);

@@ -33,6 +33,7 @@ mod turn;
 
 use background::Timers;
 use caches::{FlowCache, Known, Recent};
+use quick::Quick;
 use turn::{StepDone, Undone};
 
 /// Longest visitor answer.
@@ -71,6 +72,9 @@ struct Step {
     resume: bool,
     /// A callback with a token of this hash: refuse it unless it is the conversation's.
     callback: Option<String>,
+    /// The answer was already counted against the conversation's budget (by a quick turn that
+    /// then found it needs the full step).
+    counted: bool,
 }
 
 /// Drives conversations.
@@ -261,6 +265,23 @@ impl Runtime {
         Ok(conv)
     }
 
+    /// The conversation `visitor_token` opens, for checks of what never changes in it (its
+    /// token, bot and account): as this instance last stepped it, with its `state` left out
+    /// (null), or else as stored.
+    pub async fn visitors_conversation(
+        &self,
+        conversation_id: Uuid,
+        visitor_token: &str,
+    ) -> ApiResult<conversation::Model> {
+        match self.recent.get(&conversation_id) {
+            Some(known) if known.conv.visitor_token_hash == token_hash(visitor_token.trim()) => {
+                Ok(known.conv.clone())
+            }
+            Some(_) => Err(visitor_not_found()),
+            None => self.find_for_visitor(conversation_id, visitor_token).await,
+        }
+    }
+
     /// Takes a visitor's answer; returns the visitor's message as recorded. Like `start`, the
     /// turn runs to its end even if the caller goes away.
     pub async fn answer(
@@ -380,22 +401,44 @@ impl Runtime {
                     unless_in_flight: false,
                     resume: false,
                     callback: None,
+                    counted: false,
                 },
             ) => self.quick_answer(known, visitor, text).await,
-            _ => Ok(None),
+            (
+                None,
+                Input::Start,
+                Step {
+                    visitor: None,
+                    create: Some(new),
+                    bot_name: _,
+                    settle: None,
+                    unless_in_flight: false,
+                    resume: false,
+                    callback: None,
+                    counted: false,
+                },
+            ) => self.quick_start(new).await,
+            _ => Ok(Quick::Full { counted: false }),
         };
+        let mut step = step;
         let done = match (quick, known) {
-            (Ok(Some(done)), _) => {
-                crate::metrics::turn_path("quick");
+            (Ok(Quick::Done(done)), _) => {
+                crate::metrics::turn_path(if step.create.is_some() {
+                    "quick_new"
+                } else {
+                    "quick"
+                });
                 Ok(done)
             }
             (Err(Undone::Stale), _) => self.restart(conversation_id, input, step).await,
             (Err(failed), _) => Err(failed),
-            (Ok(None), None) => {
+            (Ok(Quick::Full { counted }), None) => {
+                step.counted = counted;
                 crate::metrics::turn_path(if step.create.is_some() { "new" } else { "read" });
                 self.step_once(conversation_id, input, step, None).await
             }
-            (Ok(None), Some(known)) => {
+            (Ok(Quick::Full { counted }), Some(known)) => {
+                step.counted = counted;
                 crate::metrics::turn_path("known");
                 let again = (input.clone(), step.clone());
                 match self

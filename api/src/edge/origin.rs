@@ -83,13 +83,18 @@ impl RequestOrigin {
     /// non-browser client could send any `Origin` it likes, so refusing it would protect
     /// nothing.
     pub fn allows(&self, allowed: &[String]) -> bool {
-        if allowed.is_empty() || self.same_origin {
+        if allowed.is_empty() || !self.restricts() {
             return true;
         }
-        match &self.origin {
-            None => true,
-            Some(origin) => allowed.iter().any(|a| a == origin),
-        }
+        self.origin
+            .as_ref()
+            .is_some_and(|origin| allowed.iter().any(|a| a == origin))
+    }
+
+    /// Whether a list of allowed origins can refuse this request (a browser's, from another
+    /// website): if not, no list need be read.
+    pub fn restricts(&self) -> bool {
+        !self.same_origin && self.origin.is_some()
     }
 }
 
@@ -254,5 +259,8 @@ mod tests {
         assert!(from(Some("https://parley.example"), true).allows(&list));
         assert!(from(None, false).allows(&list));
         assert!(from(Some("https://evil.example"), false).allows(&[]));
+        assert!(from(Some("https://evil.example"), false).restricts());
+        assert!(!from(Some("https://parley.example"), true).restricts());
+        assert!(!from(None, false).restricts());
     }
 }

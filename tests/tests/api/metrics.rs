@@ -246,3 +246,105 @@ async fn quick_answers_to_many_conversations_at_once_each_land_in_their_own_conv
     // Not one statement of many turns fell back to writing them one by one.
     assert_eq!(metric(app, failed).await, failed_before);
 }
+
+/// Two questions, then the end.
+fn two_questions_then_end() -> serde_json::Value {
+    json!({ "startBlockId": "q1", "blocks": [
+        { "id": "q1", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "q2" },
+        { "id": "q2", "kind": "QUESTION", "text": "Hi {{name}}, city?", "saveAnswerTo": "city", "next": "bye" },
+        { "id": "bye", "kind": "END" } ] })
+}
+
+#[tokio::test]
+async fn a_start_and_an_end_that_only_make_the_bot_speak_are_written_in_one_go_unless_a_webhook_takes_their_lifecycle_events()
+ {
+    let app = spawn_app_with(|s| {
+        s.metrics_token_hash = Some(parley::opaque::token_hash(TOKEN));
+    })
+    .await;
+    let owner = app.new_user().await;
+    let bot = app.published_bot(&owner, two_questions_then_end()).await;
+    let (new, quick) = ("quick_new", "quick");
+    let (new_before, quick_before) = (turn_path(&app, new).await, turn_path(&app, quick).await);
+    let (plain, token) = app.new_conversation(&bot).await;
+    assert_ok(&app.send_answer(&plain, &token, "Jo").await);
+    assert_ok(&app.send_answer(&plain, &token, "Paris").await);
+    // Counters are the process's: other tests' servers may add to them, never take away.
+    let (new_after, quick_after) = (turn_path(&app, new).await, turn_path(&app, quick).await);
+    assert!(
+        new_after - new_before >= 1.0,
+        "{new}: {new_before} then {new_after}"
+    );
+    assert!(
+        quick_after - quick_before >= 2.0,
+        "{quick}: {quick_before} then {quick_after}"
+    );
+    let (seen, seqs, texts) = app.stored_conversation(&owner, &plain).await;
+    assert_eq!(texts, ["Name?", "Jo", "Hi Jo, city?", "Paris"]);
+    assert_eq!(
+        seqs,
+        (1..=5).collect::<Vec<_>>(),
+        "the ENDED event is the fifth"
+    );
+    assert_eq!(seen["status"], "COMPLETED", "{seen}");
+    assert!(seen["endedAt"].is_string(), "{seen}");
+    assert_eq!(seen["answers"], json!({ "name": "Jo", "city": "Paris" }));
+    // Ended: a further answer is refused, and nothing more is stored.
+    let late = app.send_answer(&plain, &token, "again").await;
+    assert_eq!(
+        late["errors"][0]["extensions"]["code"], "CONFLICT",
+        "{late}"
+    );
+    assert_eq!(app.stored_conversation(&owner, &plain).await.1.len(), 5);
+
+    // Once a webhook takes both lifecycle events, the start and the end each send theirs.
+    let events = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(204))
+        .mount(&events)
+        .await;
+    assert_ok(
+        &app.create_webhook(
+            &owner.token,
+            &owner.account_id,
+            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
+                    "eventTypes": ["CONVERSATION_STARTED", "CONVERSATION_COMPLETED"] }),
+        )
+        .await,
+    );
+    let (watched, token) = app.new_conversation(&bot).await;
+    assert_ok(&app.send_answer(&watched, &token, "Ann").await);
+    assert_ok(&app.send_answer(&watched, &token, "Oslo").await);
+    let got = received(&events, 2).await;
+    let mut types: Vec<(String, String)> = got
+        .iter()
+        .map(|req| {
+            let body: serde_json::Value = serde_json::from_slice(&req.body).expect("JSON body");
+            (
+                body["type"].as_str().unwrap_or_default().to_owned(),
+                body["data"]["conversation"]["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            ("conversation.completed".to_owned(), watched.clone()),
+            ("conversation.started".to_owned(), watched.clone()),
+        ]
+    );
+    let (seen, seqs, _) = app.stored_conversation(&owner, &watched).await;
+    assert_eq!(seqs, (1..=5).collect::<Vec<_>>());
+    assert_eq!(seen["status"], "COMPLETED", "{seen}");
+    assert_eq!(seen["answers"], json!({ "name": "Ann", "city": "Oslo" }));
+    // Nothing more arrives (the first conversation's start and end sent nothing, then or now).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        events.received_requests().await.unwrap_or_default().len(),
+        2
+    );
+}

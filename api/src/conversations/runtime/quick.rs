@@ -1,12 +1,17 @@
-//! Answers that only make the bot speak, written without a read.
+//! Starts and answers that only make the bot speak, written without a read.
 //!
 //! Most turns of a chat only make the bot speak: the visitor's message and the next question.
 //! For a conversation this instance knows (see [`super::caches::Recent`]), such a turn needs no
 //! read: the engine runs before the write, outside the database's thread, and the write
 //! updates the row, if unchanged, and appends the events. On PostgreSQL that is one statement:
 //! one round trip and one commit instead of BEGIN, two statements and COMMIT. On SQLite it is
-//! two statements in the writer's batch, without the savepoint a full step takes.
-//! Whatever else a turn does (a webhook, an end, a pause, a NOTIFY for other instances, a
+//! two statements in the writer's batch, without the savepoint a full step takes. A start
+//! whose first step only makes the bot speak is written the same way (the row inserted), and
+//! so is an answer that ends the conversation: each makes a lifecycle event
+//! (`conversation.started`, `conversation.completed`), so its write applies only if no webhook
+//! of the account asked for that event, checked by the same statement. When one did, nothing
+//! is written and the turn takes the full step, which queues the event.
+//! Whatever else a turn does (a webhook, a pause, a NOTIFY for other instances, a
 //! conversation changed elsewhere) takes the full transaction.
 //!
 //! On PostgreSQL, quick turns that wait at the same time are written together ([`QuickWriter`]).
@@ -22,40 +27,62 @@ use entity::{
 };
 use futures_util::StreamExt as _;
 use sea_orm::{
-    ActiveEnum as _, ConnectionTrait as _, DatabaseBackend, DatabaseConnection, DbErr, Statement,
+    ActiveEnum as _, ConnectionTrait as _, DatabaseBackend, DatabaseConnection, DbErr,
+    EntityTrait as _, Statement,
 };
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Known, Runtime, StepDone, Undone, visitor_not_found};
 use crate::{
-    engine::{self, Input, Output, Position},
+    engine::{self, Input, Output, Position, State},
     error::ApiError,
+    lifecycle,
     settings::DatabaseKind,
 };
 
 use super::turn::{event_row, insert_events, row_update};
 
+/// What became of a turn offered to the quick path.
+pub(super) enum Quick {
+    /// Written: the step is done.
+    Done(StepDone),
+    /// Not for the quick path: nothing was written. `counted`: the answer was already counted
+    /// against the conversation's budget (the full step must not count it again).
+    Full { counted: bool },
+}
+
+/// How a quick write went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wrote {
+    Written,
+    /// The row no longer held what the turn expected: nothing was written.
+    Changed,
+    /// A webhook of the account asked for the turn's lifecycle event: nothing was written.
+    Subscribed,
+}
+
 impl Runtime {
     /// Takes `text` as the answer to `known` without a read if the turn only makes the bot
-    /// speak; `None` when the turn needs the full step (nothing was written then, and nothing
-    /// counted), [`Undone::Stale`] when the engine refused the answer or the row changed
-    /// since: the step is taken again from the row (in the second case the answer was counted
-    /// against the conversation's budget and is counted again: rare, and only ever against
-    /// that visitor's own budget).
+    /// speak (and perhaps ends the conversation); [`Quick::Full`] when the turn needs the full
+    /// step (nothing was written then), [`Undone::Stale`] when the engine refused the answer
+    /// or the row changed since: the step is taken again from the row (in the second case the
+    /// answer was counted against the conversation's budget and is counted again: rare, and
+    /// only ever against that visitor's own budget).
     pub(super) async fn quick_answer(
         &self,
         known: &Known,
         visitor: &str,
         text: &str,
-    ) -> Result<Option<StepDone>, Undone> {
+    ) -> Result<Quick, Undone> {
         let conv = &known.conv;
         if visitor != conv.visitor_token_hash {
             return Err(Undone::Failed(visitor_not_found()));
         }
         if matches!(known.state.position, Position::AwaitingCallback { .. }) {
-            return Ok(None);
+            return Ok(Quick::Full { counted: false });
         }
         let flow = self
             .flows
@@ -68,30 +95,9 @@ impl Runtime {
             // (the conversation may have moved on on another instance). Nothing was counted.
             return Err(Undone::Stale);
         };
-        let simple = result.outputs.iter().all(|o| matches!(o, Output::Say(_)))
-            && !state.is_ended()
-            && !matches!(
-                state.position,
-                Position::Waiting { .. } | Position::AwaitingCallback { .. }
-            );
-        let last_seq = conv.last_seq + result.outputs.len() as i32;
-        if !simple || result.outputs.is_empty() || last_seq >= self.max_events {
-            return Ok(None);
-        }
-        let now = Utc::now().trunc_subsecs(6);
-        let events: Vec<conversation_event::Model> = result
-            .outputs
-            .into_iter()
-            .zip(result.say_blocks)
-            .zip(conv.last_seq + 1..)
-            .filter_map(|((output, block), seq)| match output {
-                Output::Say(msg) => Some(event_row(conv, seq, msg, now, block)),
-                _ => None,
-            })
-            .collect();
-        if self.bus.announcement(&events).is_some() {
-            return Ok(None);
-        }
+        let Some(events) = self.says_only(conv, &state, result.outputs, result.say_blocks) else {
+            return Ok(Quick::Full { counted: false });
+        };
         self.limiters
             .answers_by_conversation
             .check(&conv.id)
@@ -99,72 +105,192 @@ impl Runtime {
         for note in &result.notes {
             tracing::info!(conversation.id = %conv.id, note, "engine note");
         }
+        let ended = state.is_ended();
+        let now = events[0].at;
         let mut after = conversation::Model {
             state: serde_json::to_value(&state)
                 .map_err(|e| Undone::Failed(ApiError::Internal(e.into())))?,
-            last_seq,
-            status: ConversationStatus::Active,
-            ended_at: None,
+            last_seq: conv.last_seq + events.len() as i32,
+            status: if ended {
+                ConversationStatus::Completed
+            } else {
+                ConversationStatus::Active
+            },
+            ended_at: ended.then_some(now),
             updated_at: now,
             resume_at: None,
             resume_claimed_by: None,
             resume_claimed_until: None,
             ..conv.clone()
         };
-        let expect = (conv.last_seq, conv.updated_at);
-        let Some(events) = self.write(&mut after, expect, events).await? else {
-            return Err(Undone::Stale);
+        let write = QuickWrite {
+            row: conversation::Model {
+                state: std::mem::take(&mut after.state),
+                ..after.clone()
+            },
+            expect: Some((conv.last_seq, conv.updated_at)),
+            events,
+            unless: ended.then_some(lifecycle::CONVERSATION_COMPLETED),
         };
-        Ok(Some(StepDone {
+        let events = match self.write(write).await? {
+            (Wrote::Written, events) => events,
+            (Wrote::Changed, _) => return Err(Undone::Stale),
+            (Wrote::Subscribed, _) => return Ok(Quick::Full { counted: true }),
+        };
+        Ok(Quick::Done(StepDone {
             events,
             sync: None,
             queued: Default::default(),
             resume_at: None,
-            known: Some(Known { conv: after, state }),
+            known: (!ended).then_some(Known { conv: after, state }),
         }))
     }
-}
 
-impl Runtime {
-    /// Writes a turn's row (as `after`, whose state moves out) and events, unless the row no
-    /// longer holds `expect` (its `last_seq` and `updated_at`; then `None`).
+    /// Inserts `new` (a conversation not stored yet) with its first step, without the full
+    /// step's transaction, if that step only makes the bot speak and no webhook of the account
+    /// takes `conversation.started`; else [`Quick::Full`], nothing written.
+    pub(super) async fn quick_start(&self, new: &conversation::Model) -> Result<Quick, Undone> {
+        let full = Quick::Full { counted: false };
+        let flow = self
+            .flows
+            .get(self.db.conn(), new.bot_id, new.version)
+            .await
+            .map_err(Undone::Failed)?;
+        let Ok(mut state) = State::deserialize(&new.state) else {
+            return Ok(full);
+        };
+        let Ok(result) = engine::step(&flow, &mut state, Input::Start) else {
+            // The full step says why.
+            return Ok(full);
+        };
+        if state.is_ended() {
+            // Started and completed at once: rare, and the full step has the row to insert.
+            return Ok(full);
+        }
+        let Some(events) = self.says_only(new, &state, result.outputs, result.say_blocks) else {
+            return Ok(full);
+        };
+        for note in &result.notes {
+            tracing::info!(conversation.id = %new.id, note, "engine note");
+        }
+        let now = events[0].at;
+        let row = conversation::Model {
+            state: serde_json::to_value(&state)
+                .map_err(|e| Undone::Failed(ApiError::Internal(e.into())))?,
+            last_seq: events.len() as i32,
+            updated_at: now,
+            ..new.clone()
+        };
+        let write = QuickWrite {
+            row: row.clone(),
+            expect: None,
+            events,
+            unless: Some(lifecycle::CONVERSATION_STARTED),
+        };
+        match self.write(write).await? {
+            (Wrote::Written, events) => Ok(Quick::Done(StepDone {
+                events,
+                sync: None,
+                queued: Default::default(),
+                resume_at: None,
+                known: Some(Known {
+                    conv: conversation::Model {
+                        state: Value::Null,
+                        ..row
+                    },
+                    state,
+                }),
+            })),
+            (Wrote::Subscribed, _) => Ok(full),
+            (Wrote::Changed, _) => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                "a new conversation was not inserted"
+            )))),
+        }
+    }
+
+    /// The events of a step that only makes the bot speak (and may end the conversation),
+    /// stamped now; `None` if it does anything else: calls a webhook, pauses, waits for a
+    /// callback, says nothing, reaches the event limit, or must be announced to other
+    /// instances.
+    fn says_only(
+        &self,
+        conv: &conversation::Model,
+        state: &State,
+        outputs: Vec<Output>,
+        say_blocks: Vec<Option<String>>,
+    ) -> Option<Vec<conversation_event::Model>> {
+        let simple = outputs.iter().all(|o| matches!(o, Output::Say(_)))
+            && !matches!(
+                state.position,
+                Position::Waiting { .. } | Position::AwaitingCallback { .. }
+            );
+        let last_seq = conv.last_seq + outputs.len() as i32;
+        if !simple || outputs.is_empty() || last_seq >= self.max_events {
+            return None;
+        }
+        let now = Utc::now().trunc_subsecs(6);
+        let events: Vec<conversation_event::Model> = outputs
+            .into_iter()
+            .zip(say_blocks)
+            .zip(conv.last_seq + 1..)
+            .filter_map(|((output, block), seq)| match output {
+                Output::Say(msg) => Some(event_row(conv, seq, msg, now, block)),
+                _ => None,
+            })
+            .collect();
+        self.bus.announcement(&events).is_none().then_some(events)
+    }
+
+    /// Writes a quick turn: inserts its row (a start) or updates it unless it no longer holds
+    /// what the turn expects, and appends its events; nothing if a webhook of the account asked
+    /// for the turn's lifecycle event. Gives the events back.
     async fn write(
         &self,
-        after: &mut conversation::Model,
-        expect: (i32, chrono::DateTime<Utc>),
-        events: Vec<conversation_event::Model>,
-    ) -> Result<Option<Vec<conversation_event::Model>>, Undone> {
+        write: QuickWrite,
+    ) -> Result<(Wrote, Vec<conversation_event::Model>), Undone> {
         if self.db.kind() == DatabaseKind::Postgres {
             let Some(quick) = &self.quick else {
                 return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
                     "PostgreSQL steps have no runtime of their own"
                 ))));
             };
-            let write = QuickWrite {
-                row: conversation::Model {
-                    state: std::mem::take(&mut after.state),
-                    ..after.clone()
-                },
-                expect,
-                events: events.clone(),
-            };
+            let events = write.events.clone();
             return match quick.write(write).await {
-                Ok(true) => Ok(Some(events)),
-                Ok(false) => Ok(None),
+                Ok(wrote) => Ok((wrote, events)),
                 Err(e) => Err(Undone::Failed(e.into())),
             };
         }
         // SQLite: in the writer's batch, without a savepoint of its own, since nothing is
-        // written unless the update applies, and the events' insert, on a fresh `seq` after
-        // the row's `last_seq`, fails only with the database itself.
-        let update = row_update(after, false, Some(expect));
+        // written unless the check and the update apply, and the inserts, of a new id or on a
+        // fresh `seq` after the row's `last_seq`, fail only with the database itself.
+        let QuickWrite {
+            mut row,
+            expect,
+            events,
+            unless,
+        } = write;
         let write = self.db.write_grouped_unsaved(move |tx| {
             Box::pin(async move {
-                if update.exec(tx).await?.rows_affected == 0 {
-                    return Ok::<_, DbErr>(None);
+                if let Some(event) = unless
+                    && lifecycle::subscribed(tx, row.account_id, event).await?
+                {
+                    return Ok::<_, DbErr>((Wrote::Subscribed, events));
+                }
+                match expect {
+                    None => {
+                        conversation::Entity::insert(conversation::ActiveModel::from(row))
+                            .exec_without_returning(tx)
+                            .await?;
+                    }
+                    Some(expect) => {
+                        let update = row_update(&mut row, false, Some(expect));
+                        if update.exec(tx).await?.rows_affected == 0 {
+                            return Ok((Wrote::Changed, events));
+                        }
+                    }
                 }
                 insert_events(tx, &events).await?;
-                Ok(Some(events))
+                Ok((Wrote::Written, events))
             })
         });
         match write.await {
@@ -195,19 +321,24 @@ pub(super) struct QuickWriter {
     turns: mpsc::UnboundedSender<Pending>,
 }
 
-/// A quick turn's write: the row as the turn leaves it, what the row must still hold
-/// (`last_seq`, `updated_at`), and the events to append.
+/// A quick turn's write.
 struct QuickWrite {
+    /// The row as the turn leaves it.
     row: conversation::Model,
-    expect: (i32, chrono::DateTime<Utc>),
+    /// What the row must still hold (`last_seq`, `updated_at`); `None`: a new conversation,
+    /// inserted.
+    expect: Option<(i32, chrono::DateTime<Utc>)>,
+    /// The events to append.
     events: Vec<conversation_event::Model>,
+    /// The lifecycle event the turn makes: nothing is written if a webhook of the account
+    /// asked for it (the full step queues it).
+    unless: Option<&'static str>,
 }
 
-/// A write waiting for the writer, and where its outcome goes: whether it was written
-/// (false: the row had changed).
+/// A write waiting for the writer, and where its outcome goes.
 struct Pending {
     write: QuickWrite,
-    reply: oneshot::Sender<Result<bool, DbErr>>,
+    reply: oneshot::Sender<Result<Wrote, DbErr>>,
 }
 
 impl QuickWriter {
@@ -218,7 +349,7 @@ impl QuickWriter {
             .then_some(Self { turns })
     }
 
-    async fn write(&self, write: QuickWrite) -> Result<bool, DbErr> {
+    async fn write(&self, write: QuickWrite) -> Result<Wrote, DbErr> {
         let (reply, outcome) = oneshot::channel();
         self.turns
             .send(Pending { write, reply })
@@ -343,18 +474,22 @@ async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
     }
 }
 
-/// Writes `turns` with one statement; for each conversation updated, the events inserted.
+/// Writes `turns` with one statement; for each turn, whether its lifecycle event had no
+/// subscriber (or it made none) and the events inserted.
 async fn write(
     pool: &DatabaseConnection,
     turns: impl Iterator<Item = &QuickWrite>,
-) -> Result<HashMap<Uuid, i64>, DbErr> {
+) -> Result<HashMap<Uuid, (bool, i64)>, DbErr> {
     pool.query_all_raw(statement(turns))
         .await?
         .iter()
         .map(|row| {
             Ok((
                 row.try_get::<Uuid>("", "id")?,
-                row.try_get::<i64>("", "events")?,
+                (
+                    row.try_get::<bool>("", "free")?,
+                    row.try_get::<i64>("", "events")?,
+                ),
             ))
         })
         .collect()
@@ -369,12 +504,19 @@ fn refused_by_server(e: &DbErr) -> bool {
     }
 }
 
-/// A turn's outcome from the events written for its conversation: all (written), none (the
-/// row had changed), or some (which cannot be).
-fn outcome(written: &HashMap<Uuid, i64>, write: &QuickWrite) -> Result<bool, DbErr> {
-    match written.get(&write.row.id).copied().unwrap_or(0) {
-        0 => Ok(false),
-        n if n == write.events.len() as i64 => Ok(true),
+/// A turn's outcome from what the statement says of it: its lifecycle event has a
+/// subscriber (nothing written), or the events written for its conversation: all (written),
+/// none (the row had changed; a new one cannot be), or some (which cannot be).
+fn outcome(written: &HashMap<Uuid, (bool, i64)>, write: &QuickWrite) -> Result<Wrote, DbErr> {
+    let Some(&(free, events)) = written.get(&write.row.id) else {
+        return Err(DbErr::Custom(
+            "a one-statement turn is missing from its answer".into(),
+        ));
+    };
+    match events {
+        _ if !free => Ok(Wrote::Subscribed),
+        0 if write.expect.is_some() => Ok(Wrote::Changed),
+        n if n == write.events.len() as i64 => Ok(Wrote::Written),
         n => Err(DbErr::Custom(format!(
             "a one-statement turn wrote {n} of {} events",
             write.events.len()
@@ -382,11 +524,13 @@ fn outcome(written: &HashMap<Uuid, i64>, write: &QuickWrite) -> Result<bool, DbE
     }
 }
 
-/// Turns' writes as one statement, whatever their number: the rows' update, each applied only
-/// if the row still holds what its turn expects, and the events' insert, of the rows updated
-/// only (as the full step writes them); for each conversation updated, the number of its
-/// events inserted. The turns and their events travel as two JSON arrays, so that the
-/// statement's text is always the same (prepared once per connection).
+/// Turns' writes as one statement, whatever their number: the new rows' insert and the
+/// others' update, each applied only if the row still holds what its turn expects and no
+/// webhook of the account asked for the turn's lifecycle event (as the full step reads them
+/// in its transaction), and the events' insert, of the rows written only; for each turn,
+/// whether no webhook asked for its event, and the number of its events inserted. The turns
+/// and their events travel as two JSON arrays, so that the statement's text is always the
+/// same (prepared once per connection).
 fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
     let at = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
     let mut turns = Vec::new();
@@ -395,12 +539,19 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
         let row = &write.row;
         turns.push(json!({
             "id": row.id,
+            "account_id": row.account_id,
+            "bot_id": row.bot_id,
+            "version": row.version,
             "state": row.state,
             "last_seq": row.last_seq,
             "status": row.status.to_value(),
+            "visitor_token_hash": row.visitor_token_hash,
+            "started_at": at(&row.started_at),
+            "ended_at": row.ended_at.as_ref().map(at),
             "updated_at": at(&row.updated_at),
-            "expect_seq": write.expect.0,
-            "expect_at": at(&write.expect.1),
+            "expect_seq": write.expect.map(|e| e.0),
+            "expect_at": write.expect.as_ref().map(|e| at(&e.1)),
+            "unless": write.unless,
         }));
         events.extend(write.events.iter().map(|e| {
             json!({
@@ -418,23 +569,40 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
     Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
         "WITH turns AS (\
-           SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, state jsonb, last_seq int4, \
-             status text, updated_at timestamptz, expect_seq int4, expect_at timestamptz)), \
+           SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, account_id uuid, bot_id uuid, \
+             version int4, state jsonb, last_seq int4, status text, visitor_token_hash text, \
+             started_at timestamptz, ended_at timestamptz, updated_at timestamptz, \
+             expect_seq int4, expect_at timestamptz, unless text)), \
+         free AS (\
+           SELECT t.* FROM turns t WHERE t.unless IS NULL OR NOT EXISTS (\
+             SELECT 1 FROM webhooks w WHERE w.account_id = t.account_id \
+               AND w.event_types IS NOT NULL \
+               AND w.event_types::jsonb @> jsonb_build_array(t.unless))), \
          moved AS (\
            UPDATE conversations c SET state = t.state, last_seq = t.last_seq, status = t.status, \
-             ended_at = NULL, updated_at = t.updated_at, resume_at = NULL, \
+             ended_at = t.ended_at, updated_at = t.updated_at, resume_at = NULL, \
              resume_claimed_by = NULL, resume_claimed_until = NULL \
-           FROM turns t WHERE c.id = t.id AND c.last_seq = t.expect_seq AND c.updated_at = t.expect_at \
+           FROM free t WHERE t.expect_seq IS NOT NULL AND c.id = t.id \
+             AND c.last_seq = t.expect_seq AND c.updated_at = t.expect_at \
            RETURNING c.id), \
+         created AS (\
+           INSERT INTO conversations (id, account_id, bot_id, version, status, state, last_seq, \
+             visitor_token_hash, started_at, ended_at, updated_at) \
+           SELECT id, account_id, bot_id, version, status, state, last_seq, visitor_token_hash, \
+             started_at, ended_at, updated_at \
+           FROM free WHERE expect_seq IS NULL \
+           RETURNING id), \
+         stored AS (SELECT id FROM moved UNION ALL SELECT id FROM created), \
          written AS (\
            INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, input, at, block_id) \
            SELECT e.conversation_id, e.seq, e.account_id, e.kind, e.text, e.input, e.at, e.block_id \
            FROM jsonb_to_recordset($2::jsonb) AS e(conversation_id uuid, seq int4, account_id uuid, \
              kind text, text text, input jsonb, at timestamptz, block_id text) \
-           JOIN moved ON moved.id = e.conversation_id \
+           JOIN stored ON stored.id = e.conversation_id \
            RETURNING conversation_id) \
-         SELECT moved.id, (SELECT count(*) FROM written w WHERE w.conversation_id = moved.id) AS events \
-         FROM moved",
+         SELECT t.id, EXISTS (SELECT 1 FROM free f WHERE f.id = t.id) AS free, \
+           (SELECT count(*) FROM written w WHERE w.conversation_id = t.id) AS events \
+         FROM turns t",
         [Value::Array(turns).into(), Value::Array(events).into()],
     )
 }

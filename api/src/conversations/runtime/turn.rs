@@ -209,6 +209,7 @@ impl Runtime {
             unless_in_flight,
             resume,
             callback,
+            counted,
         } = step;
         let created = create.is_some();
         // What the row must still hold for the step's UPDATE to apply (when not read here).
@@ -259,7 +260,7 @@ impl Runtime {
         if let Some(settled) = &settle {
             settled.write(tx).await?;
         }
-        if matches!(input, Input::Answer(_)) {
+        if matches!(input, Input::Answer(_)) && !counted {
             // Counted only once the token matched: a stranger cannot spend a visitor's budget.
             // A step restarted from the row counts again (rare: the conversation changed on
             // another instance).
