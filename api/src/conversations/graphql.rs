@@ -10,7 +10,11 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use super::{payload::kind, runtime::REPLAY_PAGE, watch};
+use super::{
+    payload::kind,
+    runtime::{REPLAY_PAGE, StartOn},
+    watch,
+};
 use crate::{
     accounts::AccountAccess,
     auth::{Auth, Viewer, viewer},
@@ -360,9 +364,20 @@ impl ConversationsMutation {
     ) -> async_graphql::Result<VisitorSession> {
         let st = state(ctx)?;
         let bot_id = parse_id(&bot_id, "bot")?;
-        let bot = bot_for_visitor(st.db.conn(), bot_id, ctx.data_opt::<RequestOrigin>()).await?;
+        let origin = ctx.data_opt::<RequestOrigin>();
+        // A bot this instance started conversations on lately needs no read: the start's
+        // write checks that its version is still the published one. Unless the request's
+        // origin can be refused: then the bot's list decides.
+        let on = match st
+            .runtime
+            .seen_bot(bot_id)
+            .filter(|_| !origin.is_some_and(RequestOrigin::restricts))
+        {
+            Some(seen) => StartOn::Seen(seen),
+            None => StartOn::Read(bot_for_visitor(st.db.conn(), bot_id, origin).await?),
+        };
         st.limiters.start_from(ctx.data_opt::<ClientAddr>())?;
-        let session = st.runtime.start(bot, variables.map(|v| v.0)).await?;
+        let session = st.runtime.start(on, variables.map(|v| v.0)).await?;
         Ok(VisitorSession {
             conversation_id: to_id(session.conversation_id),
             visitor_token: session.visitor_token,
@@ -430,6 +445,9 @@ impl ConversationsSubscription {
         // up in both, and `seq` drops the repeat.
         let mut live = st.runtime.bus().subscribe_conversation(id);
         let runtime = st.runtime.clone();
+        // Events up to here exist, unless the conversation is gone (its bot was deleted) since
+        // it was found (perhaps in what this instance knew).
+        let stored_until = conv.last_seq;
         let events = async_stream::stream! {
             let _open = crate::metrics::Open::new("parley_subscriptions_open");
             let mut last = after_seq.max(0);
@@ -442,6 +460,10 @@ impl ConversationsSubscription {
                     // of every idle subscription (about 4.5 KB each), though it is only alive
                     // while the stored events are read.
                     match Box::pin(runtime.events_after(id, last)).await {
+                        Ok(stored) if stored.is_empty() && last < stored_until => {
+                            yield Err(ApiError::not_found("conversation").into());
+                            return;
+                        }
                         Ok(stored) => {
                             // A full page means there may be more: read on before waiting.
                             let full = stored.len() as u64 >= REPLAY_PAGE;

@@ -97,7 +97,32 @@ pub struct Runtime {
     timers: Timers,
     /// PostgreSQL: writes quick turns that wait at the same time together.
     quick: Option<quick::QuickWriter>,
+    /// Bots whose starts were written in one go lately.
+    seen_bots: moka::sync::Cache<Uuid, SeenBot>,
 }
+
+/// What a start knows of its bot.
+pub enum StartOn {
+    /// The bot's row, just read (and its origin checked).
+    Read(bot::Model),
+    /// The bot as this instance last read it for a start (see [`Runtime::seen_bot`]).
+    Seen(SeenBot),
+}
+
+/// What a start needs of a bot, as this instance last read it: its published version may
+/// have changed since, so the start's write checks it.
+#[derive(Clone)]
+pub struct SeenBot {
+    id: Uuid,
+    account_id: Uuid,
+    version: i32,
+}
+
+/// Bots remembered for starts; each is read again at least this often, and a bot whose starts
+/// cannot be written in one go (the first step calls a webhook, a webhook takes
+/// `conversation.started`) is not remembered.
+const SEEN_BOTS: u64 = 10_000;
+const SEEN_BOT_TTL: Duration = Duration::from_secs(60);
 
 /// A new conversation's id and the visitor's secret token.
 pub struct VisitorSession {
@@ -115,6 +140,51 @@ fn callback_not_found() -> ApiError {
 /// The one answer for a missing conversation and a wrong visitor token: it reveals nothing.
 fn visitor_not_found() -> ApiError {
     ApiError::NotFound("conversation not found, or the visitor token does not match it".into())
+}
+
+/// The prefilled variables of a start, checked.
+fn prefilled(variables: Option<Value>) -> ApiResult<Map<String, Value>> {
+    let prefilled = match variables {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(ApiError::bad_input("variables must be a JSON object")),
+    };
+    if serde_json::to_vec(&prefilled).map_or(0, |v| v.len()) > MAX_PREFILLED_BYTES {
+        return Err(ApiError::bad_input(format!(
+            "variables must be at most {MAX_PREFILLED_BYTES} bytes of JSON"
+        )));
+    }
+    Ok(prefilled)
+}
+
+/// A new conversation's row, before its first step, and the visitor's token.
+fn new_conversation(
+    account_id: Uuid,
+    bot_id: Uuid,
+    version: i32,
+    prefilled: Map<String, Value>,
+) -> ApiResult<(conversation::Model, String)> {
+    let token = random_token();
+    let now = Utc::now();
+    let conv = conversation::Model {
+        id: Uuid::now_v7(),
+        account_id,
+        bot_id,
+        version,
+        status: ConversationStatus::Active,
+        state: serde_json::to_value(State::for_visitor(prefilled, rand::random()))
+            .map_err(anyhow::Error::from)?,
+        last_seq: 0,
+        visitor_token_hash: token_hash(&token),
+        started_at: now,
+        ended_at: None,
+        updated_at: now,
+        resume_at: None,
+        resume_claimed_by: None,
+        resume_claimed_until: None,
+        callback_token_hash: None,
+    };
+    Ok((conv, token))
 }
 
 impl Runtime {
@@ -142,7 +212,17 @@ impl Runtime {
             instance_id,
             public_url: public_url.trim_end_matches('/').to_owned(),
             timers: Timers::default(),
+            seen_bots: moka::sync::Cache::builder()
+                .max_capacity(SEEN_BOTS)
+                .time_to_live(SEEN_BOT_TTL)
+                .build(),
         })
+    }
+
+    /// The bot `id` as this instance last read it for a start that was then written in one
+    /// go, if it did lately.
+    pub fn seen_bot(&self, id: Uuid) -> Option<SeenBot> {
+        self.seen_bots.get(&id)
     }
 
     /// The event bus, for subscriptions.
@@ -150,59 +230,73 @@ impl Runtime {
         &self.bus
     }
 
-    /// Starts a conversation on `bot`'s latest published version (as the caller just read
-    /// it) and runs it up to its first question (or its end). The work runs to its end even
-    /// if the caller goes away (a request cancelled at its deadline): a turn is never cut in
-    /// half.
+    /// Starts a conversation on the bot's latest published version and runs it up to its
+    /// first question (or its end). The work runs to its end even if the caller goes away (a
+    /// request cancelled at its deadline): a turn is never cut in half.
     pub async fn start(
         self: &Arc<Self>,
-        bot: bot::Model,
+        on: StartOn,
         variables: Option<Value>,
     ) -> ApiResult<VisitorSession> {
         let this = self.clone();
-        tokio::spawn(async move { this.start_now(bot, variables).await }).await?
+        tokio::spawn(async move {
+            let prefilled = prefilled(variables)?;
+            let bot = match on {
+                StartOn::Read(bot) => bot,
+                StartOn::Seen(seen) => match this.start_seen(&seen, prefilled.clone()).await? {
+                    Some(session) => return Ok(session),
+                    // The bot changed, or its first step needs the full step: as a bot not
+                    // seen. (A start that may not read the bot, its origin checked, never
+                    // comes here: it read it.)
+                    None => {
+                        crate::bots::appearance::bot_for_visitor(this.db.conn(), seen.id, None)
+                            .await?
+                    }
+                },
+            };
+            this.start_now(bot, prefilled).await
+        })
+        .await?
+    }
+
+    /// A start on a bot as last seen here, if its first step can be written in one go and the
+    /// bot's published version is still the one seen; `None`, nothing written, if not.
+    async fn start_seen(
+        self: &Arc<Self>,
+        seen: &SeenBot,
+        prefilled: Map<String, Value>,
+    ) -> ApiResult<Option<VisitorSession>> {
+        let began = std::time::Instant::now();
+        let (conv, token) = new_conversation(seen.account_id, seen.id, seen.version, prefilled)?;
+        let id = conv.id;
+        match self.quick_start(&conv).await {
+            Ok(Quick::Done(done)) => {
+                crate::metrics::turn_path("quick_new");
+                self.finish(id, "start", began, *done);
+                Ok(Some(VisitorSession {
+                    conversation_id: id,
+                    visitor_token: token,
+                }))
+            }
+            Ok(Quick::Full { .. }) | Err(Undone::Stale) => {
+                self.seen_bots.invalidate(&seen.id);
+                Ok(None)
+            }
+            Err(Undone::Failed(e)) => Err(e),
+        }
     }
 
     async fn start_now(
         self: &Arc<Self>,
         bot: bot::Model,
-        variables: Option<Value>,
+        prefilled: Map<String, Value>,
     ) -> ApiResult<VisitorSession> {
-        let prefilled = match variables {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => map,
-            Some(_) => return Err(ApiError::bad_input("variables must be a JSON object")),
-        };
-        if serde_json::to_vec(&prefilled).map_or(0, |v| v.len()) > MAX_PREFILLED_BYTES {
-            return Err(ApiError::bad_input(format!(
-                "variables must be at most {MAX_PREFILLED_BYTES} bytes of JSON"
-            )));
-        }
         let version = bot.published_version.ok_or_else(|| {
             ApiError::bad_input(
                 "this bot is not published yet: publish it before starting conversations",
             )
         })?;
-        let token = random_token();
-        let now = Utc::now();
-        let conv = conversation::Model {
-            id: Uuid::now_v7(),
-            account_id: bot.account_id,
-            bot_id: bot.id,
-            version,
-            status: ConversationStatus::Active,
-            state: serde_json::to_value(State::for_visitor(prefilled, rand::random()))
-                .map_err(anyhow::Error::from)?,
-            last_seq: 0,
-            visitor_token_hash: token_hash(&token),
-            started_at: now,
-            ended_at: None,
-            updated_at: now,
-            resume_at: None,
-            resume_claimed_by: None,
-            resume_claimed_until: None,
-            callback_token_hash: None,
-        };
+        let (conv, token) = new_conversation(bot.account_id, bot.id, version, prefilled)?;
         let id = conv.id;
         let first = Step {
             create: Some(conv),
@@ -423,11 +517,22 @@ impl Runtime {
         let mut step = step;
         let done = match (quick, known) {
             (Ok(Quick::Done(done)), _) => {
-                crate::metrics::turn_path(if step.create.is_some() {
-                    "quick_new"
-                } else {
-                    "quick"
-                });
+                let done = *done;
+                match &step.create {
+                    Some(new) => {
+                        crate::metrics::turn_path("quick_new");
+                        // Written in one go: the next start on this bot may skip its read.
+                        self.seen_bots.insert(
+                            new.bot_id,
+                            SeenBot {
+                                id: new.bot_id,
+                                account_id: new.account_id,
+                                version: new.version,
+                            },
+                        );
+                    }
+                    None => crate::metrics::turn_path("quick"),
+                }
                 Ok(done)
             }
             (Err(Undone::Stale), _) => self.restart(conversation_id, input, step).await,
@@ -463,6 +568,18 @@ impl Runtime {
                 });
             }
         };
+        Ok(self.finish(conversation_id, kind, began, done))
+    }
+
+    /// What follows a step's commit: it is counted, remembered, published, its pause timed,
+    /// its deliveries handed over.
+    fn finish(
+        &self,
+        conversation_id: Uuid,
+        kind: &'static str,
+        began: std::time::Instant,
+        done: StepDone,
+    ) -> (Vec<SharedEvent>, Option<SyncCall>) {
         crate::metrics::turn(kind, began.elapsed());
         match done.known {
             Some(known) => self.recent.remember(known),
@@ -474,7 +591,7 @@ impl Runtime {
             self.timers.arm(conversation_id, due);
         }
         self.deliveries.queued(done.queued);
-        Ok((shared, done.sync))
+        (shared, done.sync)
     }
 
     /// The step again, from the row: the conversation changed since this instance knew it.

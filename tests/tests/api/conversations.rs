@@ -672,3 +672,38 @@ async fn prefilled_values_cannot_pose_as_webhook_data_and_visitors_cannot_read_v
     assert_ok(&transcript);
     assert_eq!(transcript["data"]["conversation"]["status"], "COMPLETED");
 }
+
+#[tokio::test]
+async fn a_start_on_a_bot_deleted_since_its_last_start_is_not_found() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = published(&app, &owner, two_questions()).await;
+    // The first start reads the bot; the second may go by what the server remembers of it.
+    app.new_conversation(&bot).await;
+    app.new_conversation(&bot).await;
+    assert_eq!(
+        app.delete_bot(&owner.token, &bot).await["data"]["deleteBot"],
+        true
+    );
+    assert_error(
+        &app.start_conversation(&bot, json!(null)).await,
+        "NOT_FOUND",
+    );
+}
+
+#[tokio::test]
+async fn a_visitors_subscription_to_a_conversation_whose_bot_was_deleted_is_not_found() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = published(&app, &owner, two_questions()).await;
+    let (conv, token) = app.new_conversation(&bot).await;
+    assert_ok(&app.send_answer(&conv, &token, "Jo").await);
+    // The server stepped this conversation just now and remembers it; the bot's deletion
+    // takes the conversation with it all the same.
+    assert_eq!(
+        app.delete_bot(&owner.token, &bot).await["data"]["deleteBot"],
+        true
+    );
+    let mut sub = app.watch(&conv, Some(&token), None, 0).await;
+    assert_eq!(sub.error_code().await, "NOT_FOUND");
+}

@@ -10,7 +10,9 @@
 //! so is an answer that ends the conversation: each makes a lifecycle event
 //! (`conversation.started`, `conversation.completed`), so its write applies only if no webhook
 //! of the account asked for that event, checked by the same statement. When one did, nothing
-//! is written and the turn takes the full step, which queues the event.
+//! is written and the turn takes the full step, which queues the event. A start's write also
+//! checks that its bot's published version is still the one it starts on, so that a start
+//! on a bot this instance has seen lately need not read the bot first (`Runtime::seen_bot`).
 //! Whatever else a turn does (a webhook, a pause, a NOTIFY for other instances, a
 //! conversation changed elsewhere) takes the full transaction.
 //!
@@ -22,13 +24,14 @@ use std::{
 
 use chrono::{SecondsFormat, SubsecRound as _, Utc};
 use entity::{
+    bot,
     conversation::{self, ConversationStatus},
     conversation_event,
 };
 use futures_util::StreamExt as _;
 use sea_orm::{
     ActiveEnum as _, ConnectionTrait as _, DatabaseBackend, DatabaseConnection, DbErr,
-    EntityTrait as _, Statement,
+    EntityTrait as _, QuerySelect as _, Statement,
 };
 use serde::Deserialize as _;
 use serde_json::{Value, json};
@@ -48,7 +51,7 @@ use super::turn::{event_row, insert_events, row_update};
 /// What became of a turn offered to the quick path.
 pub(super) enum Quick {
     /// Written: the step is done.
-    Done(StepDone),
+    Done(Box<StepDone>),
     /// Not for the quick path: nothing was written. `counted`: the answer was already counted
     /// against the conversation's budget (the full step must not count it again).
     Full { counted: bool },
@@ -62,6 +65,9 @@ enum Wrote {
     Changed,
     /// A webhook of the account asked for the turn's lifecycle event: nothing was written.
     Subscribed,
+    /// A start on a bot version that is no longer the bot's published one (or a bot that is
+    /// gone): nothing was written.
+    BotChanged,
 }
 
 impl Runtime {
@@ -136,19 +142,25 @@ impl Runtime {
             (Wrote::Written, events) => events,
             (Wrote::Changed, _) => return Err(Undone::Stale),
             (Wrote::Subscribed, _) => return Ok(Quick::Full { counted: true }),
+            (Wrote::BotChanged, _) => {
+                return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                    "an answer's write checked its bot"
+                ))));
+            }
         };
-        Ok(Quick::Done(StepDone {
+        Ok(Quick::Done(Box::new(StepDone {
             events,
             sync: None,
             queued: Default::default(),
             resume_at: None,
             known: (!ended).then_some(Known { conv: after, state }),
-        }))
+        })))
     }
 
     /// Inserts `new` (a conversation not stored yet) with its first step, without the full
     /// step's transaction, if that step only makes the bot speak and no webhook of the account
-    /// takes `conversation.started`; else [`Quick::Full`], nothing written.
+    /// takes `conversation.started`; else [`Quick::Full`], nothing written. [`Undone::Stale`],
+    /// nothing written, if `new`'s version is not its bot's published one (any more).
     pub(super) async fn quick_start(&self, new: &conversation::Model) -> Result<Quick, Undone> {
         let full = Quick::Full { counted: false };
         let flow = self
@@ -188,7 +200,7 @@ impl Runtime {
             unless: Some(lifecycle::CONVERSATION_STARTED),
         };
         match self.write(write).await? {
-            (Wrote::Written, events) => Ok(Quick::Done(StepDone {
+            (Wrote::Written, events) => Ok(Quick::Done(Box::new(StepDone {
                 events,
                 sync: None,
                 queued: Default::default(),
@@ -200,8 +212,9 @@ impl Runtime {
                     },
                     state,
                 }),
-            })),
+            }))),
             (Wrote::Subscribed, _) => Ok(full),
+            (Wrote::BotChanged, _) => Err(Undone::Stale),
             (Wrote::Changed, _) => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
                 "a new conversation was not inserted"
             )))),
@@ -278,6 +291,15 @@ impl Runtime {
                 }
                 match expect {
                     None => {
+                        let published: Option<Option<i32>> = bot::Entity::find_by_id(row.bot_id)
+                            .select_only()
+                            .column(bot::Column::PublishedVersion)
+                            .into_tuple()
+                            .one(tx)
+                            .await?;
+                        if published.flatten() != Some(row.version) {
+                            return Ok((Wrote::BotChanged, events));
+                        }
                         conversation::Entity::insert(conversation::ActiveModel::from(row))
                             .exec_without_returning(tx)
                             .await?;
@@ -474,22 +496,33 @@ async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
     }
 }
 
-/// Writes `turns` with one statement; for each turn, whether its lifecycle event had no
-/// subscriber (or it made none) and the events inserted.
+/// What the statement says of one turn.
+#[derive(Clone, Copy)]
+struct Said {
+    /// No webhook asked for its lifecycle event (or it makes none).
+    free: bool,
+    /// A start's bot version is still the published one (or it is no start).
+    current: bool,
+    /// Its events inserted.
+    events: i64,
+}
+
+/// Writes `turns` with one statement; what it says of each.
 async fn write(
     pool: &DatabaseConnection,
     turns: impl Iterator<Item = &QuickWrite>,
-) -> Result<HashMap<Uuid, (bool, i64)>, DbErr> {
+) -> Result<HashMap<Uuid, Said>, DbErr> {
     pool.query_all_raw(statement(turns))
         .await?
         .iter()
         .map(|row| {
             Ok((
                 row.try_get::<Uuid>("", "id")?,
-                (
-                    row.try_get::<bool>("", "free")?,
-                    row.try_get::<i64>("", "events")?,
-                ),
+                Said {
+                    free: row.try_get("", "free")?,
+                    current: row.try_get("", "current")?,
+                    events: row.try_get("", "events")?,
+                },
             ))
         })
         .collect()
@@ -504,17 +537,18 @@ fn refused_by_server(e: &DbErr) -> bool {
     }
 }
 
-/// A turn's outcome from what the statement says of it: its lifecycle event has a
-/// subscriber (nothing written), or the events written for its conversation: all (written),
-/// none (the row had changed; a new one cannot be), or some (which cannot be).
-fn outcome(written: &HashMap<Uuid, (bool, i64)>, write: &QuickWrite) -> Result<Wrote, DbErr> {
-    let Some(&(free, events)) = written.get(&write.row.id) else {
+/// A turn's outcome from what the statement says of it: its bot changed or its lifecycle
+/// event has a subscriber (nothing written), or the events written for its conversation: all
+/// (written), none (the row had changed; a new one cannot be), or some (which cannot be).
+fn outcome(written: &HashMap<Uuid, Said>, write: &QuickWrite) -> Result<Wrote, DbErr> {
+    let Some(said) = written.get(&write.row.id) else {
         return Err(DbErr::Custom(
             "a one-statement turn is missing from its answer".into(),
         ));
     };
-    match events {
-        _ if !free => Ok(Wrote::Subscribed),
+    match said.events {
+        _ if !said.current => Ok(Wrote::BotChanged),
+        _ if !said.free => Ok(Wrote::Subscribed),
         0 if write.expect.is_some() => Ok(Wrote::Changed),
         n if n == write.events.len() as i64 => Ok(Wrote::Written),
         n => Err(DbErr::Custom(format!(
@@ -524,11 +558,12 @@ fn outcome(written: &HashMap<Uuid, (bool, i64)>, write: &QuickWrite) -> Result<W
     }
 }
 
-/// Turns' writes as one statement, whatever their number: the new rows' insert and the
-/// others' update, each applied only if the row still holds what its turn expects and no
-/// webhook of the account asked for the turn's lifecycle event (as the full step reads them
-/// in its transaction), and the events' insert, of the rows written only; for each turn,
-/// whether no webhook asked for its event, and the number of its events inserted. The turns
+/// Turns' writes as one statement, whatever their number: the new rows' insert, each applied
+/// only if its bot's published version is still the one it starts on, and the others' update,
+/// each applied only if the row still holds what its turn expects; either only if no webhook
+/// of the account asked for the turn's lifecycle event (as the full step reads them in its
+/// transaction); and the events' insert, of the rows written only. For each turn, what
+/// [`Said`] holds. The turns
 /// and their events travel as two JSON arrays, so that the statement's text is always the
 /// same (prepared once per connection).
 fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
@@ -573,16 +608,22 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
              version int4, state jsonb, last_seq int4, status text, visitor_token_hash text, \
              started_at timestamptz, ended_at timestamptz, updated_at timestamptz, \
              expect_seq int4, expect_at timestamptz, unless text)), \
-         free AS (\
-           SELECT t.* FROM turns t WHERE t.unless IS NULL OR NOT EXISTS (\
-             SELECT 1 FROM webhooks w WHERE w.account_id = t.account_id \
-               AND w.event_types IS NOT NULL \
-               AND w.event_types::jsonb @> jsonb_build_array(t.unless))), \
+         said AS (\
+           SELECT t.*, \
+             (t.unless IS NULL OR NOT EXISTS (\
+               SELECT 1 FROM webhooks w WHERE w.account_id = t.account_id \
+                 AND w.event_types IS NOT NULL \
+                 AND w.event_types::jsonb @> jsonb_build_array(t.unless))) AS free, \
+             (t.expect_seq IS NOT NULL OR EXISTS (\
+               SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.account_id = t.account_id \
+                 AND b.published_version = t.version)) AS current \
+           FROM turns t), \
+         ready AS (SELECT * FROM said WHERE free AND current), \
          moved AS (\
            UPDATE conversations c SET state = t.state, last_seq = t.last_seq, status = t.status, \
              ended_at = t.ended_at, updated_at = t.updated_at, resume_at = NULL, \
              resume_claimed_by = NULL, resume_claimed_until = NULL \
-           FROM free t WHERE t.expect_seq IS NOT NULL AND c.id = t.id \
+           FROM ready t WHERE t.expect_seq IS NOT NULL AND c.id = t.id \
              AND c.last_seq = t.expect_seq AND c.updated_at = t.expect_at \
            RETURNING c.id), \
          created AS (\
@@ -590,7 +631,7 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
              visitor_token_hash, started_at, ended_at, updated_at) \
            SELECT id, account_id, bot_id, version, status, state, last_seq, visitor_token_hash, \
              started_at, ended_at, updated_at \
-           FROM free WHERE expect_seq IS NULL \
+           FROM ready WHERE expect_seq IS NULL \
            RETURNING id), \
          stored AS (SELECT id FROM moved UNION ALL SELECT id FROM created), \
          written AS (\
@@ -600,9 +641,9 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
              kind text, text text, input jsonb, at timestamptz, block_id text) \
            JOIN stored ON stored.id = e.conversation_id \
            RETURNING conversation_id) \
-         SELECT t.id, EXISTS (SELECT 1 FROM free f WHERE f.id = t.id) AS free, \
-           (SELECT count(*) FROM written w WHERE w.conversation_id = t.id) AS events \
-         FROM turns t",
+         SELECT s.id, s.free, s.current, \
+           (SELECT count(*) FROM written w WHERE w.conversation_id = s.id) AS events \
+         FROM said s",
         [Value::Array(turns).into(), Value::Array(events).into()],
     )
 }
