@@ -55,6 +55,9 @@ pub trait EventBus: Send + Sync {
     /// round trip or commit of its own and never announces what was rolled back. `None` when
     /// there are no other instances to tell.
     fn announcement(&self, events: &[conversation_event::Model]) -> Option<Statement>;
+    /// Whether this instance is the only one (as far as it knows: the same knowledge that
+    /// decides [`Self::announcement`]), so that every step of a conversation is taken here.
+    fn alone(&self) -> bool;
     /// Hands events that were just committed, in `seq` order, to this instance's subscribers.
     fn publish(&self, events: &[SharedEvent]);
     /// Notices of one conversation from now on.
@@ -190,6 +193,10 @@ impl LocalBus {
 impl EventBus for LocalBus {
     fn announcement(&self, _: &[conversation_event::Model]) -> Option<Statement> {
         None
+    }
+
+    fn alone(&self) -> bool {
+        true
     }
 
     fn publish(&self, events: &[SharedEvent]) {
@@ -385,6 +392,10 @@ impl PgBus {
 
 #[async_trait]
 impl EventBus for PgBus {
+    fn alone(&self) -> bool {
+        !self.peers.others_may_listen()
+    }
+
     fn announcement(&self, events: &[conversation_event::Model]) -> Option<Statement> {
         if !self.peers.others_may_listen() {
             return None;

@@ -470,7 +470,7 @@ impl ConversationsSubscription {
                             for e in stored {
                                 last = e.seq;
                                 let ended = e.kind == kind::ENDED;
-                                yield Ok(ChatEvent(SharedEvent::new(e)));
+                                yield Ok(ChatEvent(e));
                                 if ended {
                                     return;
                                 }

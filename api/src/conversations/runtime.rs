@@ -581,11 +581,14 @@ impl Runtime {
         done: StepDone,
     ) -> (Vec<SharedEvent>, Option<SyncCall>) {
         crate::metrics::turn(kind, began.elapsed());
+        let shared: Vec<SharedEvent> = done.events.into_iter().map(Arc::new).collect();
         match done.known {
-            Some(known) => self.recent.remember(known),
+            Some(mut known) => {
+                known.last_events = shared.clone();
+                self.recent.remember(known);
+            }
             None => self.recent.forget(&conversation_id),
         }
-        let shared: Vec<SharedEvent> = done.events.into_iter().map(Arc::new).collect();
         self.bus.publish(&shared);
         if let Some(due) = done.resume_at {
             self.timers.arm(conversation_id, due);
@@ -625,14 +628,41 @@ impl Runtime {
             .await
     }
 
-    /// The stored events of a conversation after `after_seq`, in order.
+    /// The stored events of a conversation after `after_seq`, in order, [`REPLAY_PAGE`] at
+    /// most. When this instance is the only one, every step is taken here, so what its last
+    /// step of the conversation left (see [`Known::last_events`]) is what is stored, up to
+    /// steps still being committed, whose events reach subscribers once they are: a
+    /// subscription right after a start reads nothing.
     pub async fn events_after(
         &self,
         conversation_id: Uuid,
         after_seq: i32,
-    ) -> ApiResult<Vec<conversation_event::Model>> {
-        self.events_page(conversation_id, after_seq, REPLAY_PAGE)
-            .await
+    ) -> ApiResult<Vec<SharedEvent>> {
+        if self.bus.alone()
+            && let Some(known) = self.recent.get(&conversation_id)
+        {
+            if known.conv.last_seq <= after_seq {
+                return Ok(Vec::new());
+            }
+            if known
+                .last_events
+                .first()
+                .is_some_and(|first| first.seq <= after_seq + 1)
+            {
+                return Ok(known
+                    .last_events
+                    .iter()
+                    .filter(|e| e.seq > after_seq)
+                    .cloned()
+                    .collect());
+            }
+        }
+        Ok(self
+            .events_page(conversation_id, after_seq, REPLAY_PAGE)
+            .await?
+            .into_iter()
+            .map(SharedEvent::new)
+            .collect())
     }
 
     /// At most `limit` events with `seq > after_seq`, in order.

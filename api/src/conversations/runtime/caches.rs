@@ -65,6 +65,9 @@ pub(super) struct Known {
     /// Its row, but for `state` (null: it is kept parsed below).
     pub conv: conversation::Model,
     pub state: State,
+    /// The events of that step (its last ones: `seq` up to `conv.last_seq`), for a
+    /// subscription that asks for them right after (a visitor's, after a start).
+    pub last_events: Vec<crate::events::SharedEvent>,
 }
 
 /// Conversations this instance stepped lately, as their last step left them, so that the next
@@ -119,7 +122,12 @@ fn known_bytes(known: &Known) -> u32 {
         .chain(state.variables.iter())
         .map(|(k, v)| k.len() + value_bytes(v))
         .sum();
-    u32::try_from(512 + values).unwrap_or(u32::MAX)
+    let events: usize = known
+        .last_events
+        .iter()
+        .map(|e| 256 + e.text.as_ref().map_or(0, String::len))
+        .sum();
+    u32::try_from(512 + values + events).unwrap_or(u32::MAX)
 }
 
 fn value_bytes(v: &Value) -> usize {

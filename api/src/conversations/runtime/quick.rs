@@ -153,7 +153,11 @@ impl Runtime {
             sync: None,
             queued: Default::default(),
             resume_at: None,
-            known: (!ended).then_some(Known { conv: after, state }),
+            known: (!ended).then_some(Known {
+                conv: after,
+                state,
+                last_events: Vec::new(),
+            }),
         })))
     }
 
@@ -211,6 +215,7 @@ impl Runtime {
                         ..row
                     },
                     state,
+                    last_events: Vec::new(),
                 }),
             }))),
             (Wrote::Subscribed, _) => Ok(full),

@@ -496,7 +496,11 @@ impl Runtime {
         let known = (!ended).then(|| {
             // Kept parsed: the row's JSON copy is not needed in memory.
             after.state = Value::Null;
-            Known { conv: after, state }
+            Known {
+                conv: after,
+                state,
+                last_events: Vec::new(),
+            }
         });
         Ok(Some(StepDone {
             events: new_events,
