@@ -55,9 +55,10 @@ pub trait EventBus: Send + Sync {
     /// round trip or commit of its own and never announces what was rolled back. `None` when
     /// there are no other instances to tell.
     fn announcement(&self, events: &[conversation_event::Model]) -> Option<Statement>;
-    /// Whether this instance is the only one (as far as it knows: the same knowledge that
-    /// decides [`Self::announcement`]), so that every step of a conversation is taken here.
-    fn alone(&self) -> bool;
+    /// Since when this instance has been the only one without a break, if it is (as far as it
+    /// knows: the same knowledge that decides [`Self::announcement`]): every step of a
+    /// conversation since then was taken here.
+    fn alone_since(&self) -> Option<std::time::Instant>;
     /// Hands events that were just committed, in `seq` order, to this instance's subscribers.
     fn publish(&self, events: &[SharedEvent]);
     /// Notices of one conversation from now on.
@@ -78,6 +79,7 @@ pub struct LocalBus {
     conversations: Channels,
     accounts: Channels,
     access: broadcast::Sender<AccessChange>,
+    created: std::time::Instant,
 }
 
 impl Default for LocalBus {
@@ -86,6 +88,7 @@ impl Default for LocalBus {
             conversations: Channels::default(),
             accounts: Channels::default(),
             access: broadcast::channel(ACCESS_CAPACITY).0,
+            created: std::time::Instant::now(),
         }
     }
 }
@@ -195,8 +198,9 @@ impl EventBus for LocalBus {
         None
     }
 
-    fn alone(&self) -> bool {
-        true
+    fn alone_since(&self) -> Option<std::time::Instant> {
+        // The database is this process's own.
+        Some(self.created)
     }
 
     fn publish(&self, events: &[SharedEvent]) {
@@ -392,8 +396,8 @@ impl PgBus {
 
 #[async_trait]
 impl EventBus for PgBus {
-    fn alone(&self) -> bool {
-        !self.peers.others_may_listen()
+    fn alone_since(&self) -> Option<std::time::Instant> {
+        self.peers.alone_since()
     }
 
     fn announcement(&self, events: &[conversation_event::Model]) -> Option<Statement> {

@@ -57,9 +57,10 @@ pub fn turn(kind: &'static str, took: Duration) {
 }
 
 /// How a step took its conversation: `quick` (known here, and the turn only made the bot
-/// speak: written without a read, in one statement on PostgreSQL), `known` (known here, in a
-/// full step), `read` (read in its transaction), `restarted` (known here but changed
-/// elsewhere, so taken again from the row), `new` (a start).
+/// speak, perhaps ending the conversation: written without a read, in one statement on
+/// PostgreSQL), `known` (known here, in a full step), `read` (read in its transaction),
+/// `restarted` (known here but changed elsewhere, so taken again from the row), `quick_new`
+/// (a start written like `quick`), `new` (any other start).
 pub fn turn_path(path: &'static str) {
     counter!("parley_turn_paths_total", "path" => path).increment(1);
 }

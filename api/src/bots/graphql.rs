@@ -370,7 +370,10 @@ impl BotsMutation {
     async fn delete_bot(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
         let st = state(ctx)?;
         let id = parse_id(&id, "bot")?;
-        Ok(service::delete_bot(&st.db, viewer(ctx)?, id).await?)
+        let deleted = service::delete_bot(&st.db, viewer(ctx)?, id).await?;
+        // Its conversations went with it: what this instance remembers of them must go too.
+        st.runtime.forget_bot(id);
+        Ok(deleted)
     }
 
     /// Replaces the draft flow (ADMIN); every problem is listed in `extensions.problems`.

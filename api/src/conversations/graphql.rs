@@ -301,12 +301,11 @@ async fn visitor_origin(
     let Some(origin) = origin.filter(|o| o.restricts()) else {
         return Ok(());
     };
-    if let Some(bot) =
-        crate::db::by_key(entity::bot::Entity::find_by_id(conv.bot_id), st.db.conn()).await?
-    {
-        check_origin(&bot, Some(origin))?;
-    }
-    Ok(())
+    // A conversation goes with its bot: no bot, no conversation.
+    let bot = crate::db::by_key(entity::bot::Entity::find_by_id(conv.bot_id), st.db.conn())
+        .await?
+        .ok_or_else(|| ApiError::not_found("conversation"))?;
+    check_origin(&bot, Some(origin))
 }
 
 /// The viewer of a team subscription, with its session checked now: a socket can outlive a

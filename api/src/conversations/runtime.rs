@@ -99,6 +99,11 @@ pub struct Runtime {
     quick: Option<quick::QuickWriter>,
     /// Bots whose starts were written in one go lately.
     seen_bots: moka::sync::Cache<Uuid, SeenBot>,
+    /// Accounts found lately with a webhook that takes a lifecycle event (`conversation.started`,
+    /// `conversation.completed`): the turns that make it go straight to the full step, which
+    /// queues it, instead of trying the one-go write first. A hint only: a turn that tries
+    /// the one-go write still checks.
+    hooked: moka::sync::Cache<(Uuid, &'static str), ()>,
 }
 
 /// What a start knows of its bot.
@@ -123,6 +128,8 @@ pub struct SeenBot {
 /// `conversation.started`) is not remembered.
 const SEEN_BOTS: u64 = 10_000;
 const SEEN_BOT_TTL: Duration = Duration::from_secs(60);
+/// How long an account found with a lifecycle webhook skips the one-go writes it would refuse.
+const HOOKED_TTL: Duration = Duration::from_secs(10);
 
 /// A new conversation's id and the visitor's secret token.
 pub struct VisitorSession {
@@ -216,6 +223,10 @@ impl Runtime {
                 .max_capacity(SEEN_BOTS)
                 .time_to_live(SEEN_BOT_TTL)
                 .build(),
+            hooked: moka::sync::Cache::builder()
+                .max_capacity(SEEN_BOTS)
+                .time_to_live(HOOKED_TTL)
+                .build(),
         })
     }
 
@@ -223,6 +234,13 @@ impl Runtime {
     /// go, if it did lately.
     pub fn seen_bot(&self, id: Uuid) -> Option<SeenBot> {
         self.seen_bots.get(&id)
+    }
+
+    /// Forgets what this instance knows of a bot that was just deleted, and of its
+    /// conversations, which went with it.
+    pub fn forget_bot(&self, bot_id: Uuid) {
+        self.seen_bots.invalidate(&bot_id);
+        self.recent.forget_bot(bot_id);
     }
 
     /// The event bus, for subscriptions.
@@ -361,13 +379,19 @@ impl Runtime {
 
     /// The conversation `visitor_token` opens, for checks of what never changes in it (its
     /// token, bot and account): as this instance last stepped it, with its `state` left out
-    /// (null), or else as stored.
+    /// (null), when that is how it is stored (see [`Known::is_current`]: a conversation goes
+    /// with its bot, and a bot deleted on this instance is forgotten here, see
+    /// [`Self::forget_bot`]), or else as stored.
     pub async fn visitors_conversation(
         &self,
         conversation_id: Uuid,
         visitor_token: &str,
     ) -> ApiResult<conversation::Model> {
-        match self.recent.get(&conversation_id) {
+        let known = self
+            .recent
+            .get(&conversation_id)
+            .filter(|known| known.is_current(self.bus.alone_since()));
+        match known {
             Some(known) if known.conv.visitor_token_hash == token_hash(visitor_token.trim()) => {
                 Ok(known.conv.clone())
             }
@@ -514,6 +538,13 @@ impl Runtime {
             ) => self.quick_start(new).await,
             _ => Ok(Quick::Full { counted: false }),
         };
+        let quick = match quick {
+            // A start whose bot changed since it was read (republished, deleted) takes the full
+            // step on the version read, as every start did before the one-go write; a start on
+            // a bot remembered does not come here (see `start_seen`).
+            Err(Undone::Stale) if step.create.is_some() => Ok(Quick::Full { counted: false }),
+            other => other,
+        };
         let mut step = step;
         let done = match (quick, known) {
             (Ok(Quick::Done(done)), _) => {
@@ -585,6 +616,7 @@ impl Runtime {
         match done.known {
             Some(mut known) => {
                 known.last_events = shared.clone();
+                known.at = std::time::Instant::now();
                 self.recent.remember(known);
             }
             None => self.recent.forget(&conversation_id),
@@ -638,8 +670,10 @@ impl Runtime {
         conversation_id: Uuid,
         after_seq: i32,
     ) -> ApiResult<Vec<SharedEvent>> {
-        if self.bus.alone()
-            && let Some(known) = self.recent.get(&conversation_id)
+        if let Some(known) = self
+            .recent
+            .get(&conversation_id)
+            .filter(|known| known.is_current(self.bus.alone_since()))
         {
             if known.conv.last_seq <= after_seq {
                 return Ok(Vec::new());

@@ -51,6 +51,9 @@ pub(super) struct Peers {
     seen: Mutex<Option<(Instant, bool)>>,
     /// When the last heartbeat that was written had been sent.
     last_sent: Mutex<Option<Instant>>,
+    /// Since when no other instance has been live, lately or now, heartbeat after heartbeat;
+    /// `None` while one is or was lately.
+    alone_since: Mutex<Option<Instant>>,
 }
 
 impl Peers {
@@ -60,6 +63,7 @@ impl Peers {
             id,
             seen: Mutex::new(None),
             last_sent: Mutex::new(None),
+            alone_since: Mutex::new(None),
         }
     }
 
@@ -69,6 +73,18 @@ impl Peers {
             Some((at, others)) => others || at.elapsed() > STALE,
             None => true,
         }
+    }
+
+    /// Since when this instance has been the only one, without a break, if it is: no other
+    /// instance has written anything since (one that joins waits until this one has seen it).
+    pub(super) fn alone_since(&self) -> Option<Instant> {
+        if self.others_may_listen() {
+            return None;
+        }
+        *self
+            .alone_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Writes this instance's heartbeat and counts the others.
@@ -116,8 +132,17 @@ impl Peers {
             others_recent: count("recent")? > 0,
             late,
         };
-        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((Instant::now(), beat.others_live));
+        let now = Instant::now();
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, beat.others_live));
+        let mut alone = self
+            .alone_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if beat.others_live || beat.others_recent || beat.late {
+            *alone = None;
+        } else {
+            alone.get_or_insert(now);
+        }
         Ok(beat)
     }
 

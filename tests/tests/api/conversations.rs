@@ -696,14 +696,22 @@ async fn a_visitors_subscription_to_a_conversation_whose_bot_was_deleted_is_not_
     let app = spawn_app().await;
     let owner = app.new_user().await;
     let bot = published(&app, &owner, two_questions()).await;
-    let (conv, token) = app.new_conversation(&bot).await;
-    assert_ok(&app.send_answer(&conv, &token, "Jo").await);
-    // The server stepped this conversation just now and remembers it; the bot's deletion
-    // takes the conversation with it all the same.
+    // The server stepped these conversations just now and remembers them; the bot's deletion
+    // takes them with it all the same.
+    let (started, started_token) = app.new_conversation(&bot).await;
+    let (answered, answered_token) = app.new_conversation(&bot).await;
+    assert_ok(&app.send_answer(&answered, &answered_token, "Jo").await);
     assert_eq!(
         app.delete_bot(&owner.token, &bot).await["data"]["deleteBot"],
         true
     );
-    let mut sub = app.watch(&conv, Some(&token), None, 0).await;
-    assert_eq!(sub.error_code().await, "NOT_FOUND");
+    // From the start, from the middle, and from the last event on.
+    for (conv, token, after) in [
+        (&started, &started_token, 0),
+        (&answered, &answered_token, 1),
+        (&answered, &answered_token, 3),
+    ] {
+        let mut sub = app.watch(conv, Some(token), None, after).await;
+        assert_eq!(sub.error_code().await, "NOT_FOUND", "after {after}");
+    }
 }

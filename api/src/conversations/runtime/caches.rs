@@ -68,6 +68,18 @@ pub(super) struct Known {
     /// The events of that step (its last ones: `seq` up to `conv.last_seq`), for a
     /// subscription that asks for them right after (a visitor's, after a start).
     pub last_events: Vec<crate::events::SharedEvent>,
+    /// When that step was committed.
+    pub at: std::time::Instant,
+}
+
+impl Known {
+    /// Whether this is the conversation as stored, not only as this instance last left it:
+    /// this instance has been the only one since before that step (`alone_since`), so no
+    /// other took a step after it. (A step of this instance still being committed may have
+    /// changed it; its events reach subscribers once it is.)
+    pub(super) fn is_current(&self, alone_since: Option<std::time::Instant>) -> bool {
+        alone_since.is_some_and(|since| self.at >= since)
+    }
 }
 
 /// Conversations this instance stepped lately, as their last step left them, so that the next
@@ -83,6 +95,7 @@ impl Default for Recent {
                 .max_capacity(KNOWN_BYTES)
                 .weigher(|_, known: &Arc<Known>| known_bytes(known))
                 .time_to_idle(KNOWN_IDLE)
+                .support_invalidation_closures()
                 .build(),
         )
     }
@@ -109,6 +122,17 @@ impl Recent {
 
     pub(super) fn forget(&self, id: &Uuid) {
         self.0.invalidate(id);
+    }
+
+    /// Forgets every conversation of `bot_id`.
+    pub(super) fn forget_bot(&self, bot_id: Uuid) {
+        // Only fails if the cache was built without closures, which `default` enables.
+        if let Err(e) = self
+            .0
+            .invalidate_entries_if(move |_, known| known.conv.bot_id == bot_id)
+        {
+            tracing::error!(error.cause = %e, "cannot forget a deleted bot's conversations");
+        }
     }
 }
 

@@ -104,6 +104,14 @@ impl Runtime {
         let Some(events) = self.says_only(conv, &state, result.outputs, result.say_blocks) else {
             return Ok(Quick::Full { counted: false });
         };
+        let ended = state.is_ended();
+        if ended
+            && self
+                .hooked
+                .contains_key(&(conv.account_id, lifecycle::CONVERSATION_COMPLETED))
+        {
+            return Ok(Quick::Full { counted: false });
+        }
         self.limiters
             .answers_by_conversation
             .check(&conv.id)
@@ -111,7 +119,6 @@ impl Runtime {
         for note in &result.notes {
             tracing::info!(conversation.id = %conv.id, note, "engine note");
         }
-        let ended = state.is_ended();
         let now = events[0].at;
         let mut after = conversation::Model {
             state: serde_json::to_value(&state)
@@ -141,7 +148,11 @@ impl Runtime {
         let events = match self.write(write).await? {
             (Wrote::Written, events) => events,
             (Wrote::Changed, _) => return Err(Undone::Stale),
-            (Wrote::Subscribed, _) => return Ok(Quick::Full { counted: true }),
+            (Wrote::Subscribed, _) => {
+                self.hooked
+                    .insert((conv.account_id, lifecycle::CONVERSATION_COMPLETED), ());
+                return Ok(Quick::Full { counted: true });
+            }
             (Wrote::BotChanged, _) => {
                 return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
                     "an answer's write checked its bot"
@@ -157,6 +168,7 @@ impl Runtime {
                 conv: after,
                 state,
                 last_events: Vec::new(),
+                at: std::time::Instant::now(),
             }),
         })))
     }
@@ -167,11 +179,21 @@ impl Runtime {
     /// nothing written, if `new`'s version is not its bot's published one (any more).
     pub(super) async fn quick_start(&self, new: &conversation::Model) -> Result<Quick, Undone> {
         let full = Quick::Full { counted: false };
-        let flow = self
+        if self
+            .hooked
+            .contains_key(&(new.account_id, lifecycle::CONVERSATION_STARTED))
+        {
+            return Ok(full);
+        }
+        // A bot remembered but deleted since has no versions left: the bot is read again, and
+        // the start answers as one on a missing bot does.
+        let Ok(flow) = self
             .flows
             .get(self.db.conn(), new.bot_id, new.version)
             .await
-            .map_err(Undone::Failed)?;
+        else {
+            return Err(Undone::Stale);
+        };
         let Ok(mut state) = State::deserialize(&new.state) else {
             return Ok(full);
         };
@@ -216,9 +238,14 @@ impl Runtime {
                     },
                     state,
                     last_events: Vec::new(),
+                    at: std::time::Instant::now(),
                 }),
             }))),
-            (Wrote::Subscribed, _) => Ok(full),
+            (Wrote::Subscribed, _) => {
+                self.hooked
+                    .insert((new.account_id, lifecycle::CONVERSATION_STARTED), ());
+                Ok(full)
+            }
             (Wrote::BotChanged, _) => Err(Undone::Stale),
             (Wrote::Changed, _) => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
                 "a new conversation was not inserted"

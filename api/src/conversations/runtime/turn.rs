@@ -500,6 +500,7 @@ impl Runtime {
                 conv: after,
                 state,
                 last_events: Vec::new(),
+                at: std::time::Instant::now(),
             }
         });
         Ok(Some(StepDone {
