@@ -42,16 +42,7 @@ async fn with_event_types(
     tx: &impl ConnectionTrait,
     account_id: Uuid,
 ) -> Result<AccountHooks, sea_orm::DbErr> {
-    Ok(AccountHooks(
-        webhook::Entity::find_in_account(account_id)
-            .filter(webhook::Column::EventTypes.is_not_null())
-            .select_only()
-            .column(webhook::Column::Id)
-            .column(webhook::Column::EventTypes)
-            .into_tuple()
-            .all(tx)
-            .await?,
-    ))
+    AccountHooks::query(tx, account_id, true).await
 }
 
 /// Every webhook of an account, with the event types each asked for. A step reads them once
@@ -63,8 +54,21 @@ pub struct AccountHooks(Vec<(Uuid, Option<Value>)>);
 impl AccountHooks {
     /// Reads the webhooks of `account_id`.
     pub async fn read(tx: &impl ConnectionTrait, account_id: Uuid) -> ApiResult<Self> {
+        Ok(Self::query(tx, account_id, false).await?)
+    }
+
+    /// The webhooks of `account_id`: all, or only those that asked for a lifecycle event.
+    async fn query(
+        tx: &impl ConnectionTrait,
+        account_id: Uuid,
+        subscribers_only: bool,
+    ) -> Result<Self, sea_orm::DbErr> {
+        let mut hooks = webhook::Entity::find_in_account(account_id);
+        if subscribers_only {
+            hooks = hooks.filter(webhook::Column::EventTypes.is_not_null());
+        }
         Ok(Self(
-            webhook::Entity::find_in_account(account_id)
+            hooks
                 .select_only()
                 .column(webhook::Column::Id)
                 .column(webhook::Column::EventTypes)

@@ -77,6 +77,26 @@ struct Step {
     counted: bool,
 }
 
+impl Step {
+    /// Whether the step does nothing besides what a start or an answer does (a quick turn may
+    /// take it): no sync result to write, no sweeper's or scheduler's or callback's condition,
+    /// no answer counted already.
+    fn is_plain(&self) -> bool {
+        // Every field named: a new one must say whether a quick turn may take it.
+        let Self {
+            visitor: _,
+            create: _,
+            bot_name: _,
+            settle,
+            unless_in_flight,
+            resume,
+            callback,
+            counted,
+        } = self;
+        settle.is_none() && !unless_in_flight && !resume && callback.is_none() && !counted
+    }
+}
+
 /// Drives conversations.
 pub struct Runtime {
     db: Db,
@@ -514,28 +534,18 @@ impl Runtime {
                 Step {
                     visitor: Some(visitor),
                     create: None,
-                    bot_name: _,
-                    settle: None,
-                    unless_in_flight: false,
-                    resume: false,
-                    callback: None,
-                    counted: false,
+                    ..
                 },
-            ) => self.quick_answer(known, visitor, text).await,
+            ) if step.is_plain() => self.quick_answer(known, visitor, text).await,
             (
                 None,
                 Input::Start,
                 Step {
                     visitor: None,
                     create: Some(new),
-                    bot_name: _,
-                    settle: None,
-                    unless_in_flight: false,
-                    resume: false,
-                    callback: None,
-                    counted: false,
+                    ..
                 },
-            ) => self.quick_start(new).await,
+            ) if step.is_plain() => self.quick_start(new).await,
             _ => Ok(Quick::Full { counted: false }),
         };
         let quick = match quick {
