@@ -22,7 +22,9 @@ pub async fn subscribers(
     account_id: Uuid,
     event: &str,
 ) -> ApiResult<Vec<Uuid>> {
-    Ok(with_event_types(tx, account_id).await?.subscribers(event))
+    Ok(AccountHooks::query(tx, account_id, true)
+        .await?
+        .subscribers(event))
 }
 
 /// Whether a webhook of `account_id` asked for `event`.
@@ -31,18 +33,10 @@ pub async fn subscribed(
     account_id: Uuid,
     event: &str,
 ) -> Result<bool, sea_orm::DbErr> {
-    Ok(!with_event_types(tx, account_id)
+    Ok(!AccountHooks::query(tx, account_id, true)
         .await?
         .subscribers(event)
         .is_empty())
-}
-
-/// The webhooks of `account_id` that asked for any lifecycle event.
-async fn with_event_types(
-    tx: &impl ConnectionTrait,
-    account_id: Uuid,
-) -> Result<AccountHooks, sea_orm::DbErr> {
-    AccountHooks::query(tx, account_id, true).await
 }
 
 /// Every webhook of an account, with the event types each asked for. A step reads them once

@@ -407,17 +407,21 @@ impl Runtime {
         conversation_id: Uuid,
         visitor_token: &str,
     ) -> ApiResult<conversation::Model> {
-        let known = self
-            .recent
-            .get(&conversation_id)
-            .filter(|known| known.is_current(self.bus.alone_since()));
-        match known {
+        match self.current(conversation_id) {
             Some(known) if known.conv.visitor_token_hash == token_hash(visitor_token.trim()) => {
                 Ok(known.conv.clone())
             }
             Some(_) => Err(visitor_not_found()),
             None => self.find_for_visitor(conversation_id, visitor_token).await,
         }
+    }
+
+    /// What this instance knows of a conversation, if that is how it is stored (see
+    /// [`Known::is_current`]).
+    fn current(&self, conversation_id: Uuid) -> Option<Arc<Known>> {
+        self.recent
+            .get(&conversation_id)
+            .filter(|known| known.is_current(self.bus.alone_since()))
     }
 
     /// Takes a visitor's answer; returns the visitor's message as recorded. Like `start`, the
@@ -680,11 +684,7 @@ impl Runtime {
         conversation_id: Uuid,
         after_seq: i32,
     ) -> ApiResult<Vec<SharedEvent>> {
-        if let Some(known) = self
-            .recent
-            .get(&conversation_id)
-            .filter(|known| known.is_current(self.bus.alone_since()))
-        {
+        if let Some(known) = self.current(conversation_id) {
             if known.conv.last_seq <= after_seq {
                 return Ok(Vec::new());
             }

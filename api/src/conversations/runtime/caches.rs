@@ -73,6 +73,17 @@ pub(super) struct Known {
 }
 
 impl Known {
+    /// The conversation as a step leaves it (`conv` without its state, kept parsed); its
+    /// events and time are the commit's, set once it is done (`Runtime::finish`).
+    pub(super) fn new(conv: conversation::Model, state: State) -> Self {
+        Self {
+            conv,
+            state,
+            last_events: Vec::new(),
+            at: std::time::Instant::now(),
+        }
+    }
+
     /// Whether this is the conversation as stored, not only as this instance last left it:
     /// this instance has been the only one since before that step (`alone_since`), so no
     /// other took a step after it. (A step of this instance still being committed may have

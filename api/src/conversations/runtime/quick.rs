@@ -164,12 +164,7 @@ impl Runtime {
             sync: None,
             queued: Default::default(),
             resume_at: None,
-            known: (!ended).then_some(Known {
-                conv: after,
-                state,
-                last_events: Vec::new(),
-                at: std::time::Instant::now(),
-            }),
+            known: (!ended).then(|| Known::new(after, state)),
         })))
     }
 
@@ -231,15 +226,13 @@ impl Runtime {
                 sync: None,
                 queued: Default::default(),
                 resume_at: None,
-                known: Some(Known {
-                    conv: conversation::Model {
+                known: Some(Known::new(
+                    conversation::Model {
                         state: Value::Null,
                         ..row
                     },
                     state,
-                    last_events: Vec::new(),
-                    at: std::time::Instant::now(),
-                }),
+                )),
             }))),
             (Wrote::Subscribed, _) => {
                 self.hooked

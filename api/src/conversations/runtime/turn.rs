@@ -496,12 +496,7 @@ impl Runtime {
         let known = (!ended).then(|| {
             // Kept parsed: the row's JSON copy is not needed in memory.
             after.state = Value::Null;
-            Known {
-                conv: after,
-                state,
-                last_events: Vec::new(),
-                at: std::time::Instant::now(),
-            }
+            Known::new(after, state)
         });
         Ok(Some(StepDone {
             events: new_events,
