@@ -19,6 +19,7 @@ mod m20261128_220000_add_bot_typing_delay;
 mod m20261128_220100_add_conversation_resume;
 mod m20261128_220200_add_conversation_callback;
 mod m20261129_010000_create_instances;
+mod m20261129_160000_replace_delivery_due_index;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_220100_add_conversation_resume::Migration),
             Box::new(m20261128_220200_add_conversation_callback::Migration),
             Box::new(m20261129_010000_create_instances::Migration),
+            Box::new(m20261129_160000_replace_delivery_due_index::Migration),
         ]
     }
 }

@@ -21,8 +21,10 @@ use super::*;
 /// Deliveries that may wait in memory, per slot of the global limit.
 const WAITING_PER_GLOBAL_SLOT: usize = 8;
 /// Deliveries of one webhook that may wait in memory, per slot of its own limit: enough to
-/// keep it busy between two polls, not a backlog.
-const WAITING_PER_SLOT: usize = 4;
+/// keep it busy between two polls, not a backlog. A poll round takes a few milliseconds, in
+/// which a receiver that answers at once takes over a hundred deliveries on 8 slots; with 4
+/// per slot the outbox drained at half that pace, waiting for its own polls.
+const WAITING_PER_SLOT: usize = 16;
 /// A claim with less than this left beyond the attempt's deadline is renewed first (a
 /// conditional UPDATE), so that no other worker can take the delivery while it is in flight
 /// or being recorded.
