@@ -79,6 +79,11 @@ pub struct Deliveries {
     endpoints: moka::sync::Cache<Uuid, Arc<Endpoint>>,
     /// Deliveries committed here, on their way to the worker.
     handoff: handoff::Handoff,
+    /// The last poll left due deliveries in the table for want of room: finished attempts
+    /// wake it again. Otherwise they do not, since a poll that finds nothing still costs a
+    /// read of the outbox's index (on PostgreSQL about a millisecond under load, once per
+    /// recorded batch).
+    backlog: std::sync::atomic::AtomicBool,
 }
 
 /// Deliveries the worker may take at `now`: pending, their time come, and nobody's claim
@@ -221,6 +226,7 @@ impl Deliveries {
             secrets,
             endpoints: endpoints::cache(),
             handoff,
+            backlog: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
@@ -414,6 +420,8 @@ impl Deliveries {
     async fn run_recorder(self: Arc<Self>, mut done: tokio::sync::mpsc::Receiver<Done>) {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         while done.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+            // A retry scheduled within a poll's interval is due before the next timed poll.
+            let retries = batch.iter().any(|d| d.next_attempt_at.is_some());
             if let Err(e) = self.record_batch(&batch).await {
                 if batch.len() == 1 {
                     // The claim lapses and the delivery is sent again: at least once, never
@@ -431,8 +439,10 @@ impl Deliveries {
                 }
             }
             batch.clear();
-            // Finished attempts may have made room for due deliveries.
-            self.wake();
+            // Finished attempts made room for the due deliveries the last poll left behind.
+            if retries || self.backlog.load(std::sync::atomic::Ordering::Acquire) {
+                self.wake();
+            }
         }
     }
 
@@ -532,8 +542,9 @@ impl Deliveries {
     }
 
     /// Claims due deliveries with a lease, so that concurrent workers (other instances) never
-    /// take the same one while the lease runs, and a crashed worker's claims lapse.
-    async fn claim(&self, limit: usize) -> ApiResult<Vec<delivery::Model>> {
+    /// take the same one while the lease runs, and a crashed worker's claims lapse. Also
+    /// whether due deliveries may have been left in the table for want of room.
+    async fn claim(&self, limit: usize) -> ApiResult<(Vec<delivery::Model>, bool)> {
         let now = Utc::now();
         let due = || due(now);
         // Look further than `limit`, then keep only what each webhook has room for (what it
@@ -559,6 +570,7 @@ impl Deliveries {
             .into_tuple()
             .all(self.db.conn())
             .await?;
+        let seen = candidates.len();
         let mut hooks: Vec<Uuid> = candidates.iter().map(|(_, w)| *w).collect();
         hooks.sort_unstable();
         hooks.dedup();
@@ -591,8 +603,9 @@ impl Deliveries {
             .map(|(id, _)| id)
             .take(limit)
             .collect();
+        let left_behind = seen == limit * 4 || ids.len() < seen;
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), left_behind));
         }
         // A lease shorter than an attempt would hand a delivery still in flight to another
         // worker: it always outlasts the attempt's deadline.
@@ -614,7 +627,7 @@ impl Deliveries {
             .exec_with_returning(&tx.tx)
             .await?;
         tx.commit().await?;
-        Ok(claimed)
+        Ok((claimed, left_behind))
     }
 
     /// Releases this instance's claim on a delivery (never another instance's).
@@ -656,15 +669,20 @@ impl Deliveries {
             // sent this instant, so a busy outbox is not polled a few deliveries at a time.
             let free = self.handoff_room().min(CLAIM_BATCH);
             let mut busy = false;
+            // Until a poll says otherwise, there may be due deliveries it could not take.
+            let mut backlog = true;
             if free > 0 {
                 match self.claim(free).await {
-                    Ok(batch) => {
+                    Ok((batch, left_behind)) => {
                         busy = batch.len() == free;
+                        backlog = left_behind;
                         self.hand_over(batch, "poll");
                     }
                     Err(e) => tracing::error!(error.cause = ?e, "cannot claim deliveries"),
                 }
             }
+            self.backlog
+                .store(backlog, std::sync::atomic::Ordering::Release);
             if !busy {
                 tokio::select! {
                     _ = self.wake.notified() => {}
