@@ -420,8 +420,10 @@ impl Deliveries {
     async fn run_recorder(self: Arc<Self>, mut done: tokio::sync::mpsc::Receiver<Done>) {
         let mut batch = Vec::with_capacity(RECORD_BATCH);
         while done.recv_many(&mut batch, RECORD_BATCH).await > 0 {
-            // A retry scheduled within a poll's interval is due before the next timed poll.
-            let retries = batch.iter().any(|d| d.next_attempt_at.is_some());
+            // Failures may have queued lifecycle events (`delivery.failed`,
+            // `webhook.disabled`) in the table, and a retry may be due at once (a schedule
+            // that starts at zero): the poll takes them now, not at its next tick.
+            let unsettled = batch.iter().any(|d| d.status != DeliveryStatus::Succeeded);
             if let Err(e) = self.record_batch(&batch).await {
                 if batch.len() == 1 {
                     // The claim lapses and the delivery is sent again: at least once, never
@@ -440,7 +442,7 @@ impl Deliveries {
             }
             batch.clear();
             // Finished attempts made room for the due deliveries the last poll left behind.
-            if retries || self.backlog.load(std::sync::atomic::Ordering::Acquire) {
+            if unsettled || self.backlog.load(std::sync::atomic::Ordering::Acquire) {
                 self.wake();
             }
         }
@@ -669,7 +671,10 @@ impl Deliveries {
             // sent this instant, so a busy outbox is not polled a few deliveries at a time.
             let free = self.handoff_room().min(CLAIM_BATCH);
             let mut busy = false;
-            // Until a poll says otherwise, there may be due deliveries it could not take.
+            // Until this poll says otherwise, there may be due deliveries it cannot take: set
+            // before the claim, so that attempts recorded while it runs wake the next one.
+            self.backlog
+                .store(true, std::sync::atomic::Ordering::Release);
             let mut backlog = true;
             if free > 0 {
                 match self.claim(free).await {

@@ -438,3 +438,60 @@ async fn the_worker_honours_a_webhooks_max_per_second() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_delivery_failed_event_is_sent_at_once_and_not_at_the_outboxs_next_poll() {
+    // The poll would only come in an hour: the event, queued by the worker when it records
+    // the failure, must wake it.
+    let app = spawn_app_with(|s| s.delivery.poll_interval = Duration::from_secs(3600)).await;
+    let owner = app.new_user().await;
+    let events = receiver(200).await;
+    // 400: failed at the first attempt, no retries.
+    let refusing = receiver(400).await;
+    let body = app
+        .create_webhook(
+            &owner.token,
+            &owner.account_id,
+            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
+                    "eventTypes": ["DELIVERY_FAILED"] }),
+        )
+        .await;
+    assert_ok(&body);
+    let broken = app
+        .new_webhook(&owner, &format!("{}/hook", refusing.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    let flow = json!({ "startBlockId": "hook", "blocks": [
+        { "id": "hook", "kind": "WEBHOOK", "webhookId": broken, "async": true, "next": "bye" },
+        { "id": "bye", "kind": "END" }
+    ]});
+    assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    let (conversation, _) = app.new_conversation(&bot).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = events.received_requests().await.unwrap_or_default();
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery.failed event within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got.len(), 1);
+    let body: Value = serde_json::from_slice(&got[0].body).expect("JSON body");
+    assert_eq!(body["type"], json!("delivery.failed"), "{body}");
+    assert_eq!(
+        body["data"]["conversation_id"],
+        json!(conversation),
+        "{body}"
+    );
+    assert_eq!(body["data"]["last_status"], json!(400), "{body}");
+    assert_eq!(
+        refusing.received_requests().await.unwrap_or_default().len(),
+        1
+    );
+}

@@ -18,8 +18,12 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::*;
 
-/// Deliveries that may wait in memory, per slot of the global limit.
-const WAITING_PER_GLOBAL_SLOT: usize = 8;
+/// Deliveries that may wait in memory, per slot of the global limit. No less than
+/// [`WAITING_PER_SLOT`]: else a few webhooks that hang, each with its own slots taken and its
+/// waiting room full, would fill the hand-over while global slots sit idle, and every other
+/// webhook's deliveries would go through the table.
+const WAITING_PER_GLOBAL_SLOT: usize = 16;
+const _: () = assert!(WAITING_PER_SLOT <= WAITING_PER_GLOBAL_SLOT);
 /// Deliveries of one webhook that may wait in memory, per slot of its own limit: enough to
 /// keep it busy between two polls, not a backlog. A poll round takes a few milliseconds, in
 /// which a receiver that answers at once takes over a hundred deliveries on 8 slots; with 4
