@@ -552,6 +552,7 @@ impl Deliveries {
         // Look further than `limit`, then keep only what each webhook has room for (what it
         // can send now and a few rounds more waiting): claiming a saturated endpoint's
         // backlog would only hold it in memory until the claims run down.
+        let look = limit * 4;
         let candidates: Vec<(Uuid, Uuid)> = delivery::Entity::find()
             .filter(due())
             // A disabled webhook's deliveries are held until `enableWebhook`.
@@ -568,7 +569,7 @@ impl Deliveries {
             .select_only()
             .column(delivery::Column::Id)
             .column(delivery::Column::WebhookId)
-            .limit((limit * 4) as u64)
+            .limit(look as u64)
             .into_tuple()
             .all(self.db.conn())
             .await?;
@@ -605,7 +606,7 @@ impl Deliveries {
             .map(|(id, _)| id)
             .take(limit)
             .collect();
-        let left_behind = seen == limit * 4 || ids.len() < seen;
+        let left_behind = seen == look || ids.len() < seen;
         if ids.is_empty() {
             return Ok((Vec::new(), left_behind));
         }
@@ -675,19 +676,17 @@ impl Deliveries {
             // before the claim, so that attempts recorded while it runs wake the next one.
             self.backlog
                 .store(true, std::sync::atomic::Ordering::Release);
-            let mut backlog = true;
             if free > 0 {
                 match self.claim(free).await {
                     Ok((batch, left_behind)) => {
                         busy = batch.len() == free;
-                        backlog = left_behind;
+                        self.backlog
+                            .store(left_behind, std::sync::atomic::Ordering::Release);
                         self.hand_over(batch, "poll");
                     }
                     Err(e) => tracing::error!(error.cause = ?e, "cannot claim deliveries"),
                 }
             }
-            self.backlog
-                .store(backlog, std::sync::atomic::Ordering::Release);
             if !busy {
                 tokio::select! {
                     _ = self.wake.notified() => {}
