@@ -22,8 +22,8 @@ use entity::{
 };
 use rand::Rng as _;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::{Value, json};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -182,6 +182,7 @@ pub fn message_id(delivery_id: Uuid) -> String {
 }
 
 /// An attempt made by the worker, waiting to be recorded.
+#[derive(Clone)]
 struct Done {
     delivery: delivery::Model,
     outcome: AttemptOutcome,
@@ -424,23 +425,24 @@ impl Deliveries {
             // `webhook.disabled`) in the table, and a retry may be due at once (a schedule
             // that starts at zero): the poll takes them now, not at its next tick.
             let unsettled = batch.iter().any(|d| d.status != DeliveryStatus::Succeeded);
-            if let Err(e) = self.record_batch(&batch).await {
-                if batch.len() == 1 {
+            let shared: Arc<[Done]> = std::mem::take(&mut batch).into();
+            if let Err(e) = self.record_batch(shared.clone()).await {
+                if shared.len() == 1 {
                     // The claim lapses and the delivery is sent again: at least once, never
                     // lost.
-                    tracing::error!(error.cause = ?e, delivery.id = %batch[0].delivery.id, "cannot record a webhook attempt");
+                    tracing::error!(error.cause = ?e, delivery.id = %shared[0].delivery.id, "cannot record a webhook attempt");
                 } else {
                     // One bad row (a delivery deleted with its webhook meanwhile) must not
                     // fail the others: record them one by one.
-                    tracing::warn!(error.cause = ?e, count = batch.len(), "cannot record webhook attempts together; recording them one by one");
-                    for one in batch.chunks(1) {
-                        if let Err(e) = self.record_batch(one).await {
+                    tracing::warn!(error.cause = ?e, count = shared.len(), "cannot record webhook attempts together; recording them one by one");
+                    for one in shared.iter() {
+                        let one: Arc<[Done]> = Arc::new([one.clone()]);
+                        if let Err(e) = self.record_batch(one.clone()).await {
                             tracing::error!(error.cause = ?e, delivery.id = %one[0].delivery.id, "cannot record a webhook attempt");
                         }
                     }
                 }
             }
-            batch.clear();
             // Finished attempts made room for the due deliveries the last poll left behind.
             if unsettled || self.backlog.load(std::sync::atomic::Ordering::Acquire) {
                 self.wake();
@@ -448,13 +450,30 @@ impl Deliveries {
         }
     }
 
-    async fn record_batch(&self, batch: &[Done]) -> ApiResult<()> {
+    /// Records a batch in one transaction. It runs where conversation steps are written (see
+    /// [`crate::db::Db::write_grouped`]): on SQLite, in the writer thread's next batch, so it
+    /// never holds the one writing connection across hops through the request runtime while
+    /// the steps wait for it.
+    async fn record_batch(self: &Arc<Self>, batch: Arc<[Done]>) -> ApiResult<()> {
+        let this = self.clone();
+        let disabled = self
+            .db
+            .write_grouped(move |tx| Box::pin(async move { this.record_in(tx, &batch).await }))
+            .await?;
+        // Their deliveries are held from now on, also those waiting in memory.
+        for hook in disabled {
+            self.forget_endpoint(hook);
+        }
+        Ok(())
+    }
+
+    /// [`Self::record_batch`]'s writes in `tx`; the webhooks it disabled.
+    async fn record_in(&self, tx: &DatabaseTransaction, batch: &[Done]) -> ApiResult<Vec<Uuid>> {
         let now = Utc::now();
-        let tx = self.db.write().await?;
         delivery_attempt::Entity::insert_many(batch.iter().map(|d| {
             delivery_attempt::ActiveModel::from(attempt_row(&d.delivery, &d.outcome, None, now))
         }))
-        .exec_without_returning(&tx.tx)
+        .exec_without_returning(tx)
         .await?;
         // Finished deliveries (the common case) are updated in one statement per status;
         // only those scheduled for a retry, each at its own time, one by one.
@@ -474,7 +493,7 @@ impl Deliveries {
                 updated_at: Set(now),
                 ..Default::default()
             })
-            .exec(&tx.tx)
+            .exec(tx)
             .await?;
         }
         for (status, ids) in finished {
@@ -498,10 +517,10 @@ impl Deliveries {
                 .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
                 .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
                 .filter(delivery::Column::Id.is_in(ids))
-                .exec(&tx.tx)
+                .exec(tx)
                 .await?;
         }
-        let disabled = self.track_health_batch(&tx.tx, batch, now).await?;
+        let disabled = self.track_health_batch(tx, batch, now).await?;
         for d in batch {
             if d.status == DeliveryStatus::Failed
                 && d.delivery.mode == DeliveryMode::Async
@@ -510,7 +529,7 @@ impl Deliveries {
                         == Some(crate::lifecycle::DELIVERY_FAILED))
             {
                 let hooks = crate::lifecycle::subscribers(
-                    &tx.tx,
+                    tx,
                     d.delivery.account_id,
                     crate::lifecycle::DELIVERY_FAILED,
                 )
@@ -525,7 +544,7 @@ impl Deliveries {
                     "last_error": d.outcome.error,
                 });
                 crate::lifecycle::enqueue(
-                    &tx.tx,
+                    tx,
                     d.delivery.account_id,
                     &hooks,
                     d.delivery.conversation_id,
@@ -535,12 +554,7 @@ impl Deliveries {
                 .await?;
             }
         }
-        tx.commit().await?;
-        // Their deliveries are held from now on, also those waiting in memory.
-        for hook in disabled {
-            self.forget_endpoint(hook);
-        }
-        Ok(())
+        Ok(disabled)
     }
 
     /// Claims due deliveries with a lease, so that concurrent workers (other instances) never
