@@ -83,6 +83,51 @@ async fn a_query_asking_for_a_million_nodes_is_refused_before_it_runs() {
 }
 
 #[tokio::test]
+async fn the_same_query_text_is_costed_by_each_requests_own_page_sizes() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    let paged = "query($b: ID!, $n: Int!) { bot(id: $b) { conversations(first: $n) { edges { node { bot { conversations(first: $n) { edges { node { bot { conversations(first: $n) { edges { node { id } } } } } } } } } } } } }";
+    assert_ok(
+        &app.gql(&owner.token, paged, json!({ "b": bot, "n": 1 }))
+            .await,
+    );
+    // The text passed once; with a page size of 100 it asks for a million nodes.
+    let body = app
+        .gql(&owner.token, paged, json!({ "b": bot, "n": 100 }))
+        .await;
+    assert_error(&body, "BAD_USER_INPUT");
+    assert!(message(&body).contains("PARLEY_MAX_QUERY_COST"), "{body}");
+    assert_ok(
+        &app.gql(&owner.token, paged, json!({ "b": bot, "n": 2 }))
+            .await,
+    );
+    // A variable of the wrong type is refused after the same text passed.
+    let body = app
+        .gql(&owner.token, paged, json!({ "b": bot, "n": "many" }))
+        .await;
+    assert_error(&body, "BAD_USER_INPUT");
+}
+
+#[tokio::test]
+async fn a_query_without_variables_is_answered_or_refused_the_same_every_time() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    for _ in 0..3 {
+        let body = app
+            .gql(&owner.token, "{ me { id email } }", json!({}))
+            .await;
+        assert_ok(&body);
+        assert_eq!(body["data"]["me"]["email"], owner.email.as_str(), "{body}");
+        let body = app.gql(&owner.token, "{ me { id nope } }", json!({})).await;
+        assert_error(&body, "BAD_USER_INPUT");
+        let q = "{ me { memberships { account { members { user { memberships { account { bots { conversations(first: 100) { edges { node { id } } } } } } } } } } } }";
+        let body = app.gql(&owner.token, q, json!({})).await;
+        assert!(message(&body).contains("PARLEY_MAX_QUERY_COST"), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn nested_unpaged_lists_cost_as_lists() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
