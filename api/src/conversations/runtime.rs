@@ -20,9 +20,10 @@ use crate::{
     engine::{Input, State, WebhookOutcome},
     error::{ApiError, ApiResult},
     events::{EventBus, SharedEvent},
+    lifecycle,
     limits::Limiters,
     opaque::{random_token, token_hash},
-    settings::Settings,
+    settings::{DatabaseKind, Settings},
     webhooks::delivery::{Deliveries, Settled},
 };
 
@@ -75,6 +76,9 @@ struct Step {
     /// The answer was already counted against the conversation's budget (by a quick turn that
     /// then found it needs the full step).
     counted: bool,
+    /// The account's webhooks, read before the step on a reading connection (see
+    /// [`Runtime::prefetch_hooks`]); the step reads them in its transaction when `None`.
+    hooks: Option<Arc<lifecycle::AccountHooks>>,
 }
 
 impl Step {
@@ -92,6 +96,7 @@ impl Step {
             resume,
             callback,
             counted,
+            hooks: _,
         } = self;
         settle.is_none() && !unless_in_flight && !resume && callback.is_none() && !counted
     }
@@ -582,9 +587,14 @@ impl Runtime {
             }
             (Err(Undone::Stale), _) => self.restart(conversation_id, input, step).await,
             (Err(failed), _) => Err(failed),
+            (Ok(Quick::Full { counted }), None) if step.create.is_some() => {
+                step.counted = counted;
+                crate::metrics::turn_path("new");
+                self.start_step(conversation_id, input, step).await
+            }
             (Ok(Quick::Full { counted }), None) => {
                 step.counted = counted;
-                crate::metrics::turn_path(if step.create.is_some() { "new" } else { "read" });
+                crate::metrics::turn_path("read");
                 self.step_once(conversation_id, input, step, None).await
             }
             (Ok(Quick::Full { counted }), Some(known)) => {
@@ -653,6 +663,40 @@ impl Runtime {
         crate::metrics::turn_path("restarted");
         self.recent.forget(&conversation_id);
         self.step_once(conversation_id, input, step, None).await
+    }
+
+    /// A start's full step. On SQLite its account's webhooks are read first, on a reading
+    /// connection: every start reads them (who takes `conversation.started`), and a read in
+    /// the step would be one more hop in the writer's line, which every step waits in. Read
+    /// outside the transaction, they may miss a webhook changed meanwhile: one deleted makes
+    /// the step's delivery fail its foreign key, and then the step is taken again, reading
+    /// them in its transaction; one created or changed at the same moment counts as changed
+    /// just after the start.
+    async fn start_step(
+        self: &Arc<Self>,
+        conversation_id: Uuid,
+        input: Input,
+        mut step: Step,
+    ) -> Result<StepDone, Undone> {
+        let account_id = match (&step.create, self.db.kind()) {
+            (Some(new), DatabaseKind::Sqlite) => new.account_id,
+            _ => return self.step_once(conversation_id, input, step, None).await,
+        };
+        step.hooks = Some(Arc::new(
+            lifecycle::AccountHooks::read(self.db.conn(), account_id)
+                .await
+                .map_err(Undone::Failed)?,
+        ));
+        let again = (input.clone(), step.clone());
+        match self.step_once(conversation_id, input, step, None).await {
+            Err(Undone::Failed(ApiError::Internal(e))) => {
+                tracing::info!(conversation.id = %conversation_id, error.cause = ?e, "a start on webhooks read before its step failed; taking it again, reading them in the step");
+                let (input, mut step) = again;
+                step.hooks = None;
+                self.step_once(conversation_id, input, step, None).await
+            }
+            other => other,
+        }
     }
 
     /// One step in one transaction (grouped with others on SQLite), from `known` if given.

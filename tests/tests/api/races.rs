@@ -153,6 +153,54 @@ async fn a_published_flow_naming_a_deleted_webhook_counts_its_calls_as_failed() 
 }
 
 #[tokio::test]
+async fn a_webhook_deleted_while_a_start_waits_for_the_writer_counts_as_a_failed_call() {
+    let app = spawn_app().await;
+    if app.db.is_postgres() {
+        // The webhooks are read ahead of the step on SQLite only.
+        return;
+    }
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::ZERO, json!({})).await;
+    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
+
+    // Hold SQLite's one writer lock, so that the start reads the account's webhooks (the
+    // webhook still there) and then waits to write; meanwhile the webhook goes.
+    let conn = Database::connect(app.db.url()).await.expect("connect");
+    conn.execute_unprepared("BEGIN IMMEDIATE")
+        .await
+        .expect("take the writer lock");
+    let start = app.start_conversation(&bot, Value::Null);
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Sqlite,
+            "DELETE FROM webhooks WHERE id = ?",
+            vec![uuid(&webhook)],
+        ))
+        .await
+        .expect("delete the webhook");
+        conn.execute_unprepared("COMMIT").await.expect("commit");
+    };
+    let (started, ()) = tokio::join!(start, meanwhile);
+    assert_ok(&started);
+    let conv = started["data"]["startConversation"]["conversationId"]
+        .as_str()
+        .expect("conversation id");
+    let seen = app.conversation(Some(&owner.token), conv, None).await;
+    assert_ok(&seen);
+    assert_eq!(
+        seen["data"]["conversation"]["status"], "COMPLETED",
+        "{seen}"
+    );
+    assert!(
+        hook.received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn redeliver_of_a_delivery_in_flight_is_a_conflict_and_sends_nothing_more() {
     let app = spawn_app().await;
     let owner = app.new_user().await;

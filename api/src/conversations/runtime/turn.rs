@@ -210,6 +210,7 @@ impl Runtime {
             resume,
             callback,
             counted,
+            hooks,
         } = step;
         let created = create.is_some();
         // What the row must still hold for the step's UPDATE to apply (when not read here).
@@ -285,7 +286,7 @@ impl Runtime {
         let mut seq = conv.last_seq;
         let mut new_events = Vec::new();
         let mut reads = Reads {
-            hooks: None,
+            hooks,
             // Nothing is stored before a conversation's first step.
             stored: bot_name
                 .filter(|_| conv.last_seq == 0)
@@ -512,7 +513,7 @@ impl Runtime {
 struct Reads {
     /// The account's webhooks: whether those the flow names exist, and who takes lifecycle
     /// events.
-    hooks: Option<lifecycle::AccountHooks>,
+    hooks: Option<Arc<lifecycle::AccountHooks>>,
     /// The conversation's events stored before this step, and its bot's name: for payloads.
     stored: Option<(Vec<conversation_event::Model>, String)>,
 }
@@ -525,7 +526,7 @@ impl Reads {
     ) -> ApiResult<&lifecycle::AccountHooks> {
         let hooks = match self.hooks.take() {
             Some(hooks) => hooks,
-            None => lifecycle::AccountHooks::read(tx, account_id).await?,
+            None => Arc::new(lifecycle::AccountHooks::read(tx, account_id).await?),
         };
         Ok(self.hooks.insert(hooks))
     }
