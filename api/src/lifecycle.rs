@@ -121,6 +121,25 @@ pub async fn enqueue(
     Ok(true)
 }
 
+/// The rows [`enqueue`] inserts, for a caller that inserts them with other writes (then wake
+/// the worker after the commit when there are any).
+pub fn rows(
+    account_id: Uuid,
+    hooks: &[Uuid],
+    conversation_id: Option<Uuid>,
+    event: &str,
+    data: Value,
+) -> Vec<entity::delivery::Model> {
+    if hooks.is_empty() {
+        return Vec::new();
+    }
+    let body = body(event, data);
+    hooks
+        .iter()
+        .map(|&hook| delivery::unclaimed_row(account_id, hook, conversation_id, None, body.clone()))
+        .collect()
+}
+
 /// The flow payload of a conversation (as a webhook block sends it), from what is stored plus
 /// `new_events` not stored yet.
 pub async fn conversation_data(

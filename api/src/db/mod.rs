@@ -12,8 +12,11 @@ use sea_orm::{
 
 use crate::settings::{DatabaseKind, DatabaseUrl};
 
+mod deferred;
 mod group;
 mod turns;
+
+pub use deferred::Deferred;
 
 /// How often SQLite's WAL is copied back into the database file (see
 /// [`Db::run_checkpointer`]).

@@ -129,6 +129,26 @@ fn async_row(
     }
 }
 
+/// The row of an async delivery queued unclaimed, due now: for [`enqueue`], or for a caller
+/// that inserts it with other writes.
+pub fn unclaimed_row(
+    account_id: Uuid,
+    webhook_id: Uuid,
+    conversation_id: Option<Uuid>,
+    block_id: Option<String>,
+    payload: Value,
+) -> delivery::Model {
+    async_row(
+        account_id,
+        webhook_id,
+        conversation_id,
+        block_id,
+        payload,
+        Utc::now(),
+        None,
+    )
+}
+
 /// Inserts an async delivery into the outbox, unclaimed, inside the caller's transaction; call
 /// [`Deliveries::wake`] after the commit so the worker sends it at once.
 pub async fn enqueue(
@@ -139,15 +159,7 @@ pub async fn enqueue(
     block_id: Option<String>,
     payload: Value,
 ) -> ApiResult<Uuid> {
-    let d = async_row(
-        account_id,
-        webhook_id,
-        conversation_id,
-        block_id,
-        payload,
-        Utc::now(),
-        None,
-    );
+    let d = unclaimed_row(account_id, webhook_id, conversation_id, block_id, payload);
     let id = d.id;
     delivery::Entity::insert(delivery::ActiveModel::from(d))
         .exec_without_returning(tx)

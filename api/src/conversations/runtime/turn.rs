@@ -5,7 +5,7 @@ use std::sync::Arc;
 use chrono::{SubsecRound as _, Utc};
 use entity::{
     conversation::{self, ConversationStatus},
-    conversation_event,
+    conversation_event, delivery,
 };
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::{Known, Runtime, Step, SyncCall, callback_not_found, visitor_not_found};
 use crate::{
     conversations::payload::{self, kind},
+    db::Deferred,
     engine::{self, ChatMessage, Input, Output, Position, State, StepError},
     error::{ApiError, ApiResult},
     lifecycle,
@@ -293,6 +294,8 @@ impl Runtime {
                 .map(|name| (Vec::new(), name)),
         };
         let mut queued = deliveries::Queued::default();
+        // The inserts (deliveries, a new conversation's row, events) go together at the end.
+        let mut inserts = Deferred::new(tx.get_database_backend());
         let mut sync = None;
         let mut say_blocks = result.say_blocks.into_iter();
         // What to store as the callback token's hash, if it changes: a step that leaves a
@@ -375,17 +378,15 @@ impl Runtime {
                     now,
                 )));
             } else {
-                self.deliveries
-                    .enqueue(
-                        tx,
-                        &mut queued,
-                        conv.account_id,
-                        hook_id,
-                        Some(conv.id),
-                        Some(block_id),
-                        body,
-                    )
-                    .await?;
+                let d = self.deliveries.queued_row(
+                    &mut queued,
+                    conv.account_id,
+                    hook_id,
+                    Some(conv.id),
+                    Some(block_id),
+                    body,
+                );
+                inserts.push(&delivery::Entity::insert(delivery::ActiveModel::from(d)));
             }
         }
 
@@ -446,9 +447,9 @@ impl Runtime {
             ..conv.clone()
         };
         if created {
-            conversation::Entity::insert(conversation::ActiveModel::from(after.clone()))
-                .exec_without_returning(tx)
-                .await?;
+            inserts.push(&conversation::Entity::insert(
+                conversation::ActiveModel::from(after.clone()),
+            ));
         } else {
             let update = row_update(&mut after, callback_hash.is_some(), expect);
             if update.exec(tx).await?.rows_affected == 0 {
@@ -459,10 +460,12 @@ impl Runtime {
             }
         }
         if let Some(SyncCall::Call(d)) = &sync {
-            // Stored with the step that asks for the call (after its conversation, which a
-            // start inserts above): from the commit on, the call is this instance's (its
-            // claim), and its result is written by the step that takes it. No write of its own.
-            deliveries::insert_row(tx, d).await?;
+            // Stored with the step that asks for the call: from the commit on, the call is
+            // this instance's (its claim), and its result is written by the step that takes
+            // it. No write of its own.
+            inserts.push(&delivery::Entity::insert(delivery::ActiveModel::from(
+                d.clone(),
+            )));
         }
         // Lifecycle events, in this transaction: the outbox never reports what did not happen.
         let mut lifecycle_events = Vec::new();
@@ -484,13 +487,20 @@ impl Runtime {
             }
             let (transcript, bot_name) = reads.stored(tx, &conv).await?;
             let data = payload::build(&subject, bot_name, &state, transcript, &new_events, None);
-            if lifecycle::enqueue(tx, conv.account_id, &hooks, Some(conv.id), event, data).await? {
+            for d in lifecycle::rows(conv.account_id, &hooks, Some(conv.id), event, data) {
+                inserts.push(&delivery::Entity::insert(delivery::ActiveModel::from(d)));
                 queued.mark();
             }
         }
         if !new_events.is_empty() {
-            insert_events(tx, &new_events).await?;
+            inserts.push(&conversation_event::Entity::insert_many(
+                new_events
+                    .iter()
+                    .cloned()
+                    .map(conversation_event::ActiveModel::from),
+            ));
         }
+        inserts.run(tx).await?;
         if let Some(announce) = self.bus.announcement(&new_events) {
             tx.execute_raw(announce).await?;
         }

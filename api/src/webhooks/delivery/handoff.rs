@@ -166,23 +166,19 @@ impl Waiting {
 }
 
 impl Deliveries {
-    /// Inserts an async delivery into the outbox, inside the caller's transaction. It is
-    /// claimed by this instance when the dispatcher has room for it in memory; pass `queued`
-    /// to [`Self::queued`] after the commit so that it is sent at once.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the delivery's columns, each needed"
-    )]
-    pub async fn enqueue(
+    /// The row of an async delivery to insert into the outbox, inside the caller's
+    /// transaction (with its other writes: see [`crate::db::Deferred`]). It is claimed by this
+    /// instance when the dispatcher has room for it in memory; pass `queued` to
+    /// [`Self::queued`] after the commit so that it is sent at once.
+    pub fn queued_row(
         &self,
-        tx: &impl ConnectionTrait,
         queued: &mut Queued,
         account_id: Uuid,
         webhook_id: Uuid,
         conversation_id: Option<Uuid>,
         block_id: Option<String>,
         payload: Value,
-    ) -> ApiResult<Uuid> {
+    ) -> delivery::Model {
         let now = Utc::now();
         let same_webhook = queued
             .claimed
@@ -206,17 +202,13 @@ impl Deliveries {
                 )
             }),
         );
-        let id = d.id;
         // Noted before the insert: should it fail, the step fails and `queued` goes with it.
         if claim {
             queued.claimed.push(d.clone());
         } else {
             queued.unclaimed = true;
         }
-        delivery::Entity::insert(delivery::ActiveModel::from(d))
-            .exec_without_returning(tx)
-            .await?;
-        Ok(id)
+        d
     }
 
     /// After the commit of a transaction that queued deliveries: hands those claimed to the
