@@ -77,7 +77,7 @@ struct Step {
     /// then found it needs the full step).
     counted: bool,
     /// The account's webhooks, read before the step on a reading connection (see
-    /// [`Runtime::prefetch_hooks`]); the step reads them in its transaction when `None`.
+    /// [`Runtime::start_step`]); the step reads them in its transaction when `None`.
     hooks: Option<Arc<lifecycle::AccountHooks>>,
 }
 
@@ -689,8 +689,8 @@ impl Runtime {
         ));
         let again = (input.clone(), step.clone());
         match self.step_once(conversation_id, input, step, None).await {
-            Err(Undone::Failed(ApiError::Internal(e))) => {
-                tracing::info!(conversation.id = %conversation_id, error.cause = ?e, "a start on webhooks read before its step failed; taking it again, reading them in the step");
+            Err(Undone::Failed(ApiError::Internal(e))) if is_foreign_key_violation(&e) => {
+                tracing::info!(conversation.id = %conversation_id, error.cause = ?e, "a start on webhooks read before its step named one gone; taking it again, reading them in the step");
                 let (input, mut step) = again;
                 step.hooks = None;
                 self.step_once(conversation_id, input, step, None).await
@@ -768,4 +768,11 @@ impl Runtime {
             .all(self.db.conn())
             .await?)
     }
+}
+
+/// Whether `e` is the database refusing a row whose foreign key names a row that is gone.
+fn is_foreign_key_violation(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sea_orm::DbErr>()
+        .and_then(sea_orm::DbErr::sql_err)
+        .is_some_and(|e| matches!(e, sea_orm::SqlErr::ForeignKeyConstraintViolation(_)))
 }

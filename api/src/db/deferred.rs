@@ -7,6 +7,10 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryTrait, Statement, Values};
 /// the connection's own thread, and every step waits in that one line, so three inserts sent
 /// as one save two of those hops. On PostgreSQL a statement with values must go alone: they
 /// are sent one by one, as before.
+///
+/// The statements are sea-query's, whose SQLite placeholders are all plain `?`: a numbered
+/// one (`?NNN`, `$NNN`) would name an absolute position in the joined values, and bind the
+/// wrong one.
 pub struct Deferred {
     backend: DbBackend,
     statements: Vec<Statement>,

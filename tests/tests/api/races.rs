@@ -171,7 +171,8 @@ async fn a_webhook_deleted_while_a_start_waits_for_the_writer_counts_as_a_failed
         .expect("take the writer lock");
     let start = app.start_conversation(&bot, Value::Null);
     let meanwhile = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Long enough for the start to have read the webhooks, even on a busy machine.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         conn.execute_raw(Statement::from_sql_and_values(
             DatabaseBackend::Sqlite,
             "DELETE FROM webhooks WHERE id = ?",
