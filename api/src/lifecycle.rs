@@ -3,7 +3,7 @@
 //! the account that asked for its type, and then signed and retried like any delivery.
 use chrono::{SecondsFormat, Utc};
 use entity::{conversation, conversation_event, webhook};
-use sea_orm::{ColumnTrait, ConnectionTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait as _, QueryFilter, QuerySelect};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -111,14 +111,13 @@ pub async fn enqueue(
     event: &str,
     data: Value,
 ) -> ApiResult<bool> {
-    if hooks.is_empty() {
-        return Ok(false);
+    let rows = rows(account_id, hooks, conversation_id, event, data);
+    for d in &rows {
+        entity::delivery::Entity::insert(entity::delivery::ActiveModel::from(d.clone()))
+            .exec_without_returning(tx)
+            .await?;
     }
-    let body = body(event, data);
-    for &hook in hooks {
-        delivery::enqueue(tx, account_id, hook, conversation_id, None, body.clone()).await?;
-    }
-    Ok(true)
+    Ok(!rows.is_empty())
 }
 
 /// The rows [`enqueue`] inserts, for a caller that inserts them with other writes (then wake

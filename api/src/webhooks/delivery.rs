@@ -129,8 +129,8 @@ fn async_row(
     }
 }
 
-/// The row of an async delivery queued unclaimed, due now: for [`enqueue`], or for a caller
-/// that inserts it with other writes.
+/// The row of an async delivery queued unclaimed, due now; once it is inserted, call
+/// [`Deliveries::wake`] after the commit so the worker sends it at once.
 pub fn unclaimed_row(
     account_id: Uuid,
     webhook_id: Uuid,
@@ -147,24 +147,6 @@ pub fn unclaimed_row(
         Utc::now(),
         None,
     )
-}
-
-/// Inserts an async delivery into the outbox, unclaimed, inside the caller's transaction; call
-/// [`Deliveries::wake`] after the commit so the worker sends it at once.
-pub async fn enqueue(
-    tx: &impl ConnectionTrait,
-    account_id: Uuid,
-    webhook_id: Uuid,
-    conversation_id: Option<Uuid>,
-    block_id: Option<String>,
-    payload: Value,
-) -> ApiResult<Uuid> {
-    let d = unclaimed_row(account_id, webhook_id, conversation_id, block_id, payload);
-    let id = d.id;
-    delivery::Entity::insert(delivery::ActiveModel::from(d))
-        .exec_without_returning(tx)
-        .await?;
-    Ok(id)
 }
 
 /// Of `conversation_ids`, those with a delivery under a live claim: a sync call still in
@@ -777,7 +759,7 @@ mod health;
 mod log;
 mod slots;
 
-pub use calls::{Settled, insert_row};
+pub use calls::Settled;
 use endpoints::Endpoint;
 pub use handoff::Queued;
 use slots::{Refusal, Slots};

@@ -115,15 +115,20 @@ pub(super) async fn insert_events(
     tx: &impl ConnectionTrait,
     events: &[conversation_event::Model],
 ) -> Result<(), sea_orm::DbErr> {
+    events_insert(events).exec_without_returning(tx).await?;
+    Ok(())
+}
+
+/// The insert of `events`, to run now ([`insert_events`]) or with a step's other inserts.
+fn events_insert(
+    events: &[conversation_event::Model],
+) -> sea_orm::InsertMany<conversation_event::ActiveModel> {
     conversation_event::Entity::insert_many(
         events
             .iter()
             .cloned()
             .map(conversation_event::ActiveModel::from),
     )
-    .exec_without_returning(tx)
-    .await?;
-    Ok(())
 }
 
 /// A stored engine state.
@@ -493,12 +498,7 @@ impl Runtime {
             }
         }
         if !new_events.is_empty() {
-            inserts.push(&conversation_event::Entity::insert_many(
-                new_events
-                    .iter()
-                    .cloned()
-                    .map(conversation_event::ActiveModel::from),
-            ));
+            inserts.push(&events_insert(&new_events));
         }
         inserts.run(tx).await?;
         if let Some(announce) = self.bus.announcement(&new_events) {

@@ -43,8 +43,8 @@ impl Deliveries {
     }
 
     /// The row of a sync call that a conversation step asks for, PENDING and claimed by
-    /// this instance from the start. The step inserts it in its own transaction
-    /// ([`insert_row`]), so the conversation never waits on a call that has no row, and the
+    /// this instance from the start. The step inserts it in its own transaction (with its
+    /// other inserts), so the conversation never waits on a call that has no row, and the
     /// call costs no write of its own.
     pub fn sync_row(
         &self,
@@ -316,14 +316,6 @@ impl Deliveries {
             ..d
         })
     }
-}
-
-/// Stores a new delivery row in `tx`: a sync call's, with the step that asks for it.
-pub async fn insert_row(tx: &impl ConnectionTrait, d: &delivery::Model) -> ApiResult<()> {
-    delivery::Entity::insert(delivery::ActiveModel::from(d.clone()))
-        .exec_without_returning(tx)
-        .await?;
-    Ok(())
 }
 
 /// What a refusal by a limit records as the attempt.
