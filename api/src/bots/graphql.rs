@@ -361,9 +361,9 @@ impl BotsMutation {
     ) -> async_graphql::Result<Bot> {
         let st = state(ctx)?;
         let id = parse_id(&id, "bot")?;
-        Ok(Bot(
-            service::rename_bot(&st.db, viewer(ctx)?, id, &name).await?
-        ))
+        let bot = service::rename_bot(&st.db, viewer(ctx)?, id, &name).await?;
+        st.runtime.forget_seen_bot(id);
+        Ok(Bot(bot))
     }
 
     /// Deletes a bot, its versions and its conversations (ADMIN).
@@ -461,8 +461,9 @@ impl BotsMutation {
     ) -> async_graphql::Result<BotVersion> {
         let st = state(ctx)?;
         let bot_id = parse_id(&bot_id, "bot")?;
-        Ok(BotVersion(
-            service::publish_bot(&st.db, &st.settings.limits, viewer(ctx)?, bot_id).await?,
-        ))
+        let version =
+            service::publish_bot(&st.db, &st.settings.limits, viewer(ctx)?, bot_id).await?;
+        st.runtime.forget_seen_bot(bot_id);
+        Ok(BotVersion(version))
     }
 }

@@ -33,9 +33,9 @@ mod quick;
 mod turn;
 
 use background::Timers;
-use caches::{FlowCache, Known, Recent};
+use caches::{FlowCache, HooksCache, Known, Recent};
 use quick::Quick;
-use turn::{StepDone, Undone};
+use turn::{StepDone, Undone, Writes};
 
 /// Longest visitor answer.
 pub const MAX_ANSWER_CHARS: usize = 4000;
@@ -79,6 +79,8 @@ struct Step {
     /// The account's webhooks, read before the step on a reading connection (see
     /// [`Runtime::start_step`]); the step reads them in its transaction when `None`.
     hooks: Option<Arc<lifecycle::AccountHooks>>,
+    /// The quick path was tried and said the step needs the full one.
+    quick_tried: bool,
 }
 
 impl Step {
@@ -97,8 +99,14 @@ impl Step {
             callback,
             counted,
             hooks: _,
+            quick_tried,
         } = self;
-        settle.is_none() && !unless_in_flight && !resume && callback.is_none() && !counted
+        settle.is_none()
+            && !unless_in_flight
+            && !resume
+            && callback.is_none()
+            && !counted
+            && !quick_tried
     }
 }
 
@@ -129,6 +137,8 @@ pub struct Runtime {
     /// queues it, instead of trying the one-go write first. A hint only: a turn that tries
     /// the one-go write still checks.
     hooked: moka::sync::Cache<(Uuid, &'static str), ()>,
+    /// SQLite: accounts' webhooks, for starts.
+    hooks: HooksCache,
 }
 
 /// What a start knows of its bot.
@@ -140,16 +150,22 @@ pub enum StartOn {
 }
 
 /// What a start needs of a bot, as this instance last read it: its published version may
-/// have changed since, so the start's write checks it.
+/// have changed since, so a start written in one go checks it. On SQLite, where every
+/// publish and rename goes through this instance, which then forgets the bot
+/// ([`Runtime::forget_seen_bot`]), a start that takes the full step uses it as it is.
 #[derive(Clone)]
 pub struct SeenBot {
     id: Uuid,
     account_id: Uuid,
     version: i32,
+    /// For webhooks' payloads.
+    name: String,
+    /// SQLite: its last start took the full step: the next one goes straight to it.
+    full: bool,
 }
 
-/// Bots remembered for starts; each is read again at least this often, and a bot whose starts
-/// cannot be written in one go (the first step calls a webhook, a webhook takes
+/// Bots remembered for starts; each is read again at least this often. On PostgreSQL a bot
+/// whose starts cannot be written in one go (the first step calls a webhook, a webhook takes
 /// `conversation.started`) is not remembered.
 const SEEN_BOTS: u64 = 10_000;
 const SEEN_BOT_TTL: Duration = Duration::from_secs(60);
@@ -163,6 +179,18 @@ pub struct VisitorSession {
 }
 
 /// The one answer for a token that is unknown, used, or spent by a timeout.
+/// The bot of a start's step, as it may be remembered for the next start on it.
+fn seen_of(step: &Step, full: bool) -> Option<SeenBot> {
+    let (new, name) = (step.create.as_ref()?, step.bot_name.as_ref()?);
+    Some(SeenBot {
+        id: new.bot_id,
+        account_id: new.account_id,
+        version: new.version,
+        name: name.clone(),
+        full,
+    })
+}
+
 fn callback_not_found() -> ApiError {
     ApiError::NotFound(
         "this callback URL is unknown, was already used, or its wait timed out".into(),
@@ -252,6 +280,7 @@ impl Runtime {
                 .max_capacity(SEEN_BOTS)
                 .time_to_live(HOOKED_TTL)
                 .build(),
+            hooks: HooksCache::default(),
         })
     }
 
@@ -266,6 +295,17 @@ impl Runtime {
     pub fn forget_bot(&self, bot_id: Uuid) {
         self.seen_bots.invalidate(&bot_id);
         self.recent.forget_bot(bot_id);
+    }
+
+    /// Forgets what this instance knows of accounts' webhooks: one was created, changed or
+    /// deleted (and that is committed).
+    pub fn forget_webhooks(&self) {
+        self.hooks.forget();
+    }
+
+    /// Forgets the bot `bot_id` as seen for starts: it was published or renamed.
+    pub fn forget_seen_bot(&self, bot_id: Uuid) {
+        self.seen_bots.invalidate(&bot_id);
     }
 
     /// The event bus, for subscriptions.
@@ -302,8 +342,9 @@ impl Runtime {
         .await?
     }
 
-    /// A start on a bot as last seen here, if its first step can be written in one go and the
-    /// bot's published version is still the one seen; `None`, nothing written, if not.
+    /// A start on a bot as last seen here: written in one go if its first step can be and
+    /// the bot's published version is still the one seen; on SQLite, else, with the full
+    /// step on the bot as seen (see [`SeenBot`]). `None`, nothing written, if neither.
     async fn start_seen(
         self: &Arc<Self>,
         seen: &SeenBot,
@@ -312,10 +353,28 @@ impl Runtime {
         let began = std::time::Instant::now();
         let (conv, token) = new_conversation(seen.account_id, seen.id, seen.version, prefilled)?;
         let id = conv.id;
-        match self.quick_start(&conv).await {
+        let quick = if seen.full {
+            Ok(Quick::Full { counted: false })
+        } else {
+            self.quick_start(&conv).await
+        };
+        match quick {
             Ok(Quick::Done(done)) => {
                 crate::metrics::turn_path("quick_new");
                 self.finish(id, "start", began, *done);
+                Ok(Some(VisitorSession {
+                    conversation_id: id,
+                    visitor_token: token,
+                }))
+            }
+            Ok(Quick::Full { .. }) if self.db.kind() == DatabaseKind::Sqlite => {
+                let first = Step {
+                    create: Some(conv),
+                    bot_name: Some(seen.name.clone()),
+                    quick_tried: true,
+                    ..Step::default()
+                };
+                self.drive(id, Input::Start, first).await?;
                 Ok(Some(VisitorSession {
                     conversation_id: id,
                     visitor_token: token,
@@ -572,14 +631,9 @@ impl Runtime {
                     Some(new) => {
                         crate::metrics::turn_path("quick_new");
                         // Written in one go: the next start on this bot may skip its read.
-                        self.seen_bots.insert(
-                            new.bot_id,
-                            SeenBot {
-                                id: new.bot_id,
-                                account_id: new.account_id,
-                                version: new.version,
-                            },
-                        );
+                        if let Some(seen) = seen_of(&step, false) {
+                            self.seen_bots.insert(new.bot_id, seen);
+                        }
                     }
                     None => crate::metrics::turn_path("quick"),
                 }
@@ -590,7 +644,13 @@ impl Runtime {
             (Ok(Quick::Full { counted }), None) if step.create.is_some() => {
                 step.counted = counted;
                 crate::metrics::turn_path("new");
-                self.start_step(conversation_id, input, step).await
+                // SQLite: the next start on this bot may skip its read too (see `SeenBot`).
+                let seen = seen_of(&step, true).filter(|_| self.db.kind() == DatabaseKind::Sqlite);
+                let done = self.start_step(conversation_id, input, step).await;
+                if let (Ok(_), Some(seen)) = (&done, seen) {
+                    self.seen_bots.insert(seen.id, seen);
+                }
+                done
             }
             (Ok(Quick::Full { counted }), None) => {
                 step.counted = counted;
@@ -665,13 +725,14 @@ impl Runtime {
         self.step_once(conversation_id, input, step, None).await
     }
 
-    /// A start's full step. On SQLite its account's webhooks are read first, on a reading
-    /// connection: every start reads them (who takes `conversation.started`), and a read in
-    /// the step would be one more hop in the writer's line, which every step waits in. Read
-    /// outside the transaction, they may miss a webhook changed meanwhile: one deleted makes
-    /// the step's delivery fail its foreign key, and then the step is taken again, reading
-    /// them in its transaction; one created or changed at the same moment counts as changed
-    /// just after the start.
+    /// A start's full step. On SQLite its account's webhooks are taken first, as kept in
+    /// memory or read on a reading connection: every start needs them (who takes
+    /// `conversation.started`), and a read in the step would be one more hop in the writer's
+    /// line, which every step waits in. Then the step is taken before its write
+    /// ([`Self::start_ahead`]). Taken outside the transaction, the webhooks may miss a change
+    /// made meanwhile: one deleted makes the step's delivery fail its foreign key, and then
+    /// the step is taken again, reading them in its transaction; one created or changed at
+    /// the same moment counts as changed just after the start.
     async fn start_step(
         self: &Arc<Self>,
         conversation_id: Uuid,
@@ -682,20 +743,62 @@ impl Runtime {
             (Some(new), DatabaseKind::Sqlite) => new.account_id,
             _ => return self.step_once(conversation_id, input, step, None).await,
         };
-        step.hooks = Some(Arc::new(
-            lifecycle::AccountHooks::read(self.db.conn(), account_id)
+        step.hooks = Some(
+            self.hooks
+                .get(self.db.conn(), account_id)
                 .await
                 .map_err(Undone::Failed)?,
-        ));
+        );
         let again = (input.clone(), step.clone());
-        match self.step_once(conversation_id, input, step, None).await {
+        match self.start_ahead(conversation_id, input, step).await {
             Err(Undone::Failed(ApiError::Internal(e))) if is_foreign_key_violation(&e) => {
                 tracing::info!(conversation.id = %conversation_id, error.cause = ?e, "a start on webhooks read before its step named one gone; taking it again, reading them in the step");
+                self.hooks.forget();
                 let (input, mut step) = again;
                 step.hooks = None;
                 self.step_once(conversation_id, input, step, None).await
             }
             other => other,
+        }
+    }
+
+    /// SQLite: a start's full step on its account's webhooks read ahead, taken before its
+    /// write: the engine and the payloads run here, on the request's thread, and the writer
+    /// thread only sends the step's inserts, together with the other writes so prepared that
+    /// wait at that moment (see [`crate::db::Db::write_deferred`]). A start only inserts
+    /// (its conversation, events and deliveries) and reads nothing the writer's
+    /// transaction would have to see.
+    async fn start_ahead(
+        self: &Arc<Self>,
+        conversation_id: Uuid,
+        input: Input,
+        step: Step,
+    ) -> Result<StepDone, Undone> {
+        let mut kept = None;
+        let done = self
+            .step_in(
+                self.db.conn(),
+                conversation_id,
+                input,
+                step,
+                None,
+                Writes::Later(&mut kept),
+            )
+            .await
+            .map_err(Undone::Failed)?
+            .ok_or_else(|| {
+                Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                    "a new conversation's first step found its row changed"
+                )))
+            })?;
+        let Some(inserts) = kept.filter(|kept| !kept.is_empty()) else {
+            return Ok(done);
+        };
+        match self.db.write_deferred(inserts).await {
+            Some(written) => written.map(|()| done).map_err(Undone::from),
+            None => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                "SQLite steps have no writer thread"
+            )))),
         }
     }
 

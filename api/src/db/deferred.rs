@@ -30,23 +30,24 @@ impl Deferred {
         self.statements.push(query.build(self.backend));
     }
 
+    /// Keeps `statement` (built with plain `?` placeholders) to be sent with the others.
+    #[cfg(test)]
+    pub fn push_statement(&mut self, statement: Statement) {
+        self.statements.push(statement);
+    }
+
+    /// Whether nothing was kept.
+    pub fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
     /// Sends what was kept, in order; one failed statement fails them all (the caller's
     /// transaction, or savepoint, undoes those before it).
     pub async fn run(self, db: &impl ConnectionTrait) -> Result<(), DbErr> {
         match self.backend {
             DbBackend::Sqlite if self.statements.len() > 1 => {
-                let mut sql = String::new();
-                let mut values = Vec::new();
-                for statement in self.statements {
-                    if !sql.is_empty() {
-                        sql.push_str(";\n");
-                    }
-                    sql.push_str(&statement.sql);
-                    values.extend(statement.values.map(|v| v.0).unwrap_or_default());
-                }
-                let mut all = Statement::from_string(self.backend, sql);
-                all.values = Some(Values(values));
-                db.execute_raw(all).await?;
+                db.execute_raw(joined(self.backend, None, self.statements))
+                    .await?;
             }
             _ => {
                 for statement in self.statements {
@@ -56,4 +57,30 @@ impl Deferred {
         }
         Ok(())
     }
+
+    /// What was kept, to be sent by [`joined`] with others' (SQLite).
+    pub(super) fn into_statements(self) -> Vec<Statement> {
+        self.statements
+    }
+}
+
+/// SQLite: `statements` as one text, in order, after `first` (a statement without values)
+/// if given; their values one after the other, as sqlx binds them.
+pub(super) fn joined(
+    backend: DbBackend,
+    first: Option<&str>,
+    statements: impl IntoIterator<Item = Statement>,
+) -> Statement {
+    let mut sql = first.map(str::to_owned).unwrap_or_default();
+    let mut values = Vec::new();
+    for statement in statements {
+        if !sql.is_empty() {
+            sql.push_str(";\n");
+        }
+        sql.push_str(&statement.sql);
+        values.extend(statement.values.map(|v| v.0).unwrap_or_default());
+    }
+    let mut all = Statement::from_string(backend, sql);
+    all.values = Some(Values(values));
+    all
 }

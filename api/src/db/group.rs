@@ -8,9 +8,21 @@
 //! job that is waiting, runs them one after the other in one transaction, each under a
 //! savepoint of its own (one job's failure undoes only its own writes), and commits once.
 //! Its hops are answered at once, since nothing else runs there.
+//!
+//! A write prepared in full beforehand (its statements, see [`GroupWriter::run_statements`])
+//! is not a job of its own: the writes of that kind waiting one after the other go to the
+//! connection together, under one savepoint, in one call. Each hop to sqlx's thread and back
+//! is two context switches, which on this kind of machine cost more than the statements.
 use futures_util::future::BoxFuture;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
+    TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::deferred::joined;
 
 /// Jobs one transaction takes at most: bounds the latency a batch adds to its first job.
 const MAX_BATCH: usize = 256;
@@ -23,6 +35,18 @@ type Job = Box<
     dyn for<'t> FnOnce(Result<&'t DatabaseTransaction, &'t DbErr>) -> BoxFuture<'t, Step> + Send,
 >;
 
+/// What the writer thread is given.
+enum Work {
+    Job(Job),
+    /// Statements prepared in full, and where to say whether they committed.
+    Statements(Prepared),
+}
+
+struct Prepared {
+    statements: Vec<Statement>,
+    reply: oneshot::Sender<Result<(), DbErr>>,
+}
+
 /// What running a job leaves behind.
 struct Step {
     done: Done,
@@ -34,7 +58,7 @@ struct Step {
 /// The sending side of the writer thread; the thread ends when the last sender goes.
 #[derive(Clone)]
 pub(super) struct GroupWriter {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::UnboundedSender<Work>,
 }
 
 impl GroupWriter {
@@ -74,6 +98,23 @@ impl GroupWriter {
         self.run_job(f, false).await
     }
 
+    /// Runs `statements` (each built for SQLite with plain `?` placeholders), in order, in the
+    /// next batch's transaction, with the prepared writes waiting next to them: together
+    /// under one savepoint, or, if that fails, each under its own. Whether they committed.
+    pub(super) async fn run_statements(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
+        let (reply, result) = oneshot::channel();
+        if self
+            .jobs
+            .send(Work::Statements(Prepared { statements, reply }))
+            .is_err()
+        {
+            return Err(DbErr::Custom("the database writer has stopped".into()));
+        }
+        result
+            .await
+            .map_err(|_| DbErr::Custom("the database writer dropped a write".into()))?
+    }
+
     async fn run_job<T, E, F>(&self, f: F, savepoint: bool) -> Result<T, E>
     where
         T: Send + 'static,
@@ -111,7 +152,7 @@ impl GroupWriter {
                 }
             })
         });
-        if self.jobs.send(job).is_err() {
+        if self.jobs.send(Work::Job(job)).is_err() {
             return Err(DbErr::Custom("the database writer has stopped".into()).into());
         }
         result
@@ -139,31 +180,49 @@ fn batch_failed(e: &DbErr) -> DbErr {
     DbErr::Custom(format!("the write was not committed: {e}"))
 }
 
-async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Work>) {
     while let Some(first) = rx.recv().await {
         let mut dones: Vec<Done> = Vec::new();
         let tx = writer.begin().await;
         let mut next = Some(first);
         let mut poisoned = false;
-        while let Some(job) = next.take() {
-            let step = match &tx {
-                Ok(tx) => job(Ok(tx)).await,
-                Err(e) => job(Err(e)).await,
-            };
-            poisoned |= step.poisoned;
-            dones.push(step.done);
-            // Jobs that came while this one ran join the batch, up to its bound.
-            if dones.len() < MAX_BATCH && !poisoned && tx.is_ok() {
+        // Prepared writes waiting to go together, before the next job (order is kept).
+        let mut prepared: Vec<Prepared> = Vec::new();
+        let mut taken = 0;
+        while let Some(work) = next.take() {
+            taken += 1;
+            match work {
+                Work::Statements(p) => prepared.push(p),
+                Work::Job(job) => {
+                    if !prepared.is_empty() {
+                        poisoned |=
+                            write_prepared(&tx, std::mem::take(&mut prepared), &mut dones).await;
+                    }
+                    let step = match &tx {
+                        Ok(_) if poisoned => {
+                            let e = poisoned_batch();
+                            job(Err(&e)).await
+                        }
+                        Ok(tx) => job(Ok(tx)).await,
+                        Err(e) => job(Err(e)).await,
+                    };
+                    poisoned |= step.poisoned;
+                    dones.push(step.done);
+                }
+            }
+            // Work that came while this ran joins the batch, up to its bound.
+            if taken < MAX_BATCH && !poisoned && tx.is_ok() {
                 next = rx.try_recv().ok();
             }
+        }
+        if !prepared.is_empty() {
+            poisoned |= write_prepared(&tx, prepared, &mut dones).await;
         }
         crate::metrics::write_batch(dones.len());
         let outcome = match tx {
             Ok(tx) if poisoned => {
                 let _ = tx.rollback().await;
-                Some(DbErr::Custom(
-                    "a write of the batch could not be undone alone".into(),
-                ))
+                Some(poisoned_batch())
             }
             Ok(tx) => tx.commit().await.err(),
             Err(e) => Some(e),
@@ -172,6 +231,92 @@ async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Job>) {
             done(outcome.as_ref());
         }
     }
+}
+
+fn poisoned_batch() -> DbErr {
+    DbErr::Custom("a write of the batch could not be undone alone".into())
+}
+
+/// Writes `prepared` in `tx`: all in one call under one savepoint, or, if that fails, each
+/// in a call of its own under its own savepoint (one's failure undoes only its own writes).
+/// Pushes how to report each; true if the transaction can no longer be trusted.
+async fn write_prepared(
+    tx: &Result<DatabaseTransaction, DbErr>,
+    prepared: Vec<Prepared>,
+    dones: &mut Vec<Done>,
+) -> bool {
+    let tx = match tx {
+        Ok(tx) => tx,
+        Err(e) => {
+            for p in prepared {
+                let e = batch_failed(e);
+                dones.push(Box::new(move |_| {
+                    let _ = p.reply.send(Err(e));
+                }));
+            }
+            return false;
+        }
+    };
+    let together = prepared.len() > 1;
+    if together {
+        let all = prepared.iter().flat_map(|p| p.statements.iter().cloned());
+        if saved(tx, all).await.is_ok() {
+            dones.extend(prepared.into_iter().map(committed));
+            return false;
+        }
+        // Undone; each alone says whose it was.
+    }
+    let mut poisoned = false;
+    for p in prepared {
+        match saved(tx, p.statements.iter().cloned()).await {
+            Ok(()) => dones.push(committed(p)),
+            Err((e, undone)) => {
+                poisoned |= !undone;
+                dones.push(Box::new(move |_| {
+                    let _ = p.reply.send(Err(e));
+                }));
+                if poisoned {
+                    break;
+                }
+            }
+        }
+    }
+    poisoned
+}
+
+/// Runs `statements` in one call after a savepoint, and on failure rolls back to it: the
+/// error, and whether the rollback worked. Each savepoint has a name of its own: should the
+/// SAVEPOINT itself fail, the ROLLBACK TO fails too (and the batch is undone), where with a
+/// shared name it would undo an earlier write of the batch that was told it succeeded.
+async fn saved(
+    tx: &DatabaseTransaction,
+    statements: impl Iterator<Item = Statement>,
+) -> Result<(), (DbErr, bool)> {
+    let name = format!("parley_w{}", SAVEPOINTS.fetch_add(1, Ordering::Relaxed));
+    let call = joined(
+        DbBackend::Sqlite,
+        Some(&format!("SAVEPOINT {name}")),
+        statements,
+    );
+    match tx.execute_raw(call).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let undone = tx.execute_unprepared(&format!("ROLLBACK TO {name}")).await;
+            Err((e, undone.is_ok()))
+        }
+    }
+}
+
+/// Distinct savepoint names (see [`saved`]).
+static SAVEPOINTS: AtomicU64 = AtomicU64::new(0);
+
+fn committed(p: Prepared) -> Done {
+    Box::new(move |commit| {
+        let _ = p.reply.send(match commit {
+            None => Ok(()),
+            Some(e) => Err(batch_failed(e)),
+        });
+    })
 }
 
 #[cfg(test)]
@@ -239,6 +384,82 @@ mod tests {
         committed.sort_unstable();
         assert_eq!(rows, committed);
         assert!(rows.iter().all(|n| n % 5 != 0));
+        drop(db);
+        let _ = std::fs::remove_file(path);
+    }
+
+    fn insert_of(ns: &[i64]) -> crate::db::Deferred {
+        let mut inserts = crate::db::Deferred::new(sea_orm::DbBackend::Sqlite);
+        for n in ns {
+            inserts.push_statement(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Sqlite,
+                "INSERT INTO t (n) VALUES (?)",
+                [(*n).into()],
+            ));
+        }
+        inserts
+    }
+
+    #[tokio::test]
+    async fn prepared_writes_sent_together_commit_all_but_the_one_that_fails() {
+        let (db, path) = scratch_db().await;
+        let mut writes = Vec::new();
+        for n in 0..60_i64 {
+            let db = db.clone();
+            writes.push(tokio::spawn(async move {
+                // Every tenth write inserts a row another write of the batch inserts too
+                // (n - 1): whichever comes second fails, alone.
+                let first = if n % 10 == 5 { n - 1 } else { n };
+                let inserts = insert_of(&[first, 1_000 + n]);
+                let written = db
+                    .write_deferred(inserts)
+                    .await
+                    .expect("SQLite groups its writes");
+                (n, written)
+            }));
+        }
+        let mut failed = 0;
+        for write in writes {
+            let (n, written) = write.await.expect("the task runs");
+            if let Err(e) = written {
+                assert!(e.to_string().contains("UNIQUE"), "{e}");
+                failed += 1;
+                let rows = stored(&db).await;
+                assert!(
+                    !rows.contains(&(1_000 + n)),
+                    "a failed write's other rows are undone"
+                );
+            }
+        }
+        assert_eq!(failed, 6, "one failure per duplicate, and no other");
+        let rows = stored(&db).await;
+        assert_eq!(rows.len(), 2 * (60 - 6));
+        drop(db);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn prepared_writes_and_jobs_keep_their_order_in_a_batch() {
+        let (db, path) = scratch_db().await;
+        // A job that reads what the prepared write before it wrote, in the same batch.
+        let first = db.write_deferred(insert_of(&[7]));
+        let db2 = db.clone();
+        let second = db2.write_grouped(|tx| {
+            Box::pin(async move {
+                let seen = tx
+                    .query_one_raw(Statement::from_string(
+                        tx.get_database_backend(),
+                        "SELECT count(*) AS c FROM t WHERE n = 7",
+                    ))
+                    .await?
+                    .map(|r| r.try_get::<i64>("", "c"))
+                    .transpose()?;
+                Ok::<_, DbErr>(seen)
+            })
+        });
+        let (first, second) = tokio::join!(first, second);
+        first.expect("SQLite groups its writes").expect("written");
+        assert_eq!(second.expect("read"), Some(1));
         drop(db);
         let _ = std::fs::remove_file(path);
     }

@@ -244,6 +244,21 @@ impl Db {
         }
     }
 
+    /// On SQLite, runs `inserts` (a write prepared in full: nothing to read, nothing to decide)
+    /// in the writer's next batch, together with the other such writes waiting then (see
+    /// [`group`]); whether they committed. `None` on PostgreSQL.
+    pub async fn write_deferred(&self, inserts: Deferred) -> Option<Result<(), DbErr>> {
+        match &self.steps {
+            Steps::Grouped(group) => {
+                let began = std::time::Instant::now();
+                let result = group.run_statements(inserts.into_statements()).await;
+                crate::metrics::write_wait(began.elapsed());
+                Some(result)
+            }
+            Steps::Own(_) => None,
+        }
+    }
+
     /// PostgreSQL: runs `task` on the thread where steps run, with that thread's pool (a
     /// socket's readiness is reported by the runtime that opened it, so a task that writes
     /// for many steps belongs there). False on SQLite, whose steps share the writer's

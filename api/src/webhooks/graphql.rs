@@ -320,17 +320,17 @@ impl WebhooksMutation {
     ) -> async_graphql::Result<Webhook> {
         let st = state(ctx)?;
         let account_id = parse_id(&account_id, "account")?;
-        Ok(Webhook(
-            service::create_webhook(
-                &st.db,
-                &st.settings,
-                st.deliveries.secrets(),
-                viewer(ctx)?,
-                account_id,
-                input.into(),
-            )
-            .await?,
-        ))
+        let view = service::create_webhook(
+            &st.db,
+            &st.settings,
+            st.deliveries.secrets(),
+            viewer(ctx)?,
+            account_id,
+            input.into(),
+        )
+        .await?;
+        st.runtime.forget_webhooks();
+        Ok(Webhook(view))
     }
 
     /// Replaces a webhook's name, URL and headers (ADMIN).
@@ -353,6 +353,7 @@ impl WebhooksMutation {
         )
         .await?;
         st.deliveries.forget_endpoint(id);
+        st.runtime.forget_webhooks();
         Ok(Webhook(view))
     }
 
@@ -362,6 +363,7 @@ impl WebhooksMutation {
         let id = parse_id(&id, "webhook")?;
         let deleted = service::delete_webhook(&st.db, viewer(ctx)?, id).await?;
         st.deliveries.forget_endpoint(id);
+        st.runtime.forget_webhooks();
         Ok(deleted)
     }
 

@@ -198,6 +198,81 @@ async fn a_conversations_first_step_sends_its_bots_current_name_and_its_first_me
     );
 }
 
+#[tokio::test]
+async fn a_start_after_a_webhook_or_its_bot_changed_goes_by_the_change() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let flow_hook = receiver(204).await;
+    let hook = app
+        .new_webhook(&owner, &format!("{}/hook", flow_hook.uri()))
+        .await;
+    let bot = app.new_bot(&owner).await;
+    let flow = |welcome: &str| {
+        json!({ "startBlockId": "hi", "blocks": [
+            { "id": "hi", "kind": "MESSAGE", "text": welcome, "next": "hook" },
+            { "id": "hook", "kind": "WEBHOOK", "webhookId": hook, "async": true, "next": "ask" },
+            { "id": "ask", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name", "next": "bye" },
+            { "id": "bye", "kind": "END" }
+        ]})
+    };
+    assert_ok(
+        &app.save_flow(&owner.token, &bot, flow("Welcome!"), None)
+            .await,
+    );
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    // Two starts, so that whatever a server keeps of the bot and the account's webhooks for
+    // its starts is kept by now.
+    let (first, _) = app.new_conversation(&bot).await;
+    let (second, _) = app.new_conversation(&bot).await;
+
+    // Then a webhook that takes `conversation.started`, a new name, a new version.
+    let events = receiver(200).await;
+    assert_ok(
+        &app.create_webhook(
+            &owner.token,
+            &owner.account_id,
+            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
+                    "eventTypes": ["CONVERSATION_STARTED"] }),
+        )
+        .await,
+    );
+    assert_ok(&app.rename_bot(&owner.token, &bot, "Front desk").await);
+    let (third, _) = app.new_conversation(&bot).await;
+    assert_ok(
+        &app.save_flow(&owner.token, &bot, flow("Welcome back!"), None)
+            .await,
+    );
+    assert_ok(&app.publish_bot(&owner.token, &bot).await);
+    let (fourth, _) = app.new_conversation(&bot).await;
+
+    let started = bodies(&events, 2).await;
+    let ids: Vec<&Value> = started
+        .iter()
+        .map(|b| &b["data"]["conversation"]["id"])
+        .collect();
+    assert_eq!(ids.len(), 2, "{started:?}");
+    assert!(
+        ids.contains(&&json!(third)) && ids.contains(&&json!(fourth)),
+        "{ids:?}"
+    );
+    let calls: HashMap<String, Value> = bodies(&flow_hook, 4)
+        .await
+        .into_iter()
+        .map(|b| {
+            let id = b["conversation"]["id"].as_str().expect("id").to_owned();
+            (id, b["conversation"].clone())
+        })
+        .collect();
+    let welcome = |id: &str| calls[id]["messages"][0]["text"].clone();
+    assert_eq!(welcome(&first), "Welcome!");
+    assert_eq!(welcome(&third), "Welcome!");
+    assert_eq!(welcome(&fourth), "Welcome back!");
+    assert_ne!(calls[&second]["bot_name"], "Front desk");
+    for id in [&third, &fourth] {
+        assert_eq!(calls[id]["bot_name"], "Front desk", "{}", calls[id]);
+    }
+}
+
 const RECOVER: &str =
     "mutation($w: ID!, $s: DateTime!) { recoverDeliveries(webhookId: $w, since: $s) }";
 

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::{
     engine::{CompiledFlow, State},
     error::{ApiError, ApiResult},
+    lifecycle::AccountHooks,
 };
 
 /// Bytes of published flows (as stored JSON, a proxy for their parsed size) kept in memory.
@@ -176,6 +177,68 @@ fn value_bytes(v: &Value) -> usize {
                 .sum::<usize>()
         }
         _ => 16,
+    }
+}
+
+/// Accounts whose webhooks are kept.
+const HOOKS_ACCOUNTS: u64 = 10_000;
+/// A backstop: webhooks changed other than through this instance's API (by hand in the
+/// database) are seen within this time.
+const HOOKS_TTL: Duration = Duration::from_secs(60);
+
+/// SQLite: each account's webhooks, as its starts read them ahead (see `Runtime::start_step`).
+/// On SQLite this instance is the only one, so every change goes through its API, which
+/// forgets them all ([`Self::forget`]) once the change is committed. A read that raced with
+/// a change is not kept: the generation it began in must still be current when it is stored,
+/// checked under the same lock that a change takes.
+pub(super) struct HooksCache {
+    hooks: moka::sync::Cache<Uuid, Arc<AccountHooks>>,
+    generation: std::sync::Mutex<u64>,
+}
+
+impl Default for HooksCache {
+    fn default() -> Self {
+        Self {
+            hooks: moka::sync::Cache::builder()
+                .max_capacity(HOOKS_ACCOUNTS)
+                .time_to_live(HOOKS_TTL)
+                .build(),
+            generation: std::sync::Mutex::new(0),
+        }
+    }
+}
+
+impl HooksCache {
+    /// The webhooks of `account_id`, kept or read on `db`.
+    pub(super) async fn get(
+        &self,
+        db: &impl ConnectionTrait,
+        account_id: Uuid,
+    ) -> ApiResult<Arc<AccountHooks>> {
+        if let Some(hooks) = self.hooks.get(&account_id) {
+            return Ok(hooks);
+        }
+        let began = *self.lock();
+        let hooks = Arc::new(AccountHooks::read(db, account_id).await?);
+        let generation = self.lock();
+        if *generation == began {
+            self.hooks.insert(account_id, hooks.clone());
+        }
+        drop(generation);
+        Ok(hooks)
+    }
+
+    /// Forgets every account's webhooks: one of them changed.
+    pub(super) fn forget(&self) {
+        let mut generation = self.lock();
+        *generation += 1;
+        self.hooks.invalidate_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.generation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -51,6 +51,15 @@ impl StepDone {
     }
 }
 
+/// Where a step's writes go.
+pub(super) enum Writes<'a> {
+    /// To the step's transaction, as the step goes.
+    Now,
+    /// Kept here for the caller to send (a new conversation's first step only, which only
+    /// inserts): the step only reads.
+    Later(&'a mut Option<Deferred>),
+}
+
 /// Why a step's transaction was undone.
 pub(super) enum Undone {
     /// The conversation changed since this instance knew it: the step starts again from
@@ -189,7 +198,10 @@ impl Runtime {
         step: Step,
         known: Option<Arc<Known>>,
     ) -> Result<StepDone, Undone> {
-        match self.step_in(tx, conversation_id, input, step, known).await {
+        match self
+            .step_in(tx, conversation_id, input, step, known, Writes::Now)
+            .await
+        {
             Ok(Some(done)) => Ok(done),
             Ok(None) => Err(Undone::Stale),
             Err(e) => Err(Undone::Failed(e)),
@@ -198,14 +210,15 @@ impl Runtime {
 
     /// One engine step in `tx`, from the row or from `known` (then `None` if the row changed
     /// since). The visitor's token (hash) is checked in it too, which saves a turn its own
-    /// read.
-    async fn step_in(
+    /// read. With [`Writes::Later`], `tx` is only read from.
+    pub(super) async fn step_in(
         &self,
-        tx: &DatabaseTransaction,
+        tx: &impl ConnectionTrait,
         conversation_id: Uuid,
         input: Input,
         step: Step,
         known: Option<Arc<Known>>,
+        writes: Writes<'_>,
     ) -> ApiResult<Option<StepDone>> {
         let Step {
             visitor,
@@ -217,8 +230,17 @@ impl Runtime {
             callback,
             counted,
             hooks,
+            quick_tried: _,
         } = step;
         let created = create.is_some();
+        let kept_for_later = matches!(writes, Writes::Later(_));
+        if kept_for_later
+            && (!created || settle.is_some() || unless_in_flight || resume || callback.is_some())
+        {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "only a new conversation's first step may leave its writes for later"
+            )));
+        }
         // What the row must still hold for the step's UPDATE to apply (when not read here).
         let mut expect = None;
         let (conv, mut state) = if let Some(new) = create {
@@ -500,8 +522,16 @@ impl Runtime {
         if !new_events.is_empty() {
             inserts.push(&events_insert(&new_events));
         }
-        inserts.run(tx).await?;
+        match writes {
+            Writes::Now => inserts.run(tx).await?,
+            Writes::Later(kept) => *kept = Some(inserts),
+        }
         if let Some(announce) = self.bus.announcement(&new_events) {
+            if kept_for_later {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "a step that must be announced cannot leave its writes for later"
+                )));
+            }
             tx.execute_raw(announce).await?;
         }
         let known = (!ended).then(|| {
@@ -531,7 +561,7 @@ struct Reads {
 impl Reads {
     async fn hooks(
         &mut self,
-        tx: &DatabaseTransaction,
+        tx: &impl ConnectionTrait,
         account_id: Uuid,
     ) -> ApiResult<&lifecycle::AccountHooks> {
         let hooks = match self.hooks.take() {
@@ -543,7 +573,7 @@ impl Reads {
 
     async fn stored(
         &mut self,
-        tx: &DatabaseTransaction,
+        tx: &impl ConnectionTrait,
         conv: &conversation::Model,
     ) -> ApiResult<&(Vec<conversation_event::Model>, String)> {
         let stored = match self.stored.take() {
