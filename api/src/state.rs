@@ -34,6 +34,20 @@ pub struct AppState {
     pub sockets: Arc<SocketCounter>,
 }
 
+impl AppState {
+    /// Runs `write` to its end even if the request that asked for it goes away (its client
+    /// gone, its deadline passed): what must follow a commit (what caches held is forgotten)
+    /// is then never cut off after the commit.
+    pub async fn to_the_end<T, F, Fut>(&self, write: F) -> ApiResult<T>
+    where
+        F: FnOnce(AppState) -> Fut,
+        Fut: Future<Output = ApiResult<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(write(self.clone())).await?
+    }
+}
+
 /// The shared state of a GraphQL request.
 pub fn state<'a>(ctx: &Context<'a>) -> ApiResult<&'a AppState> {
     ctx.data::<AppState>().map_err(|e| {

@@ -361,8 +361,14 @@ impl BotsMutation {
     ) -> async_graphql::Result<Bot> {
         let st = state(ctx)?;
         let id = parse_id(&id, "bot")?;
-        let bot = service::rename_bot(&st.db, viewer(ctx)?, id, &name).await?;
-        st.runtime.forget_seen_bot(id);
+        let viewer = viewer(ctx)?;
+        let bot = st
+            .to_the_end(move |st| async move {
+                let bot = service::rename_bot(&st.db, viewer, id, &name).await?;
+                st.runtime.forget_seen_bot(id);
+                Ok(bot)
+            })
+            .await?;
         Ok(Bot(bot))
     }
 
@@ -370,9 +376,16 @@ impl BotsMutation {
     async fn delete_bot(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
         let st = state(ctx)?;
         let id = parse_id(&id, "bot")?;
-        let deleted = service::delete_bot(&st.db, viewer(ctx)?, id).await?;
-        // Its conversations went with it: what this instance remembers of them must go too.
-        st.runtime.forget_bot(id);
+        let viewer = viewer(ctx)?;
+        let deleted = st
+            .to_the_end(move |st| async move {
+                let deleted = service::delete_bot(&st.db, viewer, id).await?;
+                // Its conversations went with it: what this instance remembers of them must
+                // go too.
+                st.runtime.forget_bot(id);
+                Ok(deleted)
+            })
+            .await?;
         Ok(deleted)
     }
 
@@ -461,9 +474,15 @@ impl BotsMutation {
     ) -> async_graphql::Result<BotVersion> {
         let st = state(ctx)?;
         let bot_id = parse_id(&bot_id, "bot")?;
-        let version =
-            service::publish_bot(&st.db, &st.settings.limits, viewer(ctx)?, bot_id).await?;
-        st.runtime.forget_seen_bot(bot_id);
+        let viewer = viewer(ctx)?;
+        let version = st
+            .to_the_end(move |st| async move {
+                let version =
+                    service::publish_bot(&st.db, &st.settings.limits, viewer, bot_id).await?;
+                st.runtime.forget_seen_bot(bot_id);
+                Ok(version)
+            })
+            .await?;
         Ok(BotVersion(version))
     }
 }

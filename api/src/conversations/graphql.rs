@@ -373,7 +373,13 @@ impl ConversationsMutation {
             .filter(|_| !origin.is_some_and(RequestOrigin::restricts))
         {
             Some(seen) => StartOn::Seen(seen),
-            None => StartOn::Read(bot_for_visitor(st.db.conn(), bot_id, origin).await?),
+            None => {
+                let read_at = st.runtime.bot_stamp();
+                StartOn::Read(
+                    bot_for_visitor(st.db.conn(), bot_id, origin).await?,
+                    read_at,
+                )
+            }
         };
         st.limiters.start_from(ctx.data_opt::<ClientAddr>())?;
         let session = st.runtime.start(on, variables.map(|v| v.0)).await?;

@@ -3,7 +3,10 @@
 //! only to an unchanged row), runs the engine on the cached flow of its version, appends the
 //! events with the next `seq`s, stores the state and writes async deliveries to the outbox.
 //! Sync webhooks are called between two transactions, never inside one.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use chrono::Utc;
 use entity::{
@@ -81,6 +84,9 @@ struct Step {
     hooks: Option<Arc<lifecycle::AccountHooks>>,
     /// The quick path was tried and said the step needs the full one.
     quick_tried: bool,
+    /// A start on a bot just read: when the read began (see [`BotStamp`]), so that the bot
+    /// may be remembered for the next starts.
+    read_at: Option<BotStamp>,
 }
 
 impl Step {
@@ -100,6 +106,7 @@ impl Step {
             counted,
             hooks: _,
             quick_tried,
+            read_at: _,
         } = self;
         settle.is_none()
             && !unless_in_flight
@@ -139,12 +146,14 @@ pub struct Runtime {
     hooked: moka::sync::Cache<(Uuid, &'static str), ()>,
     /// SQLite: accounts' webhooks, for starts.
     hooks: HooksCache,
+    /// The generation of `seen_bots`: a publish or a rename begins a new one.
+    seen_generation: std::sync::atomic::AtomicU64,
 }
 
 /// What a start knows of its bot.
 pub enum StartOn {
-    /// The bot's row, just read (and its origin checked).
-    Read(bot::Model),
+    /// The bot's row, just read (and its origin checked), and when its read began.
+    Read(bot::Model, BotStamp),
     /// The bot as this instance last read it for a start (see [`Runtime::seen_bot`]).
     Seen(SeenBot),
 }
@@ -162,7 +171,15 @@ pub struct SeenBot {
     name: String,
     /// SQLite: its last start took the full step: the next one goes straight to it.
     full: bool,
+    /// When it was read: it counts only while no bot was published or renamed since.
+    read_at: BotStamp,
 }
+
+/// When a bot was read for a start, as the generation of the remembered bots (see
+/// [`Runtime::forget_seen_bot`]): a bot read before a publish or a rename (and remembered
+/// after it) is never taken for current.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BotStamp(u64);
 
 /// Bots remembered for starts; each is read again at least this often. On PostgreSQL a bot
 /// whose starts cannot be written in one go (the first step calls a webhook, a webhook takes
@@ -178,8 +195,8 @@ pub struct VisitorSession {
     pub visitor_token: String,
 }
 
-/// The one answer for a token that is unknown, used, or spent by a timeout.
-/// The bot of a start's step, as it may be remembered for the next start on it.
+/// The bot of a start's step on a bot just read, as it may be remembered for the next start
+/// on it.
 fn seen_of(step: &Step, full: bool) -> Option<SeenBot> {
     let (new, name) = (step.create.as_ref()?, step.bot_name.as_ref()?);
     Some(SeenBot {
@@ -188,9 +205,11 @@ fn seen_of(step: &Step, full: bool) -> Option<SeenBot> {
         version: new.version,
         name: name.clone(),
         full,
+        read_at: step.read_at?,
     })
 }
 
+/// The one answer for a token that is unknown, used, or spent by a timeout.
 fn callback_not_found() -> ApiError {
     ApiError::NotFound(
         "this callback URL is unknown, was already used, or its wait timed out".into(),
@@ -281,19 +300,27 @@ impl Runtime {
                 .time_to_live(HOOKED_TTL)
                 .build(),
             hooks: HooksCache::default(),
+            seen_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// The bot `id` as this instance last read it for a start that was then written in one
-    /// go, if it did lately.
+    /// The bot `id` as this instance last read it for a start, if it did lately and no bot
+    /// was published or renamed since.
     pub fn seen_bot(&self, id: Uuid) -> Option<SeenBot> {
-        self.seen_bots.get(&id)
+        self.seen_bots
+            .get(&id)
+            .filter(|seen| seen.read_at == self.bot_stamp())
+    }
+
+    /// Now, for a read of a bot that a start is about to make.
+    pub fn bot_stamp(&self) -> BotStamp {
+        BotStamp(self.seen_generation.load(Ordering::Acquire))
     }
 
     /// Forgets what this instance knows of a bot that was just deleted, and of its
     /// conversations, which went with it.
     pub fn forget_bot(&self, bot_id: Uuid) {
-        self.seen_bots.invalidate(&bot_id);
+        self.forget_seen_bot(bot_id);
         self.recent.forget_bot(bot_id);
     }
 
@@ -305,6 +332,7 @@ impl Runtime {
 
     /// Forgets the bot `bot_id` as seen for starts: it was published or renamed.
     pub fn forget_seen_bot(&self, bot_id: Uuid) {
+        self.seen_generation.fetch_add(1, Ordering::AcqRel);
         self.seen_bots.invalidate(&bot_id);
     }
 
@@ -324,20 +352,23 @@ impl Runtime {
         let this = self.clone();
         tokio::spawn(async move {
             let prefilled = prefilled(variables)?;
-            let bot = match on {
-                StartOn::Read(bot) => bot,
+            let (bot, read_at) = match on {
+                StartOn::Read(bot, read_at) => (bot, read_at),
                 StartOn::Seen(seen) => match this.start_seen(&seen, prefilled.clone()).await? {
                     Some(session) => return Ok(session),
                     // The bot changed, or its first step needs the full step: as a bot not
                     // seen. (A start that may not read the bot, its origin checked, never
                     // comes here: it read it.)
                     None => {
-                        crate::bots::appearance::bot_for_visitor(this.db.conn(), seen.id, None)
-                            .await?
+                        let read_at = this.bot_stamp();
+                        let bot =
+                            crate::bots::appearance::bot_for_visitor(this.db.conn(), seen.id, None)
+                                .await?;
+                        (bot, read_at)
                     }
                 },
             };
-            this.start_now(bot, prefilled).await
+            this.start_now(bot, read_at, prefilled).await
         })
         .await?
     }
@@ -391,6 +422,7 @@ impl Runtime {
     async fn start_now(
         self: &Arc<Self>,
         bot: bot::Model,
+        read_at: BotStamp,
         prefilled: Map<String, Value>,
     ) -> ApiResult<VisitorSession> {
         let version = bot.published_version.ok_or_else(|| {
@@ -403,6 +435,7 @@ impl Runtime {
         let first = Step {
             create: Some(conv),
             bot_name: Some(bot.name),
+            read_at: Some(read_at),
             ..Step::default()
         };
         self.drive(id, Input::Start, first).await?;
@@ -756,7 +789,14 @@ impl Runtime {
                 self.hooks.forget();
                 let (input, mut step) = again;
                 step.hooks = None;
-                self.step_once(conversation_id, input, step, None).await
+                match self.step_once(conversation_id, input, step, None).await {
+                    // With the webhooks read in the step, only the conversation's own row can
+                    // name something gone: its bot, deleted since it was read.
+                    Err(Undone::Failed(ApiError::Internal(e))) if is_foreign_key_violation(&e) => {
+                        Err(Undone::Failed(ApiError::not_found("bot")))
+                    }
+                    other => other,
+                }
             }
             other => other,
         }

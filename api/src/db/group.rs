@@ -20,8 +20,6 @@ use sea_orm::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::deferred::joined;
 
 /// Jobs one transaction takes at most: bounds the latency a batch adds to its first job.
@@ -188,6 +186,7 @@ async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Work>) 
         let mut poisoned = false;
         // Prepared writes waiting to go together, before the next job (order is kept).
         let mut prepared: Vec<Prepared> = Vec::new();
+        let mut savepoints = 0;
         let mut taken = 0;
         while let Some(work) = next.take() {
             taken += 1;
@@ -195,8 +194,13 @@ async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Work>) 
                 Work::Statements(p) => prepared.push(p),
                 Work::Job(job) => {
                     if !prepared.is_empty() {
-                        poisoned |=
-                            write_prepared(&tx, std::mem::take(&mut prepared), &mut dones).await;
+                        poisoned |= write_prepared(
+                            &tx,
+                            std::mem::take(&mut prepared),
+                            &mut dones,
+                            &mut savepoints,
+                        )
+                        .await;
                     }
                     let step = match &tx {
                         Ok(_) if poisoned => {
@@ -216,7 +220,7 @@ async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Work>) 
             }
         }
         if !prepared.is_empty() {
-            poisoned |= write_prepared(&tx, prepared, &mut dones).await;
+            poisoned |= write_prepared(&tx, prepared, &mut dones, &mut savepoints).await;
         }
         crate::metrics::write_batch(dones.len());
         let outcome = match tx {
@@ -239,60 +243,65 @@ fn poisoned_batch() -> DbErr {
 
 /// Writes `prepared` in `tx`: all in one call under one savepoint, or, if that fails, each
 /// in a call of its own under its own savepoint (one's failure undoes only its own writes).
-/// Pushes how to report each; true if the transaction can no longer be trusted.
+/// Pushes how to report each; true if the transaction can no longer be trusted (a savepoint
+/// could not be undone: SQLite may have rolled the whole transaction back itself), and then
+/// every write not yet reported is told so. `savepoints` numbers the batch's savepoints.
 async fn write_prepared(
     tx: &Result<DatabaseTransaction, DbErr>,
     prepared: Vec<Prepared>,
     dones: &mut Vec<Done>,
+    savepoints: &mut u32,
 ) -> bool {
     let tx = match tx {
         Ok(tx) => tx,
         Err(e) => {
-            for p in prepared {
-                let e = batch_failed(e);
-                dones.push(Box::new(move |_| {
-                    let _ = p.reply.send(Err(e));
-                }));
-            }
+            dones.extend(prepared.into_iter().map(|p| refused(p, batch_failed(e))));
             return false;
         }
     };
-    let together = prepared.len() > 1;
-    if together {
+    if prepared.len() > 1 {
         let all = prepared.iter().flat_map(|p| p.statements.iter().cloned());
-        if saved(tx, all).await.is_ok() {
-            dones.extend(prepared.into_iter().map(committed));
-            return false;
+        match saved(tx, all, savepoints).await {
+            Ok(()) => {
+                dones.extend(prepared.into_iter().map(committed));
+                return false;
+            }
+            Err((_, false)) => {
+                dones.extend(prepared.into_iter().map(|p| refused(p, poisoned_batch())));
+                return true;
+            }
+            // Undone; each alone says whose it was.
+            Err((_, true)) => {}
         }
-        // Undone; each alone says whose it was.
     }
-    let mut poisoned = false;
-    for p in prepared {
-        match saved(tx, p.statements.iter().cloned()).await {
+    let mut left = prepared.into_iter();
+    while let Some(p) = left.next() {
+        match saved(tx, p.statements.iter().cloned(), savepoints).await {
             Ok(()) => dones.push(committed(p)),
-            Err((e, undone)) => {
-                poisoned |= !undone;
-                dones.push(Box::new(move |_| {
-                    let _ = p.reply.send(Err(e));
-                }));
-                if poisoned {
-                    break;
-                }
+            Err((e, true)) => dones.push(refused(p, e)),
+            Err((e, false)) => {
+                dones.push(refused(p, e));
+                dones.extend(left.map(|p| refused(p, poisoned_batch())));
+                return true;
             }
         }
     }
-    poisoned
+    false
 }
 
 /// Runs `statements` in one call after a savepoint, and on failure rolls back to it: the
-/// error, and whether the rollback worked. Each savepoint has a name of its own: should the
-/// SAVEPOINT itself fail, the ROLLBACK TO fails too (and the batch is undone), where with a
-/// shared name it would undo an earlier write of the batch that was told it succeeded.
+/// error, and whether the rollback worked. Each savepoint of a batch has a name of its own:
+/// should the SAVEPOINT itself fail, the ROLLBACK TO fails too (and the batch is undone),
+/// where with a shared name it would undo an earlier write of the batch that was told it
+/// succeeded. The names start over with each batch, so that the same writes make the same
+/// text (which sqlx prepares once and keeps).
 async fn saved(
     tx: &DatabaseTransaction,
     statements: impl Iterator<Item = Statement>,
+    savepoints: &mut u32,
 ) -> Result<(), (DbErr, bool)> {
-    let name = format!("parley_w{}", SAVEPOINTS.fetch_add(1, Ordering::Relaxed));
+    let name = format!("parley_w{savepoints}");
+    *savepoints += 1;
     let call = joined(
         DbBackend::Sqlite,
         Some(&format!("SAVEPOINT {name}")),
@@ -307,8 +316,11 @@ async fn saved(
     }
 }
 
-/// Distinct savepoint names (see [`saved`]).
-static SAVEPOINTS: AtomicU64 = AtomicU64::new(0);
+fn refused(p: Prepared, e: DbErr) -> Done {
+    Box::new(move |_| {
+        let _ = p.reply.send(Err(e));
+    })
+}
 
 fn committed(p: Prepared) -> Done {
     Box::new(move |commit| {

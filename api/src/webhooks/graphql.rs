@@ -320,16 +320,22 @@ impl WebhooksMutation {
     ) -> async_graphql::Result<Webhook> {
         let st = state(ctx)?;
         let account_id = parse_id(&account_id, "account")?;
-        let view = service::create_webhook(
-            &st.db,
-            &st.settings,
-            st.deliveries.secrets(),
-            viewer(ctx)?,
-            account_id,
-            input.into(),
-        )
-        .await?;
-        st.runtime.forget_webhooks();
+        let (viewer, input) = (viewer(ctx)?, input.into());
+        let view = st
+            .to_the_end(move |st| async move {
+                let view = service::create_webhook(
+                    &st.db,
+                    &st.settings,
+                    st.deliveries.secrets(),
+                    viewer,
+                    account_id,
+                    input,
+                )
+                .await?;
+                st.runtime.forget_webhooks();
+                Ok(view)
+            })
+            .await?;
         Ok(Webhook(view))
     }
 
@@ -343,17 +349,23 @@ impl WebhooksMutation {
         let st = state(ctx)?;
         let id = parse_id(&id, "webhook")?;
         let allow = st.settings.allow_private_webhooks;
-        let view = service::update_webhook(
-            &st.db,
-            st.deliveries.secrets(),
-            allow,
-            viewer(ctx)?,
-            id,
-            input.into(),
-        )
-        .await?;
-        st.deliveries.forget_endpoint(id);
-        st.runtime.forget_webhooks();
+        let (viewer, input) = (viewer(ctx)?, input.into());
+        let view = st
+            .to_the_end(move |st| async move {
+                let view = service::update_webhook(
+                    &st.db,
+                    st.deliveries.secrets(),
+                    allow,
+                    viewer,
+                    id,
+                    input,
+                )
+                .await?;
+                st.deliveries.forget_endpoint(id);
+                st.runtime.forget_webhooks();
+                Ok(view)
+            })
+            .await?;
         Ok(Webhook(view))
     }
 
@@ -361,9 +373,15 @@ impl WebhooksMutation {
     async fn delete_webhook(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
         let st = state(ctx)?;
         let id = parse_id(&id, "webhook")?;
-        let deleted = service::delete_webhook(&st.db, viewer(ctx)?, id).await?;
-        st.deliveries.forget_endpoint(id);
-        st.runtime.forget_webhooks();
+        let viewer = viewer(ctx)?;
+        let deleted = st
+            .to_the_end(move |st| async move {
+                let deleted = service::delete_webhook(&st.db, viewer, id).await?;
+                st.deliveries.forget_endpoint(id);
+                st.runtime.forget_webhooks();
+                Ok(deleted)
+            })
+            .await?;
         Ok(deleted)
     }
 

@@ -1,6 +1,12 @@
 //! What the runtime keeps in memory between steps: parsed flows, and the conversations this
 //! instance stepped lately.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use entity::{bot_version, conversation};
 use moka::ops::compute::Op;
@@ -188,12 +194,12 @@ const HOOKS_TTL: Duration = Duration::from_secs(60);
 
 /// SQLite: each account's webhooks, as its starts read them ahead (see `Runtime::start_step`).
 /// On SQLite this instance is the only one, so every change goes through its API, which
-/// forgets them all ([`Self::forget`]) once the change is committed. A read that raced with
-/// a change is not kept: the generation it began in must still be current when it is stored,
-/// checked under the same lock that a change takes.
+/// forgets them all ([`Self::forget`]) once the change is committed. Each entry carries the
+/// generation its read began in, and counts only while that is still the current one: a
+/// read that raced with a change is never taken for current.
 pub(super) struct HooksCache {
-    hooks: moka::sync::Cache<Uuid, Arc<AccountHooks>>,
-    generation: std::sync::Mutex<u64>,
+    hooks: moka::sync::Cache<Uuid, (u64, Arc<AccountHooks>)>,
+    generation: AtomicU64,
 }
 
 impl Default for HooksCache {
@@ -203,7 +209,7 @@ impl Default for HooksCache {
                 .max_capacity(HOOKS_ACCOUNTS)
                 .time_to_live(HOOKS_TTL)
                 .build(),
-            generation: std::sync::Mutex::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -215,30 +221,21 @@ impl HooksCache {
         db: &impl ConnectionTrait,
         account_id: Uuid,
     ) -> ApiResult<Arc<AccountHooks>> {
-        if let Some(hooks) = self.hooks.get(&account_id) {
+        let current = self.generation.load(Ordering::Acquire);
+        if let Some((generation, hooks)) = self.hooks.get(&account_id)
+            && generation == current
+        {
             return Ok(hooks);
         }
-        let began = *self.lock();
         let hooks = Arc::new(AccountHooks::read(db, account_id).await?);
-        let generation = self.lock();
-        if *generation == began {
-            self.hooks.insert(account_id, hooks.clone());
-        }
-        drop(generation);
+        self.hooks.insert(account_id, (current, hooks.clone()));
         Ok(hooks)
     }
 
     /// Forgets every account's webhooks: one of them changed.
     pub(super) fn forget(&self) {
-        let mut generation = self.lock();
-        *generation += 1;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.hooks.invalidate_all();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.generation
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

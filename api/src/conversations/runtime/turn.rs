@@ -231,6 +231,7 @@ impl Runtime {
             counted,
             hooks,
             quick_tried: _,
+            read_at: _,
         } = step;
         let created = create.is_some();
         let kept_for_later = matches!(writes, Writes::Later(_));
