@@ -77,15 +77,15 @@ impl Db {
     pub async fn connect(url: &DatabaseUrl) -> anyhow::Result<Self> {
         let (conn, writer, steps) = match url.kind() {
             DatabaseKind::Sqlite => {
-                let conn = Self::pool(url, 8, true).await?;
+                let conn = Self::pool(url, 8, false).await?;
                 // The writer checkpoints only as a backstop: see `run_checkpointer`.
-                let writer = Self::pool(url, 1, false).await?;
+                let writer = Self::pool(url, 1, true).await?;
                 let group = group::GroupWriter::start(writer.clone())
                     .context("cannot start the database writer thread")?;
                 (conn, writer, Steps::Grouped(group))
             }
             DatabaseKind::Postgres => {
-                let conn = Self::pool(url, 32, true).await?;
+                let conn = Self::pool(url, 32, false).await?;
                 let steps = turns::StepRuntime::start(url).await?;
                 (conn.clone(), conn, Steps::Own(steps))
             }
@@ -98,12 +98,16 @@ impl Db {
         })
     }
 
-    /// A pool of `connections`; on SQLite, `checkpoints` says whether a commit may copy the
-    /// WAL back into the database file itself (SQLite's automatic checkpoint).
+    /// A pool of `connections`; on SQLite, `writer` says whether it is the pool of the one
+    /// writing connection. That one copies the WAL back into the database file itself (SQLite's
+    /// automatic checkpoint) only as a backstop, and keeps its savepoints' journal in memory:
+    /// each grouped write opens a savepoint, and SQLite copies every page a write changes
+    /// under a new savepoint to that journal first, by default a temporary file, one write
+    /// call per page. Its size is what one transaction changes; it goes with the commit.
     async fn pool(
         url: &DatabaseUrl,
         connections: u32,
-        checkpoints: bool,
+        writer: bool,
     ) -> anyhow::Result<DatabaseConnection> {
         let mut opts = ConnectOptions::new(url.as_str());
         opts.sqlx_logging(false)
@@ -124,12 +128,13 @@ impl Db {
                             .create_if_missing(true)
                             .pragma(
                                 "wal_autocheckpoint",
-                                if checkpoints {
-                                    "1000"
-                                } else {
+                                if writer {
                                     WRITER_CHECKPOINT_PAGES
+                                } else {
+                                    "1000"
                                 },
                             )
+                            .pragma("temp_store", if writer { "memory" } else { "default" })
                             // A WAL grown under load is cut back to this after it restarts.
                             .pragma("journal_size_limit", "67108864")
                     });
