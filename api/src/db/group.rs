@@ -13,7 +13,9 @@
 //! is not a job of its own: the writes of that kind waiting one after the other go to the
 //! connection together, under one savepoint, in one call. Each hop to sqlx's thread and back
 //! is two context switches, which on this kind of machine cost more than the statements.
-use futures_util::future::BoxFuture;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt as _, future::BoxFuture};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
     TransactionTrait,
@@ -205,10 +207,10 @@ async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Work>) 
                     let step = match &tx {
                         Ok(_) if poisoned => {
                             let e = poisoned_batch();
-                            job(Err(&e)).await
+                            unwound(job(Err(&e))).await
                         }
-                        Ok(tx) => job(Ok(tx)).await,
-                        Err(e) => job(Err(e)).await,
+                        Ok(tx) => unwound(job(Ok(tx))).await,
+                        Err(e) => unwound(job(Err(e))).await,
                     };
                     poisoned |= step.poisoned;
                     dones.push(step.done);
@@ -233,6 +235,22 @@ async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Work>) 
         };
         for done in dones {
             done(outcome.as_ref());
+        }
+    }
+}
+
+/// Runs a job; if it panics (a bug), the batch is undone and the writer goes on: without
+/// this, the panic would end the writer thread, and every write after it would fail. The
+/// job's caller is told its write was dropped (its reply went with the job).
+async fn unwound(job: BoxFuture<'_, Step>) -> Step {
+    match AssertUnwindSafe(job).catch_unwind().await {
+        Ok(step) => step,
+        Err(_) => {
+            tracing::error!("a grouped database write panicked; its batch is undone");
+            Step {
+                done: Box::new(|_| {}),
+                poisoned: true,
+            }
         }
     }
 }
@@ -472,6 +490,27 @@ mod tests {
         let (first, second) = tokio::join!(first, second);
         first.expect("SQLite groups its writes").expect("written");
         assert_eq!(second.expect("read"), Some(1));
+        drop(db);
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_panics_fails_with_its_batch_and_the_writer_goes_on() {
+        let (db, path) = scratch_db().await;
+        let failed = db
+            .write_grouped::<(), DbErr, _>(|tx| {
+                Box::pin(async move {
+                    insert(tx, 1).await?;
+                    panic!("a bug in a write")
+                })
+            })
+            .await;
+        assert!(failed.is_err());
+        let kept = db
+            .write_grouped(|tx| Box::pin(async move { insert(tx, 2).await }))
+            .await;
+        assert!(kept.is_ok(), "{kept:?}");
+        assert_eq!(stored(&db).await, [2]);
         drop(db);
         let _ = std::fs::remove_file(path);
     }
