@@ -3,10 +3,7 @@
 //! only to an unchanged row), runs the engine on the cached flow of its version, appends the
 //! events with the next `seq`s, stores the state and writes async deliveries to the outbox.
 //! Sync webhooks are called between two transactions, never inside one.
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use entity::{
@@ -36,7 +33,8 @@ mod quick;
 mod turn;
 
 use background::Timers;
-use caches::{FlowCache, HooksCache, Known, Recent};
+pub use caches::Stamp as BotStamp;
+use caches::{FlowCache, HooksCache, Known, Recent, Stamped};
 use quick::Quick;
 use turn::{StepDone, Undone, Writes};
 
@@ -137,8 +135,9 @@ pub struct Runtime {
     timers: Timers,
     /// PostgreSQL: writes quick turns that wait at the same time together.
     quick: Option<quick::QuickWriter>,
-    /// Bots whose starts were written in one go lately.
-    seen_bots: moka::sync::Cache<Uuid, SeenBot>,
+    /// Bots read lately for starts (see [`SeenBot`]); a publish, a rename or a deletion of a
+    /// bot is a change for all of them.
+    seen_bots: Stamped<Uuid, SeenBot>,
     /// Accounts found lately with a webhook that takes a lifecycle event (`conversation.started`,
     /// `conversation.completed`): the turns that make it go straight to the full step, which
     /// queues it, instead of trying the one-go write first. A hint only: a turn that tries
@@ -146,8 +145,6 @@ pub struct Runtime {
     hooked: moka::sync::Cache<(Uuid, &'static str), ()>,
     /// SQLite: accounts' webhooks, for starts.
     hooks: HooksCache,
-    /// The generation of `seen_bots`: a publish or a rename begins a new one.
-    seen_generation: std::sync::atomic::AtomicU64,
 }
 
 /// What a start knows of its bot.
@@ -171,15 +168,7 @@ pub struct SeenBot {
     name: String,
     /// SQLite: its last start took the full step: the next one goes straight to it.
     full: bool,
-    /// When it was read: it counts only while no bot was published or renamed since.
-    read_at: BotStamp,
 }
-
-/// When a bot was read for a start, as the generation of the remembered bots (see
-/// [`Runtime::forget_seen_bot`]): a bot read before a publish or a rename (and remembered
-/// after it) is never taken for current.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BotStamp(u64);
 
 /// Bots remembered for starts; each is read again at least this often. On PostgreSQL a bot
 /// whose starts cannot be written in one go (the first step calls a webhook, a webhook takes
@@ -195,18 +184,18 @@ pub struct VisitorSession {
     pub visitor_token: String,
 }
 
-/// The bot of a start's step on a bot just read, as it may be remembered for the next start
-/// on it.
-fn seen_of(step: &Step, full: bool) -> Option<SeenBot> {
+/// The bot of a start's step on a bot just read, and when that read began, as it may be
+/// remembered for the next start on it.
+fn seen_of(step: &Step, full: bool) -> Option<(BotStamp, SeenBot)> {
     let (new, name) = (step.create.as_ref()?, step.bot_name.as_ref()?);
-    Some(SeenBot {
+    let seen = SeenBot {
         id: new.bot_id,
         account_id: new.account_id,
         version: new.version,
         name: name.clone(),
         full,
-        read_at: step.read_at?,
-    })
+    };
+    Some((step.read_at?, seen))
 }
 
 /// The one answer for a token that is unknown, used, or spent by a timeout.
@@ -291,30 +280,24 @@ impl Runtime {
             instance_id,
             public_url: public_url.trim_end_matches('/').to_owned(),
             timers: Timers::default(),
-            seen_bots: moka::sync::Cache::builder()
-                .max_capacity(SEEN_BOTS)
-                .time_to_live(SEEN_BOT_TTL)
-                .build(),
+            seen_bots: Stamped::new(SEEN_BOTS, SEEN_BOT_TTL),
             hooked: moka::sync::Cache::builder()
                 .max_capacity(SEEN_BOTS)
                 .time_to_live(HOOKED_TTL)
                 .build(),
             hooks: HooksCache::default(),
-            seen_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     /// The bot `id` as this instance last read it for a start, if it did lately and no bot
     /// was published or renamed since.
     pub fn seen_bot(&self, id: Uuid) -> Option<SeenBot> {
-        self.seen_bots
-            .get(&id)
-            .filter(|seen| seen.read_at == self.bot_stamp())
+        self.seen_bots.get(&id)
     }
 
     /// Now, for a read of a bot that a start is about to make.
     pub fn bot_stamp(&self) -> BotStamp {
-        BotStamp(self.seen_generation.load(Ordering::Acquire))
+        self.seen_bots.stamp()
     }
 
     /// Forgets what this instance knows of a bot that was just deleted, and of its
@@ -332,7 +315,7 @@ impl Runtime {
 
     /// Forgets the bot `bot_id` as seen for starts: it was published or renamed.
     pub fn forget_seen_bot(&self, bot_id: Uuid) {
-        self.seen_generation.fetch_add(1, Ordering::AcqRel);
+        self.seen_bots.changed();
         self.seen_bots.invalidate(&bot_id);
     }
 
@@ -664,8 +647,8 @@ impl Runtime {
                     Some(new) => {
                         crate::metrics::turn_path("quick_new");
                         // Written in one go: the next start on this bot may skip its read.
-                        if let Some(seen) = seen_of(&step, false) {
-                            self.seen_bots.insert(new.bot_id, seen);
+                        if let Some((read_at, seen)) = seen_of(&step, false) {
+                            self.seen_bots.insert(new.bot_id, read_at, seen);
                         }
                     }
                     None => crate::metrics::turn_path("quick"),
@@ -680,8 +663,8 @@ impl Runtime {
                 // SQLite: the next start on this bot may skip its read too (see `SeenBot`).
                 let seen = seen_of(&step, true).filter(|_| self.db.kind() == DatabaseKind::Sqlite);
                 let done = self.start_step(conversation_id, input, step).await;
-                if let (Ok(_), Some(seen)) = (&done, seen) {
-                    self.seen_bots.insert(seen.id, seen);
+                if let (Ok(_), Some((read_at, seen))) = (&done, seen) {
+                    self.seen_bots.insert(seen.id, read_at, seen);
                 }
                 done
             }

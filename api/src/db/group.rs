@@ -108,11 +108,9 @@ impl GroupWriter {
             .send(Work::Statements(Prepared { statements, reply }))
             .is_err()
         {
-            return Err(DbErr::Custom("the database writer has stopped".into()));
+            return Err(stopped());
         }
-        result
-            .await
-            .map_err(|_| DbErr::Custom("the database writer dropped a write".into()))?
+        result.await.map_err(|_| dropped())?
     }
 
     async fn run_job<T, E, F>(&self, f: F, savepoint: bool) -> Result<T, E>
@@ -153,12 +151,9 @@ impl GroupWriter {
             })
         });
         if self.jobs.send(Work::Job(job)).is_err() {
-            return Err(DbErr::Custom("the database writer has stopped".into()).into());
+            return Err(stopped().into());
         }
-        result
-            .await
-            .map_err(|_| DbErr::Custom("the database writer dropped a write".into()).into())
-            .and_then(|r| r)
+        result.await.map_err(|_| dropped().into()).and_then(|r| r)
     }
 }
 
@@ -253,6 +248,16 @@ async fn unwound(job: BoxFuture<'_, Step>) -> Step {
             }
         }
     }
+}
+
+/// The writer thread is gone: nothing can be written.
+fn stopped() -> DbErr {
+    DbErr::Custom("the database writer has stopped".into())
+}
+
+/// A write's reply went away without an answer (the writer thread panicked, or stopped).
+fn dropped() -> DbErr {
+    DbErr::Custom("the database writer dropped a write".into())
 }
 
 fn poisoned_batch() -> DbErr {

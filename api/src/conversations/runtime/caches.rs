@@ -186,6 +186,69 @@ fn value_bytes(v: &Value) -> usize {
     }
 }
 
+/// When a read kept in a [`Stamped`] cache began: the generation of that cache then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp(u64);
+
+/// What this instance read lately, each entry with when its read began ([`Stamp`]). An entry
+/// counts only while no change was announced ([`Self::changed`]) since its read began, so a
+/// read that raced with a change is never taken for current, whenever it is stored.
+pub(super) struct Stamped<K, V> {
+    entries: moka::sync::Cache<K, (Stamp, V)>,
+    generation: AtomicU64,
+}
+
+impl<K, V> Stamped<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// At most `capacity` entries, each read again at least every `ttl`.
+    pub(super) fn new(capacity: u64, ttl: Duration) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Now, for a read about to begin.
+    pub(super) fn stamp(&self) -> Stamp {
+        Stamp(self.generation.load(Ordering::Acquire))
+    }
+
+    /// `key`'s entry, if no change was announced since its read began.
+    pub(super) fn get(&self, key: &K) -> Option<V> {
+        self.entries
+            .get(key)
+            .filter(|(read_at, _)| *read_at == self.stamp())
+            .map(|(_, value)| value)
+    }
+
+    /// Keeps `value`, read from a read that began at `read_at`.
+    pub(super) fn insert(&self, key: K, read_at: Stamp, value: V) {
+        self.entries.insert(key, (read_at, value));
+    }
+
+    /// Drops `key`'s entry.
+    pub(super) fn invalidate(&self, key: &K) {
+        self.entries.invalidate(key);
+    }
+
+    /// Something read here changed (and that is committed): every entry read before now
+    /// stops counting.
+    pub(super) fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops every entry.
+    pub(super) fn clear(&self) {
+        self.entries.invalidate_all();
+    }
+}
+
 /// Accounts whose webhooks are kept.
 const HOOKS_ACCOUNTS: u64 = 10_000;
 /// A backstop: webhooks changed other than through this instance's API (by hand in the
@@ -194,23 +257,12 @@ const HOOKS_TTL: Duration = Duration::from_secs(60);
 
 /// SQLite: each account's webhooks, as its starts read them ahead (see `Runtime::start_step`).
 /// On SQLite this instance is the only one, so every change goes through its API, which
-/// forgets them all ([`Self::forget`]) once the change is committed. Each entry carries the
-/// generation its read began in, and counts only while that is still the current one: a
-/// read that raced with a change is never taken for current.
-pub(super) struct HooksCache {
-    hooks: moka::sync::Cache<Uuid, (u64, Arc<AccountHooks>)>,
-    generation: AtomicU64,
-}
+/// forgets them all ([`Self::forget`]) once the change is committed.
+pub(super) struct HooksCache(Stamped<Uuid, Arc<AccountHooks>>);
 
 impl Default for HooksCache {
     fn default() -> Self {
-        Self {
-            hooks: moka::sync::Cache::builder()
-                .max_capacity(HOOKS_ACCOUNTS)
-                .time_to_live(HOOKS_TTL)
-                .build(),
-            generation: AtomicU64::new(0),
-        }
+        Self(Stamped::new(HOOKS_ACCOUNTS, HOOKS_TTL))
     }
 }
 
@@ -221,21 +273,19 @@ impl HooksCache {
         db: &impl ConnectionTrait,
         account_id: Uuid,
     ) -> ApiResult<Arc<AccountHooks>> {
-        let current = self.generation.load(Ordering::Acquire);
-        if let Some((generation, hooks)) = self.hooks.get(&account_id)
-            && generation == current
-        {
+        if let Some(hooks) = self.0.get(&account_id) {
             return Ok(hooks);
         }
+        let read_at = self.0.stamp();
         let hooks = Arc::new(AccountHooks::read(db, account_id).await?);
-        self.hooks.insert(account_id, (current, hooks.clone()));
+        self.0.insert(account_id, read_at, hooks.clone());
         Ok(hooks)
     }
 
     /// Forgets every account's webhooks: one of them changed.
     pub(super) fn forget(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.hooks.invalidate_all();
+        self.0.changed();
+        self.0.clear();
     }
 }
 
