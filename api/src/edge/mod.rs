@@ -7,14 +7,19 @@ pub mod http;
 pub mod origin;
 pub mod results;
 pub mod span;
+pub mod upgrade;
 pub mod widget;
 pub mod ws;
 
-use std::net::TcpListener;
+use std::{net::TcpListener, rc::Rc, time::Duration};
 
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{
+    IntoServiceFactory as _, ServiceFactory as _, fn_factory, fn_service, map_config,
+};
 use actix_web::{
-    App, HttpResponse, HttpServer,
-    dev::Server,
+    App, HttpResponse,
+    dev::{AppConfig, Server},
     guard,
     http::{Method, StatusCode},
     middleware::Compress,
@@ -30,10 +35,14 @@ use crate::{
 };
 
 /// The HTTP server over `listener`, not yet running.
+///
+/// Put together as actix-web's `HttpServer` does, with one addition: requests that ask for an
+/// upgrade go to [`upgrade::serve`], which runs them through the same app and, for a WebSocket
+/// the app accepts, takes the connection off actix-http's dispatcher and its buffers.
 pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyhow::Result<Server> {
     let max_body = state.settings.max_body_bytes;
     let graphiql_on = state.settings.graphiql;
-    let server = HttpServer::new(move || {
+    let app = move || {
         let app = App::new()
             .wrap(TracingLogger::<span::RequestSpan>::new())
             .app_data(web::Data::new(schema.clone()))
@@ -72,16 +81,38 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
         } else {
             app
         }
-    })
-    .shutdown_timeout(10)
-    // actix's default is 25,000 connections per worker; every idle WebSocket is one, so let the
-    // open-files limit be the bound instead.
-    .max_connections(max_connections_per_worker())
-    // Chat events are small frames: without TCP_NODELAY, Nagle's algorithm holds them back
-    // until the peer's delayed ACK, 40 ms later.
-    .tcp_nodelay(true)
-    .listen(listener)?
-    .run();
+    };
+    let local = listener.local_addr()?;
+    let server = Server::build()
+        .shutdown_timeout(10)
+        // actix's default is 25,000 connections per worker; every idle WebSocket is one, so let
+        // the open-files limit be the bound instead.
+        .max_concurrent_connections(max_connections_per_worker())
+        .listen("parley", listener, move || {
+            let for_upgrades = app.clone();
+            let upgrades = fn_factory(move || {
+                let factory = for_upgrades().into_factory();
+                async move {
+                    let app = Rc::new(factory.new_service(AppConfig::default()).await?);
+                    Ok::<_, ()>(fn_service(move |(req, framed)| {
+                        upgrade::serve(Rc::clone(&app), req, framed)
+                    }))
+                }
+            });
+            // actix-web's defaults.
+            HttpService::build()
+                .keep_alive(KeepAlive::default())
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(local)
+                // Chat events are small frames: without TCP_NODELAY, Nagle's algorithm holds
+                // them back until the peer's delayed ACK, 40 ms later.
+                .tcp_nodelay(true)
+                .upgrade(upgrades)
+                .finish(map_config(app().into_factory(), |()| AppConfig::default()))
+                .tcp()
+        })?
+        .run();
     Ok(server)
 }
 

@@ -2,7 +2,8 @@
 //! legacy `graphql-ws`.
 //!
 //! async-graphql's protocol state machine ([`WebSocket`]) speaks the GraphQL protocol; this
-//! handler owns the socket around it (over `actix-ws`) and enforces what a stranger may take:
+//! handler owns the socket around it (a [`Wire`], see [`super::upgrade`]) and enforces what a
+//! stranger may take:
 //! sockets per client address, the time to `connection_init`, message size, operations running
 //! at once, and silence. It answers every close frame with one.
 use std::{
@@ -16,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use actix_http::ws::{CloseCode, CloseReason, Frame, Item, Message, ProtocolError};
 use actix_web::{
     HttpRequest, HttpResponse,
     http::{
@@ -24,7 +26,6 @@ use actix_web::{
     },
     web::{self, Bytes, BytesMut},
 };
-use actix_ws::{CloseCode, CloseReason, Item, Message, MessageStream, ProtocolError, Session};
 use async_graphql::{
     Data,
     http::{WebSocket, WebSocketProtocols, WsMessage},
@@ -34,18 +35,22 @@ use serde::Deserialize;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{
-    api_key_budget, authenticate, client::ClientAddr, limit_refusal, origin::RequestOrigin,
+    api_key_budget, authenticate,
+    client::ClientAddr,
+    limit_refusal,
+    origin::RequestOrigin,
     request_error,
+    upgrade::{Accepted, Wire},
 };
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
-/// Serves one socket: refuses the upgrade when the client already holds too many, otherwise
-/// upgrades and runs the socket in its own task.
+/// Answers a request for a socket: refuses it when the client already holds too many, otherwise
+/// accepts it with a `101` that carries the socket's life ([`Accepted`]), run on the
+/// connection once the answer is written.
 pub async fn graphql_ws(
     schema: web::Data<AppSchema>,
     state: web::Data<AppState>,
     req: HttpRequest,
-    payload: web::Payload,
 ) -> HttpResponse {
     let limits = &state.settings.limits;
     let Some(protocol) = negotiate(&req) else {
@@ -75,9 +80,9 @@ pub async fn graphql_ws(
             "5",
         );
     };
-    let (mut response, session, stream) = match actix_ws::handle(&req, payload) {
-        Ok(parts) => parts,
-        Err(e) => return e.error_response(),
+    let mut response = match actix_http::ws::handshake(req.head()) {
+        Ok(mut accept) => HttpResponse::from(accept.finish().map_into_boxed_body()),
+        Err(e) => return HttpResponse::from(actix_http::Response::from(&e)),
     };
     response.headers_mut().insert(
         header::SEC_WEBSOCKET_PROTOCOL,
@@ -92,10 +97,13 @@ pub async fn graphql_ws(
         ping_interval: limits.ws_ping_interval,
         operations: Operations::new(limits.ws_max_operations),
     };
-    let stream = stream.max_frame_size(limits.ws_max_message_bytes);
     let schema = AppSchema::clone(&schema);
     let state = AppState::clone(&state);
-    actix_web::rt::spawn(socket.serve(schema, state, session, stream, guard));
+    response
+        .extensions_mut()
+        .insert(Accepted::new(limits.ws_max_message_bytes, move |wire| {
+            Box::pin(socket.serve(schema, state, wire, guard))
+        }));
     response
 }
 
@@ -259,6 +267,9 @@ impl Operations {
     }
 }
 
+/// How long a socket that sent its close frame waits for the peer's before it lets go.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 /// How a socket ends.
 enum End {
     /// Send this close frame.
@@ -306,28 +317,23 @@ impl Socket {
         mut self,
         schema: AppSchema,
         state: AppState,
-        mut session: Session,
-        stream: MessageStream,
+        mut wire: Wire,
         guard: SocketGuard,
     ) {
-        let end = self.run(schema, state, &mut session, stream).await;
+        let end = self.run(schema, state, &mut wire).await;
         // Uncounted before the close frame goes out: a client that saw it may open another.
         drop(guard);
         if let End::Close(reason) = end {
             let stall = self.ping_interval * 2;
-            let _ = tokio::time::timeout(stall, session.close(reason)).await;
+            if deliver(wire.send(Message::Close(reason)), stall).await {
+                wire.linger(CLOSE_LINGER).await;
+            }
         }
     }
 
     /// Runs the socket until it ends; the protocol state machine (and every operation on the
     /// socket) is dropped on return.
-    async fn run(
-        &mut self,
-        schema: AppSchema,
-        state: AppState,
-        session: &mut Session,
-        mut stream: MessageStream,
-    ) -> End {
+    async fn run(&mut self, schema: AppSchema, state: AppState, wire: &mut Wire) -> End {
         let client = self.client;
         let origin = self.origin.clone();
         let protocol = self.protocol;
@@ -381,22 +387,27 @@ impl Socket {
                         inbox.push(message);
                     }
                 }
-                frame = stream.recv(), if pending.is_none() => {
+                frame = wire.recv(), if pending.is_none() => {
                     last_heard = Instant::now();
                     let message = match frame {
                         None => break End::Gone,
                         Some(Err(e)) => break self.protocol_error(e),
-                        Some(Ok(Message::Ping(bytes))) => {
-                            if !deliver(session.pong(&bytes), stall).await {
+                        Some(Ok(Frame::Ping(bytes))) => {
+                            if !deliver(wire.send(Message::Pong(bytes)), stall).await {
                                 break End::Gone;
                             }
                             continue;
                         }
-                        Some(Ok(Message::Pong(_) | Message::Nop)) => continue,
-                        Some(Ok(Message::Close(reason))) => break echo(reason),
-                        Some(Ok(Message::Text(text))) => text.into_bytes(),
-                        Some(Ok(Message::Binary(bytes))) => bytes,
-                        Some(Ok(Message::Continuation(item))) => {
+                        Some(Ok(Frame::Pong(_))) => continue,
+                        Some(Ok(Frame::Close(reason))) => break echo(reason),
+                        Some(Ok(Frame::Text(bytes))) => {
+                            if std::str::from_utf8(&bytes).is_err() {
+                                break close(CloseCode::Invalid, "a text message is not UTF-8");
+                            }
+                            bytes
+                        }
+                        Some(Ok(Frame::Binary(bytes))) => bytes,
+                        Some(Ok(Frame::Continuation(item))) => {
                             let (first, bytes, last) = match item {
                                 Item::FirstText(b) | Item::FirstBinary(b) => (true, b, false),
                                 Item::Continue(b) => (false, b, false),
@@ -428,7 +439,7 @@ impl Socket {
                             }
                         }
                         Verdict::Refuse(error) => {
-                            if !deliver(session.text(error), stall).await {
+                            if !deliver(wire.send(Message::Text(error.into())), stall).await {
                                 break End::Gone;
                             }
                         }
@@ -439,7 +450,7 @@ impl Socket {
                     Some(WsMessage::Text(text)) => {
                         acked |= text.starts_with(r#"{"type":"connection_ack""#);
                         self.on_server_message(&text);
-                        if !deliver(session.text(text), stall).await {
+                        if !deliver(wire.send(Message::Text(text.into())), stall).await {
                             break End::Gone;
                         }
                     }
@@ -463,7 +474,7 @@ impl Socket {
                         );
                         break close(CloseCode::Away, "no answer to ping");
                     }
-                    if !deliver(session.ping(b""), stall).await {
+                    if !deliver(wire.send(Message::Ping(Bytes::new())), stall).await {
                         break End::Gone;
                     }
                 }
@@ -543,9 +554,6 @@ impl Socket {
     fn protocol_error(&self, e: ProtocolError) -> End {
         match e {
             ProtocolError::Overflow => self.too_big(),
-            ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                close(CloseCode::Invalid, "a text message is not UTF-8")
-            }
             // The connection itself failed.
             ProtocolError::Io(_) => End::Gone,
             other => close(CloseCode::Protocol, other.to_string()),

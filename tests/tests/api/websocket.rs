@@ -408,3 +408,124 @@ async fn both_subprotocols_run_an_operation_and_the_chosen_one_is_echoed() {
         other => panic!("expected HTTP 400, got {:?}", other.map(|(_, r)| r)),
     }
 }
+
+/// A client text frame carrying `text` (under 126 bytes), masked as clients must.
+fn masked_text_frame(text: &str) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let len = u8::try_from(text.len()).expect("a short message");
+    assert!(len < 126, "a short message");
+    let mut frame = vec![0x81, 0x80 | len];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// An upgrade request for `path` as raw HTTP/1.1; `key` adds a `Sec-WebSocket-Key`.
+fn upgrade_request(app: &TestApp, path: &str, key: bool) -> String {
+    let key = if key {
+        "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    } else {
+        ""
+    };
+    format!(
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-protocol: graphql-transport-ws\r\n{key}\r\n",
+        app.port
+    )
+}
+
+/// Everything the server sends on `stream` until it closes the connection (5 s at most).
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection within 5 s")
+        .expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn a_first_message_sent_along_with_the_handshake_is_served() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app().await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    // The request and the first frame in one write: the frame arrives in the same read as
+    // the request's head, before the server has answered it.
+    let mut bytes = upgrade_request(&app, "/graphql", true).into_bytes();
+    bytes.extend(masked_text_frame(r#"{"type":"connection_init"}"#));
+    tcp.write_all(&bytes).await.expect("write");
+
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut byte))
+            .await
+            .expect("the answer within 5 s")
+            .expect("read");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-protocol: graphql-transport-ws"),
+        "{head}"
+    );
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let ack = next_json(&mut ws).await;
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    assert_serving(&mut ws).await;
+}
+
+#[tokio::test]
+async fn an_upgrade_request_that_is_no_socket_gets_its_answer_and_the_connection_ends() {
+    use tokio::io::AsyncWriteExt as _;
+    let app = spawn_app().await;
+    for (path, key, status, body) in [
+        // Another route answers as it always does.
+        ("/healthz", true, "200", "\"status\":\"ok\""),
+        ("/nowhere", true, "404", ""),
+        // A socket request without its key is refused by the handshake.
+        ("/graphql", false, "400", ""),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+            .await
+            .expect("connect");
+        tcp.write_all(upgrade_request(&app, path, key).as_bytes())
+            .await
+            .expect("write");
+        let answer = read_to_close(&mut tcp).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {answer}"
+        );
+        assert!(
+            answer.to_lowercase().contains("connection: close"),
+            "{path}: {answer}"
+        );
+        assert!(answer.contains(body), "{path}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_text_message_that_is_not_utf8_closes_the_socket_with_1007() {
+    let app = spawn_app().await;
+    let mut ws = connect(&app).await;
+    init(&mut ws, None).await;
+    ws.send(Message::Frame(Frame::message(
+        vec![b'{', 0xff, 0xfe, b'}'],
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .await
+    .expect("send");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Invalid, "{frame:?}");
+}
