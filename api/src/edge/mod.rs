@@ -83,24 +83,35 @@ pub fn serve(listener: TcpListener, schema: AppSchema, state: AppState) -> anyho
         }
     };
     let local = listener.local_addr()?;
-    let server = Server::build()
+    let builder = Server::build();
+    let stopping = builder.graceful_shutdown_signal();
+    let server = builder
         .shutdown_timeout(10)
         // actix's default is 25,000 connections per worker; every idle WebSocket is one, so let
         // the open-files limit be the bound instead.
         .max_concurrent_connections(max_connections_per_worker())
         .listen("parley", listener, move || {
             let for_upgrades = app.clone();
+            let for_sockets = stopping.clone();
             let upgrades = fn_factory(move || {
                 let factory = for_upgrades().into_factory();
+                let stopping = for_sockets.clone();
                 async move {
                     let app = Rc::new(factory.new_service(AppConfig::default()).await?);
                     Ok::<_, ()>(fn_service(move |(req, framed)| {
-                        upgrade::serve(Rc::clone(&app), req, framed)
+                        upgrade::serve(Rc::clone(&app), req, framed, stopping.clone())
                     }))
                 }
             });
+            let for_connections = stopping.clone();
             // actix-web's defaults.
             HttpService::build()
+                // Keep-alive connections end when the server stops, as under `HttpServer`
+                // (which uses this same hidden hook).
+                .graceful_shutdown_signal(move || {
+                    let stopping = for_connections.clone();
+                    async move { stopping.notified().await }
+                })
                 .keep_alive(KeepAlive::default())
                 .client_request_timeout(Duration::from_secs(5))
                 .client_disconnect_timeout(Duration::from_secs(1))

@@ -16,7 +16,9 @@ use actix_http::{
     body::{BodySize, BoxBody, MessageBody},
     h1, ws,
 };
+use actix_server::GracefulShutdownSignal;
 use actix_web::{
+    HttpMessage as _,
     dev::{Service, ServiceResponse},
     web::BytesMut,
 };
@@ -38,72 +40,154 @@ impl Accepted {
     ) -> Self {
         Self(Box::new(move |mut wire: Wire| {
             wire.codec = ws::Codec::new().max_size(max_frame);
+            wire.max_frame = max_frame;
             serve(wire)
         }))
     }
 }
 
+/// Marks a request that came through the upgrade hook, the only one whose connection can be
+/// handed to a socket: a request that asks for an upgrade but also has a chunked body is
+/// served by the ordinary dispatcher, where a `101` would leave the client with no socket.
+#[derive(Clone, Copy, Debug)]
+pub struct ViaUpgrade;
+
+/// The largest answer written to an upgrade request that is not a socket; a larger one (a
+/// results export, say) is refused instead of being held whole.
+const MAX_PLAIN_ANSWER: u64 = 64 * 1024;
+
 /// Serves one request that asked for an upgrade: runs it through `app` like any other, then
 /// either hands the connection to the socket the handler accepted, or writes the answer and
-/// closes the connection.
+/// closes the connection. The connection's own failures (a peer that went away) end it
+/// quietly: a stranger could otherwise write a line to the error log per connection.
 pub async fn serve<S, B>(
     app: Rc<S>,
     req: Request,
     framed: Framed<TcpStream, h1::Codec>,
+    stopping: GracefulShutdownSignal,
 ) -> Result<(), actix_web::Error>
 where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody + 'static,
 {
+    req.extensions_mut().insert(ViaUpgrade);
     let mut response: Response<BoxBody> = match app.call(req).await {
         Ok(res) => Response::from(res).map_into_boxed_body(),
         Err(e) => e.error_response().into(),
     };
-    let accepted = response.extensions_mut().remove::<Accepted>();
-    let (mut head, body) = response.into_parts();
-    let mut parts = framed.into_parts();
-    let mut out = BytesMut::new();
-    match accepted {
-        Some(accepted) if head.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            parts
-                .codec
-                .encode(h1::Message::Item((head, BodySize::None)), &mut out)?;
-            parts.io.write_all(&out).await?;
-            // What the client sent after its request is the socket's first bytes; the 8 KiB
-            // buffer they came in is not kept.
-            let early = if parts.read_buf.is_empty() {
-                BytesMut::new()
-            } else {
-                BytesMut::from(&parts.read_buf[..])
-            };
-            drop(parts.read_buf);
-            drop(parts.write_buf);
-            (accepted.0)(Wire::new(parts.io, early)).await;
-        }
-        _ => {
-            // Not a socket (another path, a refusal): the answer, then the connection ends,
-            // since what follows an upgrade request is not HTTP.
-            let body = actix_web::body::to_bytes(body)
-                .await
-                .map_err(|e| actix_web::error::ErrorInternalServerError(e.to_string()))?;
-            head.head_mut().set_connection_type(ConnectionType::Close);
-            let size = BodySize::Sized(body.len() as u64);
-            parts
-                .codec
-                .encode(h1::Message::Item((head, size)), &mut out)?;
-            parts
-                .codec
-                .encode(h1::Message::Chunk(Some(body)), &mut out)?;
-            parts.codec.encode(h1::Message::Chunk(None), &mut out)?;
-            parts.io.write_all(&out).await?;
-            let _ = parts.io.shutdown().await;
-        }
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let accepted = response
+        .extensions_mut()
+        .remove::<Accepted>()
+        .filter(|_| switching);
+    let result = match accepted {
+        Some(accepted) => match switch(response, framed).await {
+            Ok((io, early)) => {
+                (accepted.0)(Wire::new(io, early, stopping)).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        None => answer(response, framed).await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "an upgrade request's connection failed");
     }
     Ok(())
 }
 
+/// Writes the `101` and gives back the connection with what the client sent after its
+/// request (the socket's first bytes). Nothing else of the HTTP connection is kept: its 8 KiB
+/// buffers, the response and the codec are dropped here, before the socket's long life.
+async fn switch(
+    response: Response<BoxBody>,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> io::Result<(TcpStream, BytesMut)> {
+    let (head, _body) = response.into_parts();
+    let mut parts = framed.into_parts();
+    let mut out = BytesMut::new();
+    parts
+        .codec
+        .encode(h1::Message::Item((head, BodySize::None)), &mut out)?;
+    parts.io.write_all(&out).await?;
+    let early = if parts.read_buf.is_empty() {
+        BytesMut::new()
+    } else {
+        BytesMut::from(&parts.read_buf[..])
+    };
+    Ok((parts.io, early))
+}
+
+/// Writes an ordinary answer to an upgrade request that is no socket (another path, a
+/// refusal), then ends the connection, since what would follow an upgrade request is not HTTP.
+async fn answer(
+    response: Response<BoxBody>,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> io::Result<()> {
+    let small = matches!(
+        response.body().size(),
+        BodySize::None | BodySize::Sized(0..=MAX_PLAIN_ANSWER)
+    );
+    let (mut head, body) = if small {
+        response.into_parts()
+    } else {
+        Response::from(super::request_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "this address does not answer a request that asks for an upgrade; send it without \
+             the Upgrade header",
+        ))
+        .into_parts()
+    };
+    let body = actix_web::body::to_bytes(body)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    head.head_mut().set_connection_type(ConnectionType::Close);
+    let mut parts = framed.into_parts();
+    let mut out = BytesMut::new();
+    let size = BodySize::Sized(body.len() as u64);
+    parts
+        .codec
+        .encode(h1::Message::Item((head, size)), &mut out)?;
+    parts
+        .codec
+        .encode(h1::Message::Chunk(Some(body)), &mut out)?;
+    parts.codec.encode(h1::Message::Chunk(None), &mut out)?;
+    parts.io.write_all(&out).await?;
+    linger(parts.io, CLOSE_LINGER).await;
+    Ok(())
+}
+
+/// How long a connection that was told it ends waits for the peer to close before it lets go.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Ends a connection after its last words were written: no more writes, then what the peer
+/// still sends (a WebSocket's own close frame) is read and dropped until it closes or `within`
+/// passes, so that unread bytes do not turn the close into a reset that could lose what was
+/// written last.
+async fn linger(mut io: TcpStream, within: Duration) {
+    let drain = async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut scratch = [0u8; 512];
+        while let Ok(n) = io.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, drain).await;
+}
+
 /// How many bytes one read may take at most; a larger frame takes several.
 const READ_CHUNK: usize = 4096;
+
+/// actix-http's own default limit on a frame, for a wire whose socket sets none.
+const DEFAULT_MAX_FRAME: usize = 64 * 1024;
+
+/// The longest a frame's header can be (RFC 6455 §5.2: 2 + 8 bytes of length + 4 of mask).
+const MAX_FRAME_HEADER: usize = 14;
 
 /// An upgraded connection, framed by actix-http's WebSocket codec (server side: client frames
 /// must be masked). Nothing is buffered between frames: an idle socket holds only its
@@ -113,23 +197,35 @@ pub struct Wire {
     /// Bytes of a frame not yet whole; empty (and unallocated) between frames.
     read: BytesMut,
     codec: ws::Codec,
+    max_frame: usize,
     /// The peer ended its side.
     eof: bool,
+    stopping: GracefulShutdownSignal,
 }
 
 impl Wire {
-    fn new(io: TcpStream, early: BytesMut) -> Self {
+    fn new(io: TcpStream, early: BytesMut, stopping: GracefulShutdownSignal) -> Self {
         Self {
             io,
             read: early,
             codec: ws::Codec::new(),
+            max_frame: DEFAULT_MAX_FRAME,
             eof: false,
+            stopping,
         }
+    }
+
+    /// Resolves once the server begins to shut down.
+    pub fn stopping(&self) -> GracefulShutdownSignal {
+        self.stopping.clone()
     }
 
     /// The next frame; `None` once the peer has closed the connection. Cancel-safe: bytes read
     /// stay in the wire until their frame is whole.
     pub async fn recv(&mut self) -> Option<Result<ws::Frame, ws::ProtocolError>> {
+        // Reads that find data waiting never yield to the runtime by themselves: without this, a
+        // peer that keeps the socket full of cheap frames would hold the worker's thread.
+        tokio::task::coop::consume_budget().await;
         loop {
             match self.codec.decode(&mut self.read) {
                 Ok(Some(frame)) => {
@@ -137,6 +233,12 @@ impl Wire {
                     return Some(Ok(frame));
                 }
                 Ok(None) if self.eof => return None,
+                // What is left is one frame not yet whole. The codec checks a frame's size only
+                // once it is whole: a header that announces more than the limit would fill
+                // memory until the rest came.
+                Ok(None) if self.read.len() > self.max_frame + MAX_FRAME_HEADER => {
+                    return Some(Err(ws::ProtocolError::Overflow));
+                }
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
@@ -172,22 +274,8 @@ impl Wire {
         Ok(())
     }
 
-    /// Ends the connection after a close frame was sent: no more writes, then what the peer
-    /// still sends (its own close frame) is read and dropped until it closes or `within`
-    /// passes, so that unread bytes do not turn the close into a reset that could lose the
-    /// close frame on the way.
-    pub async fn linger(mut self, within: Duration) {
-        let drain = async {
-            if self.io.shutdown().await.is_err() {
-                return;
-            }
-            let mut scratch = [0u8; 512];
-            while let Ok(n) = self.io.read(&mut scratch).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(within, drain).await;
+    /// Ends the connection after a close frame was sent (see [`linger`]).
+    pub async fn linger(self) {
+        linger(self.io, CLOSE_LINGER).await;
     }
 }

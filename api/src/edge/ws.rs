@@ -19,7 +19,7 @@ use std::{
 
 use actix_http::ws::{CloseCode, CloseReason, Frame, Item, Message, ProtocolError};
 use actix_web::{
-    HttpRequest, HttpResponse,
+    HttpMessage as _, HttpRequest, HttpResponse,
     http::{
         StatusCode,
         header::{self, HeaderValue},
@@ -40,7 +40,7 @@ use super::{
     limit_refusal,
     origin::RequestOrigin,
     request_error,
-    upgrade::{Accepted, Wire},
+    upgrade::{Accepted, ViaUpgrade, Wire},
 };
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
@@ -53,6 +53,15 @@ pub async fn graphql_ws(
     req: HttpRequest,
 ) -> HttpResponse {
     let limits = &state.settings.limits;
+    if req.extensions().get::<ViaUpgrade>().is_none() {
+        // Asked for an upgrade but also sent a (chunked) body: such a request is not handed
+        // over as a connection, so no socket could follow a 101.
+        return request_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "a WebSocket request must not have a body",
+        );
+    }
     let Some(protocol) = negotiate(&req) else {
         return request_error(
             StatusCode::BAD_REQUEST,
@@ -267,9 +276,6 @@ impl Operations {
     }
 }
 
-/// How long a socket that sent its close frame waits for the peer's before it lets go.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
 /// How a socket ends.
 enum End {
     /// Send this close frame.
@@ -278,10 +284,23 @@ enum End {
     Gone,
 }
 
+/// The most a close frame's reason may take: a control frame carries at most 125 bytes, two
+/// of them the code (RFC 6455 §5.5).
+const MAX_CLOSE_REASON: usize = 123;
+
 fn close(code: impl Into<CloseCode>, reason: impl Into<String>) -> End {
+    let mut reason = reason.into();
+    if reason.len() > MAX_CLOSE_REASON {
+        // Some reasons carry what the client sent (an operation id, a message type).
+        let mut end = MAX_CLOSE_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
     End::Close(Some(CloseReason {
         code: code.into(),
-        description: Some(reason.into()).filter(|r| !r.is_empty()),
+        description: Some(reason).filter(|r| !r.is_empty()),
     }))
 }
 
@@ -326,7 +345,7 @@ impl Socket {
         if let End::Close(reason) = end {
             let stall = self.ping_interval * 2;
             if deliver(wire.send(Message::Close(reason)), stall).await {
-                wire.linger(CLOSE_LINGER).await;
+                wire.linger().await;
             }
         }
     }
@@ -372,6 +391,9 @@ impl Socket {
         let interval = self.ping_interval;
         // A peer that does not take what is sent for this long is dropped too.
         let stall = interval * 2;
+        let stopping = wire.stopping();
+        let stopping = stopping.notified();
+        let mut stopping = std::pin::pin!(stopping);
         let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
@@ -462,6 +484,8 @@ impl Socket {
                     // `connection_terminate`, or the end after a `connection_error`.
                     None => break close(CloseCode::Normal, ""),
                 },
+                // Told, so that the client reconnects (to another instance) at once.
+                () = &mut stopping => break close(CloseCode::Away, "the server is shutting down"),
                 () = &mut init_deadline, if !initialised => {
                     break close(4408, "Connection initialisation timeout");
                 }
@@ -554,6 +578,10 @@ impl Socket {
     fn protocol_error(&self, e: ProtocolError) -> End {
         match e {
             ProtocolError::Overflow => self.too_big(),
+            // A frame the codec refused (reserved bits set).
+            ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                close(CloseCode::Protocol, e.to_string())
+            }
             // The connection itself failed.
             ProtocolError::Io(_) => End::Gone,
             other => close(CloseCode::Protocol, other.to_string()),

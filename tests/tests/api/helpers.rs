@@ -217,6 +217,12 @@ impl TestApp {
         start_on(db, self.settings.clone()).await
     }
 
+    /// Begins a graceful stop of the server, as on SIGTERM.
+    pub fn stop_gracefully(&self) {
+        let handle = self.handle.clone();
+        tokio::spawn(async move { handle.stop(true).await });
+    }
+
     /// Stops the server abruptly (like a crash) and hands back its database.
     pub fn crash(mut self) -> TestDb {
         if let Some(server) = self.server.take() {

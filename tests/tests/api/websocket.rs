@@ -529,3 +529,80 @@ async fn a_text_message_that_is_not_utf8_closes_the_socket_with_1007() {
     let frame = close_frame(&mut ws).await;
     assert_eq!(frame.code, CloseCode::Invalid, "{frame:?}");
 }
+
+#[tokio::test]
+async fn an_upgrade_request_with_a_body_gets_400_and_no_socket() {
+    use tokio::io::AsyncWriteExt as _;
+    let app = spawn_app().await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    // A chunked body wins over the upgrade in actix-http's parser: such a request is served
+    // as a plain one, where a 101 would leave the client with no socket.
+    let request = upgrade_request(&app, "/graphql", true).replace(
+        "connection: Upgrade\r\n",
+        "connection: Upgrade, close\r\ntransfer-encoding: chunked\r\n",
+    ) + "0\r\n\r\n";
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let answer = read_to_close(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("must not have a body"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_frame_with_reserved_bits_closes_the_socket_with_1002() {
+    let app = spawn_app().await;
+    let mut ws = connect(&app).await;
+    init(&mut ws, None).await;
+    let mut frame = Frame::message(r#"{"type":"ping"}"#, OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = true;
+    ws.send(Message::Frame(frame)).await.expect("send");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Protocol, "{frame:?}");
+}
+
+#[tokio::test]
+async fn a_close_reason_that_quotes_the_client_fits_in_a_close_frame() {
+    let app = spawn_app().await;
+    let mut ws = connect(&app).await;
+    init(&mut ws, None).await;
+    // The protocol's error names the unknown type: far more than a close frame may carry.
+    let kind = "x".repeat(300);
+    send(&mut ws, json!({ "type": kind, "id": "1" })).await;
+    let frame = close_frame(&mut ws).await;
+    assert_ne!(frame.code, CloseCode::Normal, "{frame:?}");
+    assert!(
+        !frame.reason.is_empty() && frame.reason.len() <= 123,
+        "{frame:?}"
+    );
+}
+
+#[tokio::test]
+async fn sockets_are_told_with_1001_when_the_server_stops() {
+    let app = spawn_app().await;
+    let mut ws = connect(&app).await;
+    init(&mut ws, None).await;
+    app.stop_gracefully();
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
+}
+
+#[tokio::test]
+async fn a_frame_announcing_more_than_the_limit_is_refused_before_it_arrives_whole() {
+    use tokio::io::AsyncWriteExt as _;
+    let app = spawn_app_with(|s| s.limits.ws_max_message_bytes = 1024).await;
+    let mut ws = connect(&app).await;
+    init(&mut ws, None).await;
+    // A text frame whose header announces 1 MiB, then only its first 4 KiB: the server must
+    // not wait for (and hold) the rest before refusing it.
+    let mut raw = vec![0x81, 0x80 | 127];
+    raw.extend_from_slice(&(1u64 << 20).to_be_bytes());
+    raw.extend_from_slice(&[1, 2, 3, 4]);
+    raw.extend(std::iter::repeat_n(b'x' ^ 1, 4096));
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
+        panic!("a plain connection");
+    };
+    tcp.write_all(&raw).await.expect("write");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Size, "{frame:?}");
+}
