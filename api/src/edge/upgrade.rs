@@ -71,7 +71,9 @@ where
     B: MessageBody + 'static,
 {
     req.extensions_mut().insert(ViaUpgrade);
-    let mut response: Response<BoxBody> = match app.call(req).await {
+    // Boxed: the app's future is large, and whatever this future holds at any await point
+    // is part of every connection's allocation for as long as the socket lives.
+    let mut response: Response<BoxBody> = match Box::pin(app.call(req)).await {
         Ok(res) => Response::from(res).map_into_boxed_body(),
         Err(e) => e.error_response().into(),
     };
@@ -88,7 +90,7 @@ where
             }
             Err(e) => Err(e),
         },
-        None => answer(response, framed).await,
+        None => Box::pin(answer(response, framed)).await,
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "an upgrade request's connection failed");
@@ -170,7 +172,8 @@ async fn linger(mut io: TcpStream, within: Duration) {
         if io.shutdown().await.is_err() {
             return;
         }
-        let mut scratch = [0u8; 512];
+        // On the heap: a socket's future holds this future's state for its whole life.
+        let mut scratch = vec![0u8; 512];
         while let Ok(n) = io.read(&mut scratch).await {
             if n == 0 {
                 break;
