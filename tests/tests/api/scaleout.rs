@@ -295,3 +295,37 @@ async fn an_instance_alone_sends_no_notify_and_starts_once_another_instance_join
         heard.payload()
     );
 }
+
+#[tokio::test]
+async fn a_start_that_calls_a_webhook_is_told_to_the_other_instances_and_delivered_once() {
+    let Some((a, b)) = two_instances().await else {
+        return;
+    };
+    let owner = a.new_user().await;
+    let hook = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&hook)
+        .await;
+    let (bot, _) = async_bot(&a, &owner, &format!("{}/hook", hook.uri())).await;
+    let mut team = b
+        .subscribe(
+            Some(&owner.token),
+            "subscription($a: ID!) { accountEvents(accountId: $a) { seq conversationId kind } }",
+            json!({ "a": owner.account_id }),
+        )
+        .await;
+    team.assert_quiet().await;
+    // The start's writes and its announcement go in one statement: the team on the other
+    // instance hears of it, and the webhook gets it once.
+    let (conv, _) = a.new_conversation(&bot).await;
+    for kind in ["BOT_MESSAGE", "ENDED"] {
+        let event = team.event("accountEvents").await;
+        assert_eq!(
+            (event["kind"].clone(), event["conversationId"].clone()),
+            (json!(kind), json!(conv))
+        );
+    }
+    let got = wait_receipts(&hook, 1).await;
+    assert_eq!(got.get(&conv), Some(&1), "{got:?}");
+}
