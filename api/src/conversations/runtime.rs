@@ -11,9 +11,7 @@ use entity::{
     conversation::{self, ConversationStatus},
     conversation_event, delivery,
 };
-use sea_orm::{
-    ColumnTrait, ConnectionTrait as _, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -743,32 +741,30 @@ impl Runtime {
         self.step_once(conversation_id, input, step, None).await
     }
 
-    /// A start's full step, taken before its write ([`Self::start_ahead`]) on its account's
-    /// webhooks read first: every start needs them (who takes `conversation.started`). On
-    /// SQLite they are kept in memory (every change goes through this instance) or read on a
-    /// reading connection, since a read in the step would be one more hop in the writer's
-    /// line, which every step waits in. On PostgreSQL, where other instances may change
-    /// them, they are read each time; the start's writes then go in one statement instead of
-    /// a transaction of one round trip each. Taken outside the write, the webhooks may miss a
-    /// change made meanwhile: one deleted makes the step's delivery fail its foreign key, and
-    /// then the step is taken again, reading them in its transaction; one created or changed
-    /// at the same moment counts as changed just after the start.
+    /// A start's full step. On SQLite its account's webhooks are taken first, as kept in
+    /// memory or read on a reading connection: every start needs them (who takes
+    /// `conversation.started`), and a read in the step would be one more hop in the writer's
+    /// line, which every step waits in. Then the step is taken before its write
+    /// ([`Self::start_ahead`]). Taken outside the transaction, the webhooks may miss a change
+    /// made meanwhile: one deleted makes the step's delivery fail its foreign key, and then
+    /// the step is taken again, reading them in its transaction; one created or changed at
+    /// the same moment counts as changed just after the start.
     async fn start_step(
         self: &Arc<Self>,
         conversation_id: Uuid,
         input: Input,
         mut step: Step,
     ) -> Result<StepDone, Undone> {
-        let Some(account_id) = step.create.as_ref().map(|new| new.account_id) else {
-            return self.step_once(conversation_id, input, step, None).await;
+        let account_id = match (&step.create, self.db.kind()) {
+            (Some(new), DatabaseKind::Sqlite) => new.account_id,
+            _ => return self.step_once(conversation_id, input, step, None).await,
         };
-        let hooks = match self.db.kind() {
-            DatabaseKind::Sqlite => self.hooks.get(self.db.conn(), account_id).await,
-            DatabaseKind::Postgres => lifecycle::AccountHooks::read(self.db.conn(), account_id)
+        step.hooks = Some(
+            self.hooks
+                .get(self.db.conn(), account_id)
                 .await
-                .map(Arc::new),
-        };
-        step.hooks = Some(hooks.map_err(Undone::Failed)?);
+                .map_err(Undone::Failed)?,
+        );
         let again = (input.clone(), step.clone());
         match self.start_ahead(conversation_id, input, step).await {
             Err(Undone::Failed(ApiError::Internal(e))) if is_foreign_key_violation(&e) => {
@@ -789,12 +785,12 @@ impl Runtime {
         }
     }
 
-    /// A start's full step on its account's webhooks read ahead, taken before its write: the
-    /// engine and the payloads run here, on the request's thread. A start only inserts (its
-    /// conversation, events and deliveries) and reads nothing a transaction would have to
-    /// see. On SQLite the writer thread only sends the inserts, together with the other
-    /// writes so prepared that wait at that moment (see [`crate::db::Db::write_deferred`]);
-    /// on PostgreSQL they go as one statement ([`crate::db::Deferred::chained`]).
+    /// SQLite: a start's full step on its account's webhooks read ahead, taken before its
+    /// write: the engine and the payloads run here, on the request's thread, and the writer
+    /// thread only sends the step's inserts, together with the other writes so prepared that
+    /// wait at that moment (see [`crate::db::Db::write_deferred`]). A start only inserts
+    /// (its conversation, events and deliveries) and reads nothing the writer's
+    /// transaction would have to see.
     async fn start_ahead(
         self: &Arc<Self>,
         conversation_id: Uuid,
@@ -821,23 +817,12 @@ impl Runtime {
         let Some(inserts) = kept.filter(|kept| !kept.is_empty()) else {
             return Ok(done);
         };
-        let written = match self.db.kind() {
-            DatabaseKind::Sqlite => match self.db.write_deferred(inserts).await {
-                Some(written) => written,
-                None => {
-                    return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
-                        "SQLite steps have no writer thread"
-                    ))));
-                }
-            },
-            DatabaseKind::Postgres => self
-                .db
-                .conn()
-                .execute_raw(inserts.chained())
-                .await
-                .map(drop),
-        };
-        written.map(|()| done).map_err(Undone::from)
+        match self.db.write_deferred(inserts).await {
+            Some(written) => written.map(|()| done).map_err(Undone::from),
+            None => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                "SQLite steps have no writer thread"
+            )))),
+        }
     }
 
     /// One step in one transaction (grouped with others on SQLite), from `known` if given.

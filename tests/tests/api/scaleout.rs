@@ -316,8 +316,8 @@ async fn a_start_that_calls_a_webhook_is_told_to_the_other_instances_and_deliver
         )
         .await;
     team.assert_quiet().await;
-    // The start's writes and its announcement go in one statement: the team on the other
-    // instance hears of it, and the webhook gets it once.
+    // The start's events are announced with its commit: the team on the other instance
+    // hears of them, and the webhook gets the conversation once.
     let (conv, _) = a.new_conversation(&bot).await;
     for kind in ["BOT_MESSAGE", "ENDED"] {
         let event = team.event("accountEvents").await;
@@ -326,6 +326,8 @@ async fn a_start_that_calls_a_webhook_is_told_to_the_other_instances_and_deliver
             (json!(kind), json!(conv))
         );
     }
-    let got = wait_receipts(&hook, 1).await;
+    wait_receipts(&hook, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = receipts(&hook).await;
     assert_eq!(got.get(&conv), Some(&1), "{got:?}");
 }

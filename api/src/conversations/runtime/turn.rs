@@ -524,18 +524,16 @@ impl Runtime {
             inserts.push(&events_insert(&new_events));
         }
         match writes {
-            Writes::Now => {
-                inserts.run(tx).await?;
-                if let Some(announce) = self.bus.announcement(&new_events) {
-                    tx.execute_raw(announce).await?;
-                }
+            Writes::Now => inserts.run(tx).await?,
+            Writes::Later(kept) => *kept = Some(inserts),
+        }
+        if let Some(announce) = self.bus.announcement(&new_events) {
+            if kept_for_later {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "a step that must be announced cannot leave its writes for later"
+                )));
             }
-            Writes::Later(kept) => {
-                if let Some(announce) = self.bus.announcement(&new_events) {
-                    inserts.announce(announce);
-                }
-                *kept = Some(inserts);
-            }
+            tx.execute_raw(announce).await?;
         }
         let known = (!ended).then(|| {
             // Kept parsed: the row's JSON copy is not needed in memory.
