@@ -983,6 +983,16 @@ pub async fn async_bot(app: &TestApp, owner: &TestUser, url: &str) -> (String, S
     (bot, webhook)
 }
 
+/// A webhook receiver that answers every POST with 204.
+pub async fn accepting_receiver() -> wiremock::MockServer {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    server
+}
+
 /// Waits (up to 10 s) until `server` has received at least `n` requests; all it received.
 pub async fn received(server: &wiremock::MockServer, n: usize) -> Vec<wiremock::Request> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);

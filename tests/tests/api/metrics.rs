@@ -107,11 +107,7 @@ async fn a_conversations_delivery_is_handed_to_the_worker_and_sent_without_waiti
     };
     let before = handed(&scrape(&app, Some(TOKEN)).await.text().await.expect("text"));
     let owner = app.new_user().await;
-    let hook = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(wiremock::ResponseTemplate::new(204))
-        .mount(&hook)
-        .await;
+    let hook = accepting_receiver().await;
     let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
     let (conversation, _) = app.new_conversation(&bot).await;
     let list = app
@@ -298,11 +294,7 @@ async fn a_start_and_an_end_that_only_make_the_bot_speak_are_written_in_one_go_u
     assert_eq!(app.stored_conversation(&owner, &plain).await.1.len(), 5);
 
     // Once a webhook takes both lifecycle events, the start and the end each send theirs.
-    let events = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(wiremock::ResponseTemplate::new(204))
-        .mount(&events)
-        .await;
+    let events = accepting_receiver().await;
     assert_ok(
         &app.create_webhook(
             &owner.token,

@@ -26,6 +26,19 @@ async fn chat_bot(app: &TestApp, owner: &TestUser) -> String {
     bot
 }
 
+/// The account events of `owner`'s account, watched on `app`; nothing yet.
+async fn team_watch(app: &TestApp, owner: &TestUser) -> Sub {
+    let mut team = app
+        .subscribe(
+            Some(&owner.token),
+            "subscription($a: ID!) { accountEvents(accountId: $a) { seq conversationId kind } }",
+            json!({ "a": owner.account_id }),
+        )
+        .await;
+    team.assert_quiet().await;
+    team
+}
+
 #[tokio::test]
 async fn a_visitor_on_one_instance_sees_replies_to_answers_posted_to_another() {
     let Some((a, b)) = two_instances().await else {
@@ -64,14 +77,7 @@ async fn the_team_sees_account_events_from_every_instance() {
     };
     let owner = a.new_user().await;
     let bot = chat_bot(&a, &owner).await;
-    let mut team = b
-        .subscribe(
-            Some(&owner.token),
-            "subscription($a: ID!) { accountEvents(accountId: $a) { seq conversationId kind } }",
-            json!({ "a": owner.account_id }),
-        )
-        .await;
-    team.assert_quiet().await;
+    let mut team = team_watch(&b, &owner).await;
     let (conv, token) = a.new_conversation(&bot).await;
     let first = team.event("accountEvents").await;
     assert_eq!(
@@ -154,11 +160,7 @@ async fn two_workers_share_the_outbox_and_send_each_delivery_once() {
         return;
     };
     let owner = a.new_user().await;
-    let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&hook)
-        .await;
+    let hook = accepting_receiver().await;
     let (bot, webhook) = async_bot(&a, &owner, &format!("{}/hook", hook.uri())).await;
     let mut started = Vec::new();
     for i in 0..200 {
@@ -302,20 +304,9 @@ async fn a_start_that_calls_a_webhook_is_told_to_the_other_instances_and_deliver
         return;
     };
     let owner = a.new_user().await;
-    let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(204))
-        .mount(&hook)
-        .await;
+    let hook = accepting_receiver().await;
     let (bot, _) = async_bot(&a, &owner, &format!("{}/hook", hook.uri())).await;
-    let mut team = b
-        .subscribe(
-            Some(&owner.token),
-            "subscription($a: ID!) { accountEvents(accountId: $a) { seq conversationId kind } }",
-            json!({ "a": owner.account_id }),
-        )
-        .await;
-    team.assert_quiet().await;
+    let mut team = team_watch(&b, &owner).await;
     // The start's events are announced with its commit: the team on the other instance
     // hears of them, and the webhook gets the conversation once.
     let (conv, _) = a.new_conversation(&bot).await;
