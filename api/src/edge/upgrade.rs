@@ -30,7 +30,10 @@ use tokio::{
 
 /// What a handler leaves in the extensions of its `101 Switching Protocols` response: the
 /// socket's life, run on the connection once the response is written.
-pub struct Accepted(Box<dyn FnOnce(Wire) -> LocalBoxFuture<'static, ()>>);
+pub struct Accepted {
+    max_frame: usize,
+    serve: Box<dyn FnOnce(Wire) -> LocalBoxFuture<'static, ()>>,
+}
 
 impl Accepted {
     /// The socket will be served by `serve`, over frames of at most `max_frame` bytes.
@@ -38,11 +41,10 @@ impl Accepted {
         max_frame: usize,
         serve: impl FnOnce(Wire) -> LocalBoxFuture<'static, ()> + 'static,
     ) -> Self {
-        Self(Box::new(move |mut wire: Wire| {
-            wire.codec = ws::Codec::new().max_size(max_frame);
-            wire.max_frame = max_frame;
-            serve(wire)
-        }))
+        Self {
+            max_frame,
+            serve: Box::new(serve),
+        }
     }
 }
 
@@ -85,7 +87,8 @@ where
     let result = match accepted {
         Some(accepted) => match switch(response, framed).await {
             Ok((io, early)) => {
-                (accepted.0)(Wire::new(io, early, stopping)).await;
+                let wire = Wire::new(io, early, accepted.max_frame, stopping);
+                (accepted.serve)(wire).await;
                 Ok(())
             }
             Err(e) => Err(e),
@@ -186,9 +189,6 @@ async fn linger(mut io: TcpStream, within: Duration) {
 /// How many bytes one read may take at most; a larger frame takes several.
 const READ_CHUNK: usize = 4096;
 
-/// actix-http's own default limit on a frame, for a wire whose socket sets none.
-const DEFAULT_MAX_FRAME: usize = 64 * 1024;
-
 /// The longest a frame's header can be (RFC 6455 §5.2: 2 + 8 bytes of length + 4 of mask).
 const MAX_FRAME_HEADER: usize = 14;
 
@@ -207,12 +207,17 @@ pub struct Wire {
 }
 
 impl Wire {
-    fn new(io: TcpStream, early: BytesMut, stopping: GracefulShutdownSignal) -> Self {
+    fn new(
+        io: TcpStream,
+        early: BytesMut,
+        max_frame: usize,
+        stopping: GracefulShutdownSignal,
+    ) -> Self {
         Self {
             io,
             read: early,
-            codec: ws::Codec::new(),
-            max_frame: DEFAULT_MAX_FRAME,
+            codec: ws::Codec::new().max_size(max_frame),
+            max_frame,
             eof: false,
             stopping,
         }
