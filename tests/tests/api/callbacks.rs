@@ -3,10 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use wiremock::{
-    Mock, MockServer, ResponseTemplate,
-    matchers::{method, path},
-};
+use wiremock::MockServer;
 
 use crate::helpers::*;
 
@@ -26,16 +23,6 @@ async fn callback_bot(app: &TestApp, owner: &TestUser, hook: &MockServer, timeou
     assert_ok(&app.save_flow(&owner.token, &bot, flow, None).await);
     assert_ok(&app.publish_bot(&owner.token, &bot).await);
     bot
-}
-
-async fn receiver() -> MockServer {
-    let hook = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/hook"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&hook)
-        .await;
-    hook
 }
 
 /// The callback URL of the first payload the receiver got.
@@ -72,7 +59,7 @@ async fn post(app: &TestApp, url: &str, body: impl Into<reqwest::Body>) -> (u16,
 async fn a_callback_url_continues_the_conversation_once() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let hook = receiver().await;
+    let hook = hook_receiver(200).await;
     let bot = callback_bot(&app, &owner, &hook, 30).await;
     let (conv, token) = app.new_conversation(&bot).await;
     let mut sub = app.watch(&conv, Some(&token), None, 0).await;
@@ -121,7 +108,7 @@ async fn a_callback_url_continues_the_conversation_once() {
 async fn a_callback_that_never_comes_times_out_to_on_timeout() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let hook = receiver().await;
+    let hook = hook_receiver(200).await;
     let bot = callback_bot(&app, &owner, &hook, 1).await;
     let (conv, token) = app.new_conversation(&bot).await;
     let mut sub = app.watch(&conv, Some(&token), None, 0).await;

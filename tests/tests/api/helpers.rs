@@ -569,6 +569,29 @@ impl TestApp {
             .to_owned()
     }
 
+    /// A webhook "Alerts" of `user`'s account that takes the lifecycle events `event_types`,
+    /// posting to `receiver`'s `/hook`; its id.
+    pub async fn new_alerts_webhook(
+        &self,
+        user: &TestUser,
+        receiver: &wiremock::MockServer,
+        event_types: &[&str],
+    ) -> String {
+        let body = self
+            .create_webhook(
+                &user.token,
+                &user.account_id,
+                json!({ "name": "Alerts", "url": format!("{}/hook", receiver.uri()),
+                        "eventTypes": event_types }),
+            )
+            .await;
+        assert_ok(&body);
+        body["data"]["createWebhook"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("createWebhook failed: {body}"))
+            .to_owned()
+    }
+
     pub async fn update_webhook(&self, token: &str, id: &str, input: Value) -> Value {
         self.gql(
             token,
@@ -983,11 +1006,12 @@ pub async fn async_bot(app: &TestApp, owner: &TestUser, url: &str) -> (String, S
     (bot, webhook)
 }
 
-/// A webhook receiver that answers every POST with 204.
-pub async fn accepting_receiver() -> wiremock::MockServer {
+/// A webhook receiver that answers every POST to `/hook` with `status`.
+pub async fn hook_receiver(status: u16) -> wiremock::MockServer {
     let server = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(wiremock::ResponseTemplate::new(204))
+        .and(wiremock::matchers::path("/hook"))
+        .respond_with(wiremock::ResponseTemplate::new(status))
         .mount(&server)
         .await;
     server

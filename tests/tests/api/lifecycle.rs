@@ -10,35 +10,24 @@ use wiremock::{
 
 use crate::helpers::*;
 
-async fn receiver(status: u16) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/hook"))
-        .respond_with(ResponseTemplate::new(status))
-        .mount(&server)
-        .await;
-    server
-}
-
 #[tokio::test]
 async fn each_lifecycle_event_is_delivered_once_and_signed() {
     let app = spawn_app_with(|s| s.abandon_after = Duration::from_secs(1)).await;
     let owner = app.new_user().await;
-    let events = receiver(200).await;
-    let failing = receiver(500).await;
-    let body = app
-        .create_webhook(
-            &owner.token,
-            &owner.account_id,
-            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
-                    "eventTypes": ["CONVERSATION_STARTED", "CONVERSATION_COMPLETED", "CONVERSATION_ABANDONED", "DELIVERY_FAILED"] }),
+    let events = hook_receiver(200).await;
+    let failing = hook_receiver(500).await;
+    let alerts = app
+        .new_alerts_webhook(
+            &owner,
+            &events,
+            &[
+                "CONVERSATION_STARTED",
+                "CONVERSATION_COMPLETED",
+                "CONVERSATION_ABANDONED",
+                "DELIVERY_FAILED",
+            ],
         )
         .await;
-    assert_ok(&body);
-    let alerts = body["data"]["createWebhook"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
     let seen = app
         .gql(
             &owner.token,
@@ -148,17 +137,10 @@ async fn bodies(server: &MockServer, n: usize) -> Vec<Value> {
 async fn a_conversations_first_step_sends_its_bots_current_name_and_its_first_messages() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let events = receiver(200).await;
-    assert_ok(
-        &app.create_webhook(
-            &owner.token,
-            &owner.account_id,
-            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
-                    "eventTypes": ["CONVERSATION_STARTED"] }),
-        )
-        .await,
-    );
-    let flow_hook = receiver(204).await;
+    let events = hook_receiver(200).await;
+    app.new_alerts_webhook(&owner, &events, &["CONVERSATION_STARTED"])
+        .await;
+    let flow_hook = hook_receiver(204).await;
     let hook = app
         .new_webhook(&owner, &format!("{}/hook", flow_hook.uri()))
         .await;
@@ -202,7 +184,7 @@ async fn a_conversations_first_step_sends_its_bots_current_name_and_its_first_me
 async fn a_start_after_a_webhook_or_its_bot_changed_goes_by_the_change() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let flow_hook = receiver(204).await;
+    let flow_hook = hook_receiver(204).await;
     let hook = app
         .new_webhook(&owner, &format!("{}/hook", flow_hook.uri()))
         .await;
@@ -226,16 +208,9 @@ async fn a_start_after_a_webhook_or_its_bot_changed_goes_by_the_change() {
     let (second, _) = app.new_conversation(&bot).await;
 
     // Then a webhook that takes `conversation.started`, a new name, a new version.
-    let events = receiver(200).await;
-    assert_ok(
-        &app.create_webhook(
-            &owner.token,
-            &owner.account_id,
-            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
-                    "eventTypes": ["CONVERSATION_STARTED"] }),
-        )
-        .await,
-    );
+    let events = hook_receiver(200).await;
+    app.new_alerts_webhook(&owner, &events, &["CONVERSATION_STARTED"])
+        .await;
     assert_ok(&app.rename_bot(&owner.token, &bot, "Front desk").await);
     let (third, _) = app.new_conversation(&bot).await;
     assert_ok(
@@ -282,7 +257,7 @@ async fn recover_deliveries_sends_the_failed_ones_again_once() {
     let owner = app.new_user().await;
     let member = app.add_member(&owner, "MEMBER").await;
     let stranger = app.new_user().await;
-    let hook = receiver(500).await;
+    let hook = hook_receiver(500).await;
     let (bot, webhook) = app
         .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
         .await;
@@ -346,21 +321,11 @@ async fn a_failing_webhook_is_disabled_holds_its_deliveries_and_resumes_when_ena
     let app = spawn_app_with(|s| s.delivery.disable_after = Duration::from_millis(200)).await;
     let owner = app.new_user().await;
     let member = app.add_member(&owner, "MEMBER").await;
-    let alerts_receiver = receiver(200).await;
-    let body = app
-        .create_webhook(
-            &owner.token,
-            &owner.account_id,
-            json!({ "name": "Alerts", "url": format!("{}/hook", alerts_receiver.uri()),
-                    "eventTypes": ["WEBHOOK_DISABLED"] }),
-        )
+    let alerts_receiver = hook_receiver(200).await;
+    let alerts = app
+        .new_alerts_webhook(&owner, &alerts_receiver, &["WEBHOOK_DISABLED"])
         .await;
-    assert_ok(&body);
-    let alerts = body["data"]["createWebhook"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let hook = receiver(500).await;
+    let hook = hook_receiver(500).await;
     let (bot, webhook) = app
         .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
         .await;
@@ -463,7 +428,7 @@ async fn a_failing_webhook_is_disabled_holds_its_deliveries_and_resumes_when_ena
 async fn the_worker_honours_a_webhooks_max_per_second() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let hook = receiver(200).await;
+    let hook = hook_receiver(200).await;
     let (bot, webhook) = app
         .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
         .await;
@@ -520,18 +485,11 @@ async fn a_delivery_failed_event_is_sent_at_once_and_not_at_the_outboxs_next_pol
     // the failure, must wake it.
     let app = spawn_app_with(|s| s.delivery.poll_interval = Duration::from_secs(3600)).await;
     let owner = app.new_user().await;
-    let events = receiver(200).await;
+    let events = hook_receiver(200).await;
     // 400: failed at the first attempt, no retries.
-    let refusing = receiver(400).await;
-    let body = app
-        .create_webhook(
-            &owner.token,
-            &owner.account_id,
-            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
-                    "eventTypes": ["DELIVERY_FAILED"] }),
-        )
+    let refusing = hook_receiver(400).await;
+    app.new_alerts_webhook(&owner, &events, &["DELIVERY_FAILED"])
         .await;
-    assert_ok(&body);
     let broken = app
         .new_webhook(&owner, &format!("{}/hook", refusing.uri()))
         .await;

@@ -107,7 +107,7 @@ async fn a_conversations_delivery_is_handed_to_the_worker_and_sent_without_waiti
     };
     let before = handed(&scrape(&app, Some(TOKEN)).await.text().await.expect("text"));
     let owner = app.new_user().await;
-    let hook = accepting_receiver().await;
+    let hook = hook_receiver(204).await;
     let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
     let (conversation, _) = app.new_conversation(&bot).await;
     let list = app
@@ -294,16 +294,13 @@ async fn a_start_and_an_end_that_only_make_the_bot_speak_are_written_in_one_go_u
     assert_eq!(app.stored_conversation(&owner, &plain).await.1.len(), 5);
 
     // Once a webhook takes both lifecycle events, the start and the end each send theirs.
-    let events = accepting_receiver().await;
-    assert_ok(
-        &app.create_webhook(
-            &owner.token,
-            &owner.account_id,
-            json!({ "name": "Alerts", "url": format!("{}/hook", events.uri()),
-                    "eventTypes": ["CONVERSATION_STARTED", "CONVERSATION_COMPLETED"] }),
-        )
-        .await,
-    );
+    let events = hook_receiver(204).await;
+    app.new_alerts_webhook(
+        &owner,
+        &events,
+        &["CONVERSATION_STARTED", "CONVERSATION_COMPLETED"],
+    )
+    .await;
     let (watched, token) = app.new_conversation(&bot).await;
     assert_ok(&app.send_answer(&watched, &token, "Ann").await);
     assert_ok(&app.send_answer(&watched, &token, "Oslo").await);

@@ -160,7 +160,7 @@ async fn two_workers_share_the_outbox_and_send_each_delivery_once() {
         return;
     };
     let owner = a.new_user().await;
-    let hook = accepting_receiver().await;
+    let hook = hook_receiver(204).await;
     let (bot, webhook) = async_bot(&a, &owner, &format!("{}/hook", hook.uri())).await;
     let mut started = Vec::new();
     for i in 0..200 {
@@ -304,7 +304,7 @@ async fn a_start_that_calls_a_webhook_is_told_to_the_other_instances_and_deliver
         return;
     };
     let owner = a.new_user().await;
-    let hook = accepting_receiver().await;
+    let hook = hook_receiver(204).await;
     let (bot, _) = async_bot(&a, &owner, &format!("{}/hook", hook.uri())).await;
     let mut team = team_watch(&b, &owner).await;
     // The start's events are announced with its commit: the team on the other instance

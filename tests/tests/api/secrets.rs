@@ -7,7 +7,7 @@ use parley::{
 use sea_orm::{ConnectionTrait, Database, DatabaseBackend, Statement};
 use serde_json::{Value, json};
 use uuid::Uuid;
-use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+use wiremock::MockServer;
 
 use crate::helpers::*;
 
@@ -115,15 +115,6 @@ async fn execute(db: &TestDb, sql: &str, values: Vec<sea_orm::Value>) {
     conn.close().await.ok();
 }
 
-async fn receiver() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&server)
-        .await;
-    server
-}
-
 /// Sends a test delivery and returns the request the receiver got.
 async fn test_send(
     app: &TestApp,
@@ -169,7 +160,7 @@ async fn secrets_are_not_in_the_database_in_plaintext_yet_admins_read_them_and_d
  {
     let app = spawn_app_with(|s| s.jwt_secret = None).await;
     let owner = app.new_user().await;
-    let hook = receiver().await;
+    let hook = hook_receiver(200).await;
     let api_key = format!("api-key-{}", Uuid::new_v4().simple());
     let bearer = format!("Bearer tok-{}", Uuid::new_v4().simple());
     let body = app
@@ -268,7 +259,7 @@ async fn a_restart_with_another_key_stops_with_a_clear_error_and_the_right_key_s
     })
     .await;
     let owner = app.new_user().await;
-    let hook = receiver().await;
+    let hook = hook_receiver(200).await;
     let webhook = app
         .new_webhook(&owner, &format!("{}/hook", hook.uri()))
         .await;
@@ -385,7 +376,7 @@ async fn a_key_rotation_re_encrypts_every_secret_under_the_new_key() {
     })
     .await;
     let owner = app.new_user().await;
-    let hook = receiver().await;
+    let hook = hook_receiver(200).await;
     let webhook = app
         .new_webhook(&owner, &format!("{}/hook", hook.uri()))
         .await;
@@ -432,7 +423,7 @@ async fn a_key_rotation_re_encrypts_every_secret_under_the_new_key() {
 async fn secrets_left_in_plaintext_by_an_older_version_are_encrypted_at_start_up() {
     let app = spawn_app_with(|s| s.jwt_secret = None).await;
     let owner = app.new_user().await;
-    let hook = receiver().await;
+    let hook = hook_receiver(200).await;
     let webhook = app
         .new_webhook(&owner, &format!("{}/hook", hook.uri()))
         .await;
@@ -512,7 +503,7 @@ async fn a_key_file_is_rotated_by_moving_it_away_and_giving_its_key_as_the_previ
     };
     let key_file = dir.join("parley.key");
     let owner = app.new_user().await;
-    let hook = receiver().await;
+    let hook = hook_receiver(200).await;
     let webhook = app
         .new_webhook(&owner, &format!("{}/hook", hook.uri()))
         .await;
