@@ -370,7 +370,7 @@ impl Runtime {
         let quick = if seen.full {
             Ok(Quick::Full { counted: false })
         } else {
-            self.quick_start(&conv).await
+            self.quick_start(&conv, Some(&seen.name)).await
         };
         match quick {
             Ok(Quick::Done(done)) => {
@@ -629,7 +629,7 @@ impl Runtime {
                     create: Some(new),
                     ..
                 },
-            ) if step.is_plain() => self.quick_start(new).await,
+            ) if step.is_plain() => self.quick_start(new, step.bot_name.as_deref()).await,
             _ => Ok(Quick::Full { counted: false }),
         };
         let quick = match quick {

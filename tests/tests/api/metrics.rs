@@ -337,3 +337,66 @@ async fn a_start_and_an_end_that_only_make_the_bot_speak_are_written_in_one_go_u
         2
     );
 }
+
+#[tokio::test]
+async fn a_start_that_queues_a_webhook_is_written_in_one_go_on_postgresql_with_the_payload_of_the_full_step()
+ {
+    let app = spawn_app_with(|s| {
+        s.metrics_token_hash = Some(parley::opaque::token_hash(TOKEN));
+    })
+    .await;
+    let owner = app.new_user().await;
+    let hook = hook_receiver(204).await;
+    let (bot, _) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
+    // SQLite writes such a start without a read already (its full step, taken ahead).
+    let path = if app.db.is_postgres() {
+        "quick_new"
+    } else {
+        "new"
+    };
+    let before = turn_path(&app, path).await;
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        started.push(app.new_conversation(&bot).await.0);
+    }
+    let after = turn_path(&app, path).await;
+    assert!(after - before >= 3.0, "{path}: {before} then {after}");
+
+    let got = received(&hook, 3).await;
+    let mut delivered = Vec::new();
+    for req in &got {
+        let body: serde_json::Value = serde_json::from_slice(&req.body).expect("a JSON body");
+        let conversation = &body["conversation"];
+        delivered.push(conversation["id"].as_str().unwrap_or_default().to_owned());
+        assert_eq!(conversation["bot_id"], json!(bot), "{body}");
+        assert_eq!(conversation["bot_name"], "Lead bot", "{body}");
+        assert_eq!(
+            conversation["account_id"],
+            json!(owner.account_id),
+            "{body}"
+        );
+        assert_eq!(conversation["version"], 1, "{body}");
+        assert_eq!(conversation["messages_truncated"], false, "{body}");
+        let messages = conversation["messages"].as_array().expect("messages");
+        assert_eq!(messages.len(), 1, "{body}");
+        assert_eq!(
+            (
+                &messages[0]["seq"],
+                &messages[0]["from"],
+                &messages[0]["text"]
+            ),
+            (&json!(1), &json!("bot"), &json!("Hi!")),
+            "{body}"
+        );
+    }
+    delivered.sort();
+    started.sort();
+    assert_eq!(delivered, started);
+    for conv in &started {
+        let (seen, seqs, texts) = app.stored_conversation(&owner, conv).await;
+        assert_eq!(seen["status"], "COMPLETED", "{seen}");
+        assert!(seen["endedAt"].is_string(), "{seen}");
+        assert_eq!(seqs, [1, 2], "the message, then ENDED");
+        assert_eq!(texts, ["Hi!"]);
+    }
+}

@@ -435,3 +435,91 @@ async fn an_answer_refused_by_what_this_instance_knew_is_taken_when_the_conversa
     );
     assert_eq!(seen["status"], "COMPLETED");
 }
+
+/// The requests `hook` got about `conversation`: flow webhooks' bodies name it at
+/// `conversation.id`, lifecycle events' at `data.conversation.id`; each with its `type` (none
+/// for a flow webhook).
+async fn sent_about(hook: &MockServer, conversation: &str) -> Vec<Option<String>> {
+    let mut types = Vec::new();
+    for req in hook.received_requests().await.unwrap_or_default() {
+        let body: Value = serde_json::from_slice(&req.body).expect("a JSON body");
+        let about = body["conversation"]["id"]
+            .as_str()
+            .or_else(|| body["data"]["conversation"]["id"].as_str());
+        if about == Some(conversation) {
+            types.push(body["type"].as_str().map(str::to_owned));
+        }
+    }
+    types.sort();
+    types
+}
+
+#[tokio::test]
+async fn a_lifecycle_subscription_made_behind_this_instances_back_still_gets_a_start_that_queues_a_webhook()
+ {
+    let app = spawn_app().await;
+    if !app.db.is_postgres() {
+        // SQLite serves one instance, whose API sees every change (a change by hand in the
+        // database is seen when the kept webhooks expire).
+        return;
+    }
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::ZERO, json!({})).await;
+    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
+    // This start keeps the account's webhooks: none takes a lifecycle event.
+    let (first, _) = app.new_conversation(&bot).await;
+    until_received(&hook, 1).await;
+    assert_eq!(sent_about(&hook, &first).await, [None]);
+
+    // As another instance may do: the webhook now takes `conversation.started` too.
+    sql(
+        &app,
+        "UPDATE webhooks SET event_types = '[\"conversation.started\"]' WHERE id = $1",
+        vec![uuid(&webhook)],
+    )
+    .await;
+    let (second, _) = app.new_conversation(&bot).await;
+    until_received(&hook, 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        sent_about(&hook, &second).await,
+        [None, Some("conversation.started".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_deleted_behind_this_instances_back_after_its_starts_kept_it_counts_as_a_failed_call()
+ {
+    let app = spawn_app().await;
+    if !app.db.is_postgres() {
+        // SQLite: see `a_webhook_deleted_while_a_start_waits_for_the_writer_counts_as_a_failed_call`.
+        return;
+    }
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::ZERO, json!({})).await;
+    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
+    // This start keeps the account's webhooks, the flow's among them.
+    let (first, _) = app.new_conversation(&bot).await;
+    until_received(&hook, 1).await;
+    assert_eq!(sent_about(&hook, &first).await, [None]);
+
+    sql(
+        &app,
+        "DELETE FROM webhooks WHERE id = $1",
+        vec![uuid(&webhook)],
+    )
+    .await;
+    let started = app.start_conversation(&bot, Value::Null).await;
+    assert_ok(&started);
+    let second = started["data"]["startConversation"]["conversationId"]
+        .as_str()
+        .expect("conversation id");
+    let seen = app.conversation(Some(&owner.token), second, None).await;
+    assert_ok(&seen);
+    assert_eq!(
+        seen["data"]["conversation"]["status"], "COMPLETED",
+        "{seen}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sent_about(&hook, second).await.is_empty());
+}

@@ -255,9 +255,14 @@ const HOOKS_ACCOUNTS: u64 = 10_000;
 /// database) are seen within this time.
 const HOOKS_TTL: Duration = Duration::from_secs(60);
 
-/// SQLite: each account's webhooks, as its starts read them ahead (see `Runtime::start_step`).
-/// On SQLite this instance is the only one, so every change goes through its API, which
-/// forgets them all ([`Self::forget`]) once the change is committed.
+/// Each account's webhooks, as its starts read them ahead: on SQLite every start's (see
+/// `Runtime::start_step`), on PostgreSQL those of quick starts that queue webhooks (see
+/// `Runtime::quick_start`). A change made through this instance's API forgets them all
+/// ([`Self::forget`]) once it is committed. On SQLite this instance is the only one; on
+/// PostgreSQL a change made on another instance is not seen here until [`HOOKS_TTL`], and
+/// what uses them must not depend on them being current: a quick start's statement checks
+/// the lifecycle subscribers itself, and a webhook deleted elsewhere fails its delivery's
+/// foreign key.
 pub(super) struct HooksCache(Stamped<Uuid, Arc<AccountHooks>>);
 
 impl Default for HooksCache {

@@ -13,8 +13,10 @@
 //! is written and the turn takes the full step, which queues the event. A start's write also
 //! checks that its bot's published version is still the one it starts on, so that a start
 //! on a bot this instance has seen lately need not read the bot first (`Runtime::seen_bot`).
-//! Whatever else a turn does (a webhook, a pause, a NOTIFY for other instances, a
-//! conversation changed elsewhere) takes the full transaction.
+//! On PostgreSQL a start may also queue async webhooks: their deliveries go in the same
+//! statement (see [`Runtime::quick_start`]). Whatever else a turn does (a sync webhook, a
+//! pause, a NOTIFY for other instances, a conversation changed elsewhere) takes the full
+//! transaction.
 //!
 //! On PostgreSQL, quick turns that wait at the same time are written together ([`QuickWriter`]).
 use std::{
@@ -26,7 +28,7 @@ use chrono::{SecondsFormat, SubsecRound as _, Utc};
 use entity::{
     bot,
     conversation::{self, ConversationStatus},
-    conversation_event,
+    conversation_event, delivery,
 };
 use futures_util::StreamExt as _;
 use sea_orm::{
@@ -40,10 +42,12 @@ use uuid::Uuid;
 
 use super::{Known, Runtime, StepDone, Undone, visitor_not_found};
 use crate::{
+    conversations::payload,
     engine::{self, Input, Output, Position, State},
     error::ApiError,
     lifecycle,
     settings::DatabaseKind,
+    webhooks::delivery::Queued,
 };
 
 use super::turn::{event_row, insert_events, row_update};
@@ -63,8 +67,9 @@ enum Wrote {
     Written,
     /// The row no longer held what the turn expected: nothing was written.
     Changed,
-    /// A webhook of the account asked for the turn's lifecycle event: nothing was written.
-    Subscribed,
+    /// A webhook of the account asked for this lifecycle event of the turn: nothing was
+    /// written.
+    Subscribed(&'static str),
     /// A start on a bot version that is no longer the bot's published one (or a bot that is
     /// gone): nothing was written.
     BotChanged,
@@ -101,7 +106,9 @@ impl Runtime {
             // (the conversation may have moved on on another instance). Nothing was counted.
             return Err(Undone::Stale);
         };
-        let Some(events) = self.says_only(conv, &state, result.outputs, result.say_blocks) else {
+        let Some((events, _)) =
+            self.says_only(conv, &state, result.outputs, result.say_blocks, false)
+        else {
             return Ok(Quick::Full { counted: false });
         };
         let ended = state.is_ended();
@@ -143,14 +150,18 @@ impl Runtime {
             },
             expect: Some((conv.last_seq, conv.updated_at)),
             events,
-            unless: ended.then_some(lifecycle::CONVERSATION_COMPLETED),
+            deliveries: Vec::new(),
+            unless: if ended {
+                vec![lifecycle::CONVERSATION_COMPLETED]
+            } else {
+                Vec::new()
+            },
         };
         let events = match self.write(write).await? {
             (Wrote::Written, events) => events,
             (Wrote::Changed, _) => return Err(Undone::Stale),
-            (Wrote::Subscribed, _) => {
-                self.hooked
-                    .insert((conv.account_id, lifecycle::CONVERSATION_COMPLETED), ());
+            (Wrote::Subscribed(event), _) => {
+                self.hooked.insert((conv.account_id, event), ());
                 return Ok(Quick::Full { counted: true });
             }
             (Wrote::BotChanged, _) => {
@@ -169,10 +180,25 @@ impl Runtime {
     }
 
     /// Inserts `new` (a conversation not stored yet) with its first step, without the full
-    /// step's transaction, if that step only makes the bot speak and no webhook of the account
-    /// takes `conversation.started`; else [`Quick::Full`], nothing written. [`Undone::Stale`],
-    /// nothing written, if `new`'s version is not its bot's published one (any more).
-    pub(super) async fn quick_start(&self, new: &conversation::Model) -> Result<Quick, Undone> {
+    /// step's transaction, if that step only makes the bot speak (and perhaps ends the
+    /// conversation) and no webhook of the account takes its lifecycle events
+    /// (`conversation.started`, and `conversation.completed` if it ends); else
+    /// [`Quick::Full`], nothing written. [`Undone::Stale`], nothing written, if `new`'s
+    /// version is not its bot's published one (any more).
+    ///
+    /// On PostgreSQL the step may also queue async webhooks (its deliveries go in the same
+    /// statement, claimed by this instance as the full step's are), when the bot's name is
+    /// known (`bot_name`: payloads carry it) and every webhook the step names is among the
+    /// account's webhooks as kept here ([`super::caches::HooksCache`]). The statement itself
+    /// checks what another instance may have changed since: a lifecycle subscriber added
+    /// (nothing written), a webhook deleted (its delivery's foreign key fails, and the start
+    /// takes the full step, which reads them). On SQLite such a start takes the full step,
+    /// which is written without a read there (see `Runtime::start_ahead`).
+    pub(super) async fn quick_start(
+        &self,
+        new: &conversation::Model,
+        bot_name: Option<&str>,
+    ) -> Result<Quick, Undone> {
         let full = Quick::Full { counted: false };
         if self
             .hooked
@@ -196,13 +222,68 @@ impl Runtime {
             // The full step says why.
             return Ok(full);
         };
-        if state.is_ended() {
-            // Started and completed at once: rare, and the full step has the row to insert.
+        let ended = state.is_ended();
+        if ended
+            && self
+                .hooked
+                .contains_key(&(new.account_id, lifecycle::CONVERSATION_COMPLETED))
+        {
             return Ok(full);
         }
-        let Some(events) = self.says_only(new, &state, result.outputs, result.say_blocks) else {
+        let queues = self.db.kind() == DatabaseKind::Postgres;
+        let Some((events, calls)) =
+            self.says_only(new, &state, result.outputs, result.say_blocks, queues)
+        else {
             return Ok(full);
         };
+        let mut queued = Queued::default();
+        let mut deliveries = Vec::new();
+        if !calls.is_empty() {
+            let Some(bot_name) = bot_name else {
+                return Ok(full);
+            };
+            let hooks = self
+                .hooks
+                .get(self.db.conn(), new.account_id)
+                .await
+                .map_err(Undone::Failed)?;
+            let lifecycle_taken = !hooks
+                .subscribers(lifecycle::CONVERSATION_STARTED)
+                .is_empty()
+                || (ended
+                    && !hooks
+                        .subscribers(lifecycle::CONVERSATION_COMPLETED)
+                        .is_empty());
+            if lifecycle_taken {
+                return Ok(full);
+            }
+            for call in calls {
+                // A webhook not kept here may be one created on another instance since: the
+                // full step reads them.
+                let Some(hook) = Uuid::parse_str(&call.webhook_id)
+                    .ok()
+                    .filter(|id| hooks.contains(*id))
+                else {
+                    return Ok(full);
+                };
+                let body = payload::build(
+                    new,
+                    bot_name,
+                    &state,
+                    &[],
+                    &events[..call.said_before],
+                    None,
+                );
+                deliveries.push(self.deliveries.queued_row(
+                    &mut queued,
+                    new.account_id,
+                    hook,
+                    Some(new.id),
+                    Some(call.block_id),
+                    body,
+                ));
+            }
+        }
         for note in &result.notes {
             tracing::info!(conversation.id = %new.id, note, "engine note");
         }
@@ -211,77 +292,124 @@ impl Runtime {
             state: serde_json::to_value(&state)
                 .map_err(|e| Undone::Failed(ApiError::Internal(e.into())))?,
             last_seq: events.len() as i32,
+            status: if ended {
+                ConversationStatus::Completed
+            } else {
+                ConversationStatus::Active
+            },
+            ended_at: ended.then_some(now),
             updated_at: now,
             ..new.clone()
         };
+        let mut unless = vec![lifecycle::CONVERSATION_STARTED];
+        if ended {
+            unless.push(lifecycle::CONVERSATION_COMPLETED);
+        }
+        let queues = !deliveries.is_empty();
         let write = QuickWrite {
             row: row.clone(),
             expect: None,
             events,
-            unless: Some(lifecycle::CONVERSATION_STARTED),
+            deliveries,
+            unless,
         };
-        match self.write(write).await? {
-            (Wrote::Written, events) => Ok(Quick::Done(Box::new(StepDone {
+        match self.write(write).await {
+            Ok((Wrote::Written, events)) => Ok(Quick::Done(Box::new(StepDone {
                 events,
                 sync: None,
-                queued: Default::default(),
+                queued,
                 resume_at: None,
-                known: Some(Known::new(
-                    conversation::Model {
-                        state: Value::Null,
-                        ..row
-                    },
-                    state,
-                )),
+                known: (!ended).then(|| {
+                    Known::new(
+                        conversation::Model {
+                            state: Value::Null,
+                            ..row
+                        },
+                        state,
+                    )
+                }),
             }))),
-            (Wrote::Subscribed, _) => {
-                self.hooked
-                    .insert((new.account_id, lifecycle::CONVERSATION_STARTED), ());
+            Ok((Wrote::Subscribed(event), _)) => {
+                self.hooked.insert((new.account_id, event), ());
                 Ok(full)
             }
-            (Wrote::BotChanged, _) => Err(Undone::Stale),
-            (Wrote::Changed, _) => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+            Ok((Wrote::BotChanged, _)) => Err(Undone::Stale),
+            Ok((Wrote::Changed, _)) => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
                 "a new conversation was not inserted"
             )))),
+            // A webhook deleted on another instance since it was kept here (the bot cannot
+            // be: its version was checked): the full step reads the account's webhooks.
+            Err(Undone::Failed(ApiError::Internal(e)))
+                if queues && super::is_foreign_key_violation(&e) =>
+            {
+                tracing::info!(conversation.id = %new.id, error.cause = ?e, "a start on webhooks kept here named one gone; taking the full step");
+                self.hooks.forget();
+                Ok(full)
+            }
+            Err(e) => Err(e),
         }
     }
 
     /// The events of a step that only makes the bot speak (and may end the conversation),
-    /// stamped now; `None` if it does anything else: calls a webhook, pauses, waits for a
-    /// callback, says nothing, reaches the event limit, or must be announced to other
-    /// instances.
+    /// stamped now, and, if `queues`, the async webhooks it queues; `None` if it does anything
+    /// else: calls a webhook, pauses, waits for a callback, says nothing, reaches the event
+    /// limit, or must be announced to other instances.
     fn says_only(
         &self,
         conv: &conversation::Model,
         state: &State,
         outputs: Vec<Output>,
         say_blocks: Vec<Option<String>>,
-    ) -> Option<Vec<conversation_event::Model>> {
-        let simple = outputs.iter().all(|o| matches!(o, Output::Say(_)))
-            && !matches!(
-                state.position,
-                Position::Waiting { .. } | Position::AwaitingCallback { .. }
-            );
-        let last_seq = conv.last_seq + outputs.len() as i32;
-        if !simple || outputs.is_empty() || last_seq >= self.max_events {
+        queues: bool,
+    ) -> Option<(Vec<conversation_event::Model>, Vec<QueuedCall>)> {
+        let simple = outputs.iter().all(|o| match o {
+            Output::Say(_) => true,
+            Output::QueueWebhook { .. } => queues,
+            Output::CallWebhook { .. } => false,
+        }) && !matches!(
+            state.position,
+            Position::Waiting { .. } | Position::AwaitingCallback { .. }
+        );
+        let said = outputs
+            .iter()
+            .filter(|o| matches!(o, Output::Say(_)))
+            .count();
+        let last_seq = conv.last_seq + said as i32;
+        if !simple || said == 0 || last_seq >= self.max_events {
             return None;
         }
         let now = Utc::now().trunc_subsecs(6);
-        let events: Vec<conversation_event::Model> = outputs
-            .into_iter()
-            .zip(say_blocks)
-            .zip(conv.last_seq + 1..)
-            .filter_map(|((output, block), seq)| match output {
-                Output::Say(msg) => Some(event_row(conv, seq, msg, now, block)),
-                _ => None,
-            })
-            .collect();
-        self.bus.announcement(&events).is_none().then_some(events)
+        let mut events = Vec::with_capacity(said);
+        let mut calls = Vec::new();
+        let mut say_blocks = say_blocks.into_iter();
+        for output in outputs {
+            match output {
+                Output::Say(msg) => {
+                    let seq = conv.last_seq + 1 + events.len() as i32;
+                    let block = say_blocks.next().flatten();
+                    events.push(event_row(conv, seq, msg, now, block));
+                }
+                Output::QueueWebhook {
+                    webhook_id,
+                    block_id,
+                } => calls.push(QueuedCall {
+                    webhook_id,
+                    block_id,
+                    said_before: events.len(),
+                }),
+                Output::CallWebhook { .. } => return None,
+            }
+        }
+        self.bus
+            .announcement(&events)
+            .is_none()
+            .then_some((events, calls))
     }
 
     /// Writes a quick turn: inserts its row (a start) or updates it unless it no longer holds
-    /// what the turn expects, and appends its events; nothing if a webhook of the account asked
-    /// for the turn's lifecycle event. Gives the events back.
+    /// what the turn expects, and appends its events and (PostgreSQL) deliveries; nothing if a
+    /// webhook of the account asked for one of the turn's lifecycle events. Gives the events
+    /// back.
     async fn write(
         &self,
         write: QuickWrite,
@@ -305,14 +433,23 @@ impl Runtime {
             mut row,
             expect,
             events,
+            deliveries,
             unless,
         } = write;
+        if !deliveries.is_empty() {
+            // A delivery's insert may fail (its webhook gone), and without a savepoint that
+            // would leave the rest of the turn written: SQLite's starts that queue webhooks
+            // take the full step (see `quick_start`).
+            return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
+                "a quick turn on SQLite cannot queue deliveries"
+            ))));
+        }
         let write = self.db.write_grouped_unsaved(move |tx| {
             Box::pin(async move {
-                if let Some(event) = unless
-                    && lifecycle::subscribed(tx, row.account_id, event).await?
-                {
-                    return Ok::<_, DbErr>((Wrote::Subscribed, events));
+                for event in unless {
+                    if lifecycle::subscribed(tx, row.account_id, event).await? {
+                        return Ok::<_, DbErr>((Wrote::Subscribed(event), events));
+                    }
                 }
                 match expect {
                     None => {
@@ -377,9 +514,19 @@ struct QuickWrite {
     expect: Option<(i32, chrono::DateTime<Utc>)>,
     /// The events to append.
     events: Vec<conversation_event::Model>,
-    /// The lifecycle event the turn makes: nothing is written if a webhook of the account
-    /// asked for it (the full step queues it).
-    unless: Option<&'static str>,
+    /// The async deliveries the turn queues (PostgreSQL only).
+    deliveries: Vec<delivery::Model>,
+    /// The lifecycle events the turn makes: nothing is written if a webhook of the account
+    /// asked for one of them (the full step queues it).
+    unless: Vec<&'static str>,
+}
+
+/// An async webhook a quick start queues.
+struct QueuedCall {
+    webhook_id: String,
+    block_id: String,
+    /// How many of the step's events come before it (its payload's transcript).
+    said_before: usize,
 }
 
 /// A write waiting for the writer, and where its outcome goes.
@@ -522,14 +669,16 @@ async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
 }
 
 /// What the statement says of one turn.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Said {
-    /// No webhook asked for its lifecycle event (or it makes none).
-    free: bool,
+    /// A lifecycle event of the turn that a webhook asked for (then nothing was written).
+    blocked: Option<String>,
     /// A start's bot version is still the published one (or it is no start).
     current: bool,
     /// Its events inserted.
     events: i64,
+    /// Its deliveries inserted.
+    deliveries: i64,
 }
 
 /// Writes `turns` with one statement; what it says of each.
@@ -544,9 +693,10 @@ async fn write(
             Ok((
                 row.try_get::<Uuid>("", "id")?,
                 Said {
-                    free: row.try_get("", "free")?,
+                    blocked: row.try_get("", "blocked")?,
                     current: row.try_get("", "current")?,
                     events: row.try_get("", "events")?,
+                    deliveries: row.try_get("", "deliveries")?,
                 },
             ))
         })
@@ -571,14 +721,26 @@ fn outcome(written: &HashMap<Uuid, Said>, write: &QuickWrite) -> Result<Wrote, D
             "a one-statement turn is missing from its answer".into(),
         ));
     };
-    match said.events {
-        _ if !said.current => Ok(Wrote::BotChanged),
-        _ if !said.free => Ok(Wrote::Subscribed),
-        0 if write.expect.is_some() => Ok(Wrote::Changed),
-        n if n == write.events.len() as i64 => Ok(Wrote::Written),
-        n => Err(DbErr::Custom(format!(
-            "a one-statement turn wrote {n} of {} events",
-            write.events.len()
+    if !said.current {
+        return Ok(Wrote::BotChanged);
+    }
+    if let Some(blocked) = &said.blocked {
+        return match write.unless.iter().find(|e| **e == blocked) {
+            Some(event) => Ok(Wrote::Subscribed(event)),
+            None => Err(DbErr::Custom(format!(
+                "a one-statement turn was held for {blocked}, which it does not make"
+            ))),
+        };
+    }
+    match (said.events, said.deliveries) {
+        (0, 0) if write.expect.is_some() => Ok(Wrote::Changed),
+        (n, d) if n == write.events.len() as i64 && d == write.deliveries.len() as i64 => {
+            Ok(Wrote::Written)
+        }
+        (n, d) => Err(DbErr::Custom(format!(
+            "a one-statement turn wrote {n} of {} events and {d} of {} deliveries",
+            write.events.len(),
+            write.deliveries.len()
         ))),
     }
 }
@@ -586,15 +748,16 @@ fn outcome(written: &HashMap<Uuid, Said>, write: &QuickWrite) -> Result<Wrote, D
 /// Turns' writes as one statement, whatever their number: the new rows' insert, each applied
 /// only if its bot's published version is still the one it starts on, and the others' update,
 /// each applied only if the row still holds what its turn expects; either only if no webhook
-/// of the account asked for the turn's lifecycle event (as the full step reads them in its
-/// transaction); and the events' insert, of the rows written only. For each turn, what
-/// [`Said`] holds. The turns
-/// and their events travel as two JSON arrays, so that the statement's text is always the
-/// same (prepared once per connection).
+/// of the account asked for one of the turn's lifecycle events (as the full step reads them in
+/// its transaction); and the inserts of the events and deliveries of the rows written only.
+/// For each turn, what [`Said`] holds. The turns, their events and their deliveries travel as
+/// three JSON arrays, so that the statement's text is always the same (prepared once per
+/// connection).
 fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
     let at = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
     let mut turns = Vec::new();
     let mut events = Vec::new();
+    let mut deliveries = Vec::new();
     for write in writes {
         let row = &write.row;
         turns.push(json!({
@@ -612,6 +775,24 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
             "expect_seq": write.expect.map(|e| e.0),
             "expect_at": write.expect.as_ref().map(|e| at(&e.1)),
             "unless": write.unless,
+        }));
+        deliveries.extend(write.deliveries.iter().map(|d| {
+            json!({
+                "id": d.id,
+                "account_id": d.account_id,
+                "webhook_id": d.webhook_id,
+                "conversation_id": d.conversation_id,
+                "block_id": d.block_id,
+                "mode": d.mode.to_value(),
+                "status": d.status.to_value(),
+                "payload": d.payload,
+                "attempt_count": d.attempt_count,
+                "next_attempt_at": d.next_attempt_at.as_ref().map(at),
+                "claimed_until": d.claimed_until.as_ref().map(at),
+                "claimed_by": d.claimed_by,
+                "created_at": at(&d.created_at),
+                "updated_at": at(&d.updated_at),
+            })
         }));
         events.extend(write.events.iter().map(|e| {
             json!({
@@ -632,18 +813,20 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
            SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, account_id uuid, bot_id uuid, \
              version int4, state jsonb, last_seq int4, status text, visitor_token_hash text, \
              started_at timestamptz, ended_at timestamptz, updated_at timestamptz, \
-             expect_seq int4, expect_at timestamptz, unless text)), \
+             expect_seq int4, expect_at timestamptz, unless jsonb)), \
          said AS (\
            SELECT t.*, \
-             (t.unless IS NULL OR NOT EXISTS (\
-               SELECT 1 FROM webhooks w WHERE w.account_id = t.account_id \
-                 AND w.event_types IS NOT NULL \
-                 AND w.event_types::jsonb @> jsonb_build_array(t.unless))) AS free, \
+             (SELECT u.event FROM jsonb_array_elements_text(t.unless) AS u(event) \
+               WHERE EXISTS (\
+                 SELECT 1 FROM webhooks w WHERE w.account_id = t.account_id \
+                   AND w.event_types IS NOT NULL \
+                   AND w.event_types::jsonb @> jsonb_build_array(u.event)) \
+               LIMIT 1) AS blocked, \
              (t.expect_seq IS NOT NULL OR EXISTS (\
                SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.account_id = t.account_id \
                  AND b.published_version = t.version)) AS current \
            FROM turns t), \
-         ready AS (SELECT * FROM said WHERE free AND current), \
+         ready AS (SELECT * FROM said WHERE blocked IS NULL AND current), \
          moved AS (\
            UPDATE conversations c SET state = t.state, last_seq = t.last_seq, status = t.status, \
              ended_at = t.ended_at, updated_at = t.updated_at, resume_at = NULL, \
@@ -665,10 +848,28 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
            FROM jsonb_to_recordset($2::jsonb) AS e(conversation_id uuid, seq int4, account_id uuid, \
              kind text, text text, input jsonb, at timestamptz, block_id text) \
            JOIN stored ON stored.id = e.conversation_id \
+           RETURNING conversation_id), \
+         queued AS (\
+           INSERT INTO deliveries (id, account_id, webhook_id, conversation_id, block_id, mode, \
+             status, payload, attempt_count, next_attempt_at, claimed_until, claimed_by, \
+             created_at, updated_at) \
+           SELECT d.id, d.account_id, d.webhook_id, d.conversation_id, d.block_id, d.mode, \
+             d.status, d.payload, d.attempt_count, d.next_attempt_at, d.claimed_until, \
+             d.claimed_by, d.created_at, d.updated_at \
+           FROM jsonb_to_recordset($3::jsonb) AS d(id uuid, account_id uuid, webhook_id uuid, \
+             conversation_id uuid, block_id text, mode text, status text, payload jsonb, \
+             attempt_count int4, next_attempt_at timestamptz, claimed_until timestamptz, \
+             claimed_by text, created_at timestamptz, updated_at timestamptz) \
+           JOIN stored ON stored.id = d.conversation_id \
            RETURNING conversation_id) \
-         SELECT s.id, s.free, s.current, \
-           (SELECT count(*) FROM written w WHERE w.conversation_id = s.id) AS events \
+         SELECT s.id, s.blocked, s.current, \
+           (SELECT count(*) FROM written w WHERE w.conversation_id = s.id) AS events, \
+           (SELECT count(*) FROM queued q WHERE q.conversation_id = s.id) AS deliveries \
          FROM said s",
-        [Value::Array(turns).into(), Value::Array(events).into()],
+        [
+            Value::Array(turns).into(),
+            Value::Array(events).into(),
+            Value::Array(deliveries).into(),
+        ],
     )
 }
