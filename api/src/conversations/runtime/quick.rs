@@ -862,10 +862,13 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
              claimed_by text, created_at timestamptz, updated_at timestamptz) \
            JOIN stored ON stored.id = d.conversation_id \
            RETURNING conversation_id) \
-         SELECT s.id, s.blocked, s.current, \
-           (SELECT count(*) FROM written w WHERE w.conversation_id = s.id) AS events, \
-           (SELECT count(*) FROM queued q WHERE q.conversation_id = s.id) AS deliveries \
-         FROM said s",
+         SELECT s.id, s.blocked, s.current, coalesce(w.n, 0) AS events, \
+           coalesce(q.n, 0) AS deliveries \
+         FROM said s \
+         LEFT JOIN (SELECT conversation_id, count(*) AS n FROM written GROUP BY 1) w \
+           ON w.conversation_id = s.id \
+         LEFT JOIN (SELECT conversation_id, count(*) AS n FROM queued GROUP BY 1) q \
+           ON q.conversation_id = s.id",
         [
             Value::Array(turns).into(),
             Value::Array(events).into(),
