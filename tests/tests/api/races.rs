@@ -454,6 +454,18 @@ async fn sent_about(hook: &MockServer, conversation: &str) -> Vec<Option<String>
     types
 }
 
+/// A bot calling an async webhook, whose first conversation was started and delivered: this
+/// instance now keeps the account's webhooks (the flow's, none taking a lifecycle event).
+async fn bot_with_kept_webhooks(app: &TestApp) -> (TestUser, MockServer, String, String) {
+    let owner = app.new_user().await;
+    let hook = slow_receiver(Duration::ZERO, json!({})).await;
+    let (bot, webhook) = async_bot(app, &owner, &format!("{}/hook", hook.uri())).await;
+    let (first, _) = app.new_conversation(&bot).await;
+    until_received(&hook, 1).await;
+    assert_eq!(sent_about(&hook, &first).await, [None]);
+    (owner, hook, bot, webhook)
+}
+
 #[tokio::test]
 async fn a_lifecycle_subscription_made_behind_this_instances_back_still_gets_a_start_that_queues_a_webhook()
  {
@@ -463,13 +475,7 @@ async fn a_lifecycle_subscription_made_behind_this_instances_back_still_gets_a_s
         // database is seen when the kept webhooks expire).
         return;
     }
-    let owner = app.new_user().await;
-    let hook = slow_receiver(Duration::ZERO, json!({})).await;
-    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
-    // This start keeps the account's webhooks: none takes a lifecycle event.
-    let (first, _) = app.new_conversation(&bot).await;
-    until_received(&hook, 1).await;
-    assert_eq!(sent_about(&hook, &first).await, [None]);
+    let (_, hook, bot, webhook) = bot_with_kept_webhooks(&app).await;
 
     // As another instance may do: the webhook now takes `conversation.started` too.
     sql(
@@ -495,13 +501,7 @@ async fn a_webhook_deleted_behind_this_instances_back_after_its_starts_kept_it_c
         // SQLite: see `a_webhook_deleted_while_a_start_waits_for_the_writer_counts_as_a_failed_call`.
         return;
     }
-    let owner = app.new_user().await;
-    let hook = slow_receiver(Duration::ZERO, json!({})).await;
-    let (bot, webhook) = async_bot(&app, &owner, &format!("{}/hook", hook.uri())).await;
-    // This start keeps the account's webhooks, the flow's among them.
-    let (first, _) = app.new_conversation(&bot).await;
-    until_received(&hook, 1).await;
-    assert_eq!(sent_about(&hook, &first).await, [None]);
+    let (owner, hook, bot, webhook) = bot_with_kept_webhooks(&app).await;
 
     sql(
         &app,
