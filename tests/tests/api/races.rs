@@ -523,3 +523,33 @@ async fn a_webhook_deleted_behind_this_instances_back_after_its_starts_kept_it_c
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sent_about(&hook, second).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_bot_renamed_behind_this_instances_back_is_named_in_the_next_starts_webhook_payload() {
+    let app = spawn_app().await;
+    if !app.db.is_postgres() {
+        // SQLite serves one instance, whose API forgets a bot it renames.
+        return;
+    }
+    // The first start remembers the bot, with its name, for the next starts.
+    let (_, hook, bot, _) = bot_with_kept_webhooks(&app).await;
+    // As another instance may do.
+    sql(
+        &app,
+        "UPDATE bots SET name = 'Renamed elsewhere' WHERE id = $1",
+        vec![uuid(&bot)],
+    )
+    .await;
+    let (second, _) = app.new_conversation(&bot).await;
+    until_received(&hook, 2).await;
+    let names: Vec<Value> = hook
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|req| serde_json::from_slice::<Value>(&req.body).ok())
+        .filter(|body| body["conversation"]["id"] == json!(second))
+        .map(|body| body["conversation"]["bot_name"].clone())
+        .collect();
+    assert_eq!(names, [json!("Renamed elsewhere")]);
+}

@@ -151,6 +151,7 @@ impl Runtime {
             expect: Some((conv.last_seq, conv.updated_at)),
             events,
             deliveries: Vec::new(),
+            bot_name: None,
             unless: if ended {
                 vec![lifecycle::CONVERSATION_COMPLETED]
             } else {
@@ -266,6 +267,16 @@ impl Runtime {
                 else {
                     return Ok(full);
                 };
+                // A webhook before a CALLBACK block sends its one-time URL, minted by the full
+                // step (here only when the step ended before reaching the CALLBACK).
+                let to_callback = flow
+                    .block(&call.block_id)
+                    .and_then(|b| b.next.as_deref())
+                    .and_then(|next| flow.block(next))
+                    .is_some_and(|b| b.kind == engine::BlockKind::Callback);
+                if to_callback {
+                    return Ok(full);
+                }
                 let body = payload::build(
                     new,
                     bot_name,
@@ -310,6 +321,8 @@ impl Runtime {
             row: row.clone(),
             expect: None,
             events,
+            // Checked by the statement: a bot renamed on another instance is read again.
+            bot_name: queues.then(|| bot_name.map(str::to_owned)).flatten(),
             deliveries,
             unless,
         };
@@ -337,8 +350,8 @@ impl Runtime {
             Ok((Wrote::Changed, _)) => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
                 "a new conversation was not inserted"
             )))),
-            // A webhook deleted on another instance since it was kept here (the bot cannot
-            // be: its version was checked): the full step reads the account's webhooks.
+            // A webhook deleted on another instance since it was kept here (or, rarely, the
+            // bot deleted since its version was checked): the full step reads them.
             Err(Undone::Failed(ApiError::Internal(e)))
                 if queues && super::is_foreign_key_violation(&e) =>
             {
@@ -435,6 +448,7 @@ impl Runtime {
             events,
             deliveries,
             unless,
+            bot_name: _,
         } = write;
         if !deliveries.is_empty() {
             // A delivery's insert may fail (its webhook gone), and without a savepoint that
@@ -516,6 +530,9 @@ struct QuickWrite {
     events: Vec<conversation_event::Model>,
     /// The async deliveries the turn queues (PostgreSQL only).
     deliveries: Vec<delivery::Model>,
+    /// The bot's name its deliveries' payloads carry, as this instance last read it: nothing
+    /// is written unless the bot still has it (a start's [`Wrote::BotChanged`]).
+    bot_name: Option<String>,
     /// The lifecycle events the turn makes: nothing is written if a webhook of the account
     /// asked for one of them (the full step queues it).
     unless: Vec<&'static str>,
@@ -775,6 +792,7 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
             "expect_seq": write.expect.map(|e| e.0),
             "expect_at": write.expect.as_ref().map(|e| at(&e.1)),
             "unless": write.unless,
+            "bot_name": write.bot_name,
         }));
         deliveries.extend(write.deliveries.iter().map(|d| {
             json!({
@@ -813,7 +831,7 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
            SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, account_id uuid, bot_id uuid, \
              version int4, state jsonb, last_seq int4, status text, visitor_token_hash text, \
              started_at timestamptz, ended_at timestamptz, updated_at timestamptz, \
-             expect_seq int4, expect_at timestamptz, unless jsonb)), \
+             expect_seq int4, expect_at timestamptz, unless jsonb, bot_name text)), \
          said AS (\
            SELECT t.*, \
              (SELECT u.event FROM jsonb_array_elements_text(t.unless) AS u(event) \
@@ -824,7 +842,8 @@ fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
                LIMIT 1) AS blocked, \
              (t.expect_seq IS NOT NULL OR EXISTS (\
                SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.account_id = t.account_id \
-                 AND b.published_version = t.version)) AS current \
+                 AND b.published_version = t.version \
+                 AND (t.bot_name IS NULL OR b.name = t.bot_name))) AS current \
            FROM turns t), \
          ready AS (SELECT * FROM said WHERE blocked IS NULL AND current), \
          moved AS (\
