@@ -69,6 +69,15 @@ impl CompiledFlow {
             .get(id)
             .and_then(|&position| self.flow.blocks.get(position))
     }
+
+    /// Whether the block with this id goes next to a CALLBACK block (a WEBHOOK block whose
+    /// call then sends that CALLBACK's one-time URL).
+    pub fn goes_to_callback(&self, id: &str) -> bool {
+        self.block(id)
+            .and_then(|b| b.next.as_deref())
+            .and_then(|next| self.block(next))
+            .is_some_and(|b| b.kind == super::BlockKind::Callback)
+    }
 }
 
 impl From<Flow> for CompiledFlow {

@@ -436,20 +436,30 @@ async fn an_answer_refused_by_what_this_instance_knew_is_taken_when_the_conversa
     assert_eq!(seen["status"], "COMPLETED");
 }
 
-/// The requests `hook` got about `conversation`: flow webhooks' bodies name it at
-/// `conversation.id`, lifecycle events' at `data.conversation.id`; each with its `type` (none
-/// for a flow webhook).
-async fn sent_about(hook: &MockServer, conversation: &str) -> Vec<Option<String>> {
-    let mut types = Vec::new();
+/// The bodies of the requests `hook` got about `conversation`: flow webhooks' bodies name it
+/// at `conversation.id`, lifecycle events' at `data.conversation.id`.
+async fn bodies_about(hook: &MockServer, conversation: &str) -> Vec<Value> {
+    let mut bodies = Vec::new();
     for req in hook.received_requests().await.unwrap_or_default() {
         let body: Value = serde_json::from_slice(&req.body).expect("a JSON body");
         let about = body["conversation"]["id"]
             .as_str()
             .or_else(|| body["data"]["conversation"]["id"].as_str());
         if about == Some(conversation) {
-            types.push(body["type"].as_str().map(str::to_owned));
+            bodies.push(body);
         }
     }
+    bodies
+}
+
+/// The `type` of each request `hook` got about `conversation` (none for a flow webhook),
+/// sorted.
+async fn sent_about(hook: &MockServer, conversation: &str) -> Vec<Option<String>> {
+    let mut types: Vec<Option<String>> = bodies_about(hook, conversation)
+        .await
+        .iter()
+        .map(|body| body["type"].as_str().map(str::to_owned))
+        .collect();
     types.sort();
     types
 }
@@ -542,13 +552,9 @@ async fn a_bot_renamed_behind_this_instances_back_is_named_in_the_next_starts_we
     .await;
     let (second, _) = app.new_conversation(&bot).await;
     until_received(&hook, 2).await;
-    let names: Vec<Value> = hook
-        .received_requests()
+    let names: Vec<Value> = bodies_about(&hook, &second)
         .await
-        .unwrap_or_default()
         .iter()
-        .filter_map(|req| serde_json::from_slice::<Value>(&req.body).ok())
-        .filter(|body| body["conversation"]["id"] == json!(second))
         .map(|body| body["conversation"]["bot_name"].clone())
         .collect();
     assert_eq!(names, [json!("Renamed elsewhere")]);

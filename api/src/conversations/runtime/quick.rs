@@ -269,12 +269,7 @@ impl Runtime {
                 };
                 // A webhook before a CALLBACK block sends its one-time URL, minted by the full
                 // step (here only when the step ended before reaching the CALLBACK).
-                let to_callback = flow
-                    .block(&call.block_id)
-                    .and_then(|b| b.next.as_deref())
-                    .and_then(|next| flow.block(next))
-                    .is_some_and(|b| b.kind == engine::BlockKind::Callback);
-                if to_callback {
+                if flow.goes_to_callback(&call.block_id) {
                     return Ok(full);
                 }
                 let body = payload::build(
@@ -316,13 +311,13 @@ impl Runtime {
         if ended {
             unless.push(lifecycle::CONVERSATION_COMPLETED);
         }
-        let queues = !deliveries.is_empty();
+        let queued_any = !deliveries.is_empty();
         let write = QuickWrite {
             row: row.clone(),
             expect: None,
             events,
             // Checked by the statement: a bot renamed on another instance is read again.
-            bot_name: queues.then(|| bot_name.map(str::to_owned)).flatten(),
+            bot_name: bot_name.filter(|_| queued_any).map(str::to_owned),
             deliveries,
             unless,
         };
@@ -353,7 +348,7 @@ impl Runtime {
             // A webhook deleted on another instance since it was kept here (or, rarely, the
             // bot deleted since its version was checked): the full step reads them.
             Err(Undone::Failed(ApiError::Internal(e)))
-                if queues && super::is_foreign_key_violation(&e) =>
+                if queued_any && super::is_foreign_key_violation(&e) =>
             {
                 tracing::info!(conversation.id = %new.id, error.cause = ?e, "a start on webhooks kept here named one gone; taking the full step");
                 self.hooks.forget();

@@ -378,12 +378,7 @@ impl Runtime {
             // CALLBACK block sends that CALLBACK's one-time URL. The token is minted now and
             // its hash stored in this step; the URL works once the conversation waits at a
             // CALLBACK, until it is used or the CALLBACK times out.
-            let goes_to_callback = flow
-                .block(&block_id)
-                .and_then(|b| b.next.as_deref())
-                .and_then(|next| flow.block(next))
-                .is_some_and(|b| b.kind == engine::BlockKind::Callback);
-            let callback_url = goes_to_callback.then(|| {
+            let callback_url = flow.goes_to_callback(&block_id).then(|| {
                 let token = random_token();
                 callback_hash = Some(Some(token_hash(&token)));
                 format!("{}/callbacks/{token}", self.public_url)
