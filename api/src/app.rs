@@ -9,6 +9,7 @@ use crate::{
     auth::{password::Passwords, token::TokenKeys},
     conversations::runtime::Runtime,
     db::Db,
+    edge::tarpit::Tarpit,
     events::{EventBus, LocalBus, PgBus},
     graphql::build_schema,
     limits::Limiters,
@@ -102,6 +103,10 @@ impl Application {
             instance_id,
             public_url,
         );
+        let tarpit = Arc::new(Tarpit::new(
+            settings.limits.rate_limit_delay,
+            crate::edge::tarpit::MAX_HELD,
+        ));
         let state = AppState {
             db,
             keys,
@@ -114,6 +119,7 @@ impl Application {
             limiters,
             users: Arc::default(),
             sockets: Arc::default(),
+            tarpit,
         };
         let schema = build_schema(Some(state.clone()));
         let server = crate::edge::serve(listener, schema, state.clone())?;

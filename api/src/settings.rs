@@ -122,6 +122,10 @@ pub struct Limits {
     /// HTTP requests per second per client address, refused with 429 before the body is read;
     /// 0 = off (`PARLEY_REQUEST_RATE_LIMIT`).
     pub request_rate_limit: u32,
+    /// How long a refusal by `request_rate_limit` is held before it is answered, so that a
+    /// client that ignores `Retry-After` cannot make the server refuse it thousands of times
+    /// a second; zero answers at once (`PARLEY_RATE_LIMIT_DELAY_MS`, at most 1,000).
+    pub rate_limit_delay: Duration,
     /// New conversations per minute per client address; 0 = off (`PARLEY_VISITOR_RATE_LIMIT`).
     pub visitor_rate_limit: u32,
     /// Answers per minute per conversation; 0 = off (`PARLEY_ANSWER_RATE_LIMIT`).
@@ -171,6 +175,7 @@ impl Default for Limits {
             max_query_cost: 20_000,
             trusted_proxies: Vec::new(),
             request_rate_limit: 100,
+            rate_limit_delay: Duration::from_millis(500),
             visitor_rate_limit: 30,
             answer_rate_limit: 60,
             api_key_rate_limit: 600,
@@ -386,6 +391,20 @@ impl Settings {
                 d.request_rate_limit.into(),
                 true,
             )?),
+            rate_limit_delay: {
+                let var = "PARLEY_RATE_LIMIT_DELAY_MS";
+                let ms = count(var, d.rate_limit_delay.as_millis() as u64, true)?;
+                // Longer than the `Retry-After: 1` it answers with would hold an honest
+                // client past the moment it was told to come back.
+                if ms > 1000 {
+                    return Err(bad(
+                        var,
+                        &ms.to_string(),
+                        "expected at most 1000 (milliseconds; 0 answers at once)".into(),
+                    ));
+                }
+                Duration::from_millis(ms)
+            },
             visitor_rate_limit: small(count(
                 "PARLEY_VISITOR_RATE_LIMIT",
                 d.visitor_rate_limit.into(),
@@ -662,6 +681,30 @@ mod tests {
         assert!(err.to_string().contains("PARLEY_MAX_BATCH"), "{err}");
         let err = settings(&[("PARLEY_TRUSTED_PROXIES", "10.0.0.0/99")]).expect_err("bad CIDR");
         assert!(err.to_string().contains("PARLEY_TRUSTED_PROXIES"), "{err}");
+    }
+
+    #[test]
+    fn a_rate_limit_delay_is_milliseconds_up_to_a_second_and_zero_turns_it_off() {
+        let delay = |v: &str| settings(&[("PARLEY_RATE_LIMIT_DELAY_MS", v)]);
+        assert_eq!(
+            settings(&[]).expect("valid").limits.rate_limit_delay,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            delay("250").expect("valid").limits.rate_limit_delay,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            delay("0").expect("valid").limits.rate_limit_delay,
+            Duration::ZERO
+        );
+        for nonsense in ["1001", "-1", "half a second"] {
+            let err = delay(nonsense).expect_err(nonsense);
+            assert!(
+                err.to_string().contains("PARLEY_RATE_LIMIT_DELAY_MS"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

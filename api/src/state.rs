@@ -9,7 +9,7 @@ use crate::{
     auth::{password::Passwords, session::Sessions, token::TokenKeys},
     conversations::runtime::Runtime,
     db::Db,
-    edge::ws::SocketCounter,
+    edge::{tarpit::Tarpit, ws::SocketCounter},
     error::ApiResult,
     limits::Limiters,
     settings::Settings,
@@ -32,6 +32,8 @@ pub struct AppState {
     pub users: Arc<UserCache>,
     /// Open WebSockets per client address.
     pub sockets: Arc<SocketCounter>,
+    /// Refusals by the per-address request limit, held before they are answered.
+    pub tarpit: Arc<Tarpit>,
 }
 
 impl AppState {

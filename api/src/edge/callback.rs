@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use serde_json::{Value, json};
 
-use super::{client::ClientAddr, limit_refusal, read_body, request_error};
+use super::{client::ClientAddr, read_body, request_error};
 use crate::{error::ApiError, state::AppState};
 
 /// Largest callback body: enough for a handful of variables, not a way to grow a
@@ -36,7 +36,7 @@ pub async fn callback(
         .requests_by_address
         .check(&client.limit_key())
     {
-        return limit_refusal(StatusCode::TOO_MANY_REQUESTS, refused.message(), "1");
+        return super::request_rate_refusal(&state, refused.message()).await;
     }
     let body = match read_body(&mut payload, MAX_CALLBACK_BYTES, "a callback body").await {
         Ok(body) => body,

@@ -6,7 +6,7 @@ use super::{
     client::ClientAddr,
     limit_refusal,
     origin::{RequestOrigin, add_cors_headers},
-    read_body, request_error,
+    read_body, request_error, request_rate_refusal,
 };
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
@@ -43,7 +43,7 @@ async fn execute(
         .requests_by_address
         .check(&client.limit_key())
     {
-        return limit_refusal(StatusCode::TOO_MANY_REQUESTS, refused.message(), "1");
+        return request_rate_refusal(&state, refused.message()).await;
     }
     let limit = state.settings.max_body_bytes;
     let body = match read_body(&mut payload, limit, "the request body").await {
@@ -79,7 +79,7 @@ async fn execute(
         .and_then(|v| v.to_str().ok());
     let auth = authenticate(&state, header).await;
     if let Err(e) = api_key_budget(&state, &auth) {
-        return limit_refusal(StatusCode::TOO_MANY_REQUESTS, e.message(), "1");
+        return request_rate_refusal(&state, e.message()).await;
     }
     let mut request = request;
     if !state.settings.graphiql && matches!(auth, Auth::Anonymous) {

@@ -7,6 +7,7 @@ pub mod http;
 pub mod origin;
 pub mod results;
 pub mod span;
+pub mod tarpit;
 pub mod upgrade;
 pub mod widget;
 pub mod ws;
@@ -239,6 +240,13 @@ pub fn limit_refusal(status: StatusCode, message: &str, retry_after: &'static st
         actix_web::http::header::HeaderValue::from_static(retry_after),
     );
     response
+}
+
+/// A request refused by a per-client request budget (`PARLEY_REQUEST_RATE_LIMIT`, an API
+/// key's): 429 with `Retry-After: 1`, answered after [`tarpit`]'s delay.
+pub async fn request_rate_refusal(state: &AppState, message: &str) -> HttpResponse {
+    let refusal = limit_refusal(StatusCode::TOO_MANY_REQUESTS, message, "1");
+    state.tarpit.hold(refusal).await
 }
 
 /// A request's body, refused (with the answer to send) past `limit` bytes; `what` names the

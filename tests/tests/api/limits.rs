@@ -1,6 +1,6 @@
 //! What a stranger meets: every limit refuses with a clear error, and the server goes on
 //! serving everyone else meanwhile.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wiremock::{
@@ -433,7 +433,7 @@ async fn a_request_past_its_deadline_is_cancelled_but_the_turn_it_began_complete
     assert_ok(&app.publish_bot(&owner.token, &bot).await);
     let (conv, token) = app.new_conversation(&bot).await;
 
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let resp = app
         .client
         .post(format!("{}/graphql", app.addr))
@@ -471,6 +471,8 @@ async fn a_request_past_its_deadline_is_cancelled_but_the_turn_it_began_complete
 async fn a_flood_of_requests_from_one_address_is_turned_away_before_parsing() {
     let app = spawn_app_with(|s| {
         s.limits.request_rate_limit = 5;
+        // Held refusals let the budget refill meanwhile; this test counts them.
+        s.limits.rate_limit_delay = Duration::ZERO;
         s.limits.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
     })
     .await;
@@ -509,4 +511,44 @@ async fn a_flood_of_requests_from_one_address_is_turned_away_before_parsing() {
     );
     // Someone else is served meanwhile.
     assert_ok(&post_as(&app, Some("203.0.113.1"), "{ __typename }", json!({})).await);
+}
+
+#[tokio::test]
+async fn a_client_past_the_request_limit_is_answered_late_while_others_are_served_at_once() {
+    let delay = Duration::from_millis(400);
+    let app = spawn_app_with(|s| {
+        s.limits.request_rate_limit = 2;
+        s.limits.rate_limit_delay = delay;
+        s.limits.trusted_proxies = vec!["127.0.0.1/32".parse().expect("cidr")];
+    })
+    .await;
+    let flood = || {
+        app.client
+            .post(format!("{}/graphql", app.addr))
+            .header("x-forwarded-for", "198.51.100.7")
+            .header("content-type", "application/json")
+            .body(json!({ "query": "{ __typename }" }).to_string())
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(flood().await.expect("sent").status(), 200);
+    }
+    let refused_at = Instant::now();
+    let (refused, other) = tokio::join!(flood(), async {
+        // Asked while the refusal is held: not queued behind it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let asked = Instant::now();
+        let body = post_as(&app, Some("203.0.113.2"), "{ __typename }", json!({})).await;
+        (body, asked.elapsed())
+    });
+    let refused = refused.expect("sent");
+    let held = refused_at.elapsed();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().await.expect("JSON");
+    assert_error(&body, "RATE_LIMITED");
+    assert!(held >= delay, "answered after {held:?}, before the delay");
+    let (other, took) = other;
+    assert_ok(&other);
+    assert!(took < delay, "another client waited {took:?}");
 }
