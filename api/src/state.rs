@@ -32,7 +32,8 @@ pub struct AppState {
     pub users: Arc<UserCache>,
     /// Open WebSockets per client address.
     pub sockets: Arc<SocketCounter>,
-    /// Refusals by the per-address request limit, held before they are answered.
+    /// Refusals by the per-address and per-API-key request limits, held before they are
+    /// answered.
     pub tarpit: Arc<Tarpit>,
 }
 

@@ -45,6 +45,15 @@ async fn execute(
     {
         return request_rate_refusal(&state, refused.message()).await;
     }
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let auth = authenticate(&state, header).await;
+    // Before the body is read: a held refusal holds nothing of it.
+    if let Err(e) = api_key_budget(&state, &auth) {
+        return request_rate_refusal(&state, e.message()).await;
+    }
     let limit = state.settings.max_body_bytes;
     let body = match read_body(&mut payload, limit, "the request body").await {
         Ok(body) => body,
@@ -72,14 +81,6 @@ async fn execute(
                 list.len()
             ),
         );
-    }
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    let auth = authenticate(&state, header).await;
-    if let Err(e) = api_key_budget(&state, &auth) {
-        return request_rate_refusal(&state, e.message()).await;
     }
     let mut request = request;
     if !state.settings.graphiql && matches!(auth, Auth::Anonymous) {

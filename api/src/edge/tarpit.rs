@@ -1,4 +1,5 @@
-//! Refusals by the per-address request limit (`PARLEY_REQUEST_RATE_LIMIT`) are answered late.
+//! Refusals by a per-client request budget (`PARLEY_REQUEST_RATE_LIMIT` per address, and
+//! `PARLEY_API_KEY_RATE_LIMIT` per key on `POST /graphql`) are answered late.
 //!
 //! A client past that limit is told to retry in a second. One that does not listen (a
 //! flood) sends its next request the moment the refusal arrives: answered at once, every
@@ -6,14 +7,14 @@
 //! thousands a second on the cores the honest visitors need. Holding each refusal for a
 //! moment (as nginx's `limit_req` delays what exceeds its rate) bounds a flooding connection
 //! to a few requests a second, while a client that waits for `Retry-After` loses nothing.
-//! Held refusals are counted: past [`MAX_HELD`], they are answered at once again, so that
-//! holding them never costs more memory than the connections themselves.
+//! A held refusal has read nothing of its request's body. Held refusals are counted: past
+//! [`MAX_HELD`], they are answered at once again, so that what they hold stays bounded.
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
     time::Duration,
 };
 
-/// Refusals held at once, at most; a few hundred bytes each.
+/// Refusals held at once, at most: each is a sleeping future beside its connection.
 pub const MAX_HELD: usize = 4096;
 
 /// Holds refusals for `delay` (`PARLEY_RATE_LIMIT_DELAY_MS`), up to [`MAX_HELD`] at once.
@@ -23,12 +24,15 @@ pub struct Tarpit {
     max_held: usize,
 }
 
-/// One held refusal; the count goes down when it is answered or its client goes away.
-struct Held<'a>(&'a AtomicUsize);
+/// One held refusal; the count goes down when it is answered (or its request is dropped).
+struct Held<'a> {
+    count: &'a AtomicUsize,
+    _open: crate::metrics::Open,
+}
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -56,14 +60,21 @@ impl Tarpit {
         if self.delay.is_zero() {
             return None;
         }
-        let before = self.held.fetch_add(1, Ordering::AcqRel);
-        let held = Held(&self.held);
-        (before < self.max_held).then_some(held)
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_held).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Held {
+            count: &self.held,
+            _open: crate::metrics::Open::new("parley_rate_limit_refusals_held"),
+        })
     }
 
     /// Refusals held now.
-    pub fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 }
 
@@ -107,7 +118,7 @@ mod tests {
         let started = Instant::now();
         tarpit.hold(429).await;
         assert!(started.elapsed() < DELAY, "the third was held");
-        assert_eq!(tarpit.held(), 2, "the third gave back a place it never had");
+        assert_eq!(tarpit.held(), 2);
         // A client that goes away gives its place back.
         let gone = holding.pop().expect("spawned");
         gone.abort();
