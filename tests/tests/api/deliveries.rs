@@ -981,3 +981,55 @@ async fn a_sync_call_past_a_turns_limit_is_not_made_but_recorded_as_failed_sayin
     assert_eq!(first_error(failed[0]), "too many webhook calls in one turn");
     assert_eq!(attempts(failed[0])[0]["responseStatus"], Value::Null);
 }
+
+#[tokio::test]
+async fn only_the_transaction_that_asks_commits_without_waiting_for_the_disk() {
+    use sea_orm::Statement;
+    let app = spawn_app().await;
+    let db = parley::db::Db::connect(&app.settings.database_url)
+        .await
+        .expect("connects");
+    async fn setting(conn: &impl sea_orm::ConnectionTrait) -> Option<String> {
+        let row = conn
+            .query_one_raw(Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT current_setting('synchronous_commit') AS s",
+            ))
+            .await
+            .ok()??;
+        row.try_get::<String>("", "s").ok()
+    }
+    let tx = db.write().await.expect("begins");
+    db.commit_lazily(&tx.tx).await.expect("asks");
+    let inside = setting(&tx.tx).await;
+    tx.commit().await.expect("commits");
+    // Every pooled connection, the one that asked among them (idle ones are handed out
+    // first), waits for the disk again in its next transaction.
+    let connections = match db.kind() {
+        parley::settings::DatabaseKind::Postgres => 8,
+        // One writing connection.
+        parley::settings::DatabaseKind::Sqlite => 1,
+    };
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        held.push(db.write().await.expect("begins"));
+    }
+    let mut after = Vec::new();
+    for tx in &held {
+        after.push(setting(&tx.tx).await);
+    }
+    match db.kind() {
+        parley::settings::DatabaseKind::Postgres => {
+            assert_eq!(inside.as_deref(), Some("off"));
+            assert!(
+                after.iter().all(|s| s.as_deref() == Some("on")),
+                "{after:?}"
+            );
+        }
+        // SQLite has no such setting; asking changes nothing and commits as before.
+        parley::settings::DatabaseKind::Sqlite => {
+            assert_eq!(inside, None);
+            assert!(after.iter().all(Option::is_none), "{after:?}");
+        }
+    }
+}
