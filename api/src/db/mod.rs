@@ -201,20 +201,6 @@ impl Db {
         self.kind
     }
 
-    /// Lets `tx`'s commit return before its WAL reaches the disk (PostgreSQL's
-    /// `synchronous_commit = off`, for this transaction only; SQLite's `synchronous=NORMAL`
-    /// already commits so in WAL mode). Only for writes that a crash may lose because they
-    /// are redone: the outbox's claims and attempt records, whose loss sends a delivery once
-    /// more, as at-least-once delivery allows. Others see the commit at once either way.
-    pub async fn commit_lazily(&self, tx: &DatabaseTransaction) -> Result<(), DbErr> {
-        use sea_orm::ConnectionTrait as _;
-        if self.kind == DatabaseKind::Postgres {
-            tx.execute_unprepared("SET LOCAL synchronous_commit = off")
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Begins a transaction that will write.
     pub async fn write(&self) -> Result<WriteTx, DbErr> {
         Ok(WriteTx {

@@ -463,9 +463,6 @@ impl Deliveries {
 
     /// [`Self::record_batch`]'s writes in `tx`; the webhooks it disabled.
     async fn record_in(&self, tx: &DatabaseTransaction, batch: &[Done]) -> ApiResult<Vec<Uuid>> {
-        // A record lost in a crash leaves its delivery claimed: sent again when the claim
-        // lapses.
-        self.db.commit_lazily(tx).await?;
         let now = Utc::now();
         delivery_attempt::Entity::insert_many(batch.iter().map(|d| {
             delivery_attempt::ActiveModel::from(attempt_row(&d.delivery, &d.outcome, None, now))
@@ -628,8 +625,6 @@ impl Deliveries {
             .claim_until(DeliveryMode::Async, now)
             .max(self.claim_until(DeliveryMode::Sync, now));
         let tx = self.db.write().await?;
-        // A claim lost in a crash leaves its delivery due: taken again.
-        self.db.commit_lazily(&tx.tx).await?;
         // Re-checking `due` in the UPDATE makes the claim atomic: of two workers that selected
         // the same ids, only the first to update gets each row back.
         let claimed = delivery::Entity::update_many()
