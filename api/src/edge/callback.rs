@@ -31,12 +31,8 @@ pub async fn callback(
 ) -> HttpResponse {
     // Tokens are guessed at no cost: a stranger's guesses are counted like any request.
     let client = ClientAddr::of(&req, &state.settings.limits.trusted_proxies);
-    if let Err(refused) = state
-        .limiters
-        .requests_by_address
-        .check(&client.limit_key())
-    {
-        return super::request_rate_refusal(&state, refused.message()).await;
+    if let Err(refused) = super::address_budget(&state, &client).await {
+        return refused;
     }
     let body = match read_body(&mut payload, MAX_CALLBACK_BYTES, "a callback body").await {
         Ok(body) => body,

@@ -2,7 +2,7 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 
 use super::{
-    api_key_budget, authenticate,
+    address_budget, api_key_budget, authenticate,
     client::ClientAddr,
     limit_refusal,
     origin::{RequestOrigin, add_cors_headers},
@@ -38,12 +38,8 @@ async fn execute(
     let limits = &state.settings.limits;
     let client = ClientAddr::of(&req, &limits.trusted_proxies);
     // A flood is turned away before its body is read or parsed: the cheapest refusal.
-    if let Err(refused) = state
-        .limiters
-        .requests_by_address
-        .check(&client.limit_key())
-    {
-        return request_rate_refusal(&state, refused.message()).await;
+    if let Err(refused) = address_budget(&state, &client).await {
+        return refused;
     }
     let header = req
         .headers()

@@ -242,6 +242,22 @@ pub fn limit_refusal(status: StatusCode, message: &str, retry_after: &'static st
     response
 }
 
+/// Spends one request of the client address's budget (`PARLEY_REQUEST_RATE_LIMIT`), before
+/// anything of the request is read; else the held refusal to answer with.
+pub async fn address_budget(
+    state: &AppState,
+    client: &client::ClientAddr,
+) -> Result<(), HttpResponse> {
+    match state
+        .limiters
+        .requests_by_address
+        .check(&client.limit_key())
+    {
+        Ok(()) => Ok(()),
+        Err(refused) => Err(request_rate_refusal(state, refused.message()).await),
+    }
+}
+
 /// A request refused by a per-client request budget (`PARLEY_REQUEST_RATE_LIMIT`, an API
 /// key's): 429 with `Retry-After: 1`, answered after [`tarpit`]'s delay.
 pub async fn request_rate_refusal(state: &AppState, message: &str) -> HttpResponse {
