@@ -21,6 +21,7 @@ mod m20261128_220200_add_conversation_callback;
 mod m20261129_010000_create_instances;
 mod m20261129_160000_replace_delivery_due_index;
 mod m20261130_100000_replace_sparse_conversation_indexes;
+mod m20261130_113000_narrow_delivery_due_index;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_010000_create_instances::Migration),
             Box::new(m20261129_160000_replace_delivery_due_index::Migration),
             Box::new(m20261130_100000_replace_sparse_conversation_indexes::Migration),
+            Box::new(m20261130_113000_narrow_delivery_due_index::Migration),
         ]
     }
 }

@@ -91,13 +91,43 @@ pub struct Deliveries {
 /// (sync calls and test sends in flight have no `next_attempt_at`).
 pub fn due(now: chrono::DateTime<Utc>) -> Condition {
     Condition::all()
-        .add(delivery::Column::Status.eq(DeliveryStatus::Pending))
+        .add(pending())
         .add(delivery::Column::NextAttemptAt.lte(now))
         .add(
             Condition::any()
                 .add(delivery::Column::ClaimedUntil.is_null())
                 .add(delivery::Column::ClaimedUntil.lt(now)),
         )
+}
+
+/// `status = 'PENDING'`, spelled with the literal: the outbox's index holds pending deliveries
+/// only, and PostgreSQL's generic plans and SQLite use it only where the query states its
+/// condition so (a bound parameter proves nothing to them).
+pub fn pending() -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::{Expr, ExprTrait as _};
+    Expr::col((delivery::Entity, delivery::Column::Status)).eq(Expr::cust("'PENDING'"))
+}
+
+/// The poll's read: ids and webhooks of up to `look` deliveries due at `now`, the longest due
+/// first.
+fn candidates(now: chrono::DateTime<Utc>, look: usize) -> sea_orm::Select<delivery::Entity> {
+    delivery::Entity::find()
+        .filter(due(now))
+        // A disabled webhook's deliveries are held until `enableWebhook`.
+        .filter(
+            delivery::Column::WebhookId.not_in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(webhook::Column::Id)
+                    .from(webhook::Entity)
+                    .and_where(webhook::Column::DisabledAt.is_not_null())
+                    .to_owned(),
+            ),
+        )
+        .order_by_asc(delivery::Column::NextAttemptAt)
+        .select_only()
+        .column(delivery::Column::Id)
+        .column(delivery::Column::WebhookId)
+        .limit(look as u64)
 }
 
 /// A new async delivery, pending and due `now`; claimed by `claim` (who, until when) if given.
@@ -561,23 +591,7 @@ impl Deliveries {
         // can send now and a few rounds more waiting): claiming a saturated endpoint's
         // backlog would only hold it in memory until the claims run down.
         let look = limit * 4;
-        let candidates: Vec<(Uuid, Uuid)> = delivery::Entity::find()
-            .filter(due())
-            // A disabled webhook's deliveries are held until `enableWebhook`.
-            .filter(
-                delivery::Column::WebhookId.not_in_subquery(
-                    sea_orm::sea_query::Query::select()
-                        .column(webhook::Column::Id)
-                        .from(webhook::Entity)
-                        .and_where(webhook::Column::DisabledAt.is_not_null())
-                        .to_owned(),
-                ),
-            )
-            .order_by_asc(delivery::Column::NextAttemptAt)
-            .select_only()
-            .column(delivery::Column::Id)
-            .column(delivery::Column::WebhookId)
-            .limit(look as u64)
+        let candidates: Vec<(Uuid, Uuid)> = candidates(now, look)
             .into_tuple()
             .all(self.db.conn())
             .await?;
@@ -765,3 +779,136 @@ pub use handoff::Queued;
 use slots::{Refusal, Slots};
 
 pub use log::{DeliveryView, attempts, find_delivery, list_deliveries, sample_payload};
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use sea_orm::{ConnectionTrait as _, DatabaseBackend, QueryTrait as _, Statement};
+
+    use crate::{db::Db, settings::DatabaseUrl};
+
+    #[test]
+    fn the_pending_literal_is_the_status_the_entity_stores() {
+        use sea_orm::ActiveEnum as _;
+        let sql = sea_orm::sea_query::Query::select()
+            .expr(super::pending())
+            .to_string(sea_orm::sea_query::PostgresQueryBuilder);
+        let stored = super::DeliveryStatus::Pending.to_value();
+        assert!(
+            sql.contains(&format!("'{stored}'")),
+            "{sql} does not test for {stored}"
+        );
+    }
+
+    /// A migrated database on the engine the tests run on (PostgreSQL when
+    /// `PARLEY_TEST_DATABASE_URL` is set), and what drops it.
+    async fn migrated() -> (Db, impl AsyncFnOnce()) {
+        let name = format!("parley_unit_{}", uuid::Uuid::new_v4().simple());
+        let admin = std::env::var("PARLEY_TEST_DATABASE_URL")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let url = match &admin {
+            Some(admin) => {
+                let conn = sea_orm::Database::connect(admin).await.expect("connect");
+                conn.execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .expect("create the database");
+                conn.close().await.ok();
+                let mut url = url::Url::parse(admin).expect("a URL");
+                url.set_path(&format!("/{name}"));
+                url.to_string()
+            }
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                std::env::temp_dir().join(format!("{name}.db")).display()
+            ),
+        };
+        let db = Db::connect(&DatabaseUrl::parse(&url).expect("a database URL"))
+            .await
+            .expect("the database opens");
+        db.migrate().await.expect("the migrations run");
+        let cleanup = async move || match admin {
+            Some(admin) => {
+                if let Ok(conn) = sea_orm::Database::connect(&admin).await {
+                    let _ = conn
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await;
+                    conn.close().await.ok();
+                }
+            }
+            None => {
+                let path = std::env::temp_dir().join(format!("{name}.db"));
+                for file in [
+                    path.clone(),
+                    path.with_extension("db-wal"),
+                    path.with_extension("db-shm"),
+                ] {
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+        };
+        (db, cleanup)
+    }
+
+    #[tokio::test]
+    async fn the_poll_reads_due_deliveries_through_the_index_of_pending_ones() {
+        let (db, cleanup) = migrated().await;
+        let plan = {
+            let tx = db.write().await.expect("a transaction");
+            let backend = tx.tx.get_database_backend();
+            let query = super::candidates(Utc::now(), 400).build(backend);
+            let explain = match backend {
+                DatabaseBackend::Postgres => {
+                    // On an empty table a scan is cheapest whatever the indexes: forbid it, so
+                    // that the plan shows whether the index can serve the query at all; and
+                    // plan it as the pool's prepared statements may be, once for any
+                    // parameters, whose values then prove nothing about the index's condition.
+                    tx.tx
+                        .execute_unprepared(&format!(
+                            "SET LOCAL enable_seqscan = off; \
+                             SET LOCAL plan_cache_mode = force_generic_plan; \
+                             PREPARE poll AS {}",
+                            query.sql
+                        ))
+                        .await
+                        .expect("the poll is prepared");
+                    use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder as _};
+                    let args: Vec<String> = query
+                        .values
+                        .iter()
+                        .flat_map(|v| v.0.iter())
+                        .map(|v| PostgresQueryBuilder.value_to_string(v))
+                        .collect();
+                    Statement::from_string(
+                        backend,
+                        format!("EXPLAIN EXECUTE poll({})", args.join(", ")),
+                    )
+                }
+                _ => Statement {
+                    sql: format!("EXPLAIN QUERY PLAN {}", query.sql),
+                    ..query
+                },
+            };
+            let rows = tx.tx.query_all_raw(explain).await.expect("the plan");
+            let plan: Vec<String> = rows
+                .iter()
+                .map(|row| {
+                    let column = if backend == DatabaseBackend::Postgres {
+                        "QUERY PLAN"
+                    } else {
+                        "detail"
+                    };
+                    row.try_get::<String>("", column).expect("a plan line")
+                })
+                .collect();
+            plan.join("\n")
+        };
+        cleanup().await;
+        assert!(
+            plan.contains("idx_deliveries_pending_due"),
+            "the poll does not use the index of pending deliveries:\n{plan}"
+        );
+    }
+}

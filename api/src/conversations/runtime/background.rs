@@ -284,7 +284,7 @@ impl Runtime {
                 Expr::value(DeliveryStatus::Failed),
             )
             .filter(delivery::Column::Mode.eq(DeliveryMode::Sync))
-            .filter(delivery::Column::Status.eq(DeliveryStatus::Pending))
+            .filter(crate::webhooks::delivery::pending())
             // A queued redelivery (due at some time) is the worker's, not a cut-off call.
             .filter(delivery::Column::NextAttemptAt.is_null())
             .filter(delivery::Column::CreatedAt.lt(stale))
