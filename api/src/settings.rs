@@ -122,10 +122,10 @@ pub struct Limits {
     /// HTTP requests per second per client address, refused with 429 before the body is read;
     /// 0 = off (`PARLEY_REQUEST_RATE_LIMIT`).
     pub request_rate_limit: u32,
-    /// How long a refusal by `request_rate_limit` (or, on `POST /graphql`, by
-    /// `api_key_rate_limit`) is held before it is answered, so that a
-    /// client that ignores `Retry-After` cannot make the server refuse it thousands of times
-    /// a second; zero answers at once (`PARLEY_RATE_LIMIT_DELAY_MS`, at most 1,000).
+    /// How long a refusal by `request_rate_limit` or by `api_key_rate_limit` is held before
+    /// it is answered, so that a client that ignores `Retry-After` cannot make the server
+    /// refuse it thousands of times a second; zero answers at once
+    /// (`PARLEY_RATE_LIMIT_DELAY_MS`, at most 1,000).
     pub rate_limit_delay: Duration,
     /// New conversations per minute per client address; 0 = off (`PARLEY_VISITOR_RATE_LIMIT`).
     pub visitor_rate_limit: u32,

@@ -6,7 +6,7 @@ use entity::Role;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
-use super::{api_key_budget, authenticate, request_error};
+use super::{Auth, api_key_budget, authenticate, request_error, request_rate_refusal};
 use crate::{
     bots::service::find_bot,
     error::{ApiError, ApiResult},
@@ -74,7 +74,16 @@ pub async fn results_csv(
     bot_id: web::Path<String>,
     query: web::Query<ExportQuery>,
 ) -> HttpResponse {
-    match prepare(&state, &req, &bot_id, &query).await {
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let auth = authenticate(&state, header).await;
+    // Held, as on `POST /graphql`: a key that ignores `Retry-After` is not answered at once.
+    if let Err(e) = api_key_budget(&state, &auth) {
+        return request_rate_refusal(&state, e.message()).await;
+    }
+    match prepare(&state, &auth, &bot_id, &query).await {
         Ok((bot_id, fields, filter)) => {
             let body = results::export(state.db.clone(), bot_id, fields, filter).map(|chunk| {
                 chunk
@@ -95,16 +104,10 @@ pub async fn results_csv(
 
 async fn prepare(
     state: &AppState,
-    req: &HttpRequest,
+    auth: &Auth,
     bot_id: &str,
     query: &ExportQuery,
 ) -> ApiResult<(uuid::Uuid, Vec<String>, ResultsFilter)> {
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    let auth = authenticate(state, header).await;
-    api_key_budget(state, &auth)?;
     let viewer = auth.user_id()?;
     let filter = filter_of(query)?;
     let bot_id = uuid::Uuid::parse_str(bot_id).map_err(|_| ApiError::not_found("bot"))?;

@@ -1,5 +1,7 @@
 //! Refusals by a per-client request budget (`PARLEY_REQUEST_RATE_LIMIT` per address, and
-//! `PARLEY_API_KEY_RATE_LIMIT` per key on `POST /graphql`) are answered late.
+//! `PARLEY_API_KEY_RATE_LIMIT` per key on `POST /graphql`, `results.csv` and a WebSocket's
+//! `connection_init`) are answered late; so is the refusal of a new client while a limiter
+//! tracks as many as it may.
 //!
 //! A client past that limit is told to retry in a second. One that does not listen (a
 //! flood) sends its next request the moment the refusal arrives: answered at once, every

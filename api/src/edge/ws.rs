@@ -373,7 +373,10 @@ impl Socket {
                     return Err(async_graphql::Error::new(why));
                 }
                 if let Err(e) = api_key_budget(&state, &auth) {
-                    return Err(async_graphql::Error::new(e.message()));
+                    // Held, as on `POST /graphql`: a client that opens its next socket the
+                    // moment this one is refused gets two refusals a second, not thousands.
+                    let refusal = Err(async_graphql::Error::new(e.message()));
+                    return state.tarpit.hold(refusal).await;
                 }
                 let mut data = Data::default();
                 data.insert(auth);

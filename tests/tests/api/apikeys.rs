@@ -379,3 +379,76 @@ async fn a_key_is_rate_limited() {
     // Login tokens are not counted against the key.
     assert_ok(&account_name(&app, &owner.token, &owner.account_id).await);
 }
+
+#[tokio::test]
+async fn a_key_past_its_budget_is_answered_late_on_the_export_and_on_a_socket() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{
+        Message, client::IntoClientRequest as _, http::HeaderValue,
+    };
+    let delay = Duration::from_millis(400);
+    let app = spawn_app_with(|s| {
+        s.limits.api_key_rate_limit = 2;
+        s.limits.rate_limit_delay = delay;
+    })
+    .await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    let (key, _) = new_api_key(&app, &owner.token, &owner.account_id, "MEMBER").await;
+    for _ in 0..2 {
+        assert_ok(&account_name(&app, &key, &owner.account_id).await);
+    }
+
+    let asked = Instant::now();
+    let export = app
+        .client
+        .get(format!("{}/bots/{bot}/results.csv", app.addr))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request sent");
+    let held = asked.elapsed();
+    assert_eq!(export.status(), 429);
+    assert_eq!(export.headers()["retry-after"], "1");
+    let body: Value = export.json().await.expect("JSON");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body}"
+    );
+    assert!(held >= delay, "the export was refused after {held:?}");
+
+    let mut req = format!("ws://127.0.0.1:{}/graphql", app.port)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("graphql-transport-ws"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket connects");
+    let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {key}") } });
+    let asked = Instant::now();
+    ws.send(Message::text(init.to_string()))
+        .await
+        .expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an answer within 5 s");
+    let held = asked.elapsed();
+    match reply {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 4403, "{frame:?}");
+            assert!(
+                frame.reason.contains("PARLEY_API_KEY_RATE_LIMIT"),
+                "{frame:?}"
+            );
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert!(held >= delay, "the socket was refused after {held:?}");
+    // A login token is neither counted nor held.
+    let asked = Instant::now();
+    assert_ok(&account_name(&app, &owner.token, &owner.account_id).await);
+    assert!(asked.elapsed() < delay, "{:?}", asked.elapsed());
+}
