@@ -54,7 +54,7 @@ pub const MAX_SLOT_WAIT: Duration = Duration::from_secs(1);
 /// Longest `Retry-After` honoured: a receiver cannot park a delivery for longer.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 /// Most deliveries claimed by one poll.
-const CLAIM_BATCH: usize = 100;
+const CLAIM_BATCH: usize = 256;
 /// How often old deliveries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 

@@ -29,6 +29,19 @@ const _: () = assert!(WAITING_PER_SLOT <= WAITING_PER_GLOBAL_SLOT);
 /// which a receiver that answers at once takes over a hundred deliveries on 8 slots; with 4
 /// per slot the outbox drained at half that pace, waiting for its own polls.
 const WAITING_PER_SLOT: usize = 16;
+/// A webhook whose receiver takes deliveries faster is fed further ahead: as many may wait as
+/// it took in this long at its recent pace (see [`Pace`]), up to
+/// [`MAX_WAITING_PER_SLOT`]. A receiver answering at once on 8 slots takes 10,000–20,000 a
+/// second, and a poll round of PostgreSQL claimed ~100 in the time those 128 waiting went
+/// out: the outbox drained at the pace of its polls.
+const FEED_AHEAD: Duration = Duration::from_millis(50);
+/// The most of one webhook's deliveries that may wait in memory, per slot of its own limit,
+/// however fast it drains.
+const MAX_WAITING_PER_SLOT: usize = 64;
+/// The window over which a webhook's pace is measured.
+const PACE_WINDOW: Duration = Duration::from_millis(100);
+/// Webhooks whose pace is kept, before those idle for a minute are forgotten.
+const PACES_KEPT: usize = 4096;
 /// A claim with less than this left beyond the attempt's deadline is renewed first (a
 /// conditional UPDATE), so that no other worker can take the delivery while it is in flight
 /// or being recorded.
@@ -62,6 +75,56 @@ struct Ledger {
     waiting: usize,
     /// The same, per webhook (only webhooks with some).
     waiting_per_webhook: HashMap<Uuid, usize>,
+    /// How fast each webhook's deliveries left for their receiver, lately.
+    paces: HashMap<Uuid, Pace>,
+}
+
+/// How fast a webhook's deliveries leave for their receiver: counted over windows of
+/// [`PACE_WINDOW`], the last full window's rate, unless the window under way is already
+/// slower (a receiver that stopped answering is not fed ahead for long).
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    since: std::time::Instant,
+    count: u32,
+    per_second: f64,
+}
+
+impl Pace {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            since: now,
+            count: 0,
+            per_second: 0.0,
+        }
+    }
+
+    /// Notes one delivery sent at `now`.
+    fn sent(&mut self, now: std::time::Instant) {
+        self.count = self.count.saturating_add(1);
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed >= PACE_WINDOW {
+            self.per_second = f64::from(self.count) / elapsed.as_secs_f64();
+            self.count = 0;
+            self.since = now;
+        }
+    }
+
+    /// Deliveries per second at `now`.
+    fn per_second(&self, now: std::time::Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.since);
+        if elapsed < PACE_WINDOW {
+            return self.per_second;
+        }
+        self.per_second
+            .min(f64::from(self.count) / elapsed.as_secs_f64())
+    }
+
+    /// How many of this webhook's deliveries may wait in memory at `now`, with `slots` slots
+    /// of its own.
+    fn waiting_allowed(&self, slots: usize, now: std::time::Instant) -> usize {
+        let ahead = (self.per_second(now) * FEED_AHEAD.as_secs_f64()) as usize;
+        ahead.clamp(slots * WAITING_PER_SLOT, slots * MAX_WAITING_PER_SLOT)
+    }
 }
 
 impl Handoff {
@@ -115,6 +178,34 @@ impl Handoff {
             if *n == 0 {
                 ledger.waiting_per_webhook.remove(&webhook_id);
             }
+        }
+    }
+
+    /// Notes that one delivery of `webhook_id` left for its receiver: it no longer waits, and
+    /// counts in its webhook's pace.
+    fn sent(&self, webhook_id: Uuid) {
+        let now = std::time::Instant::now();
+        self.stop_waiting(webhook_id);
+        let mut ledger = self.ledger();
+        if ledger.paces.len() >= PACES_KEPT && !ledger.paces.contains_key(&webhook_id) {
+            ledger
+                .paces
+                .retain(|_, p| now.saturating_duration_since(p.since) < Duration::from_secs(60));
+        }
+        ledger
+            .paces
+            .entry(webhook_id)
+            .or_insert_with(|| Pace::new(now))
+            .sent(now);
+    }
+
+    /// How many of `webhook_id`'s deliveries may wait in memory now, with `slots` slots of
+    /// its own.
+    fn waiting_allowed(&self, webhook_id: Uuid, slots: usize) -> usize {
+        let now = std::time::Instant::now();
+        match self.ledger().paces.get(&webhook_id) {
+            Some(pace) => pace.waiting_allowed(slots, now),
+            None => slots * WAITING_PER_SLOT,
         }
     }
 
@@ -244,10 +335,12 @@ impl Deliveries {
     }
 
     /// How many more of a webhook's deliveries may be claimed now: its free slots, plus a
-    /// few rounds' worth waiting in memory, less those already waiting.
+    /// few rounds' worth waiting in memory (more for a receiver that takes them fast), less
+    /// those already waiting.
     pub(super) fn webhook_room(&self, webhook_id: Uuid) -> usize {
         let per_webhook = self.settings.per_webhook_concurrency.max(1);
-        (self.webhook_gate(webhook_id).available_permits() + per_webhook * WAITING_PER_SLOT)
+        let allowed = self.handoff.waiting_allowed(webhook_id, per_webhook);
+        (self.webhook_gate(webhook_id).available_permits() + allowed)
             .saturating_sub(self.handoff.waiting_for(webhook_id))
     }
 
@@ -340,7 +433,7 @@ impl Deliveries {
                 } else {
                     waiting.turn.push_back(hook);
                 }
-                self.handoff.stop_waiting(hook);
+                self.handoff.sent(hook);
                 let slots = Slots::of(vec![gate, global], self.handoff.freed.clone());
                 tasks.spawn(self.clone().send_claimed(d, slots, endpoint, done.clone()));
                 progress = true;
@@ -393,5 +486,67 @@ impl Deliveries {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{MAX_WAITING_PER_SLOT, PACE_WINDOW, Pace, WAITING_PER_SLOT};
+
+    /// `pace` after `n` deliveries sent evenly over `over`, from `start`; the time of the last.
+    fn sent_evenly(pace: &mut Pace, start: Instant, n: u32, over: Duration) -> Instant {
+        let mut at = start;
+        for i in 1..=n {
+            at = start + over.mul_f64(f64::from(i) / f64::from(n));
+            pace.sent(at);
+        }
+        at
+    }
+
+    #[test]
+    fn a_webhook_never_measured_or_slow_gets_the_base_allowance() {
+        let start = Instant::now();
+        let mut pace = Pace::new(start);
+        assert_eq!(pace.waiting_allowed(8, start), 8 * WAITING_PER_SLOT);
+        // 50 a second: feeding it ahead would mean two or three deliveries.
+        let last = sent_evenly(&mut pace, start, 10, Duration::from_millis(200));
+        assert_eq!(pace.waiting_allowed(8, last), 8 * WAITING_PER_SLOT);
+    }
+
+    #[test]
+    fn a_fast_receiver_is_fed_further_ahead_up_to_the_cap() {
+        let start = Instant::now();
+        let mut pace = Pace::new(start);
+        // 4,000 a second: 50 ms of that is 200.
+        let last = sent_evenly(&mut pace, start, 800, Duration::from_millis(200));
+        let allowed = pace.waiting_allowed(8, last);
+        assert!(
+            (195..=205).contains(&allowed),
+            "{allowed} allowed at 4,000 a second"
+        );
+        // 40,000 a second: capped.
+        let mut pace = Pace::new(start);
+        let last = sent_evenly(&mut pace, start, 8_000, Duration::from_millis(200));
+        assert_eq!(pace.waiting_allowed(8, last), 8 * MAX_WAITING_PER_SLOT);
+    }
+
+    #[test]
+    fn a_receiver_that_stops_taking_deliveries_falls_back_to_the_base_within_a_window() {
+        let start = Instant::now();
+        let mut pace = Pace::new(start);
+        let last = sent_evenly(&mut pace, start, 8_000, Duration::from_millis(200));
+        assert_eq!(pace.waiting_allowed(8, last), 8 * MAX_WAITING_PER_SLOT);
+        // Still fed ahead while the window under way is young...
+        assert_eq!(
+            pace.waiting_allowed(8, last + PACE_WINDOW / 2),
+            8 * MAX_WAITING_PER_SLOT
+        );
+        // ...and no longer once a whole window went by with nothing sent.
+        assert_eq!(
+            pace.waiting_allowed(8, last + PACE_WINDOW * 2),
+            8 * WAITING_PER_SLOT
+        );
     }
 }
