@@ -655,6 +655,23 @@ impl Deliveries {
         Ok((claimed, left_behind))
     }
 
+    /// Releases this instance's claims on deliveries (never another instance's).
+    async fn unclaim_all(&self, ids: &[Uuid]) {
+        let result = delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::ClaimedUntil,
+                Option::<chrono::DateTime<Utc>>::None.into(),
+            )
+            .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
+            .filter(delivery::Column::Id.is_in(ids.iter().copied()))
+            .filter(delivery::Column::ClaimedBy.eq(self.instance_id.as_str()))
+            .exec(self.db.writer())
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(deliveries = ids.len(), error.cause = ?e, "cannot release claims; they will lapse");
+        }
+    }
+
     /// Releases this instance's claim on a delivery (never another instance's).
     async fn unclaim(&self, id: Uuid) {
         let result = delivery::Entity::update_many()

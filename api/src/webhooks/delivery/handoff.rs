@@ -33,7 +33,10 @@ const WAITING_PER_SLOT: usize = 16;
 /// it took in this long at its recent pace (see [`Pace`]), up to
 /// [`MAX_WAITING_PER_SLOT`]. A receiver answering at once on 8 slots takes 10,000–20,000 a
 /// second, and a poll round of PostgreSQL claimed ~100 in the time those 128 waiting went
-/// out: the outbox drained at the pace of its polls.
+/// out: the outbox drained at the pace of its polls. What waits beyond
+/// [`WAITING_PER_SLOT`] when the receiver slows down goes back to the table (see
+/// [`Deliveries::give_back_excess`]), so that hanging webhooks still cannot fill the
+/// hand-over while global slots sit idle.
 const FEED_AHEAD: Duration = Duration::from_millis(50);
 /// The most of one webhook's deliveries that may wait in memory, per slot of its own limit,
 /// however fast it drains.
@@ -77,14 +80,31 @@ struct Ledger {
     waiting_per_webhook: HashMap<Uuid, usize>,
     /// How fast each webhook's deliveries left for their receiver, lately.
     paces: HashMap<Uuid, Pace>,
+    /// When `paces` was last rid of webhooks idle for a minute.
+    paces_pruned: Option<std::time::Instant>,
+}
+
+impl Ledger {
+    /// Notes that one delivery of `webhook_id` no longer waits for slots.
+    fn stop_waiting(&mut self, webhook_id: Uuid) {
+        self.waiting = self.waiting.saturating_sub(1);
+        if let Some(n) = self.waiting_per_webhook.get_mut(&webhook_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.waiting_per_webhook.remove(&webhook_id);
+            }
+        }
+    }
 }
 
 /// How fast a webhook's deliveries leave for their receiver: counted over windows of
 /// [`PACE_WINDOW`], the last full window's rate, unless the window under way is already
-/// slower (a receiver that stopped answering is not fed ahead for long).
+/// slower; none at all once a whole window went by without a delivery sent (a receiver that
+/// stopped answering is not fed ahead for long).
 #[derive(Clone, Copy, Debug)]
 struct Pace {
     since: std::time::Instant,
+    last: std::time::Instant,
     count: u32,
     per_second: f64,
 }
@@ -93,6 +113,7 @@ impl Pace {
     fn new(now: std::time::Instant) -> Self {
         Self {
             since: now,
+            last: now,
             count: 0,
             per_second: 0.0,
         }
@@ -100,6 +121,7 @@ impl Pace {
 
     /// Notes one delivery sent at `now`.
     fn sent(&mut self, now: std::time::Instant) {
+        self.last = now;
         self.count = self.count.saturating_add(1);
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed >= PACE_WINDOW {
@@ -111,6 +133,9 @@ impl Pace {
 
     /// Deliveries per second at `now`.
     fn per_second(&self, now: std::time::Instant) -> f64 {
+        if now.saturating_duration_since(self.last) >= PACE_WINDOW {
+            return 0.0;
+        }
         let elapsed = now.saturating_duration_since(self.since);
         if elapsed < PACE_WINDOW {
             return self.per_second;
@@ -171,26 +196,30 @@ impl Handoff {
 
     /// Notes that one delivery of `webhook_id` no longer waits for slots.
     fn stop_waiting(&self, webhook_id: Uuid) {
-        let mut ledger = self.ledger();
-        ledger.waiting = ledger.waiting.saturating_sub(1);
-        if let Some(n) = ledger.waiting_per_webhook.get_mut(&webhook_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                ledger.waiting_per_webhook.remove(&webhook_id);
-            }
-        }
+        self.ledger().stop_waiting(webhook_id);
     }
 
     /// Notes that one delivery of `webhook_id` left for its receiver: it no longer waits, and
     /// counts in its webhook's pace.
     fn sent(&self, webhook_id: Uuid) {
         let now = std::time::Instant::now();
-        self.stop_waiting(webhook_id);
         let mut ledger = self.ledger();
+        ledger.stop_waiting(webhook_id);
         if ledger.paces.len() >= PACES_KEPT && !ledger.paces.contains_key(&webhook_id) {
-            ledger
-                .paces
-                .retain(|_, p| now.saturating_duration_since(p.since) < Duration::from_secs(60));
+            // At most once a second: past that many webhooks sending at once, the others
+            // get the base allowance rather than a sweep of the map on every delivery.
+            if ledger
+                .paces_pruned
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1))
+            {
+                ledger.paces_pruned = Some(now);
+                ledger
+                    .paces
+                    .retain(|_, p| now.saturating_duration_since(p.last) < Duration::from_secs(60));
+            }
+            if ledger.paces.len() >= PACES_KEPT {
+                return;
+            }
         }
         ledger
             .paces
@@ -241,7 +270,7 @@ impl Queued {
 
 /// Deliveries waiting in the dispatcher, per webhook, and the webhooks' turn.
 #[derive(Default)]
-struct Waiting {
+pub(super) struct Waiting {
     queues: HashMap<Uuid, VecDeque<delivery::Model>>,
     turn: VecDeque<Uuid>,
 }
@@ -407,6 +436,7 @@ impl Deliveries {
                     continue;
                 }
                 let Ok(gate) = self.webhook_gate(hook).try_acquire_owned() else {
+                    self.give_back_excess(hook, waiting).await;
                     waiting.turn.push_back(hook);
                     continue;
                 };
@@ -440,6 +470,29 @@ impl Deliveries {
             }
         }
         paced
+    }
+
+    /// A webhook whose slots are all taken and which has more waiting than it may have now
+    /// (its receiver slowed down, so it is no longer fed ahead): what waits beyond that goes
+    /// back to the table, the latest first, for a poll to claim again when there is room.
+    pub(super) async fn give_back_excess(&self, hook: Uuid, waiting: &mut Waiting) {
+        let slots = self.settings.per_webhook_concurrency.max(1);
+        let allowed = self.handoff.waiting_allowed(hook, slots);
+        let Some(queue) = waiting.queues.get_mut(&hook) else {
+            return;
+        };
+        if queue.len() <= allowed {
+            return;
+        }
+        let excess: Vec<Uuid> = queue.split_off(allowed).iter().map(|d| d.id).collect();
+        // Out of memory before the claims go: a poll that claims one meanwhile hands it over
+        // again instead of finding it still here.
+        for &id in &excess {
+            self.handoff.stop_waiting(hook);
+            self.handoff.leave(id);
+        }
+        tracing::info!(webhook.id = %hook, deliveries = excess.len(), "its receiver slowed down: deliveries waiting beyond its allowance go back to the outbox");
+        self.unclaim_all(&excess).await;
     }
 
     /// One attempt of a claimed delivery holding its slots; its claim renewed first if it
@@ -546,6 +599,20 @@ mod tests {
         // ...and no longer once a whole window went by with nothing sent.
         assert_eq!(
             pace.waiting_allowed(8, last + PACE_WINDOW * 2),
+            8 * WAITING_PER_SLOT
+        );
+    }
+
+    #[test]
+    fn a_receiver_that_stops_in_the_middle_of_a_window_falls_back_as_soon() {
+        let start = Instant::now();
+        let mut pace = Pace::new(start);
+        let closed = sent_evenly(&mut pace, start, 4_000, Duration::from_millis(100));
+        // Half a window more at the same pace, then nothing.
+        let last = sent_evenly(&mut pace, closed, 2_000, PACE_WINDOW / 2);
+        assert_eq!(pace.waiting_allowed(8, last), 8 * MAX_WAITING_PER_SLOT);
+        assert_eq!(
+            pace.waiting_allowed(8, last + PACE_WINDOW),
             8 * WAITING_PER_SLOT
         );
     }
