@@ -2,11 +2,11 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 
 use super::{
-    address_budget, api_key_budget, authenticate,
+    address_budget, authenticate_request,
     client::ClientAddr,
     limit_refusal,
     origin::{RequestOrigin, add_cors_headers},
-    read_body, request_error, request_rate_refusal,
+    read_body, request_error,
 };
 use crate::{auth::Auth, graphql::AppSchema, state::AppState};
 
@@ -41,15 +41,11 @@ async fn execute(
     if let Err(refused) = address_budget(&state, &client).await {
         return refused;
     }
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    let auth = authenticate(&state, header).await;
     // Before the body is read: a held refusal holds nothing of it.
-    if let Err(e) = api_key_budget(&state, &auth) {
-        return request_rate_refusal(&state, e.message()).await;
-    }
+    let auth = match authenticate_request(&state, &req).await {
+        Ok(auth) => auth,
+        Err(refused) => return refused,
+    };
     let limit = state.settings.max_body_bytes;
     let body = match read_body(&mut payload, limit, "the request body").await {
         Ok(body) => body,

@@ -231,6 +231,23 @@ pub fn api_key_budget(state: &AppState, auth: &Auth) -> crate::error::ApiResult<
     }
 }
 
+/// The caller of an HTTP request, from its `Authorization` header, with one request of an API
+/// key's budget spent; else the held refusal to answer with.
+pub async fn authenticate_request(
+    state: &AppState,
+    req: &actix_web::HttpRequest,
+) -> Result<Auth, HttpResponse> {
+    let header = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    let auth = authenticate(state, header).await;
+    match api_key_budget(state, &auth) {
+        Ok(()) => Ok(auth),
+        Err(e) => Err(request_rate_refusal(state, e.message()).await),
+    }
+}
+
 /// A refusal by a limit where no GraphQL response can be made: `RATE_LIMITED` with `status`,
 /// and `Retry-After` seconds.
 pub fn limit_refusal(status: StatusCode, message: &str, retry_after: &'static str) -> HttpResponse {

@@ -6,7 +6,7 @@ use entity::Role;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
-use super::{Auth, api_key_budget, authenticate, request_error, request_rate_refusal};
+use super::{Auth, authenticate_request, request_error};
 use crate::{
     bots::service::find_bot,
     error::{ApiError, ApiResult},
@@ -74,15 +74,10 @@ pub async fn results_csv(
     bot_id: web::Path<String>,
     query: web::Query<ExportQuery>,
 ) -> HttpResponse {
-    let header = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    let auth = authenticate(&state, header).await;
-    // Held, as on `POST /graphql`: a key that ignores `Retry-After` is not answered at once.
-    if let Err(e) = api_key_budget(&state, &auth) {
-        return request_rate_refusal(&state, e.message()).await;
-    }
+    let auth = match authenticate_request(&state, &req).await {
+        Ok(auth) => auth,
+        Err(refused) => return refused,
+    };
     match prepare(&state, &auth, &bot_id, &query).await {
         Ok((bot_id, fields, filter)) => {
             let body = results::export(state.db.clone(), bot_id, fields, filter).map(|chunk| {
