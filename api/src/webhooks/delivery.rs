@@ -656,7 +656,7 @@ impl Deliveries {
     }
 
     /// Releases this instance's claims on deliveries (never another instance's).
-    async fn unclaim_all(&self, ids: &[Uuid]) {
+    async fn unclaim(&self, ids: &[Uuid]) {
         let result = delivery::Entity::update_many()
             .col_expr(
                 delivery::Column::ClaimedUntil,
@@ -668,24 +668,7 @@ impl Deliveries {
             .exec(self.db.writer())
             .await;
         if let Err(e) = result {
-            tracing::warn!(deliveries = ids.len(), error.cause = ?e, "cannot release claims; they will lapse");
-        }
-    }
-
-    /// Releases this instance's claim on a delivery (never another instance's).
-    async fn unclaim(&self, id: Uuid) {
-        let result = delivery::Entity::update_many()
-            .col_expr(
-                delivery::Column::ClaimedUntil,
-                Option::<chrono::DateTime<Utc>>::None.into(),
-            )
-            .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
-            .filter(delivery::Column::Id.eq(id))
-            .filter(delivery::Column::ClaimedBy.eq(self.instance_id.as_str()))
-            .exec(self.db.writer())
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(delivery.id = %id, error.cause = ?e, "cannot release a claim; it will lapse");
+            tracing::warn!(delivery.ids = ?ids, error.cause = ?e, "cannot release claims; they will lapse");
         }
     }
 

@@ -367,10 +367,15 @@ impl Deliveries {
     /// few rounds' worth waiting in memory (more for a receiver that takes them fast), less
     /// those already waiting.
     pub(super) fn webhook_room(&self, webhook_id: Uuid) -> usize {
-        let per_webhook = self.settings.per_webhook_concurrency.max(1);
-        let allowed = self.handoff.waiting_allowed(webhook_id, per_webhook);
-        (self.webhook_gate(webhook_id).available_permits() + allowed)
+        (self.webhook_gate(webhook_id).available_permits() + self.waiting_allowed(webhook_id))
             .saturating_sub(self.handoff.waiting_for(webhook_id))
+    }
+
+    /// How many of a webhook's deliveries may wait in memory now: [`WAITING_PER_SLOT`] per
+    /// slot of its own, more for a receiver that takes them fast.
+    fn waiting_allowed(&self, webhook_id: Uuid) -> usize {
+        let slots = self.settings.per_webhook_concurrency.max(1);
+        self.handoff.waiting_allowed(webhook_id, slots)
     }
 
     /// The dispatcher: takes what is handed over and sends each delivery when its webhook
@@ -430,7 +435,7 @@ impl Deliveries {
                     // Held until `enableWebhook`, in the table: release them all.
                     for d in waiting.queues.remove(&hook).unwrap_or_default() {
                         self.handoff.stop_waiting(hook);
-                        self.unclaim(d.id).await;
+                        self.unclaim(&[d.id]).await;
                         self.handoff.leave(d.id);
                     }
                     continue;
@@ -476,11 +481,16 @@ impl Deliveries {
     /// (its receiver slowed down, so it is no longer fed ahead): what waits beyond that goes
     /// back to the table, the latest first, for a poll to claim again when there is room.
     pub(super) async fn give_back_excess(&self, hook: Uuid, waiting: &mut Waiting) {
-        let slots = self.settings.per_webhook_concurrency.max(1);
-        let allowed = self.handoff.waiting_allowed(hook, slots);
         let Some(queue) = waiting.queues.get_mut(&hook) else {
             return;
         };
+        // Checked on every pass that finds the webhook's slots taken: within the base
+        // allowance (the common case) it need not take the ledger's lock for the pace.
+        let base = self.settings.per_webhook_concurrency.max(1) * WAITING_PER_SLOT;
+        if queue.len() <= base {
+            return;
+        }
+        let allowed = self.waiting_allowed(hook);
         if queue.len() <= allowed {
             return;
         }
@@ -492,7 +502,7 @@ impl Deliveries {
             self.handoff.leave(id);
         }
         tracing::info!(webhook.id = %hook, deliveries = excess.len(), "its receiver slowed down: deliveries waiting beyond its allowance go back to the outbox");
-        self.unclaim_all(&excess).await;
+        self.unclaim(&excess).await;
     }
 
     /// One attempt of a claimed delivery holding its slots; its claim renewed first if it
