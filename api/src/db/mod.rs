@@ -14,6 +14,8 @@ use crate::settings::{DatabaseKind, DatabaseUrl};
 
 mod deferred;
 mod group;
+#[cfg(test)]
+pub(crate) mod testing;
 mod turns;
 
 pub use deferred::Deferred;

@@ -24,19 +24,16 @@ use std::{
     sync::Arc,
 };
 
-use chrono::{SecondsFormat, SubsecRound as _, Utc};
+use chrono::{SubsecRound as _, Utc};
 use entity::{
     bot,
     conversation::{self, ConversationStatus},
     conversation_event, delivery,
 };
 use futures_util::StreamExt as _;
-use sea_orm::{
-    ActiveEnum as _, ConnectionTrait as _, DatabaseBackend, DatabaseConnection, DbErr,
-    EntityTrait as _, QuerySelect as _, Statement,
-};
+use sea_orm::{DatabaseConnection, DbErr, EntityTrait as _, QuerySelect as _};
 use serde::Deserialize as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -51,6 +48,9 @@ use crate::{
 };
 
 use super::turn::{event_row, insert_events, row_update};
+use statement::Said;
+
+mod statement;
 
 /// What became of a turn offered to the quick path.
 pub(super) enum Quick {
@@ -648,7 +648,7 @@ fn take_batch(waiting: &mut VecDeque<Pending>, in_flight: &HashSet<Uuid>) -> Vec
 /// written) and it held more than one turn, each turn on its own; tells each its outcome.
 async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
     crate::metrics::write_batch(batch.len());
-    match write(pool, batch.iter().map(|p| &p.write)).await {
+    match statement::write(pool, batch.iter().map(|p| &p.write)).await {
         Ok(written) => {
             for p in batch {
                 let _ = p.reply.send(outcome(&written, &p.write));
@@ -659,7 +659,7 @@ async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
             tracing::warn!(error.cause = ?e, turns = batch.len(), "cannot write quick turns together; writing them one by one");
             futures_util::stream::iter(batch)
                 .for_each_concurrent(ALONE_IN_FLIGHT, |p| async move {
-                    let written = write(pool, std::iter::once(&p.write)).await;
+                    let written = statement::write(pool, std::iter::once(&p.write)).await;
                     let _ = p
                         .reply
                         .send(written.and_then(|written| outcome(&written, &p.write)));
@@ -678,41 +678,6 @@ async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
             }
         }
     }
-}
-
-/// What the statement says of one turn.
-#[derive(Clone)]
-struct Said {
-    /// A lifecycle event of the turn that a webhook asked for (then nothing was written).
-    blocked: Option<String>,
-    /// A start's bot version is still the published one (or it is no start).
-    current: bool,
-    /// Its events inserted.
-    events: i64,
-    /// Its deliveries inserted.
-    deliveries: i64,
-}
-
-/// Writes `turns` with one statement; what it says of each.
-async fn write(
-    pool: &DatabaseConnection,
-    turns: impl Iterator<Item = &QuickWrite>,
-) -> Result<HashMap<Uuid, Said>, DbErr> {
-    pool.query_all_raw(statement(turns))
-        .await?
-        .iter()
-        .map(|row| {
-            Ok((
-                row.try_get::<Uuid>("", "id")?,
-                Said {
-                    blocked: row.try_get("", "blocked")?,
-                    current: row.try_get("", "current")?,
-                    events: row.try_get("", "events")?,
-                    deliveries: row.try_get("", "deliveries")?,
-                },
-            ))
-        })
-        .collect()
 }
 
 /// Whether PostgreSQL itself refused the statement, which then rolled back whole.
@@ -755,138 +720,4 @@ fn outcome(written: &HashMap<Uuid, Said>, write: &QuickWrite) -> Result<Wrote, D
             write.deliveries.len()
         ))),
     }
-}
-
-/// Turns' writes as one statement, whatever their number: the new rows' insert, each applied
-/// only if its bot's published version is still the one it starts on, and the others' update,
-/// each applied only if the row still holds what its turn expects; either only if no webhook
-/// of the account asked for one of the turn's lifecycle events (as the full step reads them in
-/// its transaction); and the inserts of the events and deliveries of the rows written only.
-/// For each turn, what [`Said`] holds. The turns, their events and their deliveries travel as
-/// three JSON arrays, so that the statement's text is always the same (prepared once per
-/// connection).
-fn statement<'a>(writes: impl Iterator<Item = &'a QuickWrite>) -> Statement {
-    let at = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
-    let mut turns = Vec::new();
-    let mut events = Vec::new();
-    let mut deliveries = Vec::new();
-    for write in writes {
-        let row = &write.row;
-        turns.push(json!({
-            "id": row.id,
-            "account_id": row.account_id,
-            "bot_id": row.bot_id,
-            "version": row.version,
-            "state": row.state,
-            "last_seq": row.last_seq,
-            "status": row.status.to_value(),
-            "visitor_token_hash": row.visitor_token_hash,
-            "started_at": at(&row.started_at),
-            "ended_at": row.ended_at.as_ref().map(at),
-            "updated_at": at(&row.updated_at),
-            "expect_seq": write.expect.map(|e| e.0),
-            "expect_at": write.expect.as_ref().map(|e| at(&e.1)),
-            "unless": write.unless,
-            "bot_name": write.bot_name,
-        }));
-        deliveries.extend(write.deliveries.iter().map(|d| {
-            json!({
-                "id": d.id,
-                "account_id": d.account_id,
-                "webhook_id": d.webhook_id,
-                "conversation_id": d.conversation_id,
-                "block_id": d.block_id,
-                "mode": d.mode.to_value(),
-                "status": d.status.to_value(),
-                "payload": d.payload,
-                "attempt_count": d.attempt_count,
-                "next_attempt_at": d.next_attempt_at.as_ref().map(at),
-                "claimed_until": d.claimed_until.as_ref().map(at),
-                "claimed_by": d.claimed_by,
-                "created_at": at(&d.created_at),
-                "updated_at": at(&d.updated_at),
-            })
-        }));
-        events.extend(write.events.iter().map(|e| {
-            json!({
-                "conversation_id": e.conversation_id,
-                "seq": e.seq,
-                "account_id": e.account_id,
-                "kind": e.kind,
-                "text": e.text,
-                "input": e.input,
-                "at": at(&e.at),
-                "block_id": e.block_id,
-            })
-        }));
-    }
-    Statement::from_sql_and_values(
-        DatabaseBackend::Postgres,
-        "WITH turns AS (\
-           SELECT * FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, account_id uuid, bot_id uuid, \
-             version int4, state jsonb, last_seq int4, status text, visitor_token_hash text, \
-             started_at timestamptz, ended_at timestamptz, updated_at timestamptz, \
-             expect_seq int4, expect_at timestamptz, unless jsonb, bot_name text)), \
-         said AS (\
-           SELECT t.*, \
-             (SELECT u.event FROM jsonb_array_elements_text(t.unless) AS u(event) \
-               WHERE EXISTS (\
-                 SELECT 1 FROM webhooks w WHERE w.account_id = t.account_id \
-                   AND w.event_types IS NOT NULL \
-                   AND w.event_types::jsonb @> jsonb_build_array(u.event)) \
-               LIMIT 1) AS blocked, \
-             (t.expect_seq IS NOT NULL OR EXISTS (\
-               SELECT 1 FROM bots b WHERE b.id = t.bot_id AND b.account_id = t.account_id \
-                 AND b.published_version = t.version \
-                 AND (t.bot_name IS NULL OR b.name = t.bot_name))) AS current \
-           FROM turns t), \
-         ready AS (SELECT * FROM said WHERE blocked IS NULL AND current), \
-         moved AS (\
-           UPDATE conversations c SET state = t.state, last_seq = t.last_seq, status = t.status, \
-             ended_at = t.ended_at, updated_at = t.updated_at, resume_at = NULL, \
-             resume_claimed_by = NULL, resume_claimed_until = NULL \
-           FROM ready t WHERE t.expect_seq IS NOT NULL AND c.id = t.id \
-             AND c.last_seq = t.expect_seq AND c.updated_at = t.expect_at \
-           RETURNING c.id), \
-         created AS (\
-           INSERT INTO conversations (id, account_id, bot_id, version, status, state, last_seq, \
-             visitor_token_hash, started_at, ended_at, updated_at) \
-           SELECT id, account_id, bot_id, version, status, state, last_seq, visitor_token_hash, \
-             started_at, ended_at, updated_at \
-           FROM ready WHERE expect_seq IS NULL \
-           RETURNING id), \
-         stored AS (SELECT id FROM moved UNION ALL SELECT id FROM created), \
-         written AS (\
-           INSERT INTO conversation_events (conversation_id, seq, account_id, kind, text, input, at, block_id) \
-           SELECT e.conversation_id, e.seq, e.account_id, e.kind, e.text, e.input, e.at, e.block_id \
-           FROM jsonb_to_recordset($2::jsonb) AS e(conversation_id uuid, seq int4, account_id uuid, \
-             kind text, text text, input jsonb, at timestamptz, block_id text) \
-           JOIN stored ON stored.id = e.conversation_id \
-           RETURNING conversation_id), \
-         queued AS (\
-           INSERT INTO deliveries (id, account_id, webhook_id, conversation_id, block_id, mode, \
-             status, payload, attempt_count, next_attempt_at, claimed_until, claimed_by, \
-             created_at, updated_at) \
-           SELECT d.id, d.account_id, d.webhook_id, d.conversation_id, d.block_id, d.mode, \
-             d.status, d.payload, d.attempt_count, d.next_attempt_at, d.claimed_until, \
-             d.claimed_by, d.created_at, d.updated_at \
-           FROM jsonb_to_recordset($3::jsonb) AS d(id uuid, account_id uuid, webhook_id uuid, \
-             conversation_id uuid, block_id text, mode text, status text, payload jsonb, \
-             attempt_count int4, next_attempt_at timestamptz, claimed_until timestamptz, \
-             claimed_by text, created_at timestamptz, updated_at timestamptz) \
-           JOIN stored ON stored.id = d.conversation_id \
-           RETURNING conversation_id) \
-         SELECT s.id, s.blocked, s.current, coalesce(w.n, 0) AS events, \
-           coalesce(q.n, 0) AS deliveries \
-         FROM said s \
-         LEFT JOIN (SELECT conversation_id, count(*) AS n FROM written GROUP BY 1) w \
-           ON w.conversation_id = s.id \
-         LEFT JOIN (SELECT conversation_id, count(*) AS n FROM queued GROUP BY 1) q \
-           ON q.conversation_id = s.id",
-        [
-            Value::Array(turns).into(),
-            Value::Array(events).into(),
-            Value::Array(deliveries).into(),
-        ],
-    )
 }
