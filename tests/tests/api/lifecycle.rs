@@ -316,6 +316,70 @@ async fn recover_deliveries_sends_the_failed_ones_again_once() {
 
 const WEBHOOK_STATE: &str = "query($id: ID!) { webhook(id: $id) { disabledAt disabledReason } }";
 
+/// A webhook's failing streak as the database keeps it: whether it is failing, and how many
+/// attempts failed in a row.
+async fn failing_streak(app: &TestApp, webhook: &str) -> (bool, i32) {
+    use sea_orm::{ConnectionTrait as _, Database, Statement};
+    let conn = Database::connect(app.db.url()).await.expect("connect");
+    let backend = conn.get_database_backend();
+    let placeholder = if app.db.is_postgres() { "$1" } else { "?" };
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "SELECT failing_since IS NOT NULL AS failing, failed_attempts \
+                 FROM webhooks WHERE id = {placeholder}"
+            ),
+            [uuid::Uuid::parse_str(webhook).expect("uuid").into()],
+        ))
+        .await
+        .expect("the query runs")
+        .expect("the webhook's row");
+    let streak = (
+        row.try_get::<bool>("", "failing").expect("failing"),
+        row.try_get::<i32>("", "failed_attempts")
+            .expect("failed_attempts"),
+    );
+    conn.close().await.ok();
+    streak
+}
+
+#[tokio::test]
+async fn a_delivery_that_succeeds_ends_its_webhooks_failing_streak() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = hook_receiver(500).await;
+    let (bot, webhook) = app
+        .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
+        .await;
+    let converse = || async {
+        let (id, token) = app.new_conversation(&bot).await;
+        assert_ok(&app.send_answer(&id, &token, "jo@example.com").await);
+        assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
+    };
+    converse().await;
+    app.wait_deliveries(&owner.token, &webhook, |list| {
+        list.len() == 1 && list[0]["status"] == "FAILED"
+    })
+    .await;
+    let (failing, failed) = failing_streak(&app, &webhook).await;
+    assert!(failing && failed > 0, "failing {failing}, {failed} failed");
+
+    // The receiver is back: the next delivery succeeds, and the streak is over.
+    hook.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+    converse().await;
+    app.wait_deliveries(&owner.token, &webhook, |list| {
+        list.len() == 2 && list.iter().any(|d| d["status"] == "SUCCEEDED")
+    })
+    .await;
+    assert_eq!(failing_streak(&app, &webhook).await, (false, 0));
+}
+
 #[tokio::test]
 async fn a_failing_webhook_is_disabled_holds_its_deliveries_and_resumes_when_enabled() {
     let app = spawn_app_with(|s| s.delivery.disable_after = Duration::from_millis(200)).await;
