@@ -271,12 +271,7 @@ async fn recover_deliveries_sends_the_failed_ones_again_once() {
     app.wait_deliveries(&owner.token, &webhook, failed).await;
 
     // The receiver is back.
-    hook.reset().await;
-    Mock::given(method("POST"))
-        .and(path("/hook"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&hook)
-        .await;
+    receiver_is_back(&hook).await;
 
     assert_error(
         &app.gql(&member.token, RECOVER, json!({ "w": webhook, "s": before }))
@@ -316,6 +311,24 @@ async fn recover_deliveries_sends_the_failed_ones_again_once() {
 
 const WEBHOOK_STATE: &str = "query($id: ID!) { webhook(id: $id) { disabledAt disabledReason } }";
 
+/// A conversation through the seed bot's two questions (its webhook called after them); its id.
+async fn seed_conversation(app: &TestApp, bot: &str) -> String {
+    let (id, token) = app.new_conversation(bot).await;
+    assert_ok(&app.send_answer(&id, &token, "jo@example.com").await);
+    assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
+    id
+}
+
+/// The receiver, which failed so far, answers 200 from now on.
+async fn receiver_is_back(hook: &MockServer) {
+    hook.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(hook)
+        .await;
+}
+
 /// A webhook's failing streak as the database keeps it: whether it is failing, and how many
 /// attempts failed in a row.
 async fn failing_streak(app: &TestApp, webhook: &str) -> (bool, i32) {
@@ -352,11 +365,7 @@ async fn a_delivery_that_succeeds_ends_its_webhooks_failing_streak() {
     let (bot, webhook) = app
         .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
         .await;
-    let converse = || async {
-        let (id, token) = app.new_conversation(&bot).await;
-        assert_ok(&app.send_answer(&id, &token, "jo@example.com").await);
-        assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
-    };
+    let converse = || seed_conversation(&app, &bot);
     converse().await;
     app.wait_deliveries(&owner.token, &webhook, |list| {
         list.len() == 1 && list[0]["status"] == "FAILED"
@@ -366,12 +375,7 @@ async fn a_delivery_that_succeeds_ends_its_webhooks_failing_streak() {
     assert!(failing && failed > 0, "failing {failing}, {failed} failed");
 
     // The receiver is back: the next delivery succeeds, and the streak is over.
-    hook.reset().await;
-    Mock::given(method("POST"))
-        .and(path("/hook"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&hook)
-        .await;
+    receiver_is_back(&hook).await;
     converse().await;
     app.wait_deliveries(&owner.token, &webhook, |list| {
         list.len() == 2 && list.iter().any(|d| d["status"] == "SUCCEEDED")
@@ -393,12 +397,7 @@ async fn a_failing_webhook_is_disabled_holds_its_deliveries_and_resumes_when_ena
     let (bot, webhook) = app
         .published_seed_bot(&owner, &format!("{}/hook", hook.uri()), true)
         .await;
-    let converse = || async {
-        let (id, token) = app.new_conversation(&bot).await;
-        assert_ok(&app.send_answer(&id, &token, "jo@example.com").await);
-        assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
-        id
-    };
+    let converse = || seed_conversation(&app, &bot);
     converse().await;
 
     // Every attempt fails for longer than PARLEY_WEBHOOK_DISABLE_AFTER: disabled.
@@ -461,12 +460,7 @@ async fn a_failing_webhook_is_disabled_holds_its_deliveries_and_resumes_when_ena
     assert_eq!(pending["attempts"], json!([]), "{pending}");
 
     // Enabled again (ADMIN), with the receiver back: the held delivery is sent.
-    hook.reset().await;
-    Mock::given(method("POST"))
-        .and(path("/hook"))
-        .respond_with(ResponseTemplate::new(200))
-        .mount(&hook)
-        .await;
+    receiver_is_back(&hook).await;
     let enable = "mutation($id: ID!) { enableWebhook(id: $id) { disabledAt disabledReason } }";
     assert_error(
         &app.gql(&member.token, enable, json!({ "id": webhook }))
