@@ -125,17 +125,6 @@ pub async fn render(db: &Db) -> ApiResult<String> {
         .into_tuple()
         .all(db.conn())
         .await?;
-    for (status, name) in [
-        (ConversationStatus::Active, "ACTIVE"),
-        (ConversationStatus::Completed, "COMPLETED"),
-        (ConversationStatus::Abandoned, "ABANDONED"),
-    ] {
-        let n = conversations
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map_or(0, |(_, n)| *n);
-        gauge!("parley_conversations", "status" => name).set(n as f64);
-    }
     let deliveries: Vec<(DeliveryStatus, i64)> = delivery::Entity::find()
         .select_only()
         .column(delivery::Column::Status)
@@ -144,17 +133,6 @@ pub async fn render(db: &Db) -> ApiResult<String> {
         .into_tuple()
         .all(db.conn())
         .await?;
-    for (status, name) in [
-        (DeliveryStatus::Pending, "PENDING"),
-        (DeliveryStatus::Succeeded, "SUCCEEDED"),
-        (DeliveryStatus::Failed, "FAILED"),
-    ] {
-        let n = deliveries
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map_or(0, |(_, n)| *n);
-        gauge!("parley_deliveries", "status" => name).set(n as f64);
-    }
     let now = Utc::now();
     let (depth, oldest): (i64, Option<chrono::DateTime<Utc>>) = delivery::Entity::find()
         .select_only()
@@ -166,6 +144,34 @@ pub async fn render(db: &Db) -> ApiResult<String> {
         .one(db.conn())
         .await?
         .unwrap_or((0, None));
+    // The gauges are the process's: two scrapes at once (two servers in one process, as in the
+    // tests) must not set them in between each other's setting and rendering.
+    static RENDERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _rendering = RENDERING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for (status, name) in [
+        (ConversationStatus::Active, "ACTIVE"),
+        (ConversationStatus::Completed, "COMPLETED"),
+        (ConversationStatus::Abandoned, "ABANDONED"),
+    ] {
+        let n = conversations
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n);
+        gauge!("parley_conversations", "status" => name).set(n as f64);
+    }
+    for (status, name) in [
+        (DeliveryStatus::Pending, "PENDING"),
+        (DeliveryStatus::Succeeded, "SUCCEEDED"),
+        (DeliveryStatus::Failed, "FAILED"),
+    ] {
+        let n = deliveries
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n);
+        gauge!("parley_deliveries", "status" => name).set(n as f64);
+    }
     gauge!("parley_outbox_due").set(depth as f64);
     let age = oldest.map_or(0.0, |at| {
         (now - at).num_milliseconds().max(0) as f64 / 1000.0

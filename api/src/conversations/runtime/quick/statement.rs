@@ -40,13 +40,17 @@ pub(super) struct Said {
 /// starts on; the others are updated, each only if the row still holds what its turn expects;
 /// either only if no webhook of the account asked for one of the turn's lifecycle events (as
 /// the full step reads them in its transaction); the events and deliveries of the rows written
-/// are inserted, and no others. The statement's text is always the same, whatever the number
-/// of turns (prepared once per connection).
+/// are inserted, and no others. The statement's text depends on the batch's [`Shape`], never
+/// on its number of turns (each shape prepared once per connection).
 pub(super) async fn write<'a>(
     pool: &DatabaseConnection,
     turns: impl Iterator<Item = &'a QuickWrite>,
 ) -> Result<HashMap<Uuid, Said>, DbErr> {
     let (columns, shape) = Columns::of(turns).map_err(|e| DbErr::Json(e.to_string()))?;
+    if columns.id.is_empty() {
+        // No shape writes nothing (`stored` would have no part).
+        return Ok(HashMap::new());
+    }
     let rows = columns
         .bind(sqlx::query(shape.sql()))
         .fetch_all(pool.get_postgres_connection_pool())
