@@ -112,6 +112,22 @@ impl Drop for Open {
     }
 }
 
+/// Sets `gauge` for each of `statuses` (a status and its label) to its count in `counts`, 0
+/// when it has none.
+fn set_by_status<S: PartialEq>(
+    gauge: &'static str,
+    counts: &[(S, i64)],
+    statuses: [(S, &'static str); 3],
+) {
+    for (status, name) in statuses {
+        let n = counts
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n);
+        gauge!(gauge, "status" => name).set(n as f64);
+    }
+}
+
 /// The Prometheus text: stored state read now, then everything recorded.
 pub async fn render(db: &Db) -> ApiResult<String> {
     let Some(handle) = handle() else {
@@ -150,28 +166,24 @@ pub async fn render(db: &Db) -> ApiResult<String> {
     let _rendering = RENDERING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for (status, name) in [
-        (ConversationStatus::Active, "ACTIVE"),
-        (ConversationStatus::Completed, "COMPLETED"),
-        (ConversationStatus::Abandoned, "ABANDONED"),
-    ] {
-        let n = conversations
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map_or(0, |(_, n)| *n);
-        gauge!("parley_conversations", "status" => name).set(n as f64);
-    }
-    for (status, name) in [
-        (DeliveryStatus::Pending, "PENDING"),
-        (DeliveryStatus::Succeeded, "SUCCEEDED"),
-        (DeliveryStatus::Failed, "FAILED"),
-    ] {
-        let n = deliveries
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map_or(0, |(_, n)| *n);
-        gauge!("parley_deliveries", "status" => name).set(n as f64);
-    }
+    set_by_status(
+        "parley_conversations",
+        &conversations,
+        [
+            (ConversationStatus::Active, "ACTIVE"),
+            (ConversationStatus::Completed, "COMPLETED"),
+            (ConversationStatus::Abandoned, "ABANDONED"),
+        ],
+    );
+    set_by_status(
+        "parley_deliveries",
+        &deliveries,
+        [
+            (DeliveryStatus::Pending, "PENDING"),
+            (DeliveryStatus::Succeeded, "SUCCEEDED"),
+            (DeliveryStatus::Failed, "FAILED"),
+        ],
+    );
     gauge!("parley_outbox_due").set(depth as f64);
     let age = oldest.map_or(0.0, |at| {
         (now - at).num_milliseconds().max(0) as f64 / 1000.0
