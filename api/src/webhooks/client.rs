@@ -9,7 +9,7 @@
 
 use std::error::Error as StdError;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::redirect;
@@ -469,69 +469,17 @@ fn clip(s: &str, max: usize) -> String {
     }
 }
 
-/// Parses `Retry-After`: delay-seconds, or an IMF-fixdate (the HTTP-date
-/// form senders must use), counted from `now`; a date in the past means
-/// zero. The obsolete RFC 850 and asctime date forms are not understood
-/// and yield `None`, which leaves the retry schedule to the caller.
+/// Parses `Retry-After`: delay-seconds, or an HTTP-date in any of the three forms RFC 9110
+/// asks recipients to accept (IMF-fixdate, RFC 850, asctime), counted from `now`; a date in
+/// the past means zero. Anything else yields `None`, which leaves the retry schedule to the
+/// caller.
 fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         return value.parse().ok().map(Duration::from_secs);
     }
-    let at = parse_imf_fixdate(value)?;
+    let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn parse_imf_fixdate(s: &str) -> Option<SystemTime> {
-    let (weekday, rest) = s.split_once(", ")?;
-    if weekday.len() != 3 {
-        return None;
-    }
-    let mut parts = rest.split(' ');
-    let day: u32 = parts.next().filter(|d| d.len() == 2)?.parse().ok()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: i64 = parts.next().filter(|y| y.len() == 4)?.parse().ok()?;
-    let mut clock = parts.next()?.split(':');
-    let hour: u64 = clock.next()?.parse().ok()?;
-    let minute: u64 = clock.next()?.parse().ok()?;
-    let second: u64 = clock.next()?.parse().ok()?;
-    if parts.next()? != "GMT" || parts.next().is_some() || clock.next().is_some() {
-        return None;
-    }
-    // 60 allows a leap second.
-    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((month + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -1042,7 +990,7 @@ mod tests {
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
         // 784111777 is Sun, 06 Nov 1994 08:49:37 GMT.
-        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(
             parse_retry_after("120", now),
             Some(Duration::from_secs(120))
@@ -1057,14 +1005,16 @@ mod tests {
             "a past date means now"
         );
         assert_eq!(
-            parse_imf_fixdate("Thu, 01 Jan 1970 00:00:00 GMT"),
-            Some(UNIX_EPOCH)
+            parse_retry_after("Sunday, 06-Nov-94 08:50:37 GMT", now),
+            Some(Duration::from_secs(60)),
+            "the obsolete RFC 850 form"
         );
         assert_eq!(
-            parse_imf_fixdate("Tue, 29 Feb 2028 23:59:59 GMT"),
-            Some(UNIX_EPOCH + Duration::from_secs(1_835_481_599))
+            parse_retry_after("Sun Nov  6 08:51:37 1994", now),
+            Some(Duration::from_secs(120)),
+            "the obsolete asctime form"
         );
-        for bad in ["", "-1", "1.5", "soon", "Sunday, 06-Nov-94 08:49:37 GMT"] {
+        for bad in ["", "-1", "1.5", "soon", "Sun, 06 Nov 1994 08:49:37 CET"] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
         }
     }
