@@ -1,14 +1,14 @@
 //! The schema: one query, mutation and subscription struct per domain, merged; plus the
 //! limits and the extension that gives every error a contract code.
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{
-    MergedObject, MergedSubscription, Response, Schema, ServerError, ServerResult,
-    ValidationResult, Variables,
+    MergedObject, MergedSubscription, Request, Response, Schema, ServerError, ServerResult,
+    ValidationResult, Value as ConstValue, Variables,
     extensions::{
-        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe,
-        NextValidation,
+        Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
+        NextRequest, NextSubscribe, NextValidation,
     },
     futures_util::stream::BoxStream,
     parser::types::{DocumentOperations, ExecutableDocument},
@@ -26,7 +26,7 @@ use crate::{
         ConversationsMutation, ConversationsQuery, ConversationsSubscription,
     },
     error::ensure_code,
-    hot_cache::HotCache,
+    hot_cache::{HotCache, Weight},
     state::AppState,
     webhooks::graphql::{DeliveriesQuery, WebhooksMutation, WebhooksQuery},
 };
@@ -102,30 +102,97 @@ const MAX_CACHED_QUERY: usize = 16 * 1024;
 /// and passed the parse-time limits are kept, so a cached text passes them again unchanged.
 ///
 /// Validation depends on the variables (their values are checked against the arguments they
-/// fill, and a page size from a variable counts in the query's cost), so it runs on every
-/// request, except for a document of one operation that declares no variable: then nothing
-/// but the text decides, and the first successful validation stands for the text (in a
-/// profile of `{ me { id } }` validation was 8 % of the server's CPU).
+/// fill, and a page size from a variable counts in the query's cost), and on nothing else but
+/// the text: so a document of one operation keeps its last successful validation with the
+/// variables it had, and a request with the same text and equal variables takes it as its
+/// own. A document that declares no variable validates once for good (in a profile of
+/// `{ me { id } }` validation was 8 % of the server's CPU); one with variables skips it when
+/// they repeat, as every visitor's `startConversation` of a bot does (4 % of the server's CPU
+/// in a profile of starts).
 #[derive(Clone)]
-struct ParsedDocuments(Arc<HotCache<String, Parsed>>);
+struct ParsedDocuments(Arc<HotCache<DocumentText, Parsed>>);
 
-/// A cached document, and its validation once one succeeded (variable-free documents only).
+/// A cached document, and its last successful validation (documents of one operation only,
+/// named or not).
 #[derive(Clone)]
 struct Parsed {
     document: ExecutableDocument,
-    validated: Option<Arc<OnceLock<ValidationResult>>>,
+    validated: Option<Arc<Mutex<Option<Validated>>>>,
+    /// It declares variables: without, a request's variables play no part in its validation.
+    declares: bool,
+}
+
+/// A successful validation, and the operation name and variables it had: the name decides
+/// whether a named operation's variables are checked at all.
+struct Validated {
+    operation: Option<String>,
+    variables: Variables,
+    result: ValidationResult,
 }
 
 impl Parsed {
     fn new(document: ExecutableDocument) -> Self {
-        let variable_free = matches!(
-            &document.operations,
-            DocumentOperations::Single(op) if op.node.variable_definitions.is_empty()
-        );
+        let only = match &document.operations {
+            DocumentOperations::Single(op) => Some(op),
+            DocumentOperations::Multiple(ops) if ops.len() == 1 => ops.values().next(),
+            DocumentOperations::Multiple(_) => None,
+        };
+        let single = only.is_some();
+        let declares = only.is_none_or(|op| !op.node.variable_definitions.is_empty());
         Self {
-            validated: variable_free.then(Default::default),
+            validated: single.then(Default::default),
+            declares,
             document,
         }
+    }
+}
+
+/// Variables kept with a document's validation weigh at most this much (their text, about),
+/// so that what the cache of documents holds stays bounded by its capacity in text (see
+/// [`DocumentText`]). Larger ones are validated every time.
+const KEPT_VARIABLES: usize = 256;
+
+/// Whether `variables` weigh at most [`KEPT_VARIABLES`].
+fn small(variables: &Variables) -> bool {
+    /// Takes `n` from what is `left`, if there is that much.
+    fn take(left: &mut usize, n: usize) -> bool {
+        left.checked_sub(n).map(|rest| *left = rest).is_some()
+    }
+    fn fits(value: &ConstValue, left: &mut usize) -> bool {
+        match value {
+            ConstValue::String(s) => take(left, s.len()),
+            ConstValue::Binary(b) => take(left, b.len()),
+            ConstValue::Enum(n) => take(left, n.len()),
+            ConstValue::List(items) => take(left, 8) && items.iter().all(|v| fits(v, left)),
+            ConstValue::Object(fields) => {
+                take(left, 8)
+                    && fields
+                        .iter()
+                        .all(|(k, v)| take(left, k.len()) && fits(v, left))
+            }
+            ConstValue::Null | ConstValue::Number(_) | ConstValue::Boolean(_) => take(left, 8),
+        }
+    }
+    let mut left = KEPT_VARIABLES;
+    variables
+        .iter()
+        .all(|(k, v)| take(&mut left, k.len()) && fits(v, &mut left))
+}
+
+/// A document's text, as the cache's key: it weighs its bytes and the room for the
+/// variables its validation may keep.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct DocumentText(String);
+
+impl std::borrow::Borrow<str> for DocumentText {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Weight for DocumentText {
+    fn weight(&self) -> u64 {
+        u64::try_from(self.0.len() + KEPT_VARIABLES).unwrap_or(u64::MAX)
     }
 }
 
@@ -139,19 +206,47 @@ impl ExtensionFactory for ParsedDocuments {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(ParsedFor {
             cache: self.0.clone(),
-            validated: OnceLock::new(),
+            operation: Mutex::new(None),
+            validation: Mutex::new(None),
         })
     }
 }
 
-/// [`ParsedDocuments`] for one request: where its document's validation is kept, if it may be.
+/// [`ParsedDocuments`] for one request: its document's validation, if known, or where to keep
+/// it.
 struct ParsedFor {
-    cache: Arc<HotCache<String, Parsed>>,
-    validated: OnceLock<Arc<OnceLock<ValidationResult>>>,
+    cache: Arc<HotCache<DocumentText, Parsed>>,
+    /// The operation the request names.
+    operation: Mutex<Option<String>>,
+    validation: Mutex<Option<Validation>>,
+}
+
+/// What one request knows of its document's validation.
+enum Validation {
+    /// Its text and variables passed before.
+    Known(ValidationResult),
+    /// To run, and to keep with this operation name and these variables if it passes.
+    Keep(Arc<Mutex<Option<Validated>>>, Option<String>, Variables),
+}
+
+/// Locks `m`; a panic elsewhere while it was held leaves nothing half-written in these slots
+/// (each is replaced whole), so a poisoned lock is taken as it is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[async_graphql::async_trait::async_trait]
 impl Extension for ParsedFor {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        lock(&self.operation).clone_from(&request.operation_name);
+        next.run(ctx, request).await
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -166,12 +261,26 @@ impl Extension for ParsedFor {
             Some(parsed) => parsed,
             None => {
                 let parsed = Parsed::new(next.run(ctx, query, variables).await?);
-                self.cache.insert(query.to_owned(), parsed.clone());
+                self.cache
+                    .insert(DocumentText(query.to_owned()), parsed.clone());
                 parsed
             }
         };
-        if let Some(validated) = parsed.validated {
-            let _ = self.validated.set(validated);
+        if let Some(slot) = parsed.validated {
+            let none = Variables::default();
+            let variables = if parsed.declares { variables } else { &none };
+            let operation = lock(&self.operation).take();
+            let known = lock(&slot)
+                .as_ref()
+                .filter(|last| last.operation == operation && last.variables == *variables)
+                .map(|last| last.result);
+            *lock(&self.validation) = match known {
+                Some(result) => Some(Validation::Known(result)),
+                None if small(variables) => {
+                    Some(Validation::Keep(slot, operation, variables.clone()))
+                }
+                None => None,
+            };
         }
         Ok(parsed.document)
     }
@@ -181,16 +290,21 @@ impl Extension for ParsedFor {
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
-        let Some(validated) = self.validated.get() else {
-            return next.run(ctx).await;
-        };
-        if let Some(result) = validated.get() {
-            return Ok(*result);
+        let validation = lock(&self.validation).take();
+        match validation {
+            Some(Validation::Known(result)) => Ok(result),
+            Some(Validation::Keep(slot, operation, variables)) => {
+                // Only a success is kept: a refusal is rare, and answered again in full.
+                let result = next.run(ctx).await?;
+                *lock(&slot) = Some(Validated {
+                    operation,
+                    variables,
+                    result,
+                });
+                Ok(result)
+            }
+            None => next.run(ctx).await,
         }
-        // Only a success is kept: a refusal is rare, and answered again in full.
-        let result = next.run(ctx).await?;
-        let _ = validated.set(result);
-        Ok(result)
     }
 }
 
@@ -269,5 +383,30 @@ impl Extension for ErrorCodes {
         next.run(ctx)
             .await
             .map_err(|errors| errors.into_iter().map(|e| self.explain(e)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn variables_are_kept_up_to_their_weight_limit_and_no_further() {
+        // "b" (1) + a string (KEPT_VARIABLES - 1) is exactly the limit.
+        let at = Variables::from_json(json!({ "b": "x".repeat(KEPT_VARIABLES - 1) }));
+        assert!(small(&at));
+        let past = Variables::from_json(json!({ "b": "x".repeat(KEPT_VARIABLES) }));
+        assert!(!small(&past));
+        // Nested lists and objects count their contents, keys included.
+        let nested = Variables::from_json(
+            json!({ "b": [{ "k": "x".repeat(KEPT_VARIABLES / 2) }, { "k": "x".repeat(KEPT_VARIABLES / 2) }] }),
+        );
+        assert!(!small(&nested));
+        assert!(small(&Variables::default()));
+        assert!(small(&Variables::from_json(
+            json!({ "botId": "0190b8a4-2c1e-7a3b-9f00-000000000000" })
+        )));
     }
 }

@@ -88,11 +88,14 @@ async fn the_same_query_text_is_costed_by_each_requests_own_page_sizes() {
     let owner = app.new_user().await;
     let bot = app.new_bot(&owner).await;
     let paged = "query($b: ID!, $n: Int!) { bot(id: $b) { conversations(first: $n) { edges { node { bot { conversations(first: $n) { edges { node { bot { conversations(first: $n) { edges { node { id } } } } } } } } } } } } }";
-    assert_ok(
-        &app.gql(&owner.token, paged, json!({ "b": bot, "n": 1 }))
-            .await,
-    );
-    // The text passed once; with a page size of 100 it asks for a million nodes.
+    // Passed twice with the same variables: the second takes the first's validation.
+    for _ in 0..2 {
+        assert_ok(
+            &app.gql(&owner.token, paged, json!({ "b": bot, "n": 1 }))
+                .await,
+        );
+    }
+    // The text passed; with a page size of 100 it asks for a million nodes.
     let body = app
         .gql(&owner.token, paged, json!({ "b": bot, "n": 100 }))
         .await;
@@ -102,11 +105,67 @@ async fn the_same_query_text_is_costed_by_each_requests_own_page_sizes() {
         &app.gql(&owner.token, paged, json!({ "b": bot, "n": 2 }))
             .await,
     );
-    // A variable of the wrong type is refused after the same text passed.
-    let body = app
-        .gql(&owner.token, paged, json!({ "b": bot, "n": "many" }))
-        .await;
-    assert_error(&body, "BAD_USER_INPUT");
+    // A variable of the wrong type is refused after the same text passed, twice over.
+    for _ in 0..2 {
+        let body = app
+            .gql(&owner.token, paged, json!({ "b": bot, "n": "many" }))
+            .await;
+        assert_error(&body, "BAD_USER_INPUT");
+    }
+    // Variables too large to be kept with the validation are checked in full each time.
+    let long = "x".repeat(1000);
+    for n in [1, 100] {
+        let body = app
+            .gql(
+                &owner.token,
+                paged,
+                json!({ "b": bot, "n": n, "unused": long }),
+            )
+            .await;
+        if n == 1 {
+            assert_ok(&body);
+        } else {
+            assert!(message(&body).contains("PARLEY_MAX_QUERY_COST"), "{body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_named_operation_is_checked_with_its_own_name_and_variables_every_time() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = app.new_bot(&owner).await;
+    let paged = "query Paged($b: ID!, $n: Int!) { bot(id: $b) { conversations(first: $n) { edges { node { id } } } } }";
+    let named = |operation: &str, b: Value| {
+        let request = app
+            .client
+            .post(format!("{}/graphql", app.addr))
+            .bearer_auth(&owner.token)
+            .json(&json!({ "query": paged, "operationName": operation, "variables": { "b": b, "n": 1 } }));
+        async move {
+            let body: Value = request
+                .send()
+                .await
+                .expect("sent")
+                .json()
+                .await
+                .expect("JSON");
+            body
+        }
+    };
+    for _ in 0..2 {
+        assert_ok(&named("Paged", json!(bot)).await);
+    }
+    // Under another name the operation is not the one asked for, so its variables' values are
+    // not checked: that must not stand for the operation itself with the same variables.
+    for operation in ["Other", "Paged", "Other", "Paged"] {
+        let body = named(operation, json!(true)).await;
+        assert!(body["data"].is_null(), "{operation}: {body}");
+        assert_error(&body, "BAD_USER_INPUT");
+        if operation == "Paged" {
+            assert!(message(&body).contains("Invalid value"), "{body}");
+        }
+    }
 }
 
 #[tokio::test]
