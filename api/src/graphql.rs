@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_graphql::dataloader::DataLoader;
 use async_graphql::{
-    MergedObject, MergedSubscription, Request, Response, Schema, ServerError, ServerResult,
+    MergedObject, MergedSubscription, Name, Request, Response, Schema, ServerError, ServerResult,
     ValidationResult, Value as ConstValue, Variables,
     extensions::{
         Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
@@ -102,10 +102,12 @@ const MAX_CACHED_QUERY: usize = 16 * 1024;
 /// and passed the parse-time limits are kept, so a cached text passes them again unchanged.
 ///
 /// Validation depends on the variables (their values are checked against the arguments they
-/// fill, and a page size from a variable counts in the query's cost), and on nothing else but
-/// the text: so a document of one operation keeps its last successful validation with the
-/// variables it had, and a request with the same text and equal variables takes it as its
-/// own. A document that declares no variable validates once for good (in a profile of
+/// fill, and a page size from a variable counts in the query's cost), on the operation named
+/// (another operation's variables are not checked) and on nothing else but the text: so a
+/// document of one operation keeps its last successful validation with the variables it had,
+/// and a request with the same text and equal variables that names no operation, or the
+/// document's, takes it as its own. A request that names another operation is validated in
+/// full and fails anyway ("unknown operation"); nothing of it is kept. A document that declares no variable validates once for good (in a profile of
 /// `{ me { id } }` validation was 8 % of the server's CPU); one with variables skips it when
 /// they repeat, as every visitor's `startConversation` of a bot does (4 % of the server's CPU
 /// in a profile of starts).
@@ -118,69 +120,79 @@ struct ParsedDocuments(Arc<HotCache<DocumentText, Parsed>>);
 struct Parsed {
     document: ExecutableDocument,
     validated: Option<Arc<Mutex<Option<Validated>>>>,
+    /// The name of its one operation, if it has one.
+    name: Option<Name>,
     /// It declares variables: without, a request's variables play no part in its validation.
     declares: bool,
 }
 
-/// A successful validation, and the operation name and variables it had: the name decides
-/// whether a named operation's variables are checked at all.
+/// A successful validation and the variables it had.
 struct Validated {
-    operation: Option<String>,
     variables: Variables,
     result: ValidationResult,
 }
 
 impl Parsed {
     fn new(document: ExecutableDocument) -> Self {
-        let only = match &document.operations {
-            DocumentOperations::Single(op) => Some(op),
-            DocumentOperations::Multiple(ops) if ops.len() == 1 => ops.values().next(),
-            DocumentOperations::Multiple(_) => None,
+        let (only, name) = match &document.operations {
+            DocumentOperations::Single(op) => (Some(op), None),
+            DocumentOperations::Multiple(ops) if ops.len() == 1 => ops
+                .iter()
+                .next()
+                .map_or((None, None), |(name, op)| (Some(op), Some(name.clone()))),
+            DocumentOperations::Multiple(_) => (None, None),
         };
-        let single = only.is_some();
         let declares = only.is_none_or(|op| !op.node.variable_definitions.is_empty());
         Self {
-            validated: single.then(Default::default),
+            validated: only.is_some().then(Default::default),
+            name,
             declares,
             document,
         }
     }
 }
 
-/// Variables kept with a document's validation weigh at most this much (their text, about),
-/// so that what the cache of documents holds stays bounded by its capacity in text (see
-/// [`DocumentText`]). Larger ones are validated every time.
-const KEPT_VARIABLES: usize = 256;
+/// Variables kept with a document's validation take at most about this much memory (see
+/// [`small`]), so that what the cache of documents holds stays bounded by its capacity (see
+/// [`DocumentText`]). Larger ones are validated every time. A start's `{ b: <id>, v: null }`
+/// takes about 1.3 KiB.
+const KEPT_VARIABLES: usize = 2048;
 
-/// Whether `variables` weigh at most [`KEPT_VARIABLES`].
+/// Whether `variables` take at most [`KEPT_VARIABLES`] of memory, counted as they are held:
+/// the map's first node, each value and each key in its own allocation, and their bytes.
 fn small(variables: &Variables) -> bool {
+    /// The map of variables' first node.
+    const MAP: usize = 1024;
+    /// A value as held (`ConstValue`), or a key (an `Arc<str>`) besides its bytes.
+    const VALUE: usize = 80;
+    const KEY: usize = 40;
     /// Takes `n` from what is `left`, if there is that much.
     fn take(left: &mut usize, n: usize) -> bool {
         left.checked_sub(n).map(|rest| *left = rest).is_some()
     }
     fn fits(value: &ConstValue, left: &mut usize) -> bool {
-        match value {
-            ConstValue::String(s) => take(left, s.len()),
-            ConstValue::Binary(b) => take(left, b.len()),
-            ConstValue::Enum(n) => take(left, n.len()),
-            ConstValue::List(items) => take(left, 8) && items.iter().all(|v| fits(v, left)),
-            ConstValue::Object(fields) => {
-                take(left, 8)
-                    && fields
-                        .iter()
-                        .all(|(k, v)| take(left, k.len()) && fits(v, left))
+        take(left, VALUE)
+            && match value {
+                ConstValue::String(s) => take(left, s.len()),
+                ConstValue::Binary(b) => take(left, b.len()),
+                ConstValue::Enum(n) => take(left, KEY + n.len()),
+                ConstValue::List(items) => items.iter().all(|v| fits(v, left)),
+                ConstValue::Object(fields) => fields
+                    .iter()
+                    .all(|(k, v)| take(left, KEY + k.len()) && fits(v, left)),
+                ConstValue::Null | ConstValue::Number(_) | ConstValue::Boolean(_) => true,
             }
-            ConstValue::Null | ConstValue::Number(_) | ConstValue::Boolean(_) => take(left, 8),
-        }
     }
     let mut left = KEPT_VARIABLES;
-    variables
-        .iter()
-        .all(|(k, v)| take(&mut left, k.len()) && fits(v, &mut left))
+    take(&mut left, MAP)
+        && variables
+            .iter()
+            .all(|(k, v)| take(&mut left, KEY + k.len()) && fits(v, &mut left))
 }
 
 /// A document's text, as the cache's key: it weighs its bytes and the room for the
-/// variables its validation may keep.
+/// variables its validation may keep (a parsed document takes a few times its text, so the
+/// cache's capacity in text is a rough measure of its memory).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct DocumentText(String);
 
@@ -206,7 +218,7 @@ impl ExtensionFactory for ParsedDocuments {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(ParsedFor {
             cache: self.0.clone(),
-            operation: Mutex::new(None),
+            named: Mutex::new(None),
             validation: Mutex::new(None),
         })
     }
@@ -216,8 +228,8 @@ impl ExtensionFactory for ParsedDocuments {
 /// it.
 struct ParsedFor {
     cache: Arc<HotCache<DocumentText, Parsed>>,
-    /// The operation the request names.
-    operation: Mutex<Option<String>>,
+    /// The operation the request names, if it names one.
+    named: Mutex<Option<String>>,
     validation: Mutex<Option<Validation>>,
 }
 
@@ -225,8 +237,8 @@ struct ParsedFor {
 enum Validation {
     /// Its text and variables passed before.
     Known(ValidationResult),
-    /// To run, and to keep with this operation name and these variables if it passes.
-    Keep(Arc<Mutex<Option<Validated>>>, Option<String>, Variables),
+    /// To run, and to keep with these variables if it passes.
+    Keep(Arc<Mutex<Option<Validated>>>, Variables),
 }
 
 /// Locks `m`; a panic elsewhere while it was held leaves nothing half-written in these slots
@@ -243,7 +255,7 @@ impl Extension for ParsedFor {
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        lock(&self.operation).clone_from(&request.operation_name);
+        lock(&self.named).clone_from(&request.operation_name);
         next.run(ctx, request).await
     }
 
@@ -266,19 +278,20 @@ impl Extension for ParsedFor {
                 parsed
             }
         };
-        if let Some(slot) = parsed.validated {
+        // Naming the document's own operation validates as naming none (only another
+        // operation's variables go unchecked); naming another is refused after validation.
+        let named = lock(&self.named).take();
+        let other = named.is_some_and(|named| parsed.name.as_deref() != Some(named.as_str()));
+        if let Some(slot) = parsed.validated.filter(|_| !other) {
             let none = Variables::default();
             let variables = if parsed.declares { variables } else { &none };
-            let operation = lock(&self.operation).take();
             let known = lock(&slot)
                 .as_ref()
-                .filter(|last| last.operation == operation && last.variables == *variables)
+                .filter(|last| last.variables == *variables)
                 .map(|last| last.result);
             *lock(&self.validation) = match known {
                 Some(result) => Some(Validation::Known(result)),
-                None if small(variables) => {
-                    Some(Validation::Keep(slot, operation, variables.clone()))
-                }
+                None if small(variables) => Some(Validation::Keep(slot, variables.clone())),
                 None => None,
             };
         }
@@ -293,14 +306,10 @@ impl Extension for ParsedFor {
         let validation = lock(&self.validation).take();
         match validation {
             Some(Validation::Known(result)) => Ok(result),
-            Some(Validation::Keep(slot, operation, variables)) => {
+            Some(Validation::Keep(slot, variables)) => {
                 // Only a success is kept: a refusal is rare, and answered again in full.
                 let result = next.run(ctx).await?;
-                *lock(&slot) = Some(Validated {
-                    operation,
-                    variables,
-                    result,
-                });
+                *lock(&slot) = Some(Validated { variables, result });
                 Ok(result)
             }
             None => next.run(ctx).await,
@@ -394,19 +403,18 @@ mod tests {
 
     #[test]
     fn variables_are_kept_up_to_their_weight_limit_and_no_further() {
-        // "b" (1) + a string (KEPT_VARIABLES - 1) is exactly the limit.
-        let at = Variables::from_json(json!({ "b": "x".repeat(KEPT_VARIABLES - 1) }));
+        // The map (1024), the key "b" (40 + 1), the string (80 + its bytes): 2048 at 903.
+        let at = Variables::from_json(json!({ "b": "x".repeat(903) }));
         assert!(small(&at));
-        let past = Variables::from_json(json!({ "b": "x".repeat(KEPT_VARIABLES) }));
+        let past = Variables::from_json(json!({ "b": "x".repeat(904) }));
         assert!(!small(&past));
-        // Nested lists and objects count their contents, keys included.
-        let nested = Variables::from_json(
-            json!({ "b": [{ "k": "x".repeat(KEPT_VARIABLES / 2) }, { "k": "x".repeat(KEPT_VARIABLES / 2) }] }),
-        );
-        assert!(!small(&nested));
+        // Each value counts as held, however small: twenty nulls in a list are too many.
+        let nulls = Variables::from_json(json!({ "b": vec![serde_json::Value::Null; 20] }));
+        assert!(!small(&nulls));
         assert!(small(&Variables::default()));
+        // What every visitor's start of a bot sends.
         assert!(small(&Variables::from_json(
-            json!({ "botId": "0190b8a4-2c1e-7a3b-9f00-000000000000" })
+            json!({ "b": "0190b8a4-2c1e-7a3b-9f00-000000000000", "v": null })
         )));
     }
 }
