@@ -11,8 +11,12 @@ use async_graphql::{
         NextRequest, NextSubscribe, NextValidation,
     },
     futures_util::stream::BoxStream,
-    parser::types::{DocumentOperations, ExecutableDocument},
+    parser::{
+        Positioned,
+        types::{Directive, DocumentOperations, ExecutableDocument, Selection, SelectionSet},
+    },
 };
+use async_graphql_value::Value as GqlValue;
 use futures_util::StreamExt as _;
 
 use crate::{
@@ -91,7 +95,7 @@ pub fn sdl() -> String {
     build_schema(None).sdl()
 }
 
-/// Bytes of query text (a proxy for their parsed size) whose documents are kept.
+/// Memory, about (see [`DocumentText`]), that the kept documents may take.
 const PARSED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Longer queries are parsed every time: they are rare, and would crowd out the rest.
 const MAX_CACHED_QUERY: usize = 16 * 1024;
@@ -190,22 +194,124 @@ fn small(variables: &Variables) -> bool {
             .all(|(k, v)| take(&mut left, KEY + k.len()) && fits(v, &mut left))
 }
 
-/// A document's text, as the cache's key: it weighs its bytes and the room for the
-/// variables its validation may keep (a parsed document takes a few times its text, so the
-/// cache's capacity in text is a rough measure of its memory).
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct DocumentText(String);
+/// A document's text, as the cache's key, with what its entry weighs: about the memory it
+/// takes (see [`parsed_size`]) and the room for the variables its validation may keep. A
+/// parsed document takes far more than its text (a field selection, two bytes of text, is
+/// held in about two hundred), so weighing the text alone let small texts hold a hundred
+/// times the cache's capacity.
+#[derive(Clone)]
+struct DocumentText {
+    text: String,
+    weight: u64,
+}
+
+impl DocumentText {
+    fn new(text: &str, document: &ExecutableDocument) -> Self {
+        let size = parsed_size(text.len(), document).saturating_add(KEPT_VARIABLES);
+        Self {
+            text: text.to_owned(),
+            weight: u64::try_from(size).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+// Equal and hashed as the text alone, as `Borrow<str>` requires: entries are looked up by it.
+impl PartialEq for DocumentText {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for DocumentText {}
+
+impl std::hash::Hash for DocumentText {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
 
 impl std::borrow::Borrow<str> for DocumentText {
     fn borrow(&self) -> &str {
-        &self.0
+        &self.text
     }
 }
 
 impl Weight for DocumentText {
     fn weight(&self) -> u64 {
-        u64::try_from(self.0.len() + KEPT_VARIABLES).unwrap_or(u64::MAX)
+        self.weight
     }
+}
+
+/// What one node of a parsed document (a selection, an argument, a value, a directive, a
+/// variable's definition) takes in memory, at most about: a field selection is held in about
+/// 190 bytes, and its name in an allocation of its own.
+const NODE_BYTES: usize = 256;
+
+/// About how much memory `document`, parsed from `text_len` bytes, takes.
+fn parsed_size(text_len: usize, document: &ExecutableDocument) -> usize {
+    fn value(v: &GqlValue) -> usize {
+        1 + match v {
+            GqlValue::List(items) => items.iter().map(value).sum(),
+            GqlValue::Object(fields) => fields.values().map(value).sum(),
+            _ => 0,
+        }
+    }
+    fn constant(v: &ConstValue) -> usize {
+        1 + match v {
+            ConstValue::List(items) => items.iter().map(constant).sum(),
+            ConstValue::Object(fields) => fields.values().map(constant).sum(),
+            _ => 0,
+        }
+    }
+    fn arguments(args: &[(Positioned<Name>, Positioned<GqlValue>)]) -> usize {
+        args.iter().map(|(_, v)| 1 + value(&v.node)).sum()
+    }
+    fn directives(ds: &[Positioned<Directive>]) -> usize {
+        ds.iter().map(|d| 1 + arguments(&d.node.arguments)).sum()
+    }
+    fn set(s: &SelectionSet) -> usize {
+        s.items
+            .iter()
+            .map(|item| {
+                1 + match &item.node {
+                    Selection::Field(f) => {
+                        arguments(&f.node.arguments)
+                            + directives(&f.node.directives)
+                            + set(&f.node.selection_set.node)
+                    }
+                    Selection::FragmentSpread(f) => directives(&f.node.directives),
+                    Selection::InlineFragment(f) => {
+                        directives(&f.node.directives) + set(&f.node.selection_set.node)
+                    }
+                }
+            })
+            .sum()
+    }
+    let operations: usize = document
+        .operations
+        .iter()
+        .map(|(_, op)| {
+            let op = &op.node;
+            let variables: usize = op
+                .variable_definitions
+                .iter()
+                .map(|d| {
+                    1 + directives(&d.node.directives)
+                        + d.node
+                            .default_value
+                            .as_ref()
+                            .map_or(0, |v| constant(&v.node))
+                })
+                .sum();
+            1 + variables + directives(&op.directives) + set(&op.selection_set.node)
+        })
+        .sum();
+    let fragments: usize = document
+        .fragments
+        .values()
+        .map(|f| 1 + directives(&f.node.directives) + set(&f.node.selection_set.node))
+        .sum();
+    text_len.saturating_add(NODE_BYTES.saturating_mul(operations + fragments))
 }
 
 impl Default for ParsedDocuments {
@@ -266,21 +372,22 @@ impl Extension for ParsedFor {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        let named = lock(&self.named).take();
         if query.len() > MAX_CACHED_QUERY {
             return next.run(ctx, query, variables).await;
         }
         let parsed = match self.cache.get(query) {
             Some(parsed) => parsed,
             None => {
-                let parsed = Parsed::new(next.run(ctx, query, variables).await?);
-                self.cache
-                    .insert(DocumentText(query.to_owned()), parsed.clone());
+                let document = next.run(ctx, query, variables).await?;
+                let key = DocumentText::new(query, &document);
+                let parsed = Parsed::new(document);
+                self.cache.insert(key, parsed.clone());
                 parsed
             }
         };
         // Naming the document's own operation validates as naming none (only another
         // operation's variables go unchecked); naming another is refused after validation.
-        let named = lock(&self.named).take();
         let other = named.is_some_and(|named| parsed.name.as_deref() != Some(named.as_str()));
         if let Some(slot) = parsed.validated.filter(|_| !other) {
             let none = Variables::default();
@@ -400,6 +507,36 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn size_of(text: &str) -> usize {
+        let document = async_graphql::parser::parse_query(text).expect("parses");
+        parsed_size(text.len(), &document)
+    }
+
+    #[test]
+    fn a_parsed_document_weighs_each_of_its_nodes_not_just_its_text() {
+        // One operation and one selection.
+        assert_eq!(size_of("{ __typename }"), 14 + 2 * NODE_BYTES);
+        // Two bytes of text per node must not mean two bytes of weight: selections,
+        // argument values and variables' default values all count.
+        let many = |item: &str| vec![item; 1000].join(" ");
+        let fields = format!("{{ {} }}", many("a"));
+        assert!(size_of(&fields) > 1000 * NODE_BYTES);
+        let list = format!("{{ f(a: [{}]) }}", many("1"));
+        assert!(size_of(&list) > 1000 * NODE_BYTES);
+        let object = format!(
+            "{{ f(a: {{ {} }}) }}",
+            (0..1000)
+                .map(|i| format!("k{i}: 1"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert!(size_of(&object) > 1000 * NODE_BYTES);
+        let defaults = format!("query($a: [Int] = [{}]) {{ f }}", many("1"));
+        assert!(size_of(&defaults) > 1000 * NODE_BYTES);
+        let fragments = format!("{{ ...F }} fragment F on Query {{ {} }}", many("a"));
+        assert!(size_of(&fragments) > 1000 * NODE_BYTES);
+    }
 
     #[test]
     fn variables_are_kept_up_to_their_weight_limit_and_no_further() {
