@@ -248,10 +248,28 @@ impl TestApp {
 
     /// Runs a GraphQL operation with an optional bearer token; the whole response body.
     pub async fn gql_with(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        self.gql_request(token, json!({ "query": query, "variables": variables }))
+            .await
+    }
+
+    /// Runs the operation `operation` of `query`, named in the request's `operationName`.
+    pub async fn gql_named(
+        &self,
+        token: &str,
+        query: &str,
+        operation: &str,
+        variables: Value,
+    ) -> Value {
+        let request = json!({ "query": query, "operationName": operation, "variables": variables });
+        self.gql_request(Some(token), request).await
+    }
+
+    /// Posts a GraphQL request with an optional bearer token; the whole response body.
+    async fn gql_request(&self, token: Option<&str>, request: Value) -> Value {
         let mut req = self
             .client
             .post(format!("{}/graphql", self.addr))
-            .json(&json!({ "query": query, "variables": variables }));
+            .json(&request);
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }

@@ -136,22 +136,8 @@ async fn a_named_operation_is_checked_with_its_own_name_and_variables_every_time
     let owner = app.new_user().await;
     let bot = app.new_bot(&owner).await;
     let paged = "query Paged($b: ID!, $n: Int!) { bot(id: $b) { conversations(first: $n) { edges { node { id } } } } }";
-    let named = |operation: &str, b: Value| {
-        let request = app
-            .client
-            .post(format!("{}/graphql", app.addr))
-            .bearer_auth(&owner.token)
-            .json(&json!({ "query": paged, "operationName": operation, "variables": { "b": b, "n": 1 } }));
-        async move {
-            let body: Value = request
-                .send()
-                .await
-                .expect("sent")
-                .json()
-                .await
-                .expect("JSON");
-            body
-        }
+    let named = |operation: &'static str, b: Value| {
+        app.gql_named(&owner.token, paged, operation, json!({ "b": b, "n": 1 }))
     };
     for _ in 0..2 {
         assert_ok(&named("Paged", json!(bot)).await);
