@@ -1,5 +1,6 @@
 //! The schema: one query, mutation and subscription struct per domain, merged; plus the
-//! limits and the extension that gives every error a contract code.
+//! limits, and the one extension that caches parsed documents and their validation and
+//! gives every error a contract code.
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_graphql::dataloader::DataLoader;
@@ -80,8 +81,7 @@ pub fn build_schema(state: Option<AppState>) -> AppSchema {
     .limit_complexity(max_cost)
     .limit_recursive_depth(64)
     .limit_directives(16)
-    .extension(ParsedDocuments::default())
-    .extension(ErrorCodes { max_cost });
+    .extension(Hooks::new(max_cost));
     if let Some(state) = state {
         builder = builder
             .data(DataLoader::new(UserLoader(state.db.clone()), tokio::spawn))
@@ -100,7 +100,8 @@ const PARSED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// Longer queries are parsed every time: they are rare, and would crowd out the rest.
 const MAX_CACHED_QUERY: usize = 16 * 1024;
 
-/// Parsed documents by query text. Clients send the same few operations again and again
+/// The schema's one extension. It keeps parsed documents by query text: clients send the same
+/// few operations again and again
 /// (every visitor's `sendAnswer` is one text), and parsing is the largest part of a small
 /// request's cost; a clone of the parsed document is far cheaper. Only documents that parsed
 /// and passed the parse-time limits are kept, so a cached text passes them again unchanged.
@@ -116,8 +117,17 @@ const MAX_CACHED_QUERY: usize = 16 * 1024;
 /// was 8 % of the server's CPU); one with variables skips it when they repeat, as every
 /// visitor's `startConversation` of a bot does (4 % of the server's CPU in a profile of
 /// starts).
-#[derive(Clone)]
-struct ParsedDocuments(Arc<HotCache<DocumentText, Parsed>>);
+///
+/// The same extension puts `extensions.code` on errors raised by async-graphql itself, and
+/// makes its refusals of costly queries name the limit. It is one extension, not one per
+/// concern: as soon as a schema has any, async-graphql resolves every field of every response
+/// through their chain (a boxed future per extension and field), and creates and drops each of
+/// them per request.
+struct Hooks {
+    documents: Arc<HotCache<DocumentText, Parsed>>,
+    /// The cost limit that a refusal names (`PARLEY_MAX_QUERY_COST`).
+    max_cost: usize,
+}
 
 /// A cached document, and its last successful validation (documents of one operation only,
 /// named or not).
@@ -310,26 +320,30 @@ fn parsed_size(text_len: usize, document: &ExecutableDocument) -> usize {
     text_len.saturating_add(NODE_BYTES.saturating_mul(operations + fragments))
 }
 
-impl Default for ParsedDocuments {
-    fn default() -> Self {
-        Self(Arc::new(HotCache::new(PARSED_CACHE_BYTES, None)))
+impl Hooks {
+    fn new(max_cost: usize) -> Self {
+        Self {
+            documents: Arc::new(HotCache::new(PARSED_CACHE_BYTES, None)),
+            max_cost,
+        }
     }
 }
 
-impl ExtensionFactory for ParsedDocuments {
+impl ExtensionFactory for Hooks {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ParsedFor {
-            cache: self.0.clone(),
+        Arc::new(HooksFor {
+            cache: self.documents.clone(),
+            max_cost: self.max_cost,
             named: Mutex::new(None),
             validation: Mutex::new(None),
         })
     }
 }
 
-/// [`ParsedDocuments`] for one request: its document's validation, if known, or where to keep
-/// it.
-struct ParsedFor {
+/// [`Hooks`] for one request: its document's validation, if known, or where to keep it.
+struct HooksFor {
     cache: Arc<HotCache<DocumentText, Parsed>>,
+    max_cost: usize,
     /// The operation the request names, if it names one.
     named: Mutex<Option<String>>,
     validation: Mutex<Option<Validation>>,
@@ -349,8 +363,61 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+impl HooksFor {
+    /// `error` with its contract code, and a refusal by a limit naming the limit.
+    fn explain(&self, mut error: ServerError) -> ServerError {
+        match error.message.as_str() {
+            "Query is too complex." => {
+                error.message = format!(
+                    "the query costs more than the limit of {} (PARLEY_MAX_QUERY_COST): every \
+                     field costs 1 and a list multiplies its fields by its page size (`first`); \
+                     ask for smaller pages or fewer nested lists",
+                    self.max_cost
+                );
+            }
+            "Query is nested too deep." => {
+                error.message =
+                    format!("the query is nested deeper than the limit of {MAX_DEPTH} levels");
+            }
+            _ => {}
+        }
+        ensure_code(error)
+    }
+
+    /// Validates the request's document, each error explained.
+    async fn validate(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        next.run(ctx)
+            .await
+            .map_err(|errors| errors.into_iter().map(|e| self.explain(e)).collect())
+    }
+}
+
 #[async_graphql::async_trait::async_trait]
-impl Extension for ParsedFor {
+impl Extension for HooksFor {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        let mut response = next.run(ctx).await;
+        response.errors = response.errors.into_iter().map(ensure_code).collect();
+        response
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        next.run(ctx, stream)
+            .map(|mut response| {
+                response.errors = response.errors.into_iter().map(ensure_code).collect();
+                response
+            })
+            .boxed()
+    }
+
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -370,12 +437,12 @@ impl Extension for ParsedFor {
     ) -> ServerResult<ExecutableDocument> {
         let named = lock(&self.named).take();
         if query.len() > MAX_CACHED_QUERY {
-            return next.run(ctx, query, variables).await;
+            return next.run(ctx, query, variables).await.map_err(ensure_code);
         }
         let parsed = match self.cache.get(query) {
             Some(parsed) => parsed,
             None => {
-                let document = next.run(ctx, query, variables).await?;
+                let document = next.run(ctx, query, variables).await.map_err(ensure_code)?;
                 let key = DocumentText::new(query, &document);
                 let parsed = Parsed::new(document);
                 self.cache.insert(key, parsed.clone());
@@ -411,90 +478,12 @@ impl Extension for ParsedFor {
             Some(Validation::Known(result)) => Ok(result),
             Some(Validation::Keep(slot, variables)) => {
                 // Only a success is kept: a refusal is rare, and answered again in full.
-                let result = next.run(ctx).await?;
+                let result = self.validate(ctx, next).await?;
                 *lock(&slot) = Some(Validated { variables, result });
                 Ok(result)
             }
-            None => next.run(ctx).await,
+            None => self.validate(ctx, next).await,
         }
-    }
-}
-
-/// Puts `extensions.code` on errors raised by async-graphql itself, and makes its refusals
-/// of costly queries name the limit.
-struct ErrorCodes {
-    max_cost: usize,
-}
-
-impl ExtensionFactory for ErrorCodes {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ErrorCodes {
-            max_cost: self.max_cost,
-        })
-    }
-}
-
-impl ErrorCodes {
-    fn explain(&self, mut error: ServerError) -> ServerError {
-        match error.message.as_str() {
-            "Query is too complex." => {
-                error.message = format!(
-                    "the query costs more than the limit of {} (PARLEY_MAX_QUERY_COST): every \
-                     field costs 1 and a list multiplies its fields by its page size (`first`); \
-                     ask for smaller pages or fewer nested lists",
-                    self.max_cost
-                );
-            }
-            "Query is nested too deep." => {
-                error.message =
-                    format!("the query is nested deeper than the limit of {MAX_DEPTH} levels");
-            }
-            _ => {}
-        }
-        ensure_code(error)
-    }
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for ErrorCodes {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let mut response = next.run(ctx).await;
-        response.errors = response.errors.into_iter().map(ensure_code).collect();
-        response
-    }
-
-    fn subscribe<'s>(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
-    ) -> BoxStream<'s, Response> {
-        next.run(ctx, stream)
-            .map(|mut response| {
-                response.errors = response.errors.into_iter().map(ensure_code).collect();
-                response
-            })
-            .boxed()
-    }
-
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables).await.map_err(ensure_code)
-    }
-
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx)
-            .await
-            .map_err(|errors| errors.into_iter().map(|e| self.explain(e)).collect())
     }
 }
 
