@@ -101,10 +101,10 @@ const PARSED_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 const MAX_CACHED_QUERY: usize = 16 * 1024;
 
 /// The schema's one extension. It keeps parsed documents by query text: clients send the same
-/// few operations again and again
-/// (every visitor's `sendAnswer` is one text), and parsing is the largest part of a small
-/// request's cost; a clone of the parsed document is far cheaper. Only documents that parsed
-/// and passed the parse-time limits are kept, so a cached text passes them again unchanged.
+/// few operations again and again (every visitor's `sendAnswer` is one text), and parsing is
+/// the largest part of a small request's cost; a clone of the parsed document is far cheaper.
+/// Only documents that parsed and passed the parse-time limits are kept, so a cached text
+/// passes them again unchanged.
 ///
 /// Validation depends on the variables (their values are checked against the arguments they
 /// fill, and a page size from a variable counts in the query's cost), on the operation named
@@ -340,7 +340,8 @@ impl ExtensionFactory for Hooks {
     }
 }
 
-/// [`Hooks`] for one request: its document's validation, if known, or where to keep it.
+/// [`Hooks`] for one request: its document's validation, if known, or where to keep it; and
+/// the cost limit its refusals name.
 struct HooksFor {
     cache: Arc<HotCache<DocumentText, Parsed>>,
     max_cost: usize,
