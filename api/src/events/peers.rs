@@ -107,6 +107,9 @@ impl Peers {
             .unwrap_or_else(PoisonError::into_inner)
             .replace(sent)
             .is_none_or(|previous| previous.elapsed() >= LIVE);
+        // What the count finds is as old as its sending, not its return: a slow answer must not
+        // pass for a fresh look (a joining instance waits only `JOIN_WAIT` to be seen).
+        let looked = Instant::now();
         let row = conn
             .query_one_raw(Statement::from_sql_and_values(
                 backend,
@@ -133,7 +136,8 @@ impl Peers {
             late,
         };
         let now = Instant::now();
-        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, beat.others_live));
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((looked, beat.others_live));
         let mut alone = self
             .alone_since
             .lock()
