@@ -397,12 +397,16 @@ impl HooksFor {
     }
 }
 
+/// `response` with a contract code on each of its errors.
+fn with_codes(mut response: Response) -> Response {
+    response.errors = response.errors.into_iter().map(ensure_code).collect();
+    response
+}
+
 #[async_graphql::async_trait::async_trait]
 impl Extension for HooksFor {
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let mut response = next.run(ctx).await;
-        response.errors = response.errors.into_iter().map(ensure_code).collect();
-        response
+        with_codes(next.run(ctx).await)
     }
 
     fn subscribe<'s>(
@@ -411,12 +415,7 @@ impl Extension for HooksFor {
         stream: BoxStream<'s, Response>,
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
-        next.run(ctx, stream)
-            .map(|mut response| {
-                response.errors = response.errors.into_iter().map(ensure_code).collect();
-                response
-            })
-            .boxed()
+        next.run(ctx, stream).map(with_codes).boxed()
     }
 
     async fn prepare_request(
