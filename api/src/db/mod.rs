@@ -284,6 +284,20 @@ impl Db {
         }
     }
 
+    /// PostgreSQL: runs `task` to its end on the thread where steps run, with that thread's
+    /// pool (as [`Self::write_grouped`] runs its transactions), and returns what it returns.
+    /// `None` on SQLite, whose writes share the writer's transactions.
+    pub async fn on_steps<T, F>(&self, task: F) -> Option<Result<T, DbErr>>
+    where
+        T: Send + 'static,
+        F: FnOnce(DatabaseConnection) -> BoxFuture<'static, Result<T, DbErr>>,
+    {
+        match &self.steps {
+            Steps::Grouped(_) => None,
+            Steps::Own(steps) => Some(steps.run_task(task(steps.pool().clone())).await),
+        }
+    }
+
     /// Each pool's name, size and idle connections.
     pub fn pool_stats(&self) -> Vec<(&'static str, u32, usize)> {
         match self.kind {

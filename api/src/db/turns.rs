@@ -84,6 +84,18 @@ impl StepRuntime {
         self.handle.spawn(task);
     }
 
+    /// Runs `task` on the step runtime and returns its result; it runs to its end even if
+    /// the caller goes away.
+    pub(super) async fn run_task<T: Send + 'static>(
+        &self,
+        task: impl Future<Output = Result<T, DbErr>> + Send + 'static,
+    ) -> Result<T, DbErr> {
+        match self.handle.spawn(task).await {
+            Ok(result) => result,
+            Err(e) => Err(DbErr::Custom(format!("the task did not finish: {e}"))),
+        }
+    }
+
     /// Runs `f` in a transaction of its own on the step runtime and commits. The step runs
     /// to its end even if the caller goes away.
     pub(super) async fn run<T, E, F>(&self, f: F) -> Result<T, E>

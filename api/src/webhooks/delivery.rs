@@ -130,6 +130,19 @@ fn candidates(now: chrono::DateTime<Utc>, look: usize) -> sea_orm::Select<delive
         .limit(look as u64)
 }
 
+/// `deliveries.id` among `ids`. On PostgreSQL as `= ANY($1)` with one array: a list of
+/// parameters would make each number of ids a statement of its own, parsed and planned
+/// again whenever the connection's statement cache has let it go.
+fn id_in(kind: DatabaseKind, ids: Vec<Uuid>) -> sea_orm::sea_query::SimpleExpr {
+    use sea_orm::sea_query::{Expr, ExprTrait as _, extension::postgres::PgFunc};
+    match kind {
+        DatabaseKind::Postgres => {
+            Expr::col((delivery::Entity, delivery::Column::Id)).eq(PgFunc::any(Expr::val(ids)))
+        }
+        DatabaseKind::Sqlite => delivery::Column::Id.is_in(ids),
+    }
+}
+
 /// A new async delivery, pending and due `now`; claimed by `claim` (who, until when) if given.
 fn async_row(
     account_id: Uuid,
@@ -479,6 +492,17 @@ impl Deliveries {
     /// never holds the one writing connection across hops through the request runtime while
     /// the steps wait for it.
     async fn record_batch(self: &Arc<Self>, batch: Arc<[Done]>) -> ApiResult<()> {
+        // Successes (the common case) have nothing to decide: on PostgreSQL, one statement.
+        if batch.iter().all(|d| d.status == DeliveryStatus::Succeeded) {
+            let successes = batch.clone();
+            let recorded = self
+                .db
+                .on_steps(move |pool| Box::pin(succeeded::record(pool, successes, Utc::now())))
+                .await;
+            if let Some(recorded) = recorded {
+                return Ok(recorded?);
+            }
+        }
         let this = self.clone();
         let disabled = self
             .db
@@ -540,7 +564,7 @@ impl Deliveries {
                 )
                 .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
                 .col_expr(delivery::Column::UpdatedAt, Expr::value(now))
-                .filter(delivery::Column::Id.is_in(ids))
+                .filter(id_in(self.db.kind(), ids))
                 .exec(tx)
                 .await?;
         }
@@ -638,20 +662,19 @@ impl Deliveries {
         let lease = self
             .claim_until(DeliveryMode::Async, now)
             .max(self.claim_until(DeliveryMode::Sync, now));
-        let tx = self.db.write().await?;
         // Re-checking `due` in the UPDATE makes the claim atomic: of two workers that selected
-        // the same ids, only the first to update gets each row back.
+        // the same ids, only the first to update gets each row back. One statement: no
+        // transaction around it.
         let claimed = delivery::Entity::update_many()
             .col_expr(delivery::Column::ClaimedUntil, lease.into())
             .col_expr(
                 delivery::Column::ClaimedBy,
                 Some(self.instance_id.clone()).into(),
             )
-            .filter(delivery::Column::Id.is_in(ids))
+            .filter(id_in(self.db.kind(), ids))
             .filter(due())
-            .exec_with_returning(&tx.tx)
+            .exec_with_returning(self.db.writer())
             .await?;
-        tx.commit().await?;
         Ok((claimed, left_behind))
     }
 
@@ -772,6 +795,7 @@ mod handoff;
 mod health;
 mod log;
 mod slots;
+mod succeeded;
 
 pub use calls::Settled;
 use endpoints::Endpoint;
