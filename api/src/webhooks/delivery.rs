@@ -686,7 +686,7 @@ impl Deliveries {
                 Option::<chrono::DateTime<Utc>>::None.into(),
             )
             .col_expr(delivery::Column::ClaimedBy, Option::<String>::None.into())
-            .filter(delivery::Column::Id.is_in(ids.iter().copied()))
+            .filter(id_in(self.db.kind(), ids.to_vec()))
             .filter(delivery::Column::ClaimedBy.eq(self.instance_id.as_str()))
             .exec(self.db.writer())
             .await;
