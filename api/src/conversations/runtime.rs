@@ -218,12 +218,34 @@ fn prefilled(variables: Option<Value>) -> ApiResult<Map<String, Value>> {
         Some(Value::Object(map)) => map,
         Some(_) => return Err(ApiError::bad_input("variables must be a JSON object")),
     };
+    if prefilled
+        .iter()
+        .any(|(name, value)| name.contains('\0') || holds_nul(value))
+    {
+        return Err(ApiError::bad_input(
+            "variables must not contain the NUL character (U+0000)",
+        ));
+    }
     if serde_json::to_vec(&prefilled).map_or(0, |v| v.len()) > MAX_PREFILLED_BYTES {
         return Err(ApiError::bad_input(format!(
             "variables must be at most {MAX_PREFILLED_BYTES} bytes of JSON"
         )));
     }
     Ok(prefilled)
+}
+
+/// Whether `value` holds the NUL character in a string or a key. PostgreSQL's `text` and
+/// `jsonb` refuse it (SQLite would keep it): taken in, it would fail the write as an internal
+/// error instead of the visitor's input being refused.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(name, value)| name.contains('\0') || holds_nul(value)),
+        _ => false,
+    }
 }
 
 /// A new conversation's row, before its first step, and the visitor's token.
@@ -494,6 +516,11 @@ impl Runtime {
             return Err(ApiError::bad_input(format!(
                 "an answer must be at most {MAX_ANSWER_CHARS} characters"
             )));
+        }
+        if text.contains('\0') {
+            return Err(ApiError::bad_input(
+                "an answer must not contain the NUL character (U+0000)",
+            ));
         }
         let visitor = token_hash(visitor_token.trim());
         let step = Step {

@@ -294,7 +294,12 @@ impl Db {
     {
         match &self.steps {
             Steps::Grouped(_) => None,
-            Steps::Own(steps) => Some(steps.run_task(task(steps.pool().clone())).await),
+            Steps::Own(steps) => {
+                let began = std::time::Instant::now();
+                let result = steps.run_task(task(steps.pool().clone())).await;
+                crate::metrics::write_wait(began.elapsed());
+                Some(result)
+            }
         }
     }
 

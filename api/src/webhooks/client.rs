@@ -147,13 +147,18 @@ impl AttemptOutcome {
         self.error.is_none() && self.status.is_some_and(|s| (200..300).contains(&s))
     }
 
-    /// The kept body as text (invalid UTF-8 replaced), ending in
+    /// The kept body as text (invalid UTF-8 and NUL bytes replaced), ending in
     /// `…[truncated]` when the body was longer; `None` when there was none.
     pub fn body_excerpt(&self) -> Option<String> {
         if self.body.is_empty() && !self.body_truncated {
             return None;
         }
         let mut text = String::from_utf8_lossy(&self.body).into_owned();
+        // PostgreSQL's text refuses NUL: the attempt could never be recorded, and its
+        // delivery would be sent again each time its claim ran down.
+        if text.contains('\0') {
+            text = text.replace('\0', "\u{fffd}");
+        }
         if self.body_truncated {
             text.push_str("…[truncated]");
         }
@@ -1026,6 +1031,13 @@ mod tests {
         assert_eq!(o.body_excerpt().as_deref(), Some("hi\u{fffd}"));
         o.body_truncated = true;
         assert_eq!(o.body_excerpt().as_deref(), Some("hi\u{fffd}…[truncated]"));
+    }
+
+    #[test]
+    fn excerpts_replace_nul_bytes_which_postgresql_text_refuses() {
+        let mut o = outcome(Some(200), None);
+        o.body = b"{\"ok\":\0true}".to_vec();
+        assert_eq!(o.body_excerpt().as_deref(), Some("{\"ok\":\u{fffd}true}"));
     }
 
     #[test]

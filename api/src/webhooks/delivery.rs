@@ -487,7 +487,8 @@ impl Deliveries {
         }
     }
 
-    /// Records a batch in one transaction. It runs where conversation steps are written (see
+    /// Records a batch in one transaction (on PostgreSQL, a batch of successes in one
+    /// statement: see [`succeeded`]). It runs where conversation steps are written (see
     /// [`crate::db::Db::write_grouped`]): on SQLite, in the writer thread's next batch, so it
     /// never holds the one writing connection across hops through the request runtime while
     /// the steps wait for it.

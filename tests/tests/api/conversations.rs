@@ -715,3 +715,32 @@ async fn a_visitors_subscription_to_a_conversation_whose_bot_was_deleted_is_not_
         assert_eq!(sub.error_code().await, "NOT_FOUND", "after {after}");
     }
 }
+
+#[tokio::test]
+async fn an_answer_or_prefilled_variables_with_a_nul_character_are_refused_and_the_chat_goes_on() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let bot = published(
+        &app,
+        &owner,
+        json!({ "startBlockId": "q", "blocks": [
+        { "id": "q", "kind": "QUESTION", "text": "Name?", "saveAnswerTo": "name" } ] }),
+    )
+    .await;
+    for variables in [
+        json!({ "ref": "a\u{0}b" }),
+        json!({ "a\u{0}b": 1 }),
+        json!({ "deep": [{ "x": "\u{0}" }] }),
+    ] {
+        assert_error(
+            &app.start_conversation(&bot, variables).await,
+            "BAD_USER_INPUT",
+        );
+    }
+    let (conv, token) = app.new_conversation(&bot).await;
+    let refused = app.send_answer(&conv, &token, "Ada\u{0}").await;
+    assert_error(&refused, "BAD_USER_INPUT");
+    // Nothing was taken: the same question still waits, and a clean answer is recorded.
+    let answered = app.send_answer(&conv, &token, "Ada").await;
+    assert_eq!(answered["data"]["sendAnswer"]["text"], "Ada", "{answered}");
+}

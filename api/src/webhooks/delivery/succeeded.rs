@@ -1,10 +1,11 @@
 //! PostgreSQL: a batch of successful attempts recorded with one statement of fixed text.
 //!
-//! The general path (`record_in`) writes a batch with sea-orm: a multi-row `INSERT` of the
-//! attempts and an `UPDATE … WHERE id IN (…)` of the deliveries, whose texts change with the
-//! batch's size. Each size is a statement of its own that PostgreSQL parses and plans, and
-//! that the connection's cache of prepared statements (100 by default) keeps or evicts
-//! again: under load, batches of every size from 1 to 256 follow one another. Here the
+//! The general path (`record_in`, with `track_health_batch`) writes a batch with sea-orm in a
+//! transaction: a multi-row `INSERT` of the attempts and an `UPDATE … WHERE id IN (…)` of the
+//! webhooks, whose texts change with the batch's size, and the deliveries' `UPDATE`. Each
+//! size is a statement of its own that PostgreSQL parses and plans, and that the
+//! connection's cache of prepared statements (100 by default) keeps or evicts again: under
+//! load, batches of every size from 1 to 256 follow one another. Here the
 //! columns travel as arrays in PostgreSQL's binary format and one text serves every batch,
 //! prepared once per connection, in one round trip without `BEGIN` and `COMMIT` (one
 //! statement is atomic on its own).
@@ -65,7 +66,8 @@ pub(super) async fn record(
         error.push(row.error);
         response_body.push(row.response_body);
         notes.push(row.notes);
-        if d.delivery.mode == DeliveryMode::Async {
+        // As `track_health_batch` decides: an async attempt that went through.
+        if d.delivery.mode == DeliveryMode::Async && d.outcome.is_success() {
             healthy.push(d.delivery.webhook_id);
         }
     }
