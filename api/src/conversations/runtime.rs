@@ -218,10 +218,7 @@ fn prefilled(variables: Option<Value>) -> ApiResult<Map<String, Value>> {
         Some(Value::Object(map)) => map,
         Some(_) => return Err(ApiError::bad_input("variables must be a JSON object")),
     };
-    if prefilled
-        .iter()
-        .any(|(name, value)| name.contains('\0') || holds_nul(value))
-    {
+    if map_holds_nul(&prefilled) {
         return Err(ApiError::bad_input(
             "variables must not contain the NUL character (U+0000)",
         ));
@@ -241,11 +238,15 @@ fn holds_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
         Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map
-            .iter()
-            .any(|(name, value)| name.contains('\0') || holds_nul(value)),
+        Value::Object(map) => map_holds_nul(map),
         _ => false,
     }
+}
+
+/// Whether a key or a value of `map` holds the NUL character (see [`holds_nul`]).
+fn map_holds_nul(map: &Map<String, Value>) -> bool {
+    map.iter()
+        .any(|(name, value)| name.contains('\0') || holds_nul(value))
 }
 
 /// A new conversation's row, before its first step, and the visitor's token.

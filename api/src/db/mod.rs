@@ -332,6 +332,12 @@ impl Db {
     }
 }
 
+/// A failed query sent through sqlx directly, as sea-orm reports one, so that callers tell
+/// the database's refusals from lost connections the same way for both.
+pub fn query_err(e: sea_orm::sqlx::Error) -> DbErr {
+    DbErr::Query(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(e)))
+}
+
 /// The row a query by primary key finds, if any. Use it rather than `.one()`, which binds
 /// `LIMIT ?`: SQLite's planner reads that bound value, so the cached statement expires when
 /// its bindings are cleared and is parsed and planned again on every run (a profile showed

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{DatabaseConnection, DbErr, RuntimeErr, sqlx};
+use sea_orm::{DatabaseConnection, DbErr, sqlx};
 use uuid::Uuid;
 
 use super::{Done, attempt_row};
@@ -87,7 +87,7 @@ pub(super) async fn record(
         .bind(healthy)
         .execute(pool.get_postgres_connection_pool())
         .await
-        .map_err(|e| DbErr::Query(RuntimeErr::SqlxError(Arc::new(e))))?;
+        .map_err(crate::db::query_err)?;
     Ok(())
 }
 

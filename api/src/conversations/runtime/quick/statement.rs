@@ -7,19 +7,17 @@
 //! PostgreSQL's time and a tenth of the server's in a profile of starts that queue a webhook.
 //! Only the JSON columns (a conversation's state, a delivery's payload, an event's input) are
 //! still JSON text, as their `jsonb` columns need.
-use std::{
-    collections::HashMap,
-    sync::{Arc, OnceLock},
-};
+use std::{collections::HashMap, sync::OnceLock};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveEnum as _, DatabaseConnection, DbErr, RuntimeErr,
+    ActiveEnum as _, DatabaseConnection, DbErr,
     sqlx::{self, Row as _, postgres::PgRow},
 };
 use uuid::Uuid;
 
 use super::QuickWrite;
+use crate::db::query_err;
 
 /// What the statement says of one turn.
 #[derive(Clone)]
@@ -72,11 +70,6 @@ fn said(row: &PgRow) -> Result<(Uuid, Said), DbErr> {
         ))
     };
     get().map_err(query_err)
-}
-
-/// As sea-orm reports a failed query, so that callers tell the server's refusals apart.
-fn query_err(e: sqlx::Error) -> DbErr {
-    DbErr::Query(RuntimeErr::SqlxError(Arc::new(e)))
 }
 
 /// Which parts of the statement a batch needs: a part with nothing to write still costs
