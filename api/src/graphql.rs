@@ -258,6 +258,72 @@ impl Weight for DocumentText {
 /// 190 bytes, and its name in an allocation of its own.
 const NODE_BYTES: usize = 256;
 
+/// Walks every node of a document: `node` once for each operation, fragment, selection,
+/// directive, argument and variable definition, and `value` for each argument's value and
+/// variable's default (whose items are `value`'s to walk). The size estimate and the NUL
+/// check both read a document whole, once, when it is parsed.
+struct Walk<'a> {
+    node: &'a mut dyn FnMut(),
+    value: &'a mut dyn FnMut(&GqlValue),
+}
+
+impl Walk<'_> {
+    fn arguments(&mut self, args: &[(Positioned<Name>, Positioned<GqlValue>)]) {
+        for (_, v) in args {
+            (self.node)();
+            (self.value)(&v.node);
+        }
+    }
+
+    fn directives(&mut self, ds: &[Positioned<Directive>]) {
+        for d in ds {
+            (self.node)();
+            self.arguments(&d.node.arguments);
+        }
+    }
+
+    fn set(&mut self, s: &SelectionSet) {
+        for item in &s.items {
+            (self.node)();
+            match &item.node {
+                Selection::Field(f) => {
+                    self.arguments(&f.node.arguments);
+                    self.directives(&f.node.directives);
+                    self.set(&f.node.selection_set.node);
+                }
+                Selection::FragmentSpread(f) => self.directives(&f.node.directives),
+                Selection::InlineFragment(f) => {
+                    self.directives(&f.node.directives);
+                    self.set(&f.node.selection_set.node);
+                }
+            }
+        }
+    }
+
+    fn document(&mut self, document: &ExecutableDocument) {
+        for (_, op) in document.operations.iter() {
+            let op = &op.node;
+            (self.node)();
+            for d in &op.variable_definitions {
+                (self.node)();
+                self.directives(&d.node.directives);
+                if let Some(default) = &d.node.default_value {
+                    // A copy, once per document parsed: the parser's two value types are
+                    // walked alike.
+                    (self.value)(&default.node.clone().into_value());
+                }
+            }
+            self.directives(&op.directives);
+            self.set(&op.selection_set.node);
+        }
+        for f in document.fragments.values() {
+            (self.node)();
+            self.directives(&f.node.directives);
+            self.set(&f.node.selection_set.node);
+        }
+    }
+}
+
 /// About how much memory `document`, parsed from `text_len` bytes, takes.
 fn parsed_size(text_len: usize, document: &ExecutableDocument) -> usize {
     fn value(v: &GqlValue) -> usize {
@@ -267,57 +333,52 @@ fn parsed_size(text_len: usize, document: &ExecutableDocument) -> usize {
             _ => 0,
         }
     }
-    fn arguments(args: &[(Positioned<Name>, Positioned<GqlValue>)]) -> usize {
-        args.iter().map(|(_, v)| 1 + value(&v.node)).sum()
+    let (mut nodes, mut values) = (0usize, 0usize);
+    Walk {
+        node: &mut || nodes += 1,
+        value: &mut |v| values += value(v),
     }
-    fn directives(ds: &[Positioned<Directive>]) -> usize {
-        ds.iter().map(|d| 1 + arguments(&d.node.arguments)).sum()
+    .document(document);
+    text_len.saturating_add(NODE_BYTES.saturating_mul(nodes + values))
+}
+
+/// Whether a string literal of `document` holds the NUL character (see [`crate::nul`]).
+fn document_holds_nul(document: &ExecutableDocument) -> bool {
+    fn value(v: &GqlValue) -> bool {
+        match v {
+            GqlValue::String(s) => s.contains('\0'),
+            GqlValue::List(items) => items.iter().any(value),
+            GqlValue::Object(fields) => fields.values().any(value),
+            _ => false,
+        }
     }
-    fn set(s: &SelectionSet) -> usize {
-        s.items
+    let mut found = false;
+    Walk {
+        node: &mut || {},
+        value: &mut |v| found = found || value(v),
+    }
+    .document(document);
+    found
+}
+
+/// Whether a string or a key of `v`, a request's variable, holds the NUL character.
+fn variable_holds_nul(v: &ConstValue) -> bool {
+    match v {
+        ConstValue::String(s) => s.contains('\0'),
+        ConstValue::List(items) => items.iter().any(variable_holds_nul),
+        ConstValue::Object(fields) => fields
             .iter()
-            .map(|item| {
-                1 + match &item.node {
-                    Selection::Field(f) => {
-                        arguments(&f.node.arguments)
-                            + directives(&f.node.directives)
-                            + set(&f.node.selection_set.node)
-                    }
-                    Selection::FragmentSpread(f) => directives(&f.node.directives),
-                    Selection::InlineFragment(f) => {
-                        directives(&f.node.directives) + set(&f.node.selection_set.node)
-                    }
-                }
-            })
-            .sum()
+            .any(|(name, v)| name.contains('\0') || variable_holds_nul(v)),
+        _ => false,
     }
-    let operations: usize = document
-        .operations
-        .iter()
-        .map(|(_, op)| {
-            let op = &op.node;
-            let variables: usize = op
-                .variable_definitions
-                .iter()
-                .map(|d| {
-                    1 + directives(&d.node.directives)
-                        // A copy, once per document kept: the parser's two value types are
-                        // walked alike.
-                        + d.node
-                            .default_value
-                            .as_ref()
-                            .map_or(0, |v| value(&v.node.clone().into_value()))
-                })
-                .sum();
-            1 + variables + directives(&op.directives) + set(&op.selection_set.node)
-        })
-        .sum();
-    let fragments: usize = document
-        .fragments
-        .values()
-        .map(|f| 1 + directives(&f.node.directives) + set(&f.node.selection_set.node))
-        .sum();
-    text_len.saturating_add(NODE_BYTES.saturating_mul(operations + fragments))
+}
+
+/// The refusal of a request holding the NUL character in `place`.
+fn nul_refused(place: &str) -> ServerError {
+    ensure_code(ServerError::new(
+        format!("{place} must not contain the NUL character (U+0000)"),
+        None,
+    ))
 }
 
 impl Hooks {
@@ -436,13 +497,25 @@ impl Extension for HooksFor {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let named = lock(&self.named).take();
+        let nul = |(name, v): &(&Name, &ConstValue)| name.contains('\0') || variable_holds_nul(v);
+        if let Some((name, _)) = variables.iter().find(nul) {
+            return Err(nul_refused(&format!("the variable `${name}`")));
+        }
+        let parse = |document: ServerResult<ExecutableDocument>| {
+            let document = document.map_err(ensure_code)?;
+            if document_holds_nul(&document) {
+                return Err(nul_refused("a string of the query"));
+            }
+            Ok(document)
+        };
         if query.len() > MAX_CACHED_QUERY {
-            return next.run(ctx, query, variables).await.map_err(ensure_code);
+            return parse(next.run(ctx, query, variables).await);
         }
         let parsed = match self.cache.get(query) {
             Some(parsed) => parsed,
             None => {
-                let document = next.run(ctx, query, variables).await.map_err(ensure_code)?;
+                // A refused document is not kept: its text is refused again, parsed again.
+                let document = parse(next.run(ctx, query, variables).await)?;
                 let key = DocumentText::new(query, &document);
                 let parsed = Parsed::new(document);
                 self.cache.insert(key, parsed.clone());
@@ -521,6 +594,26 @@ mod tests {
         assert!(size_of(&defaults) > 1000 * NODE_BYTES);
         let fragments = format!("{{ ...F }} fragment F on Query {{ {} }}", many("a"));
         assert!(size_of(&fragments) > 1000 * NODE_BYTES);
+    }
+
+    #[test]
+    fn a_nul_is_found_in_a_string_literal_anywhere_but_not_in_escaped_text() {
+        let holds = |text: &str| {
+            document_holds_nul(&async_graphql::parser::parse_query(text).expect("parses"))
+        };
+        assert!(holds(
+            r#"mutation { createBot(input: { name: "a\u0000b" }) { id } }"#
+        ));
+        assert!(holds(
+            r#"query ($v: [String] = ["x", "\u0000"]) { me { id } }"#
+        ));
+        assert!(holds(
+            r#"{ me @include(if: true) { ...F } } fragment F on User { id(a: {b: ["\u0000"]}) }"#
+        ));
+        assert!(!holds(
+            r#"mutation { createBot(input: { name: "a\\u0000b" }) { id } }"#
+        ));
+        assert!(!holds(r#"query ($v: String = "x") { me { id } }"#));
     }
 
     #[test]

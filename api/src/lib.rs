@@ -18,6 +18,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
+pub mod nul;
 pub mod opaque;
 pub mod pagination;
 pub mod results;

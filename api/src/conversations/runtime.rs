@@ -22,6 +22,7 @@ use crate::{
     events::{EventBus, SharedEvent},
     lifecycle,
     limits::Limiters,
+    nul::map_holds_nul,
     opaque::{random_token, token_hash},
     settings::{DatabaseKind, Settings},
     webhooks::delivery::{Deliveries, Settled},
@@ -229,24 +230,6 @@ fn prefilled(variables: Option<Value>) -> ApiResult<Map<String, Value>> {
         )));
     }
     Ok(prefilled)
-}
-
-/// Whether `value` holds the NUL character in a string or a key. PostgreSQL's `text` and
-/// `jsonb` refuse it (SQLite would keep it): taken in, it would fail the write as an internal
-/// error instead of the visitor's input being refused.
-fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map_holds_nul(map),
-        _ => false,
-    }
-}
-
-/// Whether a key or a value of `map` holds the NUL character (see [`holds_nul`]).
-fn map_holds_nul(map: &Map<String, Value>) -> bool {
-    map.iter()
-        .any(|(name, value)| name.contains('\0') || holds_nul(value))
 }
 
 /// A new conversation's row, before its first step, and the visitor's token.
@@ -463,6 +446,13 @@ impl Runtime {
         token: &str,
         posted: Map<String, Value>,
     ) -> ApiResult<Uuid> {
+        // Refused before the token is looked at: the conversation keeps waiting for a body it
+        // can store.
+        if map_holds_nul(&posted) {
+            return Err(ApiError::bad_input(
+                "a callback body must not contain the NUL character (U+0000)",
+            ));
+        }
         let this = self.clone();
         let token = token.to_owned();
         tokio::spawn(async move {

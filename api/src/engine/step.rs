@@ -15,6 +15,7 @@ use super::model::{
 use super::state::{Position, State};
 use super::template::render;
 use super::webhook::{Instruction, WebhookOutcome};
+use crate::nul::holds_nul;
 
 /// How many blocks one step may run without waiting before the bot is
 /// stopped, so a question-less loop cannot spin forever.
@@ -494,8 +495,13 @@ impl Run<'_> {
                             block.value.as_deref().unwrap_or_default(),
                             &self.state.variables,
                         );
-                        // `42`, `true`, `{"a": 1}` are JSON; anything else is text.
-                        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                        // `42`, `true`, `{"a": 1}` are JSON; anything else is text. So is
+                        // JSON decoding to a NUL (a visitor's `\u0000` typed out), which no
+                        // database could then store as a variable (see `crate::nul`).
+                        let value = serde_json::from_str(&text)
+                            .ok()
+                            .filter(|v| !holds_nul(v))
+                            .unwrap_or(Value::String(text));
                         self.state.variables.insert(name.trim().to_owned(), value);
                     }
                     block.next.as_deref()

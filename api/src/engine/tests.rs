@@ -1102,3 +1102,19 @@ fn set_variable_stores_json_when_it_reads_as_json_and_text_otherwise() {
         })
     );
 }
+
+#[test]
+fn set_variable_keeps_as_text_json_that_would_decode_to_a_nul() {
+    let flow = compile(
+        "v",
+        vec![Block {
+            variable: Some("v".into()),
+            value: Some(r#"{"k": "{{typed}}"}"#.into()),
+            ..Block::new("v", BlockKind::SetVariable)
+        }],
+    );
+    // A visitor typed the six characters of the escape; the answer holds no NUL.
+    let mut state = State::new(object(json!({"typed": r"\u0000"})));
+    run(&flow, &mut state, Input::Start);
+    assert_eq!(state.variables["v"], json!(r#"{"k": "\u0000"}"#));
+}

@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::model::{Choice, MAX_WAIT_SECONDS};
+use crate::nul::map_holds_nul;
 
 /// Most buttons a reply's `choices` instruction may offer.
 pub const MAX_REPLY_CHOICES: usize = 50;
@@ -152,6 +153,11 @@ impl WebhookOutcome {
             return WebhookOutcome::Failed("the response body is empty".to_owned());
         }
         match serde_json::from_slice::<Value>(body) {
+            // Nothing of such a reply is used: a variable or a message holding NUL could not
+            // be stored on PostgreSQL (see `crate::nul`).
+            Ok(Value::Object(object)) if map_holds_nul(&object) => WebhookOutcome::Failed(
+                "the response body contains the NUL character (U+0000)".to_owned(),
+            ),
             Ok(Value::Object(mut object)) => match object.remove("responses") {
                 Some(Value::Array(items)) => {
                     WebhookOutcome::Responses(items.iter().map(Instruction::from_json).collect())
@@ -285,6 +291,24 @@ mod tests {
         assert_eq!(
             WebhookOutcome::from_body(b"{}"),
             WebhookOutcome::Variables(Map::new())
+        );
+    }
+
+    #[test]
+    fn a_body_holding_a_nul_anywhere_is_failed() {
+        for body in [
+            r#"{"name": "a\u0000b"}"#,
+            r#"{"responses": [{"type": "text", "text": "\u0000"}]}"#,
+            r#"{"deep": {"k\u0000": 1}}"#,
+        ] {
+            assert!(
+                matches!(WebhookOutcome::from_body(body.as_bytes()), WebhookOutcome::Failed(reason) if reason.contains("NUL")),
+                "{body}"
+            );
+        }
+        assert_eq!(
+            WebhookOutcome::from_body(br#"{"name": "a\\u0000b"}"#),
+            WebhookOutcome::Variables(object(serde_json::json!({"name": "a\\u0000b"})))
         );
     }
 

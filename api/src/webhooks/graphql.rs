@@ -479,7 +479,8 @@ pub struct DeliveryAttempt {
     response_body: Option<String>,
     /// Attempt number, 1 for the first.
     n: i32,
-    /// What the reply held that was skipped, such as unknown instructions.
+    /// What the reply held that was skipped, such as unknown instructions, or why a 2xx reply
+    /// of a sync call was not used at all (not a JSON object, or holding a NUL character).
     notes: Option<String>,
 }
 

@@ -49,6 +49,69 @@ async fn a_bot_is_created_renamed_listed_and_deleted() {
 }
 
 #[tokio::test]
+async fn a_nul_character_in_any_graphql_string_is_refused_and_nothing_is_written() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let refused = app
+        .create_bot(&owner.token, &owner.account_id, "Lead\u{0}bot")
+        .await;
+    assert_error(&refused, "BAD_USER_INPUT");
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`$n`") && m.contains("U+0000")),
+        "{refused}"
+    );
+    // In a literal of the query, twice: a refused document is not kept as a good one.
+    let literal = |name: &str| {
+        format!(
+            r#"mutation {{ createBot(accountId: "{}", name: "{name}") {{ id }} }}"#,
+            owner.account_id
+        )
+    };
+    for _ in 0..2 {
+        assert_error(
+            &app.gql(&owner.token, &literal("Lead\\u0000bot"), json!({}))
+                .await,
+            "BAD_USER_INPUT",
+        );
+    }
+    // Deep inside an input object, and as a key (refused before validation would call it an
+    // unknown field).
+    let bot = app.new_bot(&owner).await;
+    for flow in [
+        json!({ "startBlockId": "m", "blocks": [{ "id": "m", "kind": "MESSAGE", "text": "Hi\u{0}" }] }),
+        json!({ "startBlockId": "m", "blocks": [{ "id": "m", "kind": "MESSAGE", "text": "Hi", "x\u{0}": 1 }] }),
+    ] {
+        let refused = app.save_flow(&owner.token, &bot, flow, None).await;
+        assert_error(&refused, "BAD_USER_INPUT");
+        assert!(
+            refused["errors"][0]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("`$f`") && m.contains("U+0000")),
+            "{refused}"
+        );
+    }
+    let listed = app
+        .gql(
+            &owner.token,
+            "query($a: ID!) { account(id: $a) { bots { name revision } } }",
+            json!({ "a": owner.account_id }),
+        )
+        .await;
+    assert_eq!(
+        listed["data"]["account"]["bots"],
+        json!([{ "name": "Lead bot", "revision": 0 }]),
+        "{listed}"
+    );
+    // The text of an escape is not a NUL.
+    let escaped = app
+        .gql(&owner.token, &literal("Lead\\\\u0000bot"), json!({}))
+        .await;
+    assert_ok(&escaped);
+}
+
+#[tokio::test]
 async fn every_block_kind_and_field_round_trips_through_save_flow() {
     let app = spawn_app().await;
     let owner = app.new_user().await;

@@ -80,6 +80,10 @@ async fn a_callback_url_continues_the_conversation_once() {
     assert_eq!(body["errors"][0]["extensions"]["code"], "NOT_FOUND");
     assert_eq!(post(&app, &url, "[1]").await.0, 400);
     assert_eq!(post(&app, &url, vec![b' '; 70 * 1024]).await.0, 413);
+    // A NUL cannot be stored: refused, and the token stays good for a proper body.
+    let (status, body) = post(&app, &url, r#"{"status": "a\u0000b"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
 
     let (status, body) = post(&app, &url, r#"{"status": "received"}"#).await;
     assert_eq!(status, 200, "{body}");

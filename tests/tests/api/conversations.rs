@@ -254,6 +254,60 @@ async fn a_failing_sync_webhook_lets_the_chat_go_on() {
 }
 
 #[tokio::test]
+async fn a_sync_webhook_reply_holding_a_nul_character_is_not_used_and_the_chat_goes_on() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = receiver(200, json!({ "delivery_status": "ship\u{0}ped" })).await;
+    let webhook = app
+        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .await;
+    let bot = published(
+        &app,
+        &owner,
+        sync_flow(
+            &webhook,
+            json!([ { "id": "after", "kind": "MESSAGE", "text": "Status: {{delivery_status}}." } ]),
+        ),
+    )
+    .await;
+    let (conv, token) = app.new_conversation(&bot).await;
+    assert_ok(&app.send_answer(&conv, &token, "A-42").await);
+    let mut sub = app.watch(&conv, Some(&token), None, 2).await;
+    let events = sub.events(2).await;
+    assert_eq!(kinds(&events), ["BOT_MESSAGE", "ENDED"]);
+    assert_eq!(events[0]["text"], "Status: .");
+    let seen = app.conversation(Some(&owner.token), &conv, None).await;
+    assert_eq!(
+        seen["data"]["conversation"]["status"], "COMPLETED",
+        "{seen}"
+    );
+    assert!(
+        seen["data"]["conversation"]["variables"]
+            .get("delivery_status")
+            .is_none(),
+        "{seen}"
+    );
+    // The call itself is on record: FAILED, its notes say why, its body kept as sent (the
+    // JSON escape).
+    let list = app.deliveries(&owner.token, &webhook).await;
+    assert_eq!(list[0]["status"], "FAILED", "{list:?}");
+    let attempt = &list[0]["attempts"][0];
+    assert_eq!(attempt["responseStatus"], 200, "{list:?}");
+    assert!(
+        attempt["notes"]
+            .as_str()
+            .is_some_and(|notes| notes.contains("NUL character")),
+        "{list:?}"
+    );
+    assert!(
+        attempt["responseBody"]
+            .as_str()
+            .is_some_and(|body| body.contains("ship\\u0000ped")),
+        "{list:?}"
+    );
+}
+
+#[tokio::test]
 async fn answers_out_of_turn_get_clear_errors() {
     let app = spawn_app().await;
     let owner = app.new_user().await;

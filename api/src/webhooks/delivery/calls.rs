@@ -109,7 +109,14 @@ impl Deliveries {
             WebhookOutcome::Failed(_) => DeliveryStatus::Failed,
             _ => DeliveryStatus::Succeeded,
         };
-        let settled = Settled::of(d, &outcome, status, notes_of(&result));
+        // A 2xx whose reply cannot be used is FAILED with no error of its own: the notes say why.
+        let notes = match &result {
+            WebhookOutcome::Failed(reason) if outcome.is_success() => {
+                Some(format!("the reply was not used: {reason}"))
+            }
+            _ => notes_of(&result),
+        };
+        let settled = Settled::of(d, &outcome, status, notes);
         (result, settled)
     }
 
