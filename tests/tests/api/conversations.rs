@@ -225,17 +225,20 @@ async fn a_sync_webhook_reply_without_responses_sets_variables_used_by_texts_and
     );
 }
 
-#[tokio::test]
-async fn a_failing_sync_webhook_lets_the_chat_go_on() {
-    let app = spawn_app().await;
-    let owner = app.new_user().await;
-    let hook = receiver(500, json!({ "error": "boom" })).await;
+/// One conversation through a bot that asks for an order number, calls `hook` synchronously,
+/// then says "Status: {{delivery_status}}.": the conversation's id, the webhook's id, and the
+/// two events after the answer.
+async fn status_after_sync_call(
+    app: &TestApp,
+    owner: &TestUser,
+    hook: &MockServer,
+) -> (String, String, Vec<Value>) {
     let webhook = app
-        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
+        .new_webhook(owner, &format!("{}/hook", hook.uri()))
         .await;
     let bot = published(
-        &app,
-        &owner,
+        app,
+        owner,
         sync_flow(
             &webhook,
             json!([ { "id": "after", "kind": "MESSAGE", "text": "Status: {{delivery_status}}." } ]),
@@ -246,6 +249,15 @@ async fn a_failing_sync_webhook_lets_the_chat_go_on() {
     assert_ok(&app.send_answer(&conv, &token, "A-42").await);
     let mut sub = app.watch(&conv, Some(&token), None, 2).await;
     let events = sub.events(2).await;
+    (conv, webhook, events)
+}
+
+#[tokio::test]
+async fn a_failing_sync_webhook_lets_the_chat_go_on() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let hook = receiver(500, json!({ "error": "boom" })).await;
+    let (_, webhook, events) = status_after_sync_call(&app, &owner, &hook).await;
     assert_eq!(kinds(&events), ["BOT_MESSAGE", "ENDED"]);
     assert_eq!(events[0]["text"], "Status: .");
     let list = app.deliveries(&owner.token, &webhook).await;
@@ -258,22 +270,7 @@ async fn a_sync_webhook_reply_holding_a_nul_character_is_not_used_and_the_chat_g
     let app = spawn_app().await;
     let owner = app.new_user().await;
     let hook = receiver(200, json!({ "delivery_status": "ship\u{0}ped" })).await;
-    let webhook = app
-        .new_webhook(&owner, &format!("{}/hook", hook.uri()))
-        .await;
-    let bot = published(
-        &app,
-        &owner,
-        sync_flow(
-            &webhook,
-            json!([ { "id": "after", "kind": "MESSAGE", "text": "Status: {{delivery_status}}." } ]),
-        ),
-    )
-    .await;
-    let (conv, token) = app.new_conversation(&bot).await;
-    assert_ok(&app.send_answer(&conv, &token, "A-42").await);
-    let mut sub = app.watch(&conv, Some(&token), None, 2).await;
-    let events = sub.events(2).await;
+    let (conv, webhook, events) = status_after_sync_call(&app, &owner, &hook).await;
     assert_eq!(kinds(&events), ["BOT_MESSAGE", "ENDED"]);
     assert_eq!(events[0]["text"], "Status: .");
     let seen = app.conversation(Some(&owner.token), &conv, None).await;
