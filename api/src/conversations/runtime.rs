@@ -219,11 +219,6 @@ fn prefilled(variables: Option<Value>) -> ApiResult<Map<String, Value>> {
         Some(Value::Object(map)) => map,
         Some(_) => return Err(ApiError::bad_input("variables must be a JSON object")),
     };
-    if map_holds_nul(&prefilled) {
-        return Err(ApiError::bad_input(
-            "variables must not contain the NUL character (U+0000)",
-        ));
-    }
     if serde_json::to_vec(&prefilled).map_or(0, |v| v.len()) > MAX_PREFILLED_BYTES {
         return Err(ApiError::bad_input(format!(
             "variables must be at most {MAX_PREFILLED_BYTES} bytes of JSON"
@@ -507,11 +502,6 @@ impl Runtime {
             return Err(ApiError::bad_input(format!(
                 "an answer must be at most {MAX_ANSWER_CHARS} characters"
             )));
-        }
-        if text.contains('\0') {
-            return Err(ApiError::bad_input(
-                "an answer must not contain the NUL character (U+0000)",
-            ));
         }
         let visitor = token_hash(visitor_token.trim());
         let step = Step {
