@@ -37,6 +37,9 @@ enum Scenario {
     /// The results CSV of a bot with N conversations (seeded in the database): time, rows,
     /// server RSS growth; then once filtered by status and time.
     Export,
+    /// `GET /metrics` with N conversations and N deliveries stored (seeded in the database):
+    /// time and server CPU per scrape, every stored gauge checked.
+    Metrics,
     /// Every scenario, one after the other, each on its own server and database.
     All,
 }
@@ -51,6 +54,7 @@ impl Scenario {
             Scenario::SyncWebhook => "sync-webhook",
             Scenario::Abuse => "abuse",
             Scenario::Export => "export",
+            Scenario::Metrics => "metrics",
             Scenario::All => "all",
         }
     }
@@ -67,8 +71,9 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = DbKind::Sqlite)]
     db: DbKind,
     /// Visitors (chat), subscriptions (subscribers), deliveries (deliveries), sockets and
-    /// conversations (abuse), or conversations exported (export); defaults 1,000, 10,000,
-    /// 20,000, 10,000 sockets with 100 conversations, and 100,000.
+    /// conversations (abuse), conversations exported (export), or conversations and
+    /// deliveries stored (metrics); defaults 1,000, 10,000, 20,000, 10,000 sockets with 100
+    /// conversations, 100,000, and 1,000,000.
     #[arg(long)]
     size: Option<usize>,
     /// Clients in parallel: HTTP clients (graphql, default 64), starters (deliveries and
@@ -90,7 +95,8 @@ struct Cli {
     /// Total turns/s offered by the paced phase of chat; default 3,000.
     #[arg(long)]
     rate: Option<f64>,
-    /// Conversations answered to time the fan-out (subscribers); default 1,000.
+    /// Conversations answered to time the fan-out (subscribers), default 1,000; scrapes
+    /// timed (metrics), default 10.
     #[arg(long)]
     sample: Option<usize>,
     /// Admin URL of the PostgreSQL server where a fresh database is made for each run;
@@ -233,6 +239,7 @@ async fn run_one(scenario: Scenario, cli: &Cli, opts: &Opts) -> anyhow::Result<R
         Scenario::SyncWebhook => scenarios::sync_webhook::run(&server, opts).await,
         Scenario::Abuse => scenarios::abuse::run(&server, opts).await,
         Scenario::Export => scenarios::export::run(&server, opts).await,
+        Scenario::Metrics => scenarios::metrics::run(&server, opts).await,
         Scenario::All => Err(anyhow::anyhow!("`all` is not a single scenario")),
     };
     for mut peer in peers {
@@ -302,6 +309,7 @@ async fn main() -> anyhow::Result<()> {
             Scenario::SyncWebhook,
             Scenario::Abuse,
             Scenario::Export,
+            Scenario::Metrics,
         ],
         one => vec![one],
     };

@@ -329,10 +329,14 @@ const JWT_SECRET: &str = "parley-bench-secret-0123456789-abcdefghi";
 /// The key that encrypts the database's secrets (PostgreSQL has no key file).
 const SECRET_KEY: &str = "cGFybGV5LWJlbmNoLWtleS0wMTIzNDU2Nzg5YWJjZGU=";
 
+/// The token `GET /metrics` asks for (the `metrics` scenario scrapes it).
+pub const METRICS_TOKEN: &str = "parley-bench-metrics-token-0123456789";
+
 /// The per-client limits turned off or far out of reach, for every scenario but `abuse`:
 /// their visitors all come from 127.0.0.1, which the limits would take for one client.
 /// Servers that do not know a variable ignore it.
 pub const RELAXED_LIMITS: &[(&str, &str)] = &[
+    ("PARLEY_METRICS_TOKEN", METRICS_TOKEN),
     ("PARLEY_VISITOR_RATE_LIMIT", "0"),
     ("PARLEY_ANSWER_RATE_LIMIT", "0"),
     ("PARLEY_WS_MAX_SOCKETS_PER_CLIENT", "1000000"),

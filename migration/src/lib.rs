@@ -22,6 +22,7 @@ mod m20261129_010000_create_instances;
 mod m20261129_160000_replace_delivery_due_index;
 mod m20261130_100000_replace_sparse_conversation_indexes;
 mod m20261130_113000_narrow_delivery_due_index;
+mod m20261201_080000_add_delivery_failed_index;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -50,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_160000_replace_delivery_due_index::Migration),
             Box::new(m20261130_100000_replace_sparse_conversation_indexes::Migration),
             Box::new(m20261130_113000_narrow_delivery_due_index::Migration),
+            Box::new(m20261201_080000_add_delivery_failed_index::Migration),
         ]
     }
 }

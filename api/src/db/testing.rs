@@ -1,5 +1,5 @@
-//! Test support: a throwaway migrated database.
-use sea_orm::ConnectionTrait as _;
+//! Test support: a throwaway migrated database, and the plan of a query on it.
+use sea_orm::{ConnectionTrait as _, DatabaseBackend, Statement};
 
 use super::Db;
 use crate::settings::DatabaseUrl;
@@ -52,4 +52,54 @@ pub(crate) async fn migrated() -> (Db, impl AsyncFnOnce()) {
         }
     };
     (db, cleanup)
+}
+
+/// The plan the database makes for `query`, one line per step. On PostgreSQL, sequential
+/// scans are off (on a test's near-empty table a scan is cheapest whatever the indexes, so
+/// the plan would not show whether an index can serve the query at all), and the query is
+/// planned as the pool's prepared statements may be, once for any parameters, whose values
+/// then prove nothing about a partial index's condition.
+pub(crate) async fn plan_of(db: &Db, query: Statement) -> String {
+    let tx = db.write().await.expect("a transaction");
+    let backend = tx.tx.get_database_backend();
+    let explain = match backend {
+        DatabaseBackend::Postgres => {
+            tx.tx
+                .execute_unprepared(&format!(
+                    "SET LOCAL enable_seqscan = off; \
+                     SET LOCAL plan_cache_mode = force_generic_plan; \
+                     PREPARE planned AS {}",
+                    query.sql
+                ))
+                .await
+                .expect("the query is prepared");
+            use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder as _};
+            let args: Vec<String> = query
+                .values
+                .iter()
+                .flat_map(|v| v.0.iter())
+                .map(|v| PostgresQueryBuilder.value_to_string(v))
+                .collect();
+            let args = if args.is_empty() {
+                String::new()
+            } else {
+                format!("({})", args.join(", "))
+            };
+            Statement::from_string(backend, format!("EXPLAIN EXECUTE planned{args}"))
+        }
+        _ => Statement {
+            sql: format!("EXPLAIN QUERY PLAN {}", query.sql),
+            ..query
+        },
+    };
+    let column = if backend == DatabaseBackend::Postgres {
+        "QUERY PLAN"
+    } else {
+        "detail"
+    };
+    let rows = tx.tx.query_all_raw(explain).await.expect("the plan");
+    rows.iter()
+        .map(|row| row.try_get::<String>("", column).expect("a plan line"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -104,8 +104,18 @@ pub fn due(now: chrono::DateTime<Utc>) -> Condition {
 /// only, and PostgreSQL's generic plans and SQLite use it only where the query states its
 /// condition so (a bound parameter proves nothing to them).
 pub fn pending() -> sea_orm::sea_query::SimpleExpr {
+    status_is("'PENDING'")
+}
+
+/// `status = 'FAILED'`, spelled with the literal for the index of failed deliveries (see
+/// [`pending`]).
+pub fn failed() -> sea_orm::sea_query::SimpleExpr {
+    status_is("'FAILED'")
+}
+
+fn status_is(literal: &'static str) -> sea_orm::sea_query::SimpleExpr {
     use sea_orm::sea_query::{Expr, ExprTrait as _};
-    Expr::col((delivery::Entity, delivery::Column::Status)).eq(Expr::cust("'PENDING'"))
+    Expr::col((delivery::Entity, delivery::Column::Status)).eq(Expr::cust(literal))
 }
 
 /// The poll's read: ids and webhooks of up to `look` deliveries due at `now`, the longest due

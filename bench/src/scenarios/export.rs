@@ -94,7 +94,7 @@ const ANSWERS: &[Answer] = &[
 ];
 
 /// What the seeded conversations hold; each is derived from its index, but its id.
-struct Plan {
+pub(super) struct Plan {
     ids: Vec<Uuid>,
     account_id: Uuid,
     bot_id: Uuid,
@@ -108,7 +108,13 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(n: usize, account_id: Uuid, bot_id: Uuid, version: i32, fields: Vec<String>) -> Self {
+    pub(super) fn new(
+        n: usize,
+        account_id: Uuid,
+        bot_id: Uuid,
+        version: i32,
+        fields: Vec<String>,
+    ) -> Self {
         let now = Utc::now().trunc_subsecs(0);
         let span = chrono::Duration::seconds(n as i64 * START_SPACING_SECS);
         Self {
@@ -127,7 +133,7 @@ impl Plan {
     }
 
     /// Seven in ten completed, two abandoned, one still active.
-    fn status(&self, i: usize) -> ConversationStatus {
+    pub(super) fn status(&self, i: usize) -> ConversationStatus {
         match i % 10 {
             0..=6 => ConversationStatus::Completed,
             7 | 8 => ConversationStatus::Abandoned,
@@ -230,17 +236,15 @@ impl Plan {
     }
 }
 
-pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
-    let n = opts.size.unwrap_or(DEFAULT_CONVERSATIONS).max(1);
-    let mut report = Report::new(
-        "export",
-        opts.db.name(),
-        json!({ "conversations": n, "questions": QUESTIONS, "rows_per_insert": ROWS_PER_INSERT,
-                "rows_per_transaction": ROWS_PER_TX, "rss_poll_ms": RSS_POLL.as_millis() as u64 }),
-    );
-    let api = Api::sign_up(&server.base).await?;
+/// A bot named `name` with the 5-question flow, published, and the plan of `n` conversations
+/// of it (`Plan::new`): its id and the plan.
+pub(super) async fn published_plan(
+    api: &Api,
+    name: &str,
+    n: usize,
+) -> anyhow::Result<(String, Plan)> {
     let bot = api
-        .published_bot("export", question_flow(QUESTIONS, None))
+        .published_bot(name, question_flow(QUESTIONS, None))
         .await?;
     let body = api
         .gql(
@@ -266,6 +270,19 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
         i32::try_from(version).context("version out of range")?,
         fields,
     );
+    Ok((bot, plan))
+}
+
+pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
+    let n = opts.size.unwrap_or(DEFAULT_CONVERSATIONS).max(1);
+    let mut report = Report::new(
+        "export",
+        opts.db.name(),
+        json!({ "conversations": n, "questions": QUESTIONS, "rows_per_insert": ROWS_PER_INSERT,
+                "rows_per_transaction": ROWS_PER_TX, "rss_poll_ms": RSS_POLL.as_millis() as u64 }),
+    );
+    let api = Api::sign_up(&server.base).await?;
+    let (bot, plan) = published_plan(&api, "export", n).await?;
 
     eprintln!("export: seeding {n} conversations into the database");
     let seeding = seed(server, opts.db, &plan).await?;
@@ -381,7 +398,7 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 }
 
 /// Writes the planned conversations into the server's database; how long it took.
-async fn seed(server: &Server, kind: DbKind, plan: &Plan) -> anyhow::Result<Duration> {
+pub(super) async fn seed(server: &Server, kind: DbKind, plan: &Plan) -> anyhow::Result<Duration> {
     let db = crate::direct::connect(server, kind).await?;
     let started = Instant::now();
     let result = insert_all(&db, plan).await;

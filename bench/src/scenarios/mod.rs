@@ -4,6 +4,7 @@ pub mod chat;
 pub mod deliveries;
 pub mod export;
 pub mod graphql;
+pub mod metrics;
 pub mod subscribers;
 pub mod sync_webhook;
 

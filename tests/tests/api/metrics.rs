@@ -95,6 +95,59 @@ async fn metrics_count_conversations_turns_and_the_outbox() {
 }
 
 #[tokio::test]
+async fn metrics_count_deliveries_pending_succeeded_and_failed_exactly() {
+    let app = spawn_app_with(|s| {
+        s.metrics_token_hash = Some(parley::opaque::token_hash(TOKEN));
+        // A failed async attempt waits an hour for its retry: its delivery stays PENDING.
+        s.delivery.retry_schedule = vec![std::time::Duration::from_secs(3600)];
+    })
+    .await;
+    let owner = app.new_user().await;
+    let up = hook_receiver(204).await;
+    let down = hook_receiver(500).await;
+    let (sent, sent_hook) = async_bot(&app, &owner, &format!("{}/hook", up.uri())).await;
+    let (retried, retried_hook) = async_bot(&app, &owner, &format!("{}/hook", down.uri())).await;
+    // A sync call is not retried: failed at once.
+    let (called, called_hook) = app
+        .published_seed_bot(&owner, &format!("{}/hook", down.uri()), false)
+        .await;
+    for _ in 0..2 {
+        app.new_conversation(&sent).await;
+    }
+    app.new_conversation(&retried).await;
+    let (id, token) = app.new_conversation(&called).await;
+    assert_ok(&app.send_answer(&id, &token, "a@example.com").await);
+    assert_ok(&app.send_answer(&id, &token, "+33 6 12 34 56 78").await);
+    app.wait_deliveries(&owner.token, &sent_hook, |list| {
+        list.len() == 2 && list.iter().all(|d| d["status"] == "SUCCEEDED")
+    })
+    .await;
+    app.wait_deliveries(&owner.token, &retried_hook, |list| {
+        list.len() == 1 && list[0]["status"] == "PENDING" && list[0]["attemptCount"] == 1
+    })
+    .await;
+    app.wait_deliveries(&owner.token, &called_hook, |list| {
+        list.len() == 1 && list[0]["status"] == "FAILED"
+    })
+    .await;
+
+    let text = scrape(&app, Some(TOKEN))
+        .await
+        .text()
+        .await
+        .expect("the metrics text");
+    for (status, n) in [("PENDING", 1.0), ("SUCCEEDED", 2.0), ("FAILED", 1.0)] {
+        assert_eq!(
+            sample(&text, &format!("parley_deliveries{{status=\"{status}\"}}")),
+            Some(n),
+            "{status}"
+        );
+    }
+    // The pending one is due in an hour.
+    assert_eq!(sample(&text, "parley_outbox_due"), Some(0.0));
+}
+
+#[tokio::test]
 async fn a_conversations_delivery_is_handed_to_the_worker_and_sent_without_waiting_for_a_poll() {
     let app = spawn_app_with(|s| {
         s.metrics_token_hash = Some(parley::opaque::token_hash(TOKEN));

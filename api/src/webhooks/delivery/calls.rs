@@ -243,7 +243,7 @@ impl Deliveries {
             .col_expr(delivery::Column::NextAttemptAt, Some(now).into())
             .col_expr(delivery::Column::UpdatedAt, now.into())
             .filter(delivery::Column::WebhookId.eq(webhook_id))
-            .filter(delivery::Column::Status.eq(DeliveryStatus::Failed))
+            .filter(super::failed())
             .filter(delivery::Column::CreatedAt.gte(since))
             .filter(
                 Condition::any()

@@ -4,10 +4,10 @@ use entity::{
     delivery::{self, DeliveryMode, DeliveryStatus},
     delivery_attempt,
 };
-use sea_orm::{ConnectionTrait as _, DatabaseBackend, QueryTrait as _, Statement};
+use sea_orm::QueryTrait as _;
 use uuid::Uuid;
 
-use crate::db::testing::migrated;
+use crate::db::testing::{migrated, plan_of};
 
 #[test]
 fn the_pending_literal_is_the_status_the_entity_stores() {
@@ -227,56 +227,8 @@ async fn the_one_statement_of_successes_writes_what_the_general_path_writes() {
 #[tokio::test]
 async fn the_poll_reads_due_deliveries_through_the_index_of_pending_ones() {
     let (db, cleanup) = migrated().await;
-    let plan = {
-        let tx = db.write().await.expect("a transaction");
-        let backend = tx.tx.get_database_backend();
-        let query = super::candidates(Utc::now(), 400).build(backend);
-        let explain = match backend {
-            DatabaseBackend::Postgres => {
-                // On an empty table a scan is cheapest whatever the indexes: forbid it, so
-                // that the plan shows whether the index can serve the query at all; and
-                // plan it as the pool's prepared statements may be, once for any
-                // parameters, whose values then prove nothing about the index's condition.
-                tx.tx
-                    .execute_unprepared(&format!(
-                        "SET LOCAL enable_seqscan = off; \
-                         SET LOCAL plan_cache_mode = force_generic_plan; \
-                         PREPARE poll AS {}",
-                        query.sql
-                    ))
-                    .await
-                    .expect("the poll is prepared");
-                use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder as _};
-                let args: Vec<String> = query
-                    .values
-                    .iter()
-                    .flat_map(|v| v.0.iter())
-                    .map(|v| PostgresQueryBuilder.value_to_string(v))
-                    .collect();
-                Statement::from_string(
-                    backend,
-                    format!("EXPLAIN EXECUTE poll({})", args.join(", ")),
-                )
-            }
-            _ => Statement {
-                sql: format!("EXPLAIN QUERY PLAN {}", query.sql),
-                ..query
-            },
-        };
-        let rows = tx.tx.query_all_raw(explain).await.expect("the plan");
-        let plan: Vec<String> = rows
-            .iter()
-            .map(|row| {
-                let column = if backend == DatabaseBackend::Postgres {
-                    "QUERY PLAN"
-                } else {
-                    "detail"
-                };
-                row.try_get::<String>("", column).expect("a plan line")
-            })
-            .collect();
-        plan.join("\n")
-    };
+    let backend = db.conn().get_database_backend();
+    let plan = plan_of(&db, super::candidates(Utc::now(), 400).build(backend)).await;
     cleanup().await;
     assert!(
         plan.contains("idx_deliveries_pending_due"),
