@@ -8,6 +8,9 @@ use serde_json::json;
 use super::{Pace, connect_visitors, question_flow, run_phase};
 use crate::{Opts, client::Api, report::Report, server::Server};
 
+/// Questions of the flow: answers per conversation.
+const QUESTIONS: usize = 5;
+
 pub const DEFAULT_VISITORS: usize = 1_000;
 pub const DEFAULT_RATE: f64 = 3_000.0;
 
@@ -19,10 +22,12 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "chat",
         opts.db.name(),
-        json!({ "visitors": visitors_n, "phase_secs": duration.as_secs(), "warmup_secs": warmup.as_secs_f64(), "paced_rate": rate, "questions": 5 }),
+        json!({ "visitors": visitors_n, "phase_secs": duration.as_secs(), "warmup_secs": warmup.as_secs_f64(), "paced_rate": rate, "questions": QUESTIONS, "paced_offsets": "spread over a whole conversation" }),
     );
     let api = Api::sign_up(&server.base).await?;
-    let bot = api.published_bot("chat", question_flow(5, None)).await?;
+    let bot = api
+        .published_bot("chat", question_flow(QUESTIONS, None))
+        .await?;
     let visitors = connect_visitors(server.port, visitors_n, 64).await?;
     eprintln!(
         "chat: {visitors_n} visitors connected; flat-out phase for {duration:?} after {warmup:?} of warm-up"
@@ -69,7 +74,10 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
         &bot,
         warmup,
         duration,
-        Pace::Every(every),
+        Pace::Every {
+            every,
+            answers: QUESTIONS as u32,
+        },
     )
     .await;
     let lat = &paced.stats.latency;

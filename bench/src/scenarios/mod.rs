@@ -89,9 +89,13 @@ impl TurnStats {
 pub enum Pace {
     /// Each visitor answers as soon as the bot asked: the server's ceiling.
     Flat,
-    /// Each visitor answers once per `Duration`, its schedule offset so that the visitors
-    /// together make an even stream.
-    Every(Duration),
+    /// Each visitor answers once per `every`, and a conversation takes `answers` of them.
+    /// The visitors' schedules are offset evenly over a whole conversation (`every ×
+    /// answers`), so that their answers and their conversations' starts both make even
+    /// streams. Offset over one `every` only, the answers were even but every visitor
+    /// started its conversations in the same `every` of each conversation's span: at 1,000
+    /// turns/s, all 1,000 starts in one second of every five.
+    Every { every: Duration, answers: u32 },
 }
 
 /// One visitor's loop: start a conversation, subscribe to its events, answer every
@@ -146,7 +150,7 @@ async fn visitor_loop(
             stats.conversations += 1;
         }
         loop {
-            if let Pace::Every(every) = pace {
+            if let Pace::Every { every, .. } = pace {
                 let now = Instant::now();
                 if next_slot > now {
                     if next_slot >= deadline {
@@ -322,7 +326,7 @@ pub async fn run_phase(
     for (i, v) in visitors.into_iter().enumerate() {
         let offset = match pace {
             Pace::Flat => Duration::ZERO,
-            Pace::Every(every) => every.mul_f64(i as f64 / n as f64),
+            Pace::Every { every, answers } => (every * answers).mul_f64(i as f64 / n as f64),
         };
         tasks.spawn(visitor_loop(
             v,
