@@ -221,8 +221,7 @@ pub fn memory_kb(pid: &str) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// user + system CPU time of one `/proc/<pid>/stat` line, that of its children it has
-/// waited for included, and its command name.
+/// user + system CPU time of one `/proc/<pid>/stat` line, and its command name.
 fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
     let (head, rest) = stat.rsplit_once(')')?;
     let comm = head.split_once('(')?.1;
@@ -233,14 +232,10 @@ fn stat_cpu(stat: &str) -> Option<(&str, f64)> {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    // utime, stime, cutime, cstime.
-    Some((comm, (11..=14).map(tick).sum::<u64>() as f64 / CLOCK_TICKS))
+    Some((comm, (tick(11) + tick(12)) as f64 / CLOCK_TICKS))
 }
 
-/// CPU time of every process named `postgres` (the local database server), with that of
-/// those that have ended: a backend or an autovacuum worker that exits between two samples
-/// leaves the sum, and its time would be taken away from the work measured, but the
-/// postmaster reaps it and counts its time among its children's.
+/// CPU time of every process named `postgres` (the local database server).
 fn postgres_cpu_secs() -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0.0;
