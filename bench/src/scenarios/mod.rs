@@ -309,7 +309,9 @@ pub fn machine_cores(before: &ProcSample, after: &ProcSample) -> f64 {
     }
 }
 
-/// Runs every visitor's loop on `bot` for `warmup` (not counted), then for `duration`.
+/// Runs every visitor's loop on `bot` for `warmup` (not counted), then for `duration`. Paced,
+/// the warm-up lasts at least until the last visitor has begun: before, the stream is thinner
+/// than the rate offered.
 pub async fn run_phase(
     server_pid: &str,
     port: u16,
@@ -320,6 +322,10 @@ pub async fn run_phase(
     pace: Pace,
 ) -> Phase {
     let n = visitors.len().max(1);
+    let warmup = match pace {
+        Pace::Flat => warmup,
+        Pace::Every { every, answers } => warmup.max(every * answers),
+    };
     let measure_from = Instant::now() + warmup;
     let deadline = measure_from + duration;
     let mut tasks = tokio::task::JoinSet::new();
