@@ -42,7 +42,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Delivery `i`'s status: one in fifty failed, one in a thousand pending, the rest succeeded.
 fn delivery_status(i: usize) -> DeliveryStatus {
-    if i % 50 == 0 {
+    if i.is_multiple_of(50) {
         DeliveryStatus::Failed
     } else if i % 1000 == 1 {
         DeliveryStatus::Pending
