@@ -3,8 +3,11 @@
 //! value encodings).
 use std::time::Duration;
 
-use anyhow::Context as _;
-use sea_orm::{ConnectOptions, ConnectionTrait as _, DatabaseConnection};
+use anyhow::{Context as _, ensure};
+use sea_orm::{
+    ActiveModelTrait, ConnectOptions, ConnectionTrait as _, DatabaseConnection, EntityTrait,
+    TransactionTrait as _,
+};
 
 use crate::server::{DbKind, Server};
 
@@ -40,5 +43,40 @@ pub async fn settle(db: &DatabaseConnection, kind: DbKind, table: &str) -> anyho
         }
         DbKind::Postgres => db.execute_unprepared(&format!("ANALYZE {table}")).await?,
     };
+    Ok(())
+}
+
+/// Rows per INSERT: at most 14 columns × 500 = 7,000 bound values, under SQLite's 32,766 and
+/// PostgreSQL's 65,535.
+pub const ROWS_PER_INSERT: usize = 500;
+/// Rows per transaction: few enough commits that they cost nothing next to the inserts.
+pub const ROWS_PER_TX: usize = 10_000;
+
+/// Inserts rows `0..n`, each made by `row`, with multi-row INSERTs of [`ROWS_PER_INSERT`] in
+/// transactions of [`ROWS_PER_TX`]; fails unless every row was inserted. `what` names the
+/// rows in errors.
+pub async fn insert_rows<A: ActiveModelTrait>(
+    db: &DatabaseConnection,
+    n: usize,
+    what: &str,
+    row: impl Fn(usize) -> A,
+) -> anyhow::Result<()> {
+    for tx_start in (0..n).step_by(ROWS_PER_TX) {
+        let tx = db.begin().await?;
+        let tx_end = (tx_start + ROWS_PER_TX).min(n);
+        for start in (tx_start..tx_end).step_by(ROWS_PER_INSERT) {
+            let end = (start + ROWS_PER_INSERT).min(tx_end);
+            let inserted = A::Entity::insert_many((start..end).map(&row))
+                .exec_without_returning(&tx)
+                .await
+                .with_context(|| format!("cannot insert {what} {start}..{end}"))?;
+            ensure!(
+                inserted == (end - start) as u64,
+                "{inserted} {what} inserted, not {}",
+                end - start
+            );
+        }
+        tx.commit().await?;
+    }
     Ok(())
 }

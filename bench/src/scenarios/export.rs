@@ -18,8 +18,7 @@ use chrono::{DateTime, SubsecRound as _, Utc};
 use entity::conversation::{self, ConversationStatus};
 use futures_util::StreamExt as _;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait as _, DatabaseConnection, EntityTrait as _, PaginatorTrait as _,
-    QueryFilter as _, TransactionTrait as _,
+    ActiveValue::Set, ColumnTrait as _, EntityTrait as _, PaginatorTrait as _, QueryFilter as _,
 };
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -28,6 +27,7 @@ use super::{Memory, RssWatch, question_flow};
 use crate::{
     Opts,
     client::{Api, data},
+    direct::{ROWS_PER_INSERT, ROWS_PER_TX, insert_rows},
     report::Report,
     server::{DbKind, ProcSample, Server, mb, proc_delta, round3},
 };
@@ -40,11 +40,6 @@ const RSS_GOAL_MB: f64 = 50.0;
 /// How often the server's RSS is read while it exports: a page of rows lives for a few ms.
 const RSS_POLL: Duration = Duration::from_millis(10);
 
-/// Rows per INSERT: 11 columns × 500 = 5,500 bound values, under SQLite's 32,766 and
-/// PostgreSQL's 65,535.
-const ROWS_PER_INSERT: usize = 500;
-/// Rows per transaction: few enough commits that they cost nothing next to the inserts.
-const ROWS_PER_TX: usize = 10_000;
 /// Questions of the flow, one result field each.
 const QUESTIONS: usize = 5;
 /// Seconds between the starts of two seeded conversations.
@@ -401,7 +396,7 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 pub(super) async fn seed(server: &Server, kind: DbKind, plan: &Plan) -> anyhow::Result<Duration> {
     let db = crate::direct::connect(server, kind).await?;
     let started = Instant::now();
-    let result = insert_all(&db, plan).await;
+    let result = insert_rows(&db, plan.len(), "conversations", |i| plan.row(i)).await;
     let elapsed = started.elapsed();
     let settled = async {
         result?;
@@ -419,28 +414,6 @@ pub(super) async fn seed(server: &Server, kind: DbKind, plan: &Plan) -> anyhow::
     .await;
     let _ = db.close().await;
     settled.map(|()| elapsed)
-}
-
-async fn insert_all(db: &DatabaseConnection, plan: &Plan) -> anyhow::Result<()> {
-    let n = plan.len();
-    for tx_start in (0..n).step_by(ROWS_PER_TX) {
-        let tx = db.begin().await?;
-        let tx_end = (tx_start + ROWS_PER_TX).min(n);
-        for start in (tx_start..tx_end).step_by(ROWS_PER_INSERT) {
-            let end = (start + ROWS_PER_INSERT).min(tx_end);
-            let inserted = conversation::Entity::insert_many((start..end).map(|i| plan.row(i)))
-                .exec_without_returning(&tx)
-                .await
-                .with_context(|| format!("cannot insert conversations {start}..{end}"))?;
-            ensure!(
-                inserted == (end - start) as u64,
-                "{inserted} rows inserted, not {}",
-                end - start
-            );
-        }
-        tx.commit().await?;
-    }
-    Ok(())
 }
 
 /// One export as the client saw it.

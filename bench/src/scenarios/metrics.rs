@@ -15,7 +15,7 @@ use entity::{
     conversation::ConversationStatus,
     delivery::{self, DeliveryMode, DeliveryStatus},
 };
-use sea_orm::{ActiveValue::Set, ConnectionTrait as _, EntityTrait as _, TransactionTrait as _};
+use sea_orm::{ActiveValue::Set, ConnectionTrait as _};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -26,6 +26,7 @@ use super::{
 use crate::{
     Opts,
     client::Api,
+    direct::insert_rows,
     report::Report,
     server::{DbKind, METRICS_TOKEN, Server, round3},
 };
@@ -34,9 +35,6 @@ use crate::{
 pub const DEFAULT_ROWS: usize = 1_000_000;
 /// Scrapes timed by default (`--sample`).
 const DEFAULT_SCRAPES: usize = 10;
-/// Rows per INSERT and per transaction, as in `export`.
-const ROWS_PER_INSERT: usize = 500;
-const ROWS_PER_TX: usize = 10_000;
 /// Longest a scrape may take before the scenario gives up on it.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -134,40 +132,27 @@ async fn seed_deliveries(
     let started = Instant::now();
     let now = chrono::Utc::now();
     let tomorrow = now + chrono::Duration::days(1);
-    for tx_start in (0..n).step_by(ROWS_PER_TX) {
-        let tx = db.begin().await?;
-        let tx_end = (tx_start + ROWS_PER_TX).min(n);
-        for start in (tx_start..tx_end).step_by(ROWS_PER_INSERT) {
-            let end = (start + ROWS_PER_INSERT).min(tx_end);
-            delivery::Entity::insert_many((start..end).map(|i| {
-                let status = delivery_status(i);
-                delivery::ActiveModel {
-                    id: Set(Uuid::now_v7()),
-                    account_id: Set(account),
-                    webhook_id: Set(webhook),
-                    conversation_id: Set(None),
-                    block_id: Set(Some("hook".to_owned())),
-                    mode: Set(DeliveryMode::Async),
-                    status: Set(status),
-                    payload: Set(payload(i)),
-                    attempt_count: Set(if status == DeliveryStatus::Pending {
-                        0
-                    } else {
-                        1
-                    }),
-                    next_attempt_at: Set((status == DeliveryStatus::Pending).then_some(tomorrow)),
-                    claimed_until: Set(None),
-                    claimed_by: Set(None),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                }
-            }))
-            .exec_without_returning(&tx)
-            .await
-            .with_context(|| format!("cannot insert deliveries {start}..{end}"))?;
+    insert_rows(&db, n, "deliveries", |i| {
+        let status = delivery_status(i);
+        let pending = status == DeliveryStatus::Pending;
+        delivery::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            account_id: Set(account),
+            webhook_id: Set(webhook),
+            conversation_id: Set(None),
+            block_id: Set(Some("hook".to_owned())),
+            mode: Set(DeliveryMode::Async),
+            status: Set(status),
+            payload: Set(payload(i)),
+            attempt_count: Set(if pending { 0 } else { 1 }),
+            next_attempt_at: Set(pending.then_some(tomorrow)),
+            claimed_until: Set(None),
+            claimed_by: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
         }
-        tx.commit().await?;
-    }
+    })
+    .await?;
     let took = started.elapsed();
     match kind {
         DbKind::Sqlite => crate::direct::settle(&db, kind, "deliveries").await?,

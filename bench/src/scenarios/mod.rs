@@ -322,18 +322,17 @@ pub async fn run_phase(
     pace: Pace,
 ) -> Phase {
     let n = visitors.len().max(1);
-    let warmup = match pace {
-        Pace::Flat => warmup,
-        Pace::Every { every, answers } => warmup.max(every * answers),
+    // What the visitors' starts are spread over.
+    let span = match pace {
+        Pace::Flat => Duration::ZERO,
+        Pace::Every { every, answers } => every * answers,
     };
+    let warmup = warmup.max(span);
     let measure_from = Instant::now() + warmup;
     let deadline = measure_from + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for (i, v) in visitors.into_iter().enumerate() {
-        let offset = match pace {
-            Pace::Flat => Duration::ZERO,
-            Pace::Every { every, answers } => (every * answers).mul_f64(i as f64 / n as f64),
-        };
+        let offset = span.mul_f64(i as f64 / n as f64);
         tasks.spawn(visitor_loop(
             v,
             port,
