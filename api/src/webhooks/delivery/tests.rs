@@ -10,16 +10,21 @@ use uuid::Uuid;
 use crate::db::testing::{migrated, plan_of};
 
 #[test]
-fn the_pending_literal_is_the_status_the_entity_stores() {
+fn the_pending_and_failed_literals_are_the_statuses_the_entity_stores() {
     use sea_orm::ActiveEnum as _;
-    let sql = sea_orm::sea_query::Query::select()
-        .expr(super::pending())
-        .to_string(sea_orm::sea_query::PostgresQueryBuilder);
-    let stored = super::DeliveryStatus::Pending.to_value();
-    assert!(
-        sql.contains(&format!("'{stored}'")),
-        "{sql} does not test for {stored}"
-    );
+    for (test, status) in [
+        (super::pending(), DeliveryStatus::Pending),
+        (super::failed(), DeliveryStatus::Failed),
+    ] {
+        let sql = sea_orm::sea_query::Query::select()
+            .expr(test)
+            .to_string(sea_orm::sea_query::PostgresQueryBuilder);
+        let stored = status.to_value();
+        assert!(
+            sql.contains(&format!("'{stored}'")),
+            "{sql} does not test for {stored}"
+        );
+    }
 }
 
 /// An account, a webhook failing since an hour ago, and `n` deliveries of it in `mode`,
