@@ -54,6 +54,23 @@ pub(crate) async fn migrated() -> (Db, impl AsyncFnOnce()) {
     (db, cleanup)
 }
 
+/// A new account, stored, made at `at`: tenant data needs one.
+pub(crate) async fn account(db: &Db, at: chrono::DateTime<chrono::Utc>) -> entity::account::Model {
+    use sea_orm::{ActiveModelTrait as _, IntoActiveModel as _};
+    let account = entity::account::Model {
+        id: uuid::Uuid::now_v7(),
+        name: "Test Co".into(),
+        created_at: at,
+    };
+    account
+        .clone()
+        .into_active_model()
+        .insert(db.conn())
+        .await
+        .expect("account");
+    account
+}
+
 /// The plan the database makes for `query`, one line per step. On PostgreSQL, sequential
 /// scans are off (on a test's near-empty table a scan is cheapest whatever the indexes, so
 /// the plan would not show whether an index can serve the query at all), and the query is

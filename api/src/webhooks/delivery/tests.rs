@@ -34,20 +34,10 @@ async fn claimed_deliveries(
     mode: DeliveryMode,
     n: usize,
 ) -> Vec<delivery::Model> {
-    use entity::{account, webhook};
+    use entity::webhook;
     use sea_orm::{ActiveModelTrait as _, IntoActiveModel as _};
     let now = Utc::now();
-    let account = account::Model {
-        id: Uuid::now_v7(),
-        name: "Test Co".into(),
-        created_at: now,
-    };
-    account
-        .clone()
-        .into_active_model()
-        .insert(db.conn())
-        .await
-        .expect("account");
+    let account = crate::db::testing::account(db, now).await;
     let hook = webhook::Model {
         id: Uuid::now_v7(),
         account_id: account.id,

@@ -47,7 +47,7 @@ fn if_changed(insert: Statement) -> Result<Statement, DbErr> {
 #[cfg(test)]
 mod tests {
     use chrono::{DateTime, SubsecRound as _, Utc};
-    use entity::{account, bot, conversation, conversation_event};
+    use entity::{bot, conversation, conversation_event};
     use sea_orm::{
         ActiveModelTrait as _, EntityTrait as _, IntoActiveModel as _, PaginatorTrait as _,
     };
@@ -77,17 +77,7 @@ mod tests {
 
     /// A conversation stored at `last_seq` 2, as of `at`.
     async fn stored_conversation(db: &Db, at: DateTime<Utc>) -> conversation::Model {
-        let account = account::Model {
-            id: Uuid::now_v7(),
-            name: "Test Co".into(),
-            created_at: at,
-        };
-        account
-            .clone()
-            .into_active_model()
-            .insert(db.conn())
-            .await
-            .expect("account");
+        let account = crate::db::testing::account(db, at).await;
         let bot = bot::Model {
             id: Uuid::now_v7(),
             account_id: account.id,
