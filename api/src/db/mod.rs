@@ -274,8 +274,7 @@ impl Db {
     /// On SQLite, runs `statements` (a write prepared in full whose outcome is in the rows it
     /// returns, as an `UPDATE … RETURNING` that applies only if its row holds what was
     /// expected) in the writer's next batch, in a call of its own; how many rows they
-    /// returned, once committed. They must fail only with the database: they take no
-    /// savepoint, and their failure undoes the batch. `None` on PostgreSQL.
+    /// returned, once committed. `None` on PostgreSQL.
     pub async fn write_counted(&self, statements: Vec<Statement>) -> Option<Result<usize, DbErr>> {
         match &self.steps {
             Steps::Grouped(group) => {
