@@ -13,18 +13,13 @@
 //! is not a job of its own: the writes of that kind waiting one after the other go to the
 //! connection together, under one savepoint, in one call. Each hop to sqlx's thread and back
 //! is two context switches, which on this kind of machine cost more than the statements.
-//! Such a write with nothing else waiting (the common case below saturation) goes in one
-//! call with its BEGIN and COMMIT: one hop where a batch takes three, and a turn's latency
-//! is mostly those hops, each a wake-up that may wait behind every other runnable thread.
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt as _, future::BoxFuture};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
     TransactionTrait,
-    sqlx::{self, AssertSqlSafe, SqlitePool},
 };
-use sea_query_sqlx::SqlxValues;
 use tokio::sync::{mpsc, oneshot};
 
 use super::deferred::joined;
@@ -49,12 +44,7 @@ enum Work {
 
 struct Prepared {
     statements: Vec<Statement>,
-    /// Whether the write is told how many rows its statements return (its outcome, as an
-    /// `UPDATE … RETURNING` that applies only if its row holds what was expected). The rows
-    /// of one call cannot be told apart, so such a write never shares a call with another.
-    counted: bool,
-    /// The rows its statements returned (counted writes; 0 for the others), once committed.
-    reply: oneshot::Sender<Result<usize, DbErr>>,
+    reply: oneshot::Sender<Result<(), DbErr>>,
 }
 
 /// What running a job leaves behind.
@@ -78,10 +68,9 @@ impl GroupWriter {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
-        let pool = writer.get_sqlite_connection_pool().clone();
         std::thread::Builder::new()
             .name("parley-db-writer".into())
-            .spawn(move || rt.block_on(run(writer, pool, rx)))?;
+            .spawn(move || rt.block_on(run(writer, rx)))?;
         Ok(Self { jobs })
     }
 
@@ -113,23 +102,12 @@ impl GroupWriter {
     /// next batch's transaction, with the prepared writes waiting next to them: together
     /// under one savepoint, or, if that fails, each under its own. Whether they committed.
     pub(super) async fn run_statements(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
-        self.prepared(statements, false).await.map(|_| ())
-    }
-
-    /// Like [`Self::run_statements`], in a call of its own (see [`Prepared::counted`]): how
-    /// many rows the statements returned, once committed.
-    pub(super) async fn run_counted(&self, statements: Vec<Statement>) -> Result<usize, DbErr> {
-        self.prepared(statements, true).await
-    }
-
-    async fn prepared(&self, statements: Vec<Statement>, counted: bool) -> Result<usize, DbErr> {
         let (reply, result) = oneshot::channel();
-        let write = Prepared {
-            statements,
-            counted,
-            reply,
-        };
-        if self.jobs.send(Work::Statements(write)).is_err() {
+        if self
+            .jobs
+            .send(Work::Statements(Prepared { statements, reply }))
+            .is_err()
+        {
             return Err(stopped());
         }
         result.await.map_err(|_| dropped())?
@@ -197,111 +175,62 @@ fn batch_failed(e: &DbErr) -> DbErr {
     DbErr::Custom(format!("the write was not committed: {e}"))
 }
 
-async fn run(writer: DatabaseConnection, pool: SqlitePool, mut rx: mpsc::UnboundedReceiver<Work>) {
+async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Work>) {
     while let Some(first) = rx.recv().await {
-        let first = match first {
-            Work::Statements(p) if rx.is_empty() => match alone(&pool, p).await {
-                None => continue,
-                Some(p) => Work::Statements(p),
-            },
-            work => work,
-        };
-        batch(&writer, first, &mut rx).await;
-    }
-}
-
-/// Writes `p`, the only work waiting, in one call that begins and commits its transaction.
-/// `Some(p)` if that failed: whatever the call left open is undone, and `p` goes in a batch,
-/// which tells its own failure from the database's (and says why).
-async fn alone(pool: &SqlitePool, p: Prepared) -> Option<Prepared> {
-    // The connection is held across both calls: the pool's other users (`Db::write`) must
-    // never find it inside this write's transaction.
-    let Ok(mut conn) = pool.acquire().await else {
-        return Some(p);
-    };
-    let commit = Statement::from_string(DbBackend::Sqlite, "COMMIT");
-    let call = joined(
-        DbBackend::Sqlite,
-        Some("BEGIN"),
-        p.statements.iter().cloned().chain([commit]),
-    );
-    let values = call.values.unwrap_or(sea_orm::Values(Vec::new()));
-    let rows = sqlx::query_with(AssertSqlSafe(call.sql), SqlxValues(values))
-        .fetch_all(&mut *conn)
-        .await;
-    match rows {
-        Ok(rows) => {
-            crate::metrics::write_batch(1);
-            let _ = p.reply.send(Ok(if p.counted { rows.len() } else { 0 }));
-            None
-        }
-        Err(_) => {
-            // A statement's failure leaves the transaction open; some failures end it in
-            // SQLite itself, and then ROLLBACK fails too: the connection is dropped rather
-            // than trusted, and the pool opens another.
-            if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                conn.close_on_drop();
-            }
-            Some(p)
-        }
-    }
-}
-
-/// Runs `first` and the work waiting after it in one transaction.
-async fn batch(writer: &DatabaseConnection, first: Work, rx: &mut mpsc::UnboundedReceiver<Work>) {
-    let mut dones: Vec<Done> = Vec::new();
-    let tx = writer.begin().await;
-    let mut next = Some(first);
-    let mut poisoned = false;
-    // Prepared writes waiting to go together, before the next job (order is kept).
-    let mut prepared: Vec<Prepared> = Vec::new();
-    let mut savepoints = 0;
-    let mut taken = 0;
-    while let Some(work) = next.take() {
-        taken += 1;
-        match work {
-            Work::Statements(p) => prepared.push(p),
-            Work::Job(job) => {
-                if !prepared.is_empty() {
-                    poisoned |= write_prepared(
-                        &tx,
-                        std::mem::take(&mut prepared),
-                        &mut dones,
-                        &mut savepoints,
-                    )
-                    .await;
-                }
-                let step = match &tx {
-                    Ok(_) if poisoned => {
-                        let e = poisoned_batch();
-                        unwound(job(Err(&e))).await
+        let mut dones: Vec<Done> = Vec::new();
+        let tx = writer.begin().await;
+        let mut next = Some(first);
+        let mut poisoned = false;
+        // Prepared writes waiting to go together, before the next job (order is kept).
+        let mut prepared: Vec<Prepared> = Vec::new();
+        let mut savepoints = 0;
+        let mut taken = 0;
+        while let Some(work) = next.take() {
+            taken += 1;
+            match work {
+                Work::Statements(p) => prepared.push(p),
+                Work::Job(job) => {
+                    if !prepared.is_empty() {
+                        poisoned |= write_prepared(
+                            &tx,
+                            std::mem::take(&mut prepared),
+                            &mut dones,
+                            &mut savepoints,
+                        )
+                        .await;
                     }
-                    Ok(tx) => unwound(job(Ok(tx))).await,
-                    Err(e) => unwound(job(Err(e))).await,
-                };
-                poisoned |= step.poisoned;
-                dones.push(step.done);
+                    let step = match &tx {
+                        Ok(_) if poisoned => {
+                            let e = poisoned_batch();
+                            unwound(job(Err(&e))).await
+                        }
+                        Ok(tx) => unwound(job(Ok(tx))).await,
+                        Err(e) => unwound(job(Err(e))).await,
+                    };
+                    poisoned |= step.poisoned;
+                    dones.push(step.done);
+                }
+            }
+            // Work that came while this ran joins the batch, up to its bound.
+            if taken < MAX_BATCH && !poisoned && tx.is_ok() {
+                next = rx.try_recv().ok();
             }
         }
-        // Work that came while this ran joins the batch, up to its bound.
-        if taken < MAX_BATCH && !poisoned && tx.is_ok() {
-            next = rx.try_recv().ok();
+        if !prepared.is_empty() {
+            poisoned |= write_prepared(&tx, prepared, &mut dones, &mut savepoints).await;
         }
-    }
-    if !prepared.is_empty() {
-        poisoned |= write_prepared(&tx, prepared, &mut dones, &mut savepoints).await;
-    }
-    crate::metrics::write_batch(dones.len());
-    let outcome = match tx {
-        Ok(tx) if poisoned => {
-            let _ = tx.rollback().await;
-            Some(poisoned_batch())
+        crate::metrics::write_batch(dones.len());
+        let outcome = match tx {
+            Ok(tx) if poisoned => {
+                let _ = tx.rollback().await;
+                Some(poisoned_batch())
+            }
+            Ok(tx) => tx.commit().await.err(),
+            Err(e) => Some(e),
+        };
+        for done in dones {
+            done(outcome.as_ref());
         }
-        Ok(tx) => tx.commit().await.err(),
-        Err(e) => Some(e),
-    };
-    for done in dones {
-        done(outcome.as_ref());
     }
 }
 
@@ -335,12 +264,11 @@ fn poisoned_batch() -> DbErr {
     DbErr::Custom("a write of the batch could not be undone alone".into())
 }
 
-/// Writes `prepared` in `tx`, in order: each run of writes not counted (see
-/// [`Prepared::counted`]) as [`write_together`] does, each counted write in a call of its own
-/// under its own savepoint. Pushes how to report each; true if the transaction can no longer
-/// be trusted (a savepoint could not be undone: SQLite may have rolled the whole transaction
-/// back itself), and then every write not yet reported is told so. `savepoints` numbers the
-/// batch's savepoints.
+/// Writes `prepared` in `tx`: all in one call under one savepoint, or, if that fails, each
+/// in a call of its own under its own savepoint (one's failure undoes only its own writes).
+/// Pushes how to report each; true if the transaction can no longer be trusted (a savepoint
+/// could not be undone: SQLite may have rolled the whole transaction back itself), and then
+/// every write not yet reported is told so. `savepoints` numbers the batch's savepoints.
 async fn write_prepared(
     tx: &Result<DatabaseTransaction, DbErr>,
     prepared: Vec<Prepared>,
@@ -354,37 +282,11 @@ async fn write_prepared(
             return false;
         }
     };
-    let mut left = prepared.into_iter().peekable();
-    while let Some(first) = left.next() {
-        let mut run = vec![first];
-        if !run[0].counted {
-            while let Some(p) = left.next_if(|p| !p.counted) {
-                run.push(p);
-            }
-        }
-        if write_together(tx, run, dones, savepoints).await {
-            dones.extend(left.map(|p| refused(p, poisoned_batch())));
-            return true;
-        }
-    }
-    false
-}
-
-/// Writes `prepared` in `tx`: all in one call under one savepoint, or, if that fails, each
-/// in a call of its own under its own savepoint (one's failure undoes only its own writes).
-/// Pushes how to report each; true if the transaction can no longer be trusted, and then
-/// every write not yet reported is told so.
-async fn write_together(
-    tx: &DatabaseTransaction,
-    prepared: Vec<Prepared>,
-    dones: &mut Vec<Done>,
-    savepoints: &mut u32,
-) -> bool {
     if prepared.len() > 1 {
         let all = prepared.iter().flat_map(|p| p.statements.iter().cloned());
         match saved(tx, all, savepoints).await {
-            Ok(_) => {
-                dones.extend(prepared.into_iter().map(|p| committed(p, 0)));
+            Ok(()) => {
+                dones.extend(prepared.into_iter().map(committed));
                 return false;
             }
             Err((_, false)) => {
@@ -398,10 +300,7 @@ async fn write_together(
     let mut left = prepared.into_iter();
     while let Some(p) = left.next() {
         match saved(tx, p.statements.iter().cloned(), savepoints).await {
-            Ok(rows) => {
-                let rows = if p.counted { rows } else { 0 };
-                dones.push(committed(p, rows));
-            }
+            Ok(()) => dones.push(committed(p)),
             Err((e, true)) => dones.push(refused(p, e)),
             Err((e, false)) => {
                 dones.push(refused(p, e));
@@ -418,12 +317,12 @@ async fn write_together(
 /// should the SAVEPOINT itself fail, the ROLLBACK TO fails too (and the batch is undone),
 /// where with a shared name it would undo an earlier write of the batch that was told it
 /// succeeded. The names start over with each batch, so that the same writes make the same
-/// text (which sqlx prepares once and keeps). The rows the statements returned, if they ran.
+/// text (which sqlx prepares once and keeps).
 async fn saved(
     tx: &DatabaseTransaction,
     statements: impl Iterator<Item = Statement>,
     savepoints: &mut u32,
-) -> Result<usize, (DbErr, bool)> {
+) -> Result<(), (DbErr, bool)> {
     let name = format!("parley_w{savepoints}");
     *savepoints += 1;
     let call = joined(
@@ -431,8 +330,8 @@ async fn saved(
         Some(&format!("SAVEPOINT {name}")),
         statements,
     );
-    match tx.query_all_raw(call).await {
-        Ok(rows) => Ok(rows.len()),
+    match tx.execute_raw(call).await {
+        Ok(_) => Ok(()),
         Err(e) => {
             let undone = tx.execute_unprepared(&format!("ROLLBACK TO {name}")).await;
             Err((e, undone.is_ok()))
@@ -446,11 +345,10 @@ fn refused(p: Prepared, e: DbErr) -> Done {
     })
 }
 
-/// `rows`: what a counted write is told its statements returned.
-fn committed(p: Prepared, rows: usize) -> Done {
+fn committed(p: Prepared) -> Done {
     Box::new(move |commit| {
         let _ = p.reply.send(match commit {
-            None => Ok(rows),
+            None => Ok(()),
             Some(e) => Err(batch_failed(e)),
         });
     })
@@ -643,86 +541,6 @@ mod tests {
         assert!(kept.is_ok(), "{kept:?}");
         let rows = stored(&db).await;
         assert_eq!(rows, [2]);
-        drop(db);
-        let _ = std::fs::remove_file(path);
-    }
-
-    #[tokio::test]
-    async fn a_lone_write_that_fails_is_undone_says_why_and_leaves_no_transaction_open() {
-        let (db, path) = scratch_db().await;
-        db.write_deferred(insert_of(&[1]))
-            .await
-            .expect("SQLite groups its writes")
-            .expect("written");
-        // Alone (nothing else is waiting): its first insert is written, its second fails.
-        let failed = db
-            .write_deferred(insert_of(&[2, 1]))
-            .await
-            .expect("SQLite groups its writes");
-        let e = failed.expect_err("a duplicate key fails the write");
-        assert!(e.to_string().contains("UNIQUE"), "{e}");
-        // The pool's one writing connection is shared with `Db::write`: a transaction left
-        // open there would make this BEGIN fail.
-        let tx = db.write().await.expect("a transaction begins");
-        insert(&tx, 3).await.expect("inserted");
-        tx.commit().await.expect("committed");
-        db.write_deferred(insert_of(&[4]))
-            .await
-            .expect("SQLite groups its writes")
-            .expect("written");
-        assert_eq!(stored(&db).await, [1, 3, 4]);
-        drop(db);
-        let _ = std::fs::remove_file(path);
-    }
-
-    fn counted_insert(n: i64) -> Vec<Statement> {
-        // Inserts n, unless it is there: returns a row only if it inserted.
-        vec![Statement::from_sql_and_values(
-            sea_orm::DbBackend::Sqlite,
-            "INSERT INTO t (n) SELECT ? WHERE NOT EXISTS (SELECT 1 FROM t WHERE n = ?) RETURNING n",
-            [n.into(), n.into()],
-        )]
-    }
-
-    #[tokio::test]
-    async fn counted_writes_are_told_their_own_rows_alone_or_in_a_batch() {
-        let (db, path) = scratch_db().await;
-        // Alone.
-        let first = db.write_counted(counted_insert(5)).await.expect("SQLite");
-        assert_eq!(first.expect("written"), 1);
-        let again = db.write_counted(counted_insert(5)).await.expect("SQLite");
-        assert_eq!(again.expect("written"), 0);
-        // Many at once, among plain prepared writes: every even n twice, so that one of
-        // each pair inserts and the other finds it there.
-        let mut writes = Vec::new();
-        for i in 0..80_i64 {
-            let db = db.clone();
-            writes.push(tokio::spawn(async move {
-                if i % 4 == 3 {
-                    let plain = db.write_deferred(insert_of(&[1_000 + i])).await;
-                    (i, plain.expect("SQLite").map(|()| None))
-                } else {
-                    let n = 100 + i / 2 * 2;
-                    let counted = db.write_counted(counted_insert(n)).await;
-                    (n, counted.expect("SQLite").map(Some))
-                }
-            }));
-        }
-        let mut told: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
-        for write in writes {
-            let (n, written) = write.await.expect("the task runs");
-            if let Some(rows) = written.expect("written") {
-                told.entry(n).or_default().push(rows);
-            }
-        }
-        for (n, rows) in &told {
-            let mut rows = rows.clone();
-            rows.sort_unstable();
-            let expected: &[usize] = if rows.len() == 2 { &[0, 1] } else { &[1] };
-            assert_eq!(rows, expected, "n = {n}: exactly one write inserted it");
-        }
-        let stored = stored(&db).await;
-        assert_eq!(stored.len(), 1 + told.len() + 20);
         drop(db);
         let _ = std::fs::remove_file(path);
     }

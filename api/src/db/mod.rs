@@ -271,22 +271,6 @@ impl Db {
         }
     }
 
-    /// On SQLite, runs `statements` (a write prepared in full whose outcome is in the rows it
-    /// returns, as an `UPDATE … RETURNING` that applies only if its row holds what was
-    /// expected) in the writer's next batch, in a call of its own; how many rows they
-    /// returned, once committed. `None` on PostgreSQL.
-    pub async fn write_counted(&self, statements: Vec<Statement>) -> Option<Result<usize, DbErr>> {
-        match &self.steps {
-            Steps::Grouped(group) => {
-                let began = std::time::Instant::now();
-                let result = group.run_counted(statements).await;
-                crate::metrics::write_wait(began.elapsed());
-                Some(result)
-            }
-            Steps::Own(_) => None,
-        }
-    }
-
     /// PostgreSQL: runs `task` on the thread where steps run, with that thread's pool (a
     /// socket's readiness is reported by the runtime that opened it, so a task that writes
     /// for many steps belongs there). False on SQLite, whose steps share the writer's

@@ -50,7 +50,6 @@ use crate::{
 use super::turn::{event_row, insert_events, row_update};
 use statement::Said;
 
-mod sqlite;
 mod statement;
 
 /// What became of a turn offered to the quick path.
@@ -453,21 +452,6 @@ impl Runtime {
             return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
                 "a quick turn on SQLite cannot queue deliveries"
             ))));
-        }
-        if let Some(expect) = expect
-            && unless.is_empty()
-        {
-            // An answer that needs no read in the transaction: statements prepared in full,
-            // which the writer may send in one call with its BEGIN and COMMIT.
-            let statements = sqlite::answer(row, expect, &events).map_err(Undone::from)?;
-            return match self.db.write_counted(statements).await {
-                Some(Ok(0)) => Ok((Wrote::Changed, events)),
-                Some(Ok(_)) => Ok((Wrote::Written, events)),
-                Some(Err(e)) => Err(Undone::from(e)),
-                None => Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
-                    "SQLite steps have no writer thread"
-                )))),
-            };
         }
         let write = self.db.write_grouped_unsaved(move |tx| {
             Box::pin(async move {

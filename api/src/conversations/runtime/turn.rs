@@ -129,7 +129,7 @@ pub(super) async fn insert_events(
 }
 
 /// The insert of `events`, to run now ([`insert_events`]) or with a step's other inserts.
-pub(super) fn events_insert(
+fn events_insert(
     events: &[conversation_event::Model],
 ) -> sea_orm::InsertMany<conversation_event::ActiveModel> {
     conversation_event::Entity::insert_many(
