@@ -25,7 +25,7 @@ pub use deferred::Deferred;
 /// writer's backstop seldom runs: with one checkpoint a second, at 1,000 turns/s the WAL
 /// passed the backstop about once a second, and the commit that found it so copied up to a
 /// second of pages and fsynced while every write waited behind it (5–25 ms, 1–2 % of the
-/// turns); the paced chat's p99 was 8–10 ms, and 1.5–2.3 ms with a checkpoint every 100 ms.
+/// turns); the paced chat's p99 was 8 ms, and 1.7–1.9 ms with a checkpoint every 100 ms.
 /// A checkpoint that finds nothing to copy costs next to nothing.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
