@@ -36,12 +36,35 @@ pub async fn connect(server: &Server, kind: DbKind) -> anyhow::Result<DatabaseCo
 /// Leaves `table` ready for the server's queries after a bulk insert: the WAL folded in on
 /// SQLite, fresh statistics on PostgreSQL.
 pub async fn settle(db: &DatabaseConnection, kind: DbKind, table: &str) -> anyhow::Result<()> {
+    settle_with(db, kind, "ANALYZE", table).await
+}
+
+/// Like [`settle`], and on PostgreSQL `table` VACUUMed too, as autovacuum leaves a table that
+/// has lived a while: its visibility map set, so that a count can be answered from an index
+/// alone. Right after a bulk insert none is, and a count visits every row whatever the index.
+pub async fn settle_vacuumed(
+    db: &DatabaseConnection,
+    kind: DbKind,
+    table: &str,
+) -> anyhow::Result<()> {
+    settle_with(db, kind, "VACUUM ANALYZE", table).await
+}
+
+async fn settle_with(
+    db: &DatabaseConnection,
+    kind: DbKind,
+    postgres: &str,
+    table: &str,
+) -> anyhow::Result<()> {
     match kind {
         DbKind::Sqlite => {
             db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
                 .await?
         }
-        DbKind::Postgres => db.execute_unprepared(&format!("ANALYZE {table}")).await?,
+        DbKind::Postgres => {
+            db.execute_unprepared(&format!("{postgres} {table}"))
+                .await?
+        }
     };
     Ok(())
 }

@@ -15,7 +15,7 @@ use entity::{
     conversation::ConversationStatus,
     delivery::{self, DeliveryMode, DeliveryStatus},
 };
-use sea_orm::{ActiveValue::Set, ConnectionTrait as _};
+use sea_orm::ActiveValue::Set;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -154,17 +154,8 @@ async fn seed_deliveries(
     })
     .await?;
     let took = started.elapsed();
-    match kind {
-        DbKind::Sqlite => crate::direct::settle(&db, kind, "deliveries").await?,
-        // As autovacuum leaves tables that have lived a while: their visibility maps set, so
-        // that a count can be answered from an index alone. Right after a bulk insert none
-        // is, and each count would visit every row wherever it started.
-        DbKind::Postgres => {
-            db.execute_unprepared("VACUUM ANALYZE conversations")
-                .await?;
-            db.execute_unprepared("VACUUM ANALYZE deliveries").await?;
-        }
-    }
+    crate::direct::settle_vacuumed(&db, kind, "conversations").await?;
+    crate::direct::settle_vacuumed(&db, kind, "deliveries").await?;
     let _ = db.close().await;
     Ok(took)
 }
