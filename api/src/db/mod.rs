@@ -20,6 +20,17 @@ mod turns;
 
 pub use deferred::Deferred;
 
+/// Whether the database itself refused a statement, which then rolled back whole: written
+/// again (one row at a time, say), nothing of it is written twice. Any other failure (a
+/// connection lost, a reply that did not read) may have come after the commit.
+pub fn refused_by_server(e: &DbErr) -> bool {
+    match e {
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e.as_database_error().is_some(),
+        _ => false,
+    }
+}
+
 /// How often SQLite's WAL is copied back into the database file (see
 /// [`Db::run_checkpointer`]). Often enough that the WAL restarts under steady load and the
 /// writer's backstop seldom runs: with one checkpoint a second, at 1,000 turns/s the WAL

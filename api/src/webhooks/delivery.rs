@@ -478,7 +478,7 @@ impl Deliveries {
                     // The claim lapses and the delivery is sent again: at least once, never
                     // lost.
                     tracing::error!(error.cause = ?e, delivery.id = %shared[0].delivery.id, "cannot record a webhook attempt");
-                } else {
+                } else if refused_whole(&e) {
                     // One bad row (a delivery deleted with its webhook meanwhile) must not
                     // fail the others: record them one by one.
                     tracing::warn!(error.cause = ?e, count = shared.len(), "cannot record webhook attempts together; recording them one by one");
@@ -488,6 +488,11 @@ impl Deliveries {
                             tracing::error!(error.cause = ?e, delivery.id = %one[0].delivery.id, "cannot record a webhook attempt");
                         }
                     }
+                } else {
+                    // A lost connection or an unread reply may have come after the commit:
+                    // recorded again, each attempt would count twice. Unrecorded, their
+                    // claims lapse and the deliveries are sent again: at least once.
+                    tracing::error!(error.cause = ?e, count = shared.len(), "webhook attempts recorded together may or may not have been recorded");
                 }
             }
             // Finished attempts made room for the due deliveries the last poll left behind.
@@ -798,6 +803,12 @@ fn notes_of(outcome: &WebhookOutcome) -> Option<String> {
         })
         .collect();
     (!skipped.is_empty()).then(|| skipped.join("; "))
+}
+
+/// Whether recording a batch failed with nothing of it written (the database refused it,
+/// see [`crate::db::refused_by_server`]), so that it may be recorded again in parts.
+fn refused_whole(e: &ApiError) -> bool {
+    matches!(e, ApiError::Internal(e) if e.downcast_ref::<sea_orm::DbErr>().is_some_and(crate::db::refused_by_server))
 }
 
 mod calls;

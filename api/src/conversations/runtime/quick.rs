@@ -654,7 +654,7 @@ async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
                 let _ = p.reply.send(outcome(&written, &p.write));
             }
         }
-        Err(e) if batch.len() > 1 && refused_by_server(&e) => {
+        Err(e) if batch.len() > 1 && crate::db::refused_by_server(&e) => {
             crate::metrics::quick_batch_failed();
             tracing::warn!(error.cause = ?e, turns = batch.len(), "cannot write quick turns together; writing them one by one");
             futures_util::stream::iter(batch)
@@ -677,15 +677,6 @@ async fn write_batch(pool: &DatabaseConnection, batch: Vec<Pending>) {
                 let _ = p.reply.send(Err(e.clone()));
             }
         }
-    }
-}
-
-/// Whether PostgreSQL itself refused the statement, which then rolled back whole.
-fn refused_by_server(e: &DbErr) -> bool {
-    match e {
-        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
-        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e.as_database_error().is_some(),
-        _ => false,
     }
 }
 

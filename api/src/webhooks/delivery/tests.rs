@@ -230,3 +230,35 @@ async fn the_poll_reads_due_deliveries_through_the_index_of_pending_ones() {
         "the poll does not use the index of pending deliveries:\n{plan}"
     );
 }
+
+#[tokio::test]
+async fn only_a_batch_the_database_refused_is_recorded_again_in_parts() {
+    use sea_orm::{ConnectionTrait as _, DbErr, RuntimeErr};
+
+    use crate::error::ApiError;
+    let (db, cleanup) = migrated().await;
+    let refused = db
+        .conn()
+        .execute_unprepared("INSERT INTO delivery_attempts_that_do_not_exist VALUES (1)")
+        .await
+        .expect_err("the table does not exist");
+    cleanup().await;
+    assert!(
+        super::refused_whole(&ApiError::from(refused)),
+        "a statement the database refused rolled back whole and may be written in parts"
+    );
+    // What fails after the statement was sent may have come after its commit.
+    for unknown in [
+        DbErr::Conn(RuntimeErr::Internal("connection reset by peer".into())),
+        DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::ConnectionClosed),
+        DbErr::Custom("the writer is gone".into()),
+    ] {
+        assert!(
+            !super::refused_whole(&ApiError::from(unknown)),
+            "recorded again after a failure that may follow the commit"
+        );
+    }
+    assert!(!super::refused_whole(&ApiError::NotFound(
+        "a delivery".into()
+    )));
+}
