@@ -244,7 +244,7 @@ async fn only_a_batch_the_database_refused_is_recorded_again_in_parts() {
         .expect_err("the table does not exist");
     cleanup().await;
     assert!(
-        super::refused_whole(&ApiError::from(refused)),
+        super::recorder::refused_whole(&ApiError::from(refused)),
         "a statement the database refused rolled back whole and may be written in parts"
     );
     // What fails after the statement was sent may have come after its commit.
@@ -254,11 +254,11 @@ async fn only_a_batch_the_database_refused_is_recorded_again_in_parts() {
         DbErr::Custom("the writer is gone".into()),
     ] {
         assert!(
-            !super::refused_whole(&ApiError::from(unknown)),
+            !super::recorder::refused_whole(&ApiError::from(unknown)),
             "recorded again after a failure that may follow the commit"
         );
     }
-    assert!(!super::refused_whole(&ApiError::NotFound(
+    assert!(!super::recorder::refused_whole(&ApiError::NotFound(
         "a delivery".into()
     )));
 }
