@@ -348,7 +348,7 @@ impl Runtime {
             // A webhook deleted on another instance since it was kept here (or, rarely, the
             // bot deleted since its version was checked): the full step reads them.
             Err(Undone::Failed(ApiError::Internal(e)))
-                if queued_any && super::is_foreign_key_violation(&e) =>
+                if queued_any && super::start::is_foreign_key_violation(&e) =>
             {
                 tracing::info!(conversation.id = %new.id, error.cause = ?e, "a start on webhooks kept here named one gone; taking the full step");
                 self.hooks.forget();
