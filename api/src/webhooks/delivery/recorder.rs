@@ -69,7 +69,8 @@ impl Deliveries {
                     }
                 } else {
                     // A lost connection or an unread reply may have come after the commit:
-                    // recorded again, each attempt would count twice. Unrecorded, their
+                    // recorded again, each attempt would count twice. (And with no connection
+                    // to be had, each of them would wait for one in turn.) Unrecorded, their
                     // claims lapse and the deliveries are sent again: at least once.
                     tracing::error!(error.cause = ?e, count = shared.len(), "webhook attempts recorded together may or may not have been recorded");
                 }
