@@ -27,6 +27,11 @@ pub const DEFAULT_DELIVERIES: usize = 20_000;
 pub const DEFAULT_CONCURRENCY: usize = 64;
 /// The server's per-webhook delivery concurrency (`DeliverySettings::per_webhook_concurrency`).
 const SERVER_PER_WEBHOOK: usize = 8;
+/// Deliveries end to end against the plain loop, as issue #12 asks (6× Svix's 0.016); the
+/// first bench set half the plain loop, a goal no issue took up.
+const END_TO_END_GOAL: f64 = 0.1;
+/// The outbox alone against the plain loop, as issue #12 asks.
+const OUTBOX_GOAL: f64 = 0.25;
 /// Give up when no delivery arrives for this long.
 const STALL: Duration = Duration::from_secs(30);
 
@@ -164,7 +169,13 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
         let limit = plain_rate(&url, body.clone(), k, c).await?;
         let limit_8 = plain_rate(&url, body, k, SERVER_PER_WEBHOOK).await?;
 
-        report.target("deliveries/s", rate, "deliv/s", ">=", limit * 0.5);
+        report.target(
+            "deliveries/s",
+            rate,
+            "deliv/s",
+            ">=",
+            limit * END_TO_END_GOAL,
+        );
         report.metric("delivered", delivered as f64, "");
         report.metric(
             "startConversation errors (retried)",
@@ -221,7 +232,13 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
             limit,
             "req/s",
         );
-        report.target("ratio to the plain limit", rate / limit, "x", ">=", 0.5);
+        report.target(
+            "ratio to the plain limit",
+            rate / limit,
+            "x",
+            ">=",
+            END_TO_END_GOAL,
+        );
         report.metric(
             format!("plain reqwest at concurrency {SERVER_PER_WEBHOOK}"),
             limit_8,
@@ -232,7 +249,7 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
             outbox_rate / limit,
             "x",
             ">=",
-            0.25,
+            OUTBOX_GOAL,
         );
         report.metric(
             "server CPU",
