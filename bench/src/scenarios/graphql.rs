@@ -1,8 +1,9 @@
 //! `graphql`: requests/s and p99 of `{ me { id } }` and of `{ __typename }`, with C keep-alive
 //! clients for D seconds each after a warm-up; then the same load against a bare actix-web
-//! handler in the bench process returning the same bytes. For `me`, every client is its own
-//! user with its own login token, so the server's per-token and per-session caches hold C
-//! entries, as with C users, instead of one that every request hits.
+//! handler in the bench process returning the same bytes; then `me` on both in turn, in
+//! interleaved slices, so that the machine's speed of the moment weighs on both alike. For
+//! `me`, every client is its own user with its own login token, so the server's per-token and
+//! per-session caches hold C entries, as with C users, instead of one that every request hits.
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -19,6 +20,8 @@ pub const DEFAULT_CLIENTS: usize = 64;
 
 /// The `me` ratio to bare actix that issue #12 asks for.
 const ME_RATIO_GOAL: f64 = 0.6;
+/// Slices of the interleaved `me` comparison, half on parley and half on the bare handler.
+const INTERLEAVED_SLICES: usize = 6;
 
 /// What one load run measured after its warm-up.
 pub struct Load {
@@ -205,6 +208,7 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
     let bare_me = me_clients[0].1.clone();
     let bare = start_bare(bare_me.clone(), typename_answer.body.clone())?;
     let mut bare_runs = Vec::new();
+    let mut interleaved = None;
     let bare_result = async {
         let me_reqs: Vec<(Vec<u8>, Vec<u8>)> = tokens
             .iter()
@@ -230,6 +234,7 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
             );
             bare_runs.push(l);
         }
+        interleaved = Some(interleave(server, &me_clients, bare.port, &me_reqs, opts).await?);
         Ok::<_, anyhow::Error>(())
     }
     .await;
@@ -279,6 +284,32 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
             report.note(format!("{name}: first error: {e}"));
         }
     }
+    if let Some((parley, bare)) = interleaved {
+        let (p, b) = (parley.rate(), bare.rate());
+        report.detail(
+            "interleaved_me",
+            json!({ "slices": INTERLEAVED_SLICES, "parley": parley.json(), "bare": bare.json() }),
+        );
+        report.metric("me, interleaved: requests/s", p, "req/s");
+        report.metric("me, interleaved: bare actix requests/s", b, "req/s");
+        report.metric(
+            "me, interleaved: errors",
+            (parley.errors + bare.errors) as f64,
+            "",
+        );
+        report.target(
+            "me, interleaved: ratio to bare actix",
+            p / b.max(1e-9),
+            "x",
+            ">=",
+            ME_RATIO_GOAL,
+        );
+        report.note(format!(
+            "me, interleaved: {INTERLEAVED_SLICES} slices of a sixth of the phase each, parley and \
+             the bare handler in turn (P B B P P B), each after a warm-up of a tenth of a slice; the machine's \
+             speed of the moment weighs on both sides alike"
+        ));
+    }
     report.note(format!(
         "me: {clients} users, one login token per client; the bare handler gets the same \
          requests (same tokens) and answers with the first user's bytes"
@@ -288,4 +319,66 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
          and shares the 2 cores with the load driver, as the server does",
     );
     Ok(report)
+}
+
+/// `me` on parley and on the bare handler in turn, [`INTERLEAVED_SLICES`] slices in all
+/// (P B B P P B), each a sixth of the phase after a warm-up of a tenth of a slice; the
+/// requests and time of each side's slices, summed. The two sides run minutes apart in the
+/// main runs, and this machine's speed moves by a tenth within a minute: in turn, both see it.
+async fn interleave(
+    server: &Server,
+    parley: &[(Vec<u8>, Vec<u8>)],
+    bare_port: u16,
+    bare: &[(Vec<u8>, Vec<u8>)],
+    opts: &Opts,
+) -> anyhow::Result<(Slices, Slices)> {
+    let slice = opts.phase() / INTERLEAVED_SLICES as u32;
+    let warmup = slice / 10;
+    eprintln!(
+        "graphql: me on parley and the bare handler in turn, {INTERLEAVED_SLICES} slices of {slice:?}"
+    );
+    let (mut on_parley, mut on_bare) = (Slices::default(), Slices::default());
+    for pair in 0..INTERLEAVED_SLICES / 2 {
+        // P B, B P, P B: each side first as often as can be.
+        let parley_first = pair % 2 == 0;
+        for side_is_parley in [parley_first, !parley_first] {
+            if side_is_parley {
+                let l = load(server.port, parley, warmup, slice, &server.pid()).await?;
+                on_parley.add(&l);
+            } else {
+                let l = load(bare_port, bare, warmup, slice, "self").await?;
+                on_bare.add(&l);
+            }
+        }
+    }
+    Ok((on_parley, on_bare))
+}
+
+/// Requests and time summed over slices.
+#[derive(Default)]
+struct Slices {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+}
+
+impl Slices {
+    fn add(&mut self, l: &Load) {
+        self.requests += l.requests;
+        self.errors += l.errors;
+        self.elapsed += l.elapsed;
+    }
+
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "requests": self.requests,
+            "errors": self.errors,
+            "elapsed_secs": self.elapsed.as_secs_f64(),
+            "requests_per_sec": self.rate(),
+        })
+    }
 }
