@@ -1,7 +1,7 @@
 //! `graphql`: requests/s and p99 of `{ me { id } }` and of `{ __typename }`, with C keep-alive
 //! clients for D seconds each after a warm-up; then the same load against a bare actix-web
 //! handler in the bench process returning the same bytes; then `me` on both in turn, in
-//! interleaved slices, so that the machine's speed of the moment weighs on both alike. For
+//! interleaved slices, so that a change in the machine's speed between phases falls on both. For
 //! `me`, every client is its own user with its own login token, so the server's per-token and
 //! per-session caches hold C entries, as with C users, instead of one that every request hits.
 use std::time::{Duration, Instant};
@@ -306,8 +306,9 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
         );
         report.note(format!(
             "me, interleaved: {INTERLEAVED_SLICES} slices of a sixth of the phase each, parley and \
-             the bare handler in turn (P B B P P B), each after a warm-up of a tenth of a slice; the machine's \
-             speed of the moment weighs on both sides alike"
+             the bare handler in turn (P B B P P B), each after a warm-up of a tenth of a slice; \
+             a change in the machine's speed between phases falls on both sides (the spread \
+             within a slice remains)"
         ));
     }
     report.note(format!(
@@ -324,7 +325,9 @@ pub async fn run(server: &Server, opts: &Opts) -> anyhow::Result<Report> {
 /// `me` on parley and on the bare handler in turn, [`INTERLEAVED_SLICES`] slices in all
 /// (P B B P P B), each a sixth of the phase after a warm-up of a tenth of a slice; the
 /// requests and time of each side's slices, summed. The two sides run minutes apart in the
-/// main runs, and this machine's speed moves by a tenth within a minute: in turn, both see it.
+/// main runs, and this machine's speed moved by a tenth within a minute. In turn, such a drift
+/// falls on both; it did not remove the spread of the ratio (0.583–0.683 for one binary,
+/// BENCHMARKS.md).
 async fn interleave(
     server: &Server,
     parley: &[(Vec<u8>, Vec<u8>)],
