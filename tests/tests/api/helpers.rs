@@ -196,7 +196,12 @@ pub async fn start_on(db: TestDb, settings: Settings) -> TestApp {
     TestApp {
         addr: format!("http://127.0.0.1:{port}"),
         port,
-        client: reqwest::Client::new(),
+        // Idle connections are dropped before the server's keep-alive (5 s) ends them: a
+        // request sent on one the server is closing at that moment fails (IncompleteMessage).
+        client: reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .build()
+            .expect("an HTTP client"),
         settings,
         server: Some(server),
         handle,
