@@ -85,6 +85,43 @@ async fn me_without_a_token_is_unauthenticated() {
     );
 }
 
+#[tokio::test]
+async fn an_authorization_header_that_is_not_a_token_is_refused_as_such_not_taken_for_no_token() {
+    let app = spawn_app().await;
+    let me_with = |value: &'static [u8]| {
+        let req = app
+            .client
+            .post(format!("{}/graphql", app.addr))
+            .header(
+                "authorization",
+                reqwest::header::HeaderValue::from_bytes(value).expect("a header value"),
+            )
+            .json(&json!({ "query": "{ me { id } }" }));
+        async move {
+            let body: serde_json::Value =
+                req.send().await.expect("sent").json().await.expect("JSON");
+            assert_error(&body, "UNAUTHENTICATED");
+            body["errors"][0]["message"]
+                .as_str()
+                .expect("a message")
+                .to_owned()
+        }
+    };
+    // Bytes that are not UTF-8 (allowed in a header as obs-text) and text that is not ASCII:
+    // each is a caller's mistake, to be named, not a request without credentials.
+    let not_text = me_with(b"Bearer \xff\xfe").await;
+    assert!(not_text.contains("Bearer <token>"), "{not_text}");
+    let not_ascii = me_with("Bearer t\u{f6}ken".as_bytes()).await;
+    assert!(not_ascii.contains("token is invalid"), "{not_ascii}");
+    let anonymous = app.gql_anon("{ me { id } }", json!({})).await;
+    assert!(
+        anonymous["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("log in first")),
+        "{anonymous}"
+    );
+}
+
 fn forge(header: serde_json::Value, claims: serde_json::Value, signature: &str) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     format!(
