@@ -62,16 +62,45 @@ pub(super) struct GroupWriter {
 }
 
 impl GroupWriter {
-    /// Starts the writer thread over `writer`, the pool of SQLite's one writing connection.
-    pub(super) fn start(writer: DatabaseConnection) -> std::io::Result<Self> {
+    /// Starts the writer thread, which opens the pool of SQLite's one writing connection with
+    /// `open`; that pool, once open, shared with the rest of the server.
+    ///
+    /// The thread is held on one core, and opens the connection itself so that sqlx's worker
+    /// thread for it, which every statement goes to and comes back from, starts there too (a
+    /// thread inherits the cores of the thread that starts it). Each of those hops wakes the
+    /// other thread; on a VM a thread woken on another core waited for the host, about 36 µs
+    /// a round trip on the machine of BENCHMARKS.md's `3163055` section, against 4 µs on the
+    /// same core, and half the server's CPU went to switching threads when few visitors chat.
+    pub(super) async fn start<F, Fut>(open: F) -> anyhow::Result<(Self, DatabaseConnection)>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<DatabaseConnection>>,
+    {
         let (jobs, rx) = mpsc::unbounded_channel();
+        let (opened_tx, opened) = oneshot::channel();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
         std::thread::Builder::new()
             .name("parley-db-writer".into())
-            .spawn(move || rt.block_on(run(writer, rx)))?;
-        Ok(Self { jobs })
+            .spawn(move || {
+                hold_on_one_core();
+                rt.block_on(async move {
+                    match open().await {
+                        Ok(writer) => {
+                            // The caller may have given up waiting: then nothing writes.
+                            if opened_tx.send(Ok(writer.clone())).is_ok() {
+                                run(writer, rx).await;
+                            }
+                        }
+                        Err(e) => drop(opened_tx.send(Err(e))),
+                    }
+                });
+            })?;
+        let writer = opened
+            .await
+            .map_err(|_| anyhow::anyhow!("the database writer thread stopped while opening"))??;
+        Ok((Self { jobs }, writer))
     }
 
     /// Runs `f` in the next batch's transaction under a savepoint of its own; its result once
@@ -173,6 +202,19 @@ fn fail<T: Send + 'static, E: Send + 'static>(
 /// `DbErr` is not `Clone`: every job of a failed batch gets its own copy of the cause.
 fn batch_failed(e: &DbErr) -> DbErr {
     DbErr::Custom(format!("the write was not committed: {e}"))
+}
+
+/// Holds the calling thread on the last core it may run on, if it may run on more than one.
+fn hold_on_one_core() {
+    let Some(last) = core_affinity::get_core_ids().and_then(|ids| ids.into_iter().last()) else {
+        return;
+    };
+    if !core_affinity::set_for_current(last) {
+        tracing::warn!(
+            core = last.id,
+            "cannot hold the database writer thread on one core"
+        );
+    }
 }
 
 async fn run(writer: DatabaseConnection, mut rx: mpsc::UnboundedReceiver<Work>) {
@@ -385,6 +427,58 @@ mod tests {
             .iter()
             .map(|r| r.try_get::<i64>("", "n").expect("n"))
             .collect()
+    }
+
+    /// The cores each thread of this process whose name starts with `prefix` may run on, as
+    /// `/proc` lists them (`Cpus_allowed_list`).
+    fn cores_of_threads(prefix: &str) -> Vec<String> {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|task| {
+                let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                if !name.starts_with(prefix) {
+                    return None;
+                }
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                    .map(|cores| cores.trim().to_owned())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_writer_thread_and_its_connections_sqlx_worker_are_held_on_one_core() {
+        let Some(last) = core_affinity::get_core_ids()
+            .filter(|ids| ids.len() > 1)
+            .and_then(|ids| ids.last().map(|c| c.id.to_string()))
+        else {
+            // On one core there is nothing to hold.
+            return;
+        };
+        let (db, path) = scratch_db().await;
+        db.write_grouped(move |tx| Box::pin(async move { insert(tx, 1).await }))
+            .await
+            .expect("the write commits");
+        // Every writer of this test process holds its thread on the same core, the last.
+        let writers = cores_of_threads("parley-db-write");
+        assert!(
+            !writers.is_empty() && writers.iter().all(|cores| *cores == last),
+            "writer threads' cores: {writers:?}, expected {last}"
+        );
+        // sqlx's worker of the writer's connection started from the writer thread, so it has
+        // the writer's core; the readers' workers may run anywhere.
+        let workers = cores_of_threads("sqlx-sqlite-wor");
+        assert!(
+            workers.contains(&last),
+            "no sqlx worker is held on core {last}: {workers:?}"
+        );
+        drop(db);
+        let _ = std::fs::remove_file(path);
     }
 
     #[tokio::test]

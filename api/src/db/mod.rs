@@ -97,9 +97,12 @@ impl Db {
             DatabaseKind::Sqlite => {
                 let conn = Self::pool(url, 8, false).await?;
                 // The writer checkpoints only as a backstop: see `run_checkpointer`.
-                let writer = Self::pool(url, 1, true).await?;
-                let group = group::GroupWriter::start(writer.clone())
-                    .context("cannot start the database writer thread")?;
+                let writer_url = url.clone();
+                let (group, writer) = group::GroupWriter::start(move || async move {
+                    Self::pool(&writer_url, 1, true).await
+                })
+                .await
+                .context("cannot start the database writer thread")?;
                 (conn, writer, Steps::Grouped(group))
             }
             DatabaseKind::Postgres => {
