@@ -120,9 +120,9 @@ const MAX_CACHED_QUERY: usize = 16 * 1024;
 ///
 /// The same extension puts `extensions.code` on errors raised by async-graphql itself, and
 /// makes its refusals of costly queries name the limit. It is one extension, not one per
-/// concern: as soon as a schema has any, async-graphql resolves every field of every response
-/// through their chain (a boxed future per extension and field), and creates and drops each of
-/// them per request.
+/// concern: async-graphql creates and drops each of them per request. It does not wrap the
+/// resolution of fields ([`Extension::wraps_resolve`], patched into `vendor/async-graphql`), so
+/// fields are resolved directly, not each through a chain of boxed futures.
 struct Hooks {
     documents: Arc<HotCache<DocumentText, Parsed>>,
     /// The cost limit that a refusal names (`PARLEY_MAX_QUERY_COST`).
@@ -477,6 +477,11 @@ impl Extension for HooksFor {
         next: NextSubscribe<'_>,
     ) -> BoxStream<'s, Response> {
         next.run(ctx, stream).map(with_codes).boxed()
+    }
+
+    /// Fields are not wrapped: each is resolved directly, not through a chain that passes it on.
+    fn wraps_resolve(&self) -> bool {
+        false
     }
 
     async fn prepare_request(

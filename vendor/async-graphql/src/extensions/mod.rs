@@ -445,6 +445,13 @@ pub trait Extension: Sync + Send + 'static {
     ) -> ServerResult<Option<Value>> {
         next.run(ctx, info).await
     }
+
+    /// Whether this extension overrides [`Extension::resolve`] (patched in by Parley, see
+    /// `PATCHED.md`). When no extension of a request does, each field is resolved directly,
+    /// as with no extension at all, instead of through a chain that only passes it on.
+    fn wraps_resolve(&self) -> bool {
+        true
+    }
 }
 
 /// Extension factory
@@ -484,9 +491,10 @@ impl Extensions {
         self.query_data = Some(data);
     }
 
+    /// Whether any extension wraps each field's resolution (patched in, see `PATCHED.md`).
     #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.extensions.is_empty()
+    pub(crate) fn wrap_resolve(&self) -> bool {
+        self.extensions.iter().any(|e| e.wraps_resolve())
     }
 
     #[inline]

@@ -188,7 +188,8 @@ pub(crate) async fn do_resolve_container<'a>(
         Err(e) => ctx.add_error(e),
     };
 
-    if parallel {
+    // Patched (see PATCHED.md): one field needs no set to run it beside others.
+    if parallel && futures.len() > 1 {
         let mut set = FuturesUnordered::new();
         set.extend(futures);
         while let Some(field) = set.next().await {
@@ -242,7 +243,7 @@ impl<'a> Fields<'a> {
                             let field_name = ctx_field.item.node.response_key().node.clone();
                             let extensions = &ctx.query_env.extensions;
 
-                            if extensions.is_empty() && field.node.directives.is_empty() {
+                            if !extensions.wrap_resolve() && field.node.directives.is_empty() {
                                 Ok((
                                     field_name,
                                     root.resolve_field(&ctx_field).await?.unwrap_or_default(),
