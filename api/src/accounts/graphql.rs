@@ -9,7 +9,7 @@ use crate::{
     accounts::AccountAccess,
     audit::{self, AuditEntry},
     auth::{person, viewer, viewer_session},
-    edge::client::ClientAddr,
+    edge::caller,
     error::ApiError,
     error::ApiResult,
     ids::{parse_id, to_id},
@@ -301,7 +301,7 @@ impl AccountsMutation {
         input: SignUpInput,
     ) -> async_graphql::Result<AuthPayload> {
         let st = state(ctx)?;
-        st.limiters.login_from(ctx.data_opt::<ClientAddr>())?;
+        st.limiters.login_from(caller::client(ctx))?;
         let user = service::sign_up(
             &st.db,
             &st.passwords,
@@ -326,7 +326,7 @@ impl AccountsMutation {
             &st.db,
             &st.passwords,
             &st.limiters,
-            ctx.data_opt::<ClientAddr>(),
+            caller::client(ctx),
             &email,
             &password,
         )
@@ -398,7 +398,7 @@ impl AccountsMutation {
         let st = state(ctx)?;
         let me = person(ctx)?;
         // Password guesses cost like log-ins: the same per-address budget.
-        st.limiters.login_from(ctx.data_opt::<ClientAddr>())?;
+        st.limiters.login_from(caller::client(ctx))?;
         service::change_password(
             &st.db,
             &st.passwords,

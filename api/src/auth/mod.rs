@@ -76,13 +76,10 @@ pub fn person(ctx: &Context<'_>) -> ApiResult<Uuid> {
 
 /// The logged-in user's session of a GraphQL request, or `UNAUTHENTICATED`.
 pub fn viewer_session(ctx: &Context<'_>) -> ApiResult<Viewer> {
-    ctx.data_opt::<Auth>()
-        .unwrap_or(&Auth::Anonymous)
-        .viewer()
-        .copied()
+    crate::edge::caller::auth(ctx).viewer().copied()
 }
 
 /// The logged-in user of a GraphQL request, or `UNAUTHENTICATED`.
 pub fn viewer(ctx: &Context<'_>) -> ApiResult<Uuid> {
-    ctx.data_opt::<Auth>().unwrap_or(&Auth::Anonymous).user_id()
+    crate::edge::caller::auth(ctx).user_id()
 }

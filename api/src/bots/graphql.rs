@@ -13,7 +13,7 @@ use super::{
 use crate::{
     accounts::{AccountAccess, graphql::Account, service as accounts},
     auth::viewer,
-    edge::origin::RequestOrigin,
+    edge::caller,
     error::{ApiError, Found as _, Problem},
     ids::{parse_id, to_id},
     state::state,
@@ -322,7 +322,7 @@ impl BotsQuery {
         let Ok(id) = parse_id(&id, "bot") else {
             return Ok(None);
         };
-        let bot = appearance::public_bot(st.db.conn(), id, ctx.data_opt::<RequestOrigin>()).await?;
+        let bot = appearance::public_bot(st.db.conn(), id, caller::origin(ctx)).await?;
         Ok(bot.map(PublicBot))
     }
 }

@@ -24,7 +24,7 @@ use crate::{
         graphql::Bot,
         service as bots,
     },
-    edge::{client::ClientAddr, origin::RequestOrigin},
+    edge::{caller, origin::RequestOrigin},
     engine::model::QuestionType,
     error::{ApiError, ApiResult, Found as _},
     events::{Notice, SharedEvent},
@@ -330,7 +330,7 @@ impl ConversationsQuery {
         visitor_token: Option<String>,
     ) -> async_graphql::Result<Option<Conversation>> {
         let st = state(ctx)?;
-        let auth = ctx.data_opt::<Auth>().cloned().unwrap_or(Auth::Anonymous);
+        let auth = caller::auth(ctx).clone();
         let Ok(id) = parse_id(&id, "conversation") else {
             return Ok(None);
         };
@@ -339,7 +339,7 @@ impl ConversationsQuery {
         } else {
             Reader::Team
         };
-        let origin = ctx.data_opt::<RequestOrigin>();
+        let origin = caller::origin(ctx);
         let conv = authorize(st, &auth, origin, id, visitor_token.as_deref())
             .await
             .found()?;
@@ -363,7 +363,7 @@ impl ConversationsMutation {
     ) -> async_graphql::Result<VisitorSession> {
         let st = state(ctx)?;
         let bot_id = parse_id(&bot_id, "bot")?;
-        let origin = ctx.data_opt::<RequestOrigin>();
+        let origin = caller::origin(ctx);
         // A bot this instance started conversations on lately needs no read: the start's
         // write checks that its version is still the published one. Unless the request's
         // origin can be refused: then the bot's list decides.
@@ -381,7 +381,7 @@ impl ConversationsMutation {
                 )
             }
         };
-        st.limiters.start_from(ctx.data_opt::<ClientAddr>())?;
+        st.limiters.start_from(caller::client(ctx))?;
         let session = st.runtime.start(on, variables.map(|v| v.0)).await?;
         Ok(VisitorSession {
             conversation_id: to_id(session.conversation_id),
@@ -400,7 +400,7 @@ impl ConversationsMutation {
         let st = state(ctx)?;
         let id = parse_id(&conversation_id, "conversation")?;
         // Only a browser on another website has anything to check (see `RequestOrigin::allows`).
-        if let Some(origin) = ctx.data_opt::<RequestOrigin>().filter(|o| o.restricts()) {
+        if let Some(origin) = caller::origin(ctx).filter(|o| o.restricts()) {
             let conv = st.runtime.visitors_conversation(id, &visitor_token).await?;
             visitor_origin(st, Some(origin), &conv).await?;
         }
@@ -425,7 +425,7 @@ impl ConversationsSubscription {
         #[graphql(default = 0)] after_seq: i32,
     ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<ChatEvent>>> {
         let st = state(ctx)?.clone();
-        let auth = ctx.data_opt::<Auth>().cloned().unwrap_or(Auth::Anonymous);
+        let auth = caller::auth(ctx).clone();
         let id = parse_id(&conversation_id, "conversation")?;
         // A team member's watch lasts as long as their access; a visitor's as their token.
         // The checks' futures are boxed: async-graphql keeps this resolver's future inline in
@@ -435,7 +435,7 @@ impl ConversationsSubscription {
             Some(_) => None,
             None => Some(Box::pin(active_viewer(&st, &auth)).await?),
         };
-        let origin = ctx.data_opt::<RequestOrigin>();
+        let origin = caller::origin(ctx);
         let conv = match visitor_token.as_deref() {
             // Only what never changes is checked (its token, its bot): what this instance
             // knows of the conversation will do.
@@ -517,7 +517,7 @@ impl ConversationsSubscription {
         account_id: ID,
     ) -> async_graphql::Result<BoxStream<'static, async_graphql::Result<ChatEvent>>> {
         let st = state(ctx)?.clone();
-        let auth = ctx.data_opt::<Auth>().cloned().unwrap_or(Auth::Anonymous);
+        let auth = caller::auth(ctx).clone();
         // Boxed for the reason given in `conversation_events`.
         let viewer = Box::pin(active_viewer(&st, &auth)).await?;
         let account_id = parse_id(&account_id, "account")?;

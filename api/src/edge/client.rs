@@ -2,7 +2,8 @@
 //! trusted proxy put in `X-Forwarded-For`. Limits key on it; domains never read headers.
 use std::net::{IpAddr, Ipv6Addr};
 
-use actix_web::HttpRequest;
+// A name given as text would be parsed and checked on every request.
+use actix_web::{HttpRequest, http::header::X_FORWARDED_FOR};
 use ipnet::IpNet;
 
 /// The client's address, decided once per request or socket at the edge.
@@ -19,7 +20,7 @@ impl ClientAddr {
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
         let forwarded = req
             .headers()
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .filter_map(|v| v.to_str().ok());
         Self::resolve(peer, forwarded, trusted)
     }
@@ -109,6 +110,25 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         let c = ClientAddr::resolve(ip("10.0.0.2"), std::iter::empty(), &trusted);
         assert_eq!(c.0, ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn the_address_is_read_from_a_requests_peer_and_its_forwarded_for_header() {
+        let req = |peer: &str| {
+            actix_web::test::TestRequest::default()
+                .peer_addr(peer.parse().expect("socket address"))
+                .insert_header(("X-Forwarded-For", "6.6.6.6, 198.51.100.7"))
+                .to_http_request()
+        };
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(
+            ClientAddr::of(&req("10.0.0.2:5000"), &trusted).0,
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            ClientAddr::of(&req("203.0.113.9:5000"), &trusted).0,
+            ip("203.0.113.9")
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@ use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 
 use super::{
     address_budget, authenticate_request,
+    caller::Caller,
     client::ClientAddr,
     limit_refusal,
     origin::{RequestOrigin, add_cors_headers},
@@ -79,7 +80,11 @@ async fn execute(
         // With GraphiQL off, strangers do not get the schema's map either.
         request = request.disable_introspection();
     }
-    let run = schema.execute_batch(request.data(auth).data(client).data(origin));
+    let run = schema.execute_batch(request.data(Caller {
+        auth,
+        client,
+        origin,
+    }));
     match tokio::time::timeout(limits.request_timeout, run).await {
         Ok(response) => HttpResponse::Ok().json(response),
         Err(_) => {

@@ -2,6 +2,7 @@
 //! credentials, request limits and the WebSocket transport live here, so that domains never
 //! read HTTP headers themselves.
 pub mod callback;
+pub mod caller;
 pub mod client;
 pub mod http;
 pub mod origin;
@@ -363,7 +364,7 @@ async fn metrics(req: actix_web::HttpRequest, state: web::Data<AppState>) -> Htt
     };
     let given = req
         .headers()
-        .get("authorization")
+        .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
         .map(crate::opaque::token_hash);

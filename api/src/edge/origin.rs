@@ -43,7 +43,7 @@ impl RequestOrigin {
             .peer_addr()
             .is_some_and(|peer| trusted.iter().any(|net| net.contains(&peer.ip())));
         let forwarded = via_proxy
-            .then(|| req.headers().get("x-forwarded-host"))
+            .then(|| req.headers().get(header::X_FORWARDED_HOST))
             .flatten()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
@@ -234,6 +234,34 @@ mod tests {
         assert!(normalize("shop.example.com").is_err());
         assert!(normalize("https://user@shop.example.com").is_err());
         assert!(normalize("https://shop.example.com?x=1").is_err());
+    }
+
+    fn behind(peer: &str, headers: &[(&str, &str)]) -> HttpRequest {
+        let mut req = actix_web::test::TestRequest::default()
+            .peer_addr(peer.parse().expect("socket address"));
+        for (name, value) in headers {
+            req = req.insert_header((*name, *value));
+        }
+        req.to_http_request()
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarded_host_decides_what_is_same_origin_and_a_strangers_does_not() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let headers = [
+            ("origin", "https://chat.example.com"),
+            ("host", "10.0.0.7:8080"),
+            ("x-forwarded-host", "chat.example.com"),
+        ];
+        let via_proxy = RequestOrigin::of(&behind("10.0.0.2:5000", &headers), &trusted);
+        assert_eq!(
+            via_proxy.origin.as_deref(),
+            Some("https://chat.example.com")
+        );
+        assert!(via_proxy.same_origin);
+        // The same header from a peer that is no proxy of ours is the client's claim.
+        let stranger = RequestOrigin::of(&behind("203.0.113.9:5000", &headers), &trusted);
+        assert!(!stranger.same_origin);
     }
 
     #[test]

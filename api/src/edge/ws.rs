@@ -379,9 +379,11 @@ impl Socket {
                     return state.tarpit.hold(refusal).await;
                 }
                 let mut data = Data::default();
-                data.insert(auth);
-                data.insert(client);
-                data.insert(origin);
+                data.insert(super::caller::Caller {
+                    auth,
+                    client,
+                    origin,
+                });
                 Ok(data)
             },
         );
