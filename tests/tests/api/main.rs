@@ -7,6 +7,7 @@ mod browser;
 mod callbacks;
 mod conversations;
 mod deliveries;
+mod delivery_slots;
 mod flows;
 mod helpers;
 mod lifecycle;
