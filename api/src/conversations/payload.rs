@@ -1,5 +1,7 @@
 //! The webhook body, exactly as the contract shows it: each answer at the top level, and a
 //! `conversation` object with ids, times, answers, variables and the transcript.
+use std::borrow::Borrow;
+
 use chrono::SecondsFormat;
 use entity::{bot, conversation, conversation_event};
 use sea_orm::{
@@ -53,16 +55,17 @@ pub async fn stored(
 /// may start after seq 1) followed by `new_events` (the step's own, not stored yet); the
 /// payload keeps the last `MAX_MESSAGES` messages and says with `messages_truncated` whether
 /// earlier ones exist.
-pub fn build(
+pub fn build<S: Borrow<conversation_event::Model>>(
     conv: &conversation::Model,
     bot_name: &str,
     state: &State,
-    stored: &[conversation_event::Model],
+    stored: &[S],
     new_events: &[conversation_event::Model],
     callback_url: Option<&str>,
 ) -> Value {
     let mut messages: Vec<Value> = stored
         .iter()
+        .map(Borrow::borrow)
         .chain(new_events)
         .filter_map(|e| {
             let from = match e.kind.as_str() {
@@ -80,6 +83,7 @@ pub fn build(
         .collect();
     let mut truncated = stored
         .first()
+        .map(Borrow::borrow)
         .or(new_events.first())
         .is_some_and(|e| e.seq > 1);
     if messages.len() > MAX_MESSAGES {

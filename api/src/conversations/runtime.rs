@@ -37,7 +37,7 @@ mod visitor;
 
 use background::Timers;
 pub use caches::Stamp as BotStamp;
-use caches::{FlowCache, HooksCache, Known, Recent, Stamped};
+use caches::{FlowCache, HooksCache, Known, Recent, Stamped, Transcript};
 use quick::Quick;
 use turn::{StepDone, Undone, Writes};
 
@@ -93,12 +93,18 @@ impl Step {
     /// take it): no sync result to write, no sweeper's or scheduler's or callback's condition,
     /// no answer counted already.
     fn is_plain(&self) -> bool {
+        self.settle.is_none() && self.is_plain_but_settle()
+    }
+
+    /// Whether the step does nothing besides what a start, an answer or a sync call's result
+    /// does (and write that result): [`Self::is_plain`] but for `settle`.
+    fn is_plain_but_settle(&self) -> bool {
         // Every field named: a new one must say whether a quick turn may take it.
         let Self {
             visitor: _,
             create: _,
             bot_name: _,
-            settle,
+            settle: _,
             unless_in_flight,
             resume,
             callback,
@@ -107,12 +113,7 @@ impl Step {
             quick_tried,
             read_at: _,
         } = self;
-        settle.is_none()
-            && !unless_in_flight
-            && !resume
-            && callback.is_none()
-            && !counted
-            && !quick_tried
+        !unless_in_flight && !resume && callback.is_none() && !counted && !quick_tried
     }
 }
 
@@ -452,6 +453,19 @@ impl Runtime {
                     ..
                 },
             ) if step.is_plain() => self.quick_start(new, step.bot_name.as_deref()).await,
+            (
+                Some(known),
+                Input::WebhookResult(outcome),
+                Step {
+                    visitor: None,
+                    create: None,
+                    settle,
+                    ..
+                },
+            ) if step.is_plain_but_settle() => {
+                self.quick_result(known, outcome.clone(), settle.clone())
+                    .await
+            }
             _ => Ok(Quick::Full { counted: false }),
         };
         let quick = match quick {
@@ -537,6 +551,11 @@ impl Runtime {
         let shared: Vec<SharedEvent> = done.events.into_iter().map(Arc::new).collect();
         match done.known {
             Some(mut known) => {
+                // Only PostgreSQL's quick steps use it (see `Runtime::quick_known`).
+                known.transcript = done
+                    .transcript
+                    .filter(|_| self.db.kind() == DatabaseKind::Postgres)
+                    .map(|t| Arc::new(t.then(&shared)));
                 known.last_events = shared.clone();
                 known.at = std::time::Instant::now();
                 self.recent.remember(known);

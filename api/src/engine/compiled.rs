@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use regex::Regex;
 
 use super::{
+    BlockKind,
     model::{Block, Condition, ConditionOperator, Flow},
     pattern,
 };
@@ -17,6 +18,8 @@ pub struct CompiledFlow {
     index: HashMap<String, usize>,
     /// Every pattern of the flow (validation patterns, MATCHES values), compiled once.
     patterns: HashMap<String, Option<Regex>>,
+    /// Some block calls a webhook.
+    webhooks: bool,
 }
 
 impl CompiledFlow {
@@ -46,11 +49,18 @@ impl CompiledFlow {
                     .or_insert_with(|| pattern::compile(text).ok());
             }
         }
+        let webhooks = flow.blocks.iter().any(|b| b.kind == BlockKind::Webhook);
         Self {
             flow,
             index,
             patterns,
+            webhooks,
         }
+    }
+
+    /// Whether some block of the flow calls a webhook (whose payload carries the transcript).
+    pub fn has_webhooks(&self) -> bool {
+        self.webhooks
     }
 
     /// The flow as it was given.
@@ -76,7 +86,7 @@ impl CompiledFlow {
         self.block(id)
             .and_then(|b| b.next.as_deref())
             .and_then(|next| self.block(next))
-            .is_some_and(|b| b.kind == super::BlockKind::Callback)
+            .is_some_and(|b| b.kind == BlockKind::Callback)
     }
 }
 

@@ -8,7 +8,7 @@ use parley::{
     crypto::SecretKey,
     settings::{DatabaseUrl, Settings},
 };
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::{ConnectionTrait, Database, DatabaseBackend, Statement};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -454,6 +454,26 @@ pub fn error_code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("expected an error, got {body}"))
+}
+
+/// Runs one statement on the app's database behind its back, with `$1`-style placeholders
+/// (rewritten to `?` on SQLite).
+pub async fn sql(app: &TestApp, statement: &str, values: Vec<sea_orm::Value>) {
+    let conn = Database::connect(app.db.url()).await.expect("connect");
+    let (backend, statement) = if app.db.is_postgres() {
+        (DatabaseBackend::Postgres, statement.to_owned())
+    } else {
+        (DatabaseBackend::Sqlite, statement.replace("$1", "?"))
+    };
+    conn.execute_raw(Statement::from_sql_and_values(backend, statement, values))
+        .await
+        .expect("statement runs");
+    conn.close().await.ok();
+}
+
+/// An id as a statement's value (see [`sql`]).
+pub fn uuid(id: &str) -> sea_orm::Value {
+    Uuid::parse_str(id).expect("uuid").into()
 }
 
 /// Asserts that the response failed with `code`.

@@ -22,6 +22,7 @@ mod schema;
 mod secrets;
 mod sessions;
 mod stats;
+mod sync_turns;
 mod transport;
 mod webhooks;
 mod websocket;

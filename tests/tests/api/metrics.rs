@@ -3,7 +3,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-const TOKEN: &str = "scrape-me-please-0123456789";
+pub(crate) const TOKEN: &str = "scrape-me-please-0123456789";
 
 async fn scrape(app: &TestApp, token: Option<&str>) -> reqwest::Response {
     let mut request = app.client.get(format!("{}/metrics", app.addr));
@@ -188,7 +188,7 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
 }
 
 /// `parley_turn_paths_total{path}` now.
-async fn turn_path(app: &TestApp, path: &str) -> f64 {
+pub(crate) async fn turn_path(app: &TestApp, path: &str) -> f64 {
     metric(app, &format!("parley_turn_paths_total{{path=\"{path}\"}}")).await
 }
 

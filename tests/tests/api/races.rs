@@ -39,25 +39,6 @@ async fn until_received(server: &MockServer, n: usize) {
     }
 }
 
-/// Runs one statement on the app's database behind its back, with `$1`-style placeholders
-/// (rewritten to `?` on SQLite).
-async fn sql(app: &TestApp, statement: &str, values: Vec<sea_orm::Value>) {
-    let conn = Database::connect(app.db.url()).await.expect("connect");
-    let (backend, statement) = if app.db.is_postgres() {
-        (DatabaseBackend::Postgres, statement.to_owned())
-    } else {
-        (DatabaseBackend::Sqlite, statement.replace("$1", "?"))
-    };
-    conn.execute_raw(Statement::from_sql_and_values(backend, statement, values))
-        .await
-        .expect("statement runs");
-    conn.close().await.ok();
-}
-
-fn uuid(id: &str) -> sea_orm::Value {
-    Uuid::parse_str(id).expect("uuid").into()
-}
-
 #[tokio::test]
 async fn publish_and_delete_of_its_webhook_never_both_commit() {
     let app = spawn_app().await;

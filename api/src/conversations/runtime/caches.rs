@@ -15,8 +15,10 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
+    conversations::payload,
     engine::{CompiledFlow, State},
     error::{ApiError, ApiResult},
+    events::SharedEvent,
     lifecycle::AccountHooks,
 };
 
@@ -77,6 +79,30 @@ pub(super) struct Known {
     pub last_events: Vec<crate::events::SharedEvent>,
     /// When that step was committed.
     pub at: std::time::Instant,
+    /// What a webhook's payload needs of what is stored, when a step had it at hand: a step
+    /// of this conversation that calls or queues a webhook then needs no read for it.
+    pub transcript: Option<Arc<Transcript>>,
+}
+
+/// A conversation's latest stored events (at most [`payload::MAX_MESSAGES`], in order, as
+/// [`payload::stored`] reads them) and its bot's name as last read. Kept only on PostgreSQL,
+/// whose quick steps use it, and only for flows with a webhook: other conversations never
+/// need it.
+pub(super) struct Transcript {
+    pub events: Vec<SharedEvent>,
+    pub bot_name: String,
+}
+
+impl Transcript {
+    /// This transcript once `new` (a step's events) are stored after it.
+    pub(super) fn then(&self, new: &[SharedEvent]) -> Self {
+        let all = self.events.len() + new.len();
+        let skip = all.saturating_sub(payload::MAX_MESSAGES);
+        Self {
+            events: self.events.iter().chain(new).skip(skip).cloned().collect(),
+            bot_name: self.bot_name.clone(),
+        }
+    }
 }
 
 impl Known {
@@ -88,6 +114,7 @@ impl Known {
             state,
             last_events: Vec::new(),
             at: std::time::Instant::now(),
+            transcript: None,
         }
     }
 
@@ -164,8 +191,12 @@ fn known_bytes(known: &Known) -> u32 {
         .chain(state.variables.iter())
         .map(|(k, v)| k.len() + value_bytes(v))
         .sum();
-    let events: usize = known
-        .last_events
+    // The last events are the transcript's last ones (shared), when there is one.
+    let events = match &known.transcript {
+        Some(t) => &t.events,
+        None => &known.last_events,
+    };
+    let events: usize = events
         .iter()
         .map(|e| 256 + e.text.as_ref().map_or(0, String::len))
         .sum();
@@ -296,9 +327,44 @@ impl HooksCache {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use entity::conversation_event;
     use serde_json::json;
 
-    use super::value_bytes;
+    use super::{Transcript, value_bytes};
+    use crate::conversations::payload::MAX_MESSAGES;
+
+    fn event(seq: i32) -> crate::events::SharedEvent {
+        Arc::new(conversation_event::Model {
+            conversation_id: uuid::Uuid::nil(),
+            seq,
+            account_id: uuid::Uuid::nil(),
+            kind: "BOT_MESSAGE".into(),
+            text: Some(format!("m{seq}")),
+            input: None,
+            at: chrono::Utc::now(),
+            block_id: None,
+        })
+    }
+
+    #[test]
+    fn a_transcript_keeps_the_latest_events_a_payload_can_hold_in_order() {
+        let start = Transcript {
+            events: Vec::new(),
+            bot_name: "Bot".into(),
+        };
+        let first: Vec<_> = (1..=3).map(event).collect();
+        let short = start.then(&first);
+        let seqs = |t: &Transcript| t.events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&short), [1, 2, 3]);
+        assert_eq!(short.bot_name, "Bot");
+        let rest: Vec<_> = (4..=MAX_MESSAGES as i32 + 5).map(event).collect();
+        let long = short.then(&rest);
+        assert_eq!(long.events.len(), MAX_MESSAGES);
+        let expected: Vec<i32> = (6..=MAX_MESSAGES as i32 + 5).collect();
+        assert_eq!(seqs(&long), expected);
+    }
 
     #[test]
     fn a_value_weighs_at_least_its_text() {

@@ -14,9 +14,12 @@
 //! checks that its bot's published version is still the one it starts on, so that a start
 //! on a bot this instance has seen lately need not read the bot first (`Runtime::seen_bot`).
 //! On PostgreSQL a start may also queue async webhooks: their deliveries go in the same
-//! statement (see [`Runtime::quick_start`]). Whatever else a turn does (a sync webhook, a
-//! pause, a NOTIFY for other instances, a conversation changed elsewhere) takes the full
-//! transaction.
+//! statement (see [`Runtime::quick_start`]); so may a turn of a conversation whose transcript
+//! this instance knows, which may also call a sync webhook (the call's delivery goes in the
+//! statement, claimed), and the step that takes the call's reply writes the call's result
+//! with its own statement (see [`Runtime::quick_known`]): a hooked turn is two statements, not
+//! two transactions. Whatever else a turn does (a pause, a callback, a NOTIFY for other
+//! instances, a conversation changed elsewhere) takes the full transaction.
 //!
 //! On PostgreSQL, quick turns that wait at the same time are written together ([`QuickWriter`]).
 use std::{
@@ -37,14 +40,14 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Known, Runtime, StepDone, Undone, visitor_not_found};
+use super::{Known, Runtime, StepDone, SyncCall, Transcript, Undone, visitor_not_found};
 use crate::{
     conversations::payload,
-    engine::{self, Input, Output, Position, State},
+    engine::{self, Input, Output, Position, State, WebhookOutcome},
     error::ApiError,
     lifecycle,
     settings::DatabaseKind,
-    webhooks::delivery::Queued,
+    webhooks::delivery::{Queued, Settled},
 };
 
 use super::turn::{event_row, insert_events, row_update};
@@ -77,39 +80,88 @@ enum Wrote {
 
 impl Runtime {
     /// Takes `text` as the answer to `known` without a read if the turn only makes the bot
-    /// speak (and perhaps ends the conversation); [`Quick::Full`] when the turn needs the full
-    /// step (nothing was written then), [`Undone::Stale`] when the engine refused the answer
-    /// or the row changed since: the step is taken again from the row (in the second case the
-    /// answer was counted against the conversation's budget and is counted again: rare, and
-    /// only ever against that visitor's own budget).
+    /// speak (and perhaps ends the conversation, or, on PostgreSQL, calls or queues webhooks:
+    /// see [`Self::quick_known`]); [`Quick::Full`] when the turn needs the full step (nothing
+    /// was written then), [`Undone::Stale`] when the engine refused the answer or the row
+    /// changed since: the step is taken again from the row (in the second case the answer was
+    /// counted against the conversation's budget and is counted again: rare, and only ever
+    /// against that visitor's own budget).
     pub(super) async fn quick_answer(
         &self,
         known: &Known,
         visitor: &str,
         text: &str,
     ) -> Result<Quick, Undone> {
-        let conv = &known.conv;
-        if visitor != conv.visitor_token_hash {
+        if visitor != known.conv.visitor_token_hash {
             return Err(Undone::Failed(visitor_not_found()));
         }
         if matches!(known.state.position, Position::AwaitingCallback { .. }) {
             return Ok(Quick::Full { counted: false });
         }
+        self.quick_known(known, Input::Answer(text.to_owned()), None)
+            .await
+    }
+
+    /// PostgreSQL: takes a sync call's `outcome` in `known` without a read, writing the call's
+    /// result (`settled`) with the step's one statement, as [`Self::quick_known`] can; else
+    /// [`Quick::Full`] (nothing written: the full step writes the result).
+    pub(super) async fn quick_result(
+        &self,
+        known: &Known,
+        outcome: WebhookOutcome,
+        settled: Option<Settled>,
+    ) -> Result<Quick, Undone> {
+        if self.db.kind() != DatabaseKind::Postgres {
+            return Ok(Quick::Full { counted: false });
+        }
+        self.quick_known(known, Input::WebhookResult(outcome), settled)
+            .await
+    }
+
+    /// One step of a conversation this instance knows, written without a read if the step
+    /// only makes the bot speak (and perhaps ends the conversation). On PostgreSQL it may also
+    /// call a sync webhook or queue async ones, when the conversation's transcript is known
+    /// ([`Known::transcript`]: payloads carry it) and every webhook it names is among the
+    /// account's as kept here: the deliveries go in the same statement, the sync call's
+    /// claimed, as the full step's are; the statement checks that the bot still has the name
+    /// the payloads carry (else the full step reads it), and a webhook deleted
+    /// elsewhere fails its delivery's foreign key (then the full step reads them). An answer
+    /// is counted against the conversation's budget once it is known to be written this way.
+    async fn quick_known(
+        &self,
+        known: &Known,
+        input: Input,
+        settle: Option<Settled>,
+    ) -> Result<Quick, Undone> {
+        let conv = &known.conv;
+        let answer = matches!(input, Input::Answer(_));
+        let full = Quick::Full { counted: false };
         let flow = self
             .flows
             .get(self.db.conn(), conv.bot_id, conv.version)
             .await
             .map_err(Undone::Failed)?;
         let mut state = known.state.clone();
-        let Ok(result) = engine::step(&flow, &mut state, Input::Answer(text.to_owned())) else {
+        let Ok(result) = engine::step(&flow, &mut state, input) else {
             // Refused by what is known here only: the row decides whether the refusal stands
             // (the conversation may have moved on on another instance). Nothing was counted.
             return Err(Undone::Stale);
         };
-        let Some((events, _)) =
-            self.says_only(conv, &state, result.outputs, result.say_blocks, false)
-        else {
-            return Ok(Quick::Full { counted: false });
+        let transcript = known
+            .transcript
+            .as_ref()
+            .filter(|_| self.db.kind() == DatabaseKind::Postgres);
+        let Some((events, calls, now)) = self.says_only(
+            conv,
+            &state,
+            result.outputs,
+            result.say_blocks,
+            Calls {
+                queued: transcript.is_some(),
+                sync: transcript.is_some(),
+            },
+        ) else {
+            return Ok(full);
         };
         let ended = state.is_ended();
         if ended
@@ -117,16 +169,67 @@ impl Runtime {
                 .hooked
                 .contains_key(&(conv.account_id, lifecycle::CONVERSATION_COMPLETED))
         {
-            return Ok(Quick::Full { counted: false });
+            return Ok(full);
         }
-        self.limiters
-            .answers_by_conversation
-            .check(&conv.id)
-            .map_err(Undone::Failed)?;
+        let mut queued = Queued::default();
+        let mut deliveries = Vec::new();
+        let mut sync = None;
+        if let (false, Some(transcript)) = (calls.is_empty(), transcript) {
+            let hooks = self
+                .hooks
+                .get(self.db.conn(), conv.account_id)
+                .await
+                .map_err(Undone::Failed)?;
+            for call in calls {
+                // A webhook not kept here may be one created on another instance since: the
+                // full step reads them. A webhook before a CALLBACK block sends its one-time
+                // URL, minted by the full step.
+                let Some(hook) = Uuid::parse_str(&call.webhook_id)
+                    .ok()
+                    .filter(|id| hooks.contains(*id) && !flow.goes_to_callback(&call.block_id))
+                else {
+                    return Ok(full);
+                };
+                let body = payload::build(
+                    conv,
+                    &transcript.bot_name,
+                    &state,
+                    &transcript.events,
+                    &events[..call.said_before],
+                    None,
+                );
+                if call.sync {
+                    let d = self.deliveries.sync_row(
+                        conv.account_id,
+                        hook,
+                        conv.id,
+                        call.block_id,
+                        body,
+                        now,
+                    );
+                    deliveries.push(d.clone());
+                    sync = Some(SyncCall::Call(d));
+                } else {
+                    deliveries.push(self.deliveries.queued_row(
+                        &mut queued,
+                        conv.account_id,
+                        hook,
+                        Some(conv.id),
+                        Some(call.block_id),
+                        body,
+                    ));
+                }
+            }
+        }
+        if answer {
+            self.limiters
+                .answers_by_conversation
+                .check(&conv.id)
+                .map_err(Undone::Failed)?;
+        }
         for note in &result.notes {
             tracing::info!(conversation.id = %conv.id, note, "engine note");
         }
-        let now = events[0].at;
         let mut after = conversation::Model {
             state: serde_json::to_value(&state)
                 .map_err(|e| Undone::Failed(ApiError::Internal(e.into())))?,
@@ -143,6 +246,7 @@ impl Runtime {
             resume_claimed_until: None,
             ..conv.clone()
         };
+        let calls_any = !deliveries.is_empty();
         let write = QuickWrite {
             row: conversation::Model {
                 state: std::mem::take(&mut after.state),
@@ -150,33 +254,51 @@ impl Runtime {
             },
             expect: Some((conv.last_seq, conv.updated_at)),
             events,
-            deliveries: Vec::new(),
-            bot_name: None,
+            deliveries,
+            // Checked by the statement: payloads carry it.
+            bot_name: transcript.filter(|_| calls_any).map(|t| t.bot_name.clone()),
             unless: if ended {
                 vec![lifecycle::CONVERSATION_COMPLETED]
             } else {
                 Vec::new()
             },
+            settle,
         };
-        let events = match self.write(write).await? {
-            (Wrote::Written, events) => events,
-            (Wrote::Changed, _) => return Err(Undone::Stale),
-            (Wrote::Subscribed(event), _) => {
+        let events = match self.write(write).await {
+            Ok((Wrote::Written, events)) => events,
+            Ok((Wrote::Changed, _)) => return Err(Undone::Stale),
+            Ok((Wrote::Subscribed(event), _)) => {
                 self.hooked.insert((conv.account_id, event), ());
-                return Ok(Quick::Full { counted: true });
+                return Ok(Quick::Full { counted: answer });
             }
-            (Wrote::BotChanged, _) => {
+            // The bot was renamed (or deleted) since its name was read for the transcript: the
+            // full step reads it (and the transcript), and keeps them for the next steps.
+            Ok((Wrote::BotChanged, _)) if calls_any => {
+                return Ok(Quick::Full { counted: answer });
+            }
+            Ok((Wrote::BotChanged, _)) => {
                 return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
-                    "an answer's write checked its bot"
+                    "a write of a known conversation checked its bot"
                 ))));
             }
+            // A webhook deleted on another instance since it was kept here: the full step
+            // reads them.
+            Err(Undone::Failed(ApiError::Internal(e)))
+                if calls_any && super::start::is_foreign_key_violation(&e) =>
+            {
+                tracing::info!(conversation.id = %conv.id, error.cause = ?e, "a step on webhooks kept here named one gone; taking the full step");
+                self.hooks.forget();
+                return Ok(Quick::Full { counted: answer });
+            }
+            Err(e) => return Err(e),
         };
         Ok(Quick::Done(Box::new(StepDone {
             events,
-            sync: None,
-            queued: Default::default(),
+            sync,
+            queued,
             resume_at: None,
             known: (!ended).then(|| Known::new(after, state)),
+            transcript: known.transcript.clone().filter(|_| !ended),
         })))
     }
 
@@ -231,9 +353,12 @@ impl Runtime {
         {
             return Ok(full);
         }
-        let queues = self.db.kind() == DatabaseKind::Postgres;
-        let Some((events, calls)) =
-            self.says_only(new, &state, result.outputs, result.say_blocks, queues)
+        let calls = Calls {
+            queued: self.db.kind() == DatabaseKind::Postgres,
+            sync: false,
+        };
+        let Some((events, calls, now)) =
+            self.says_only(new, &state, result.outputs, result.say_blocks, calls)
         else {
             return Ok(full);
         };
@@ -272,7 +397,7 @@ impl Runtime {
                 if flow.goes_to_callback(&call.block_id) {
                     return Ok(full);
                 }
-                let body = payload::build(
+                let body = payload::build::<conversation_event::Model>(
                     new,
                     bot_name,
                     &state,
@@ -293,7 +418,6 @@ impl Runtime {
         for note in &result.notes {
             tracing::info!(conversation.id = %new.id, note, "engine note");
         }
-        let now = events[0].at;
         let row = conversation::Model {
             state: serde_json::to_value(&state)
                 .map_err(|e| Undone::Failed(ApiError::Internal(e.into())))?,
@@ -320,6 +444,7 @@ impl Runtime {
             bot_name: bot_name.filter(|_| queued_any).map(str::to_owned),
             deliveries,
             unless,
+            settle: None,
         };
         match self.write(write).await {
             Ok((Wrote::Written, events)) => Ok(Quick::Done(Box::new(StepDone {
@@ -336,6 +461,15 @@ impl Runtime {
                         state,
                     )
                 }),
+                // Nothing was stored before a first step.
+                transcript: bot_name
+                    .filter(|_| !ended && flow.has_webhooks())
+                    .map(|name| {
+                        Arc::new(Transcript {
+                            events: Vec::new(),
+                            bot_name: name.to_owned(),
+                        })
+                    }),
             }))),
             Ok((Wrote::Subscribed(event), _)) => {
                 self.hooked.insert((new.account_id, event), ());
@@ -359,21 +493,26 @@ impl Runtime {
     }
 
     /// The events of a step that only makes the bot speak (and may end the conversation),
-    /// stamped now, and, if `queues`, the async webhooks it queues; `None` if it does anything
-    /// else: calls a webhook, pauses, waits for a callback, says nothing, reaches the event
-    /// limit, or must be announced to other instances.
+    /// stamped now, the webhooks it queues or calls, as far as `calls` allows them, and now;
+    /// `None` if it does anything else: calls or queues a webhook `calls` does not allow,
+    /// pauses, waits for a callback, says nothing and calls nothing, reaches the event limit,
+    /// or must be announced to other instances.
     fn says_only(
         &self,
         conv: &conversation::Model,
         state: &State,
         outputs: Vec<Output>,
         say_blocks: Vec<Option<String>>,
-        queues: bool,
-    ) -> Option<(Vec<conversation_event::Model>, Vec<QueuedCall>)> {
+        calls: Calls,
+    ) -> Option<(
+        Vec<conversation_event::Model>,
+        Vec<QueuedCall>,
+        chrono::DateTime<Utc>,
+    )> {
         let simple = outputs.iter().all(|o| match o {
             Output::Say(_) => true,
-            Output::QueueWebhook { .. } => queues,
-            Output::CallWebhook { .. } => false,
+            Output::QueueWebhook { .. } => calls.queued,
+            Output::CallWebhook { .. } => calls.sync,
         }) && !matches!(
             state.position,
             Position::Waiting { .. } | Position::AwaitingCallback { .. }
@@ -383,35 +522,41 @@ impl Runtime {
             .filter(|o| matches!(o, Output::Say(_)))
             .count();
         let last_seq = conv.last_seq + said as i32;
-        if !simple || said == 0 || last_seq >= self.max_events {
+        if !simple || outputs.is_empty() || last_seq >= self.max_events {
             return None;
         }
         let now = Utc::now().trunc_subsecs(6);
         let mut events = Vec::with_capacity(said);
-        let mut calls = Vec::new();
+        let mut webhooks = Vec::new();
         let mut say_blocks = say_blocks.into_iter();
         for output in outputs {
-            match output {
+            let (webhook_id, block_id, sync) = match output {
                 Output::Say(msg) => {
                     let seq = conv.last_seq + 1 + events.len() as i32;
                     let block = say_blocks.next().flatten();
                     events.push(event_row(conv, seq, msg, now, block));
+                    continue;
                 }
                 Output::QueueWebhook {
                     webhook_id,
                     block_id,
-                } => calls.push(QueuedCall {
+                } => (webhook_id, block_id, false),
+                Output::CallWebhook {
                     webhook_id,
                     block_id,
-                    said_before: events.len(),
-                }),
-                Output::CallWebhook { .. } => return None,
-            }
+                } => (webhook_id, block_id, true),
+            };
+            webhooks.push(QueuedCall {
+                webhook_id,
+                block_id,
+                said_before: events.len(),
+                sync,
+            });
         }
         self.bus
             .announcement(&events)
             .is_none()
-            .then_some((events, calls))
+            .then_some((events, webhooks, now))
     }
 
     /// Writes a quick turn: inserts its row (a start) or updates it unless it no longer holds
@@ -444,13 +589,14 @@ impl Runtime {
             deliveries,
             unless,
             bot_name: _,
+            settle,
         } = write;
-        if !deliveries.is_empty() {
+        if !deliveries.is_empty() || settle.is_some() {
             // A delivery's insert may fail (its webhook gone), and without a savepoint that
             // would leave the rest of the turn written: SQLite's starts that queue webhooks
             // take the full step (see `quick_start`).
             return Err(Undone::Failed(ApiError::Internal(anyhow::anyhow!(
-                "a quick turn on SQLite cannot queue deliveries"
+                "a quick turn on SQLite cannot write deliveries"
             ))));
         }
         let write = self.db.write_grouped_unsaved(move |tx| {
@@ -531,6 +677,8 @@ struct QuickWrite {
     /// The lifecycle events the turn makes: nothing is written if a webhook of the account
     /// asked for one of them (the full step queues it).
     unless: Vec<&'static str>,
+    /// The sync call's result the turn takes (PostgreSQL only), written with it.
+    settle: Option<Settled>,
 }
 
 /// An async webhook a quick start queues.
@@ -539,6 +687,16 @@ struct QueuedCall {
     block_id: String,
     /// How many of the step's events come before it (its payload's transcript).
     said_before: usize,
+    /// A sync call (the step's last output), not a queued one.
+    sync: bool,
+}
+
+/// The webhooks a quick step may call or queue.
+struct Calls {
+    /// Async ones (queued).
+    queued: bool,
+    /// A sync one.
+    sync: bool,
 }
 
 /// A write waiting for the writer, and where its outcome goes.

@@ -15,7 +15,7 @@ use serde::Deserialize as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Known, Runtime, Step, SyncCall, callback_not_found, visitor_not_found};
+use super::{Known, Runtime, Step, SyncCall, Transcript, callback_not_found, visitor_not_found};
 use crate::{
     conversations::payload::{self, kind},
     db::Deferred,
@@ -36,6 +36,9 @@ pub(super) struct StepDone {
     pub(super) queued: deliveries::Queued,
     pub(super) resume_at: Option<chrono::DateTime<Utc>>,
     pub(super) known: Option<Known>,
+    /// The transcript before this step, when the step had it and its flow calls webhooks:
+    /// kept, with the step's events, for the conversation's next steps.
+    pub(super) transcript: Option<Arc<Transcript>>,
 }
 
 impl StepDone {
@@ -47,6 +50,7 @@ impl StepDone {
             queued: Default::default(),
             resume_at: None,
             known: None,
+            transcript: None,
         }
     }
 }
@@ -244,12 +248,14 @@ impl Runtime {
         }
         // What the row must still hold for the step's UPDATE to apply (when not read here).
         let mut expect = None;
+        let mut transcript = None;
         let (conv, mut state) = if let Some(new) = create {
             // Inserted below, once, as the step leaves it.
             let state = parse_state(&new.state)?;
             (new, state)
         } else if let Some(known) = known {
             expect = Some((known.conv.last_seq, known.conv.updated_at));
+            transcript.clone_from(&known.transcript);
             (known.conv.clone(), known.state.clone())
         } else {
             let mut query = conversation::Entity::find_by_id(conversation_id);
@@ -535,12 +541,22 @@ impl Runtime {
             after.state = Value::Null;
             Known::new(after, state)
         });
+        // What this step read is the freshest; else what was known is carried on.
+        let transcript = match reads.stored {
+            _ if known.is_none() || !flow.has_webhooks() => None,
+            Some((events, bot_name)) => Some(Arc::new(Transcript {
+                events: events.into_iter().map(Arc::new).collect(),
+                bot_name,
+            })),
+            None => transcript,
+        };
         Ok(Some(StepDone {
             events: new_events,
             sync,
             queued,
             resume_at,
             known,
+            transcript,
         }))
     }
 }

@@ -367,8 +367,24 @@ impl Settled {
         self.attempt.delivery_id
     }
 
+    /// The attempt it records (its `n` is the delivery's attempt count once settled).
+    pub fn attempt(&self) -> &delivery_attempt::Model {
+        &self.attempt
+    }
+
+    /// The delivery's status once settled.
+    pub fn status(&self) -> DeliveryStatus {
+        self.status
+    }
+
+    /// When it was settled: the delivery's `updated_at`.
+    pub fn at(&self) -> chrono::DateTime<Utc> {
+        self.at
+    }
+
     /// Writes the attempt and the delivery's result in `tx`, unless the delivery is gone
     /// (its webhook deleted meanwhile) or already settled: writing it twice is harmless.
+    /// (PostgreSQL's quick turns write the same with their one statement.)
     pub async fn write(&self, tx: &impl ConnectionTrait) -> ApiResult<()> {
         let none = Option::<chrono::DateTime<Utc>>::None;
         let settled = delivery::Entity::update_many()
