@@ -22,7 +22,7 @@
 //! instances, a conversation changed elsewhere) takes the full transaction.
 //!
 //! On PostgreSQL, quick turns that wait at the same time are written together ([`QuickWriter`]).
-use std::sync::Arc;
+use std::{borrow::Borrow, sync::Arc};
 
 use chrono::{SubsecRound as _, Utc};
 use entity::{
@@ -38,9 +38,9 @@ use uuid::Uuid;
 use super::{Known, Runtime, StepDone, SyncCall, Transcript, Undone, visitor_not_found};
 use crate::{
     conversations::payload,
-    engine::{self, Input, Output, Position, State, WebhookOutcome},
+    engine::{self, CompiledFlow, Input, Output, Position, State, WebhookOutcome},
     error::ApiError,
-    lifecycle,
+    lifecycle::{self, AccountHooks},
     settings::DatabaseKind,
     webhooks::delivery::{Queued, Settled},
 };
@@ -143,10 +143,8 @@ impl Runtime {
             // (the conversation may have moved on on another instance). Nothing was counted.
             return Err(Undone::Stale);
         };
-        let transcript = known
-            .transcript
-            .as_ref()
-            .filter(|_| self.db.kind() == DatabaseKind::Postgres);
+        // Kept on PostgreSQL only (see `Runtime::finish`).
+        let transcript = known.transcript.as_ref();
         let Some((events, calls, now)) = self.says_only(
             conv,
             &state,
@@ -167,55 +165,24 @@ impl Runtime {
         {
             return Ok(full);
         }
-        let mut queued = Queued::default();
-        let mut deliveries = Vec::new();
-        let mut sync = None;
+        let mut rows = CallRows::default();
         if let (false, Some(transcript)) = (calls.is_empty(), transcript) {
             let hooks = self
                 .hooks
                 .get(self.db.conn(), conv.account_id)
                 .await
                 .map_err(Undone::Failed)?;
-            for call in calls {
-                // A webhook not kept here may be one created on another instance since: the
-                // full step reads them. A webhook before a CALLBACK block sends its one-time
-                // URL, minted by the full step.
-                let Some(hook) = Uuid::parse_str(&call.webhook_id)
-                    .ok()
-                    .filter(|id| hooks.contains(*id) && !flow.goes_to_callback(&call.block_id))
-                else {
-                    return Ok(full);
-                };
-                let body = payload::build(
-                    conv,
-                    &transcript.bot_name,
-                    &state,
-                    &transcript.events,
-                    &events[..call.said_before],
-                    None,
-                );
-                if call.sync {
-                    let d = self.deliveries.sync_row(
-                        conv.account_id,
-                        hook,
-                        conv.id,
-                        call.block_id,
-                        body,
-                        now,
-                    );
-                    deliveries.push(d.clone());
-                    sync = Some(SyncCall::Call(d));
-                } else {
-                    deliveries.push(self.deliveries.queued_row(
-                        &mut queued,
-                        conv.account_id,
-                        hook,
-                        Some(conv.id),
-                        Some(call.block_id),
-                        body,
-                    ));
-                }
-            }
+            let Some(taken) = self.call_rows(
+                conv,
+                &flow,
+                &state,
+                &hooks,
+                (&transcript.events, &transcript.bot_name),
+                (&events, calls, now),
+            ) else {
+                return Ok(full);
+            };
+            rows = taken;
         }
         if answer {
             self.limiters
@@ -242,6 +209,11 @@ impl Runtime {
             resume_claimed_until: None,
             ..conv.clone()
         };
+        let CallRows {
+            deliveries,
+            queued,
+            sync,
+        } = rows;
         let calls_any = !deliveries.is_empty();
         let write = QuickWrite {
             row: conversation::Model {
@@ -358,8 +330,7 @@ impl Runtime {
         else {
             return Ok(full);
         };
-        let mut queued = Queued::default();
-        let mut deliveries = Vec::new();
+        let mut rows = CallRows::default();
         if !calls.is_empty() {
             let Some(bot_name) = bot_name else {
                 return Ok(full);
@@ -379,38 +350,23 @@ impl Runtime {
             if lifecycle_taken {
                 return Ok(full);
             }
-            for call in calls {
-                // A webhook not kept here may be one created on another instance since: the
-                // full step reads them.
-                let Some(hook) = Uuid::parse_str(&call.webhook_id)
-                    .ok()
-                    .filter(|id| hooks.contains(*id))
-                else {
-                    return Ok(full);
-                };
-                // A webhook before a CALLBACK block sends its one-time URL, minted by the full
-                // step (here only when the step ended before reaching the CALLBACK).
-                if flow.goes_to_callback(&call.block_id) {
-                    return Ok(full);
-                }
-                let body = payload::build::<conversation_event::Model>(
-                    new,
-                    bot_name,
-                    &state,
-                    &[],
-                    &events[..call.said_before],
-                    None,
-                );
-                deliveries.push(self.deliveries.queued_row(
-                    &mut queued,
-                    new.account_id,
-                    hook,
-                    Some(new.id),
-                    Some(call.block_id),
-                    body,
-                ));
-            }
+            // Nothing is stored before a first step.
+            let none: &[conversation_event::Model] = &[];
+            let Some(taken) = self.call_rows(
+                new,
+                &flow,
+                &state,
+                &hooks,
+                (none, bot_name),
+                (&events, calls, now),
+            ) else {
+                return Ok(full);
+            };
+            rows = taken;
         }
+        let CallRows {
+            deliveries, queued, ..
+        } = rows;
         for note in &result.notes {
             tracing::info!(conversation.id = %new.id, note, "engine note");
         }
@@ -486,6 +442,58 @@ impl Runtime {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The delivery rows of a quick step's webhooks (`calls`, from [`Self::says_only`], with
+    /// the step's `events` stamped `now`), their payloads built on `stored` (the events
+    /// stored before the step, and the bot's name); the sync call's row is also its
+    /// [`SyncCall`]. `None` if one of them is for the full step: a webhook not among the
+    /// account's `hooks` as kept here (perhaps created on another instance since: the full
+    /// step reads them), or one before a CALLBACK block, whose one-time URL the full step
+    /// mints.
+    fn call_rows<S: Borrow<conversation_event::Model>>(
+        &self,
+        conv: &conversation::Model,
+        flow: &CompiledFlow,
+        state: &State,
+        hooks: &AccountHooks,
+        (stored, bot_name): (&[S], &str),
+        (events, calls, now): (
+            &[conversation_event::Model],
+            Vec<QueuedCall>,
+            chrono::DateTime<Utc>,
+        ),
+    ) -> Option<CallRows> {
+        let mut rows = CallRows::default();
+        for call in calls {
+            let hook = Uuid::parse_str(&call.webhook_id)
+                .ok()
+                .filter(|id| hooks.contains(*id) && !flow.goes_to_callback(&call.block_id))?;
+            let said = &events[..call.said_before];
+            let body = payload::build(conv, bot_name, state, stored, said, None);
+            if call.sync {
+                let d = self.deliveries.sync_row(
+                    conv.account_id,
+                    hook,
+                    conv.id,
+                    call.block_id,
+                    body,
+                    now,
+                );
+                rows.deliveries.push(d.clone());
+                rows.sync = Some(SyncCall::Call(d));
+            } else {
+                rows.deliveries.push(self.deliveries.queued_row(
+                    &mut rows.queued,
+                    conv.account_id,
+                    hook,
+                    Some(conv.id),
+                    Some(call.block_id),
+                    body,
+                ));
+            }
+        }
+        Some(rows)
     }
 
     /// The events of a step that only makes the bot speak (and may end the conversation),
@@ -666,6 +674,16 @@ struct QueuedCall {
     said_before: usize,
     /// A sync call (the step's last output), not a queued one.
     sync: bool,
+}
+
+/// What a quick step writes for its webhooks (see [`Runtime::call_rows`]).
+#[derive(Default)]
+struct CallRows {
+    deliveries: Vec<delivery::Model>,
+    /// The async ones, to hand to the worker once written.
+    queued: Queued,
+    /// The sync call to make once written.
+    sync: Option<SyncCall>,
 }
 
 /// The webhooks a quick step may call or queue.
